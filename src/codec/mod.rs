@@ -1,0 +1,15 @@
+//! Wire codec: framing (header, incremental decoder, encoder) kept apart from message decoding.
+//!
+//! `frame` knows only the 4-byte header and byte streams; `message` knows only
+//! protobuf payloads. Neither touches a socket.
+
+mod error;
+mod frame;
+mod message;
+
+pub use error::CodecError;
+pub use frame::{
+    decode_header, encode_frame, encode_header, FrameDecoder, Header, RawFrame, Tag, HEADER_LEN,
+    MAX_PAYLOAD_LEN,
+};
+pub use message::{decode_message, LogFrame, Message, SeqSummary};

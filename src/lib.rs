@@ -1,0 +1,13 @@
+//! boundary-log-proxy: carries boundary's audit logs from a Unix socket to coderd,
+//! counting every log it cannot deliver.
+//!
+//! Pipeline, one module a stage, data flowing one way:
+//! `reader` (io_uring or epoll) -> `codec` -> `ring` -> `forwarder` -> `reporter`.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod codec;
+pub mod proto;
+pub mod ring;
+pub(crate) mod sync;
