@@ -9,5 +9,6 @@
 
 pub mod codec;
 pub mod proto;
+pub mod reporter;
 pub mod ring;
 pub(crate) mod sync;

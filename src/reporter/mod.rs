@@ -1,0 +1,50 @@
+//! Reporters: where the forwarder's requests go (coderd over gRPC, stdout, or nowhere).
+
+use std::future::Future;
+
+use bytes::Bytes;
+use prost::Message as _;
+
+use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
+
+/// One merged `ReportBoundaryLogsRequest`, already encoded as protobuf wire bytes,
+/// with the counts the forwarder accounts in (a "frame" is one received frame, the
+/// unit coder calls a batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedRequest {
+    /// The request's wire bytes.
+    pub bytes: Bytes,
+    /// Logs inside.
+    pub logs: u32,
+    /// Received frames merged into it.
+    pub frames: u32,
+}
+
+impl EncodedRequest {
+    /// Decodes the bytes into the generated message.
+    pub fn decode(&self) -> Result<ReportBoundaryLogsRequest, tonic::Status> {
+        ReportBoundaryLogsRequest::decode(self.bytes.clone())
+            .map_err(|e| tonic::Status::internal(format!("re-decoding a merged request: {e}")))
+    }
+}
+
+/// What the forwarder calls: the Agent API's `ReportBoundaryLogs`, or a stand-in.
+pub trait Reporter: Send + Sync + 'static {
+    /// Sends one request, as coder's agent API client does.
+    fn report_boundary_logs(
+        &self,
+        request: ReportBoundaryLogsRequest,
+    ) -> impl Future<Output = Result<ReportBoundaryLogsResponse, tonic::Status>> + Send;
+
+    /// Sends a request that is already encoded. Reporters that can put the bytes on
+    /// the wire as they are (gRPC, null) override this; the default decodes them.
+    fn report_encoded(
+        &self,
+        request: EncodedRequest,
+    ) -> impl Future<Output = Result<(), tonic::Status>> + Send {
+        async move {
+            let decoded = request.decode()?;
+            self.report_boundary_logs(decoded).await.map(drop)
+        }
+    }
+}
