@@ -1,0 +1,119 @@
+//! Coalescing: merges drained frames into as few requests as the limits allow,
+//! only frames of the same session and process, keeping each connection's order.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::intake::QueuedFrame;
+use crate::reporter::EncodedRequest;
+
+/// Field 2 (`session_id`) and field 3 (`confined_process_name`), wire type 2.
+const SESSION_ID_KEY: u8 = (2 << 3) | 2;
+const PROCESS_NAME_KEY: u8 = (3 << 3) | 2;
+
+/// Per-request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most logs in one request.
+    pub max_logs: usize,
+    /// Most encoded bytes in one request (frames over it alone still go, one a request).
+    pub max_bytes: usize,
+}
+
+/// One request under construction: indices of its frames and its running totals.
+struct Group {
+    frames: Vec<usize>,
+    logs: usize,
+    bytes: usize,
+    /// False once the group may take no more frames (limit reached, or a later
+    /// group already holds a frame of a connection that would join it).
+    open: bool,
+}
+
+/// Splits `frames` (drain order) into requests and encodes them, oldest group first.
+///
+/// A frame joins the newest open group of its session and process unless that
+/// would put it ahead of an earlier frame of its own connection, or overflow the
+/// limits; then it starts a new group. Groups are emitted in creation order, so
+/// every connection's logs reach the reporter in the order it sent them.
+pub fn coalesce(frames: &[QueuedFrame], limits: Limits, out: &mut Vec<EncodedRequest>) {
+    let mut groups: Vec<Group> = Vec::new();
+    // Newest group of each connection seen so far in this drain: (conn, group index).
+    let mut conn_group: Vec<(u32, usize)> = Vec::new();
+
+    for (i, queued) in frames.iter().enumerate() {
+        let frame = &queued.frame;
+        let logs = frame.log_count() as usize;
+        let bytes = frame.encoded_logs().len();
+        let floor = conn_group
+            .iter()
+            .find(|(c, _)| *c == queued.conn)
+            .map(|&(_, g)| g);
+        let joinable = groups.iter().rposition(|g| {
+            g.open && {
+                let first = &frames[g.frames[0]].frame;
+                first.session_id() == frame.session_id()
+                    && first.confined_process_name() == frame.confined_process_name()
+            }
+        });
+        let target = match joinable {
+            Some(g)
+                if floor.is_none_or(|f| f <= g)
+                    && groups[g].logs + logs <= limits.max_logs
+                    && groups[g].bytes + bytes <= limits.max_bytes =>
+            {
+                g
+            }
+            other => {
+                if let Some(g) = other {
+                    groups[g].open = false;
+                }
+                groups.push(Group {
+                    frames: Vec::new(),
+                    logs: 0,
+                    bytes: 0,
+                    open: true,
+                });
+                groups.len() - 1
+            }
+        };
+        let group = &mut groups[target];
+        group.frames.push(i);
+        group.logs += logs;
+        group.bytes += bytes;
+        match conn_group.iter_mut().find(|(c, _)| *c == queued.conn) {
+            Some(entry) => entry.1 = target,
+            None => conn_group.push((queued.conn, target)),
+        }
+    }
+
+    out.extend(groups.iter().map(|g| encode(frames, g)));
+}
+
+/// Writes one request: every frame's log records, then the shared session id and
+/// process name once.
+fn encode(frames: &[QueuedFrame], group: &Group) -> EncodedRequest {
+    let first = &frames[group.frames[0]].frame;
+    let session = first.session_id().as_bytes();
+    let process = first.confined_process_name().as_bytes();
+    let mut buf = BytesMut::with_capacity(group.bytes + session.len() + process.len() + 12);
+    for &i in &group.frames {
+        buf.put_slice(frames[i].frame.encoded_logs());
+    }
+    put_string_field(&mut buf, SESSION_ID_KEY, session);
+    put_string_field(&mut buf, PROCESS_NAME_KEY, process);
+    EncodedRequest {
+        bytes: buf.freeze(),
+        logs: group.logs as u32,
+        frames: group.frames.len() as u32,
+    }
+}
+
+/// Appends a length-delimited field; proto3 omits empty strings.
+fn put_string_field(buf: &mut BytesMut, key: u8, value: &[u8]) {
+    if value.is_empty() {
+        return;
+    }
+    buf.put_u8(key);
+    prost::encoding::encode_varint(value.len() as u64, buf);
+    buf.put_slice(value);
+}

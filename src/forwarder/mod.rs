@@ -1,0 +1,278 @@
+//! The forwarder: a thread drains the ring in large batches and coalesces frames into
+//! requests; an async loop delivers them through a `Reporter`, retrying transient
+//! failures and counting every request it has to give up on.
+
+mod batch;
+mod retry;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use batch::{coalesce, Limits};
+pub use retry::Backoff;
+
+use crate::events::{DropReason, ForwardAttemptFailed, ForwardDropped, ForwardSucceeded, InternalEvent, RingOccupancy};
+use crate::intake::QueuedFrame;
+use crate::metrics::Metrics;
+use crate::reporter::{grpc::classify, grpc::Failure, EncodedRequest, Reporter};
+use crate::ring::{Consumer, WaitOutcome};
+
+/// Longest the drain thread sleeps before looking at its stop flag again.
+const IDLE_TICK: Duration = Duration::from_millis(100);
+/// Requests built ahead of the one being delivered. Small, so that while coderd is
+/// slow or down the backlog stays in the ring, where overflow is counted.
+const AHEAD: usize = 2;
+
+/// How the forwarder batches and retries.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwarderConfig {
+    pub limits: Limits,
+    /// Longest a drained frame waits for company before its request is sent.
+    pub linger: Duration,
+    /// How long a request is retried on transient errors before it is dropped.
+    pub retry_max_elapsed: Duration,
+}
+
+/// What outlives one `run`: the ring's consumer and requests not yet delivered.
+pub struct ForwarderState {
+    consumer: Consumer<QueuedFrame>,
+    pending: VecDeque<EncodedRequest>,
+}
+
+/// Errors of the forwarder.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwarderError {
+    #[error("the forwarder's drain thread could not be started: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("the forwarder's drain thread panicked; buffered logs were lost")]
+    DrainPanicked,
+}
+
+impl ForwarderState {
+    /// Wraps the ring's consumer.
+    pub fn new(consumer: Consumer<QueuedFrame>) -> Self {
+        Self {
+            consumer,
+            pending: VecDeque::new(),
+        }
+    }
+
+
+    /// Counts everything still held, in the ring and pending, as dropped at shutdown.
+    pub fn drop_remaining_for_shutdown(&mut self, metrics: &Metrics) {
+        let mut frames = 0u64;
+        let mut logs = 0u64;
+        for request in self.pending.drain(..) {
+            frames += u64::from(request.frames);
+            logs += u64::from(request.logs);
+        }
+        while let Some(queued) = self.consumer.pop() {
+            frames += 1;
+            logs += u64::from(queued.frame.log_count());
+        }
+        if frames > 0 {
+            ForwardDropped {
+                frames,
+                logs,
+                reason: DropReason::Shutdown,
+            }
+            .emit(metrics);
+        }
+        RingOccupancy { len: 0 }.emit(metrics);
+    }
+}
+
+/// Delivers until `cancel` fires, or until the ring is closed and everything in it
+/// has been delivered or dropped. Returns the state for the next run: what could
+/// not be delivered stays in it, in order.
+pub async fn run<R: Reporter>(
+    mut state: ForwarderState,
+    config: ForwarderConfig,
+    metrics: Arc<Metrics>,
+    reporter: &R,
+    cancel: CancellationToken,
+) -> Result<ForwarderState, ForwarderError> {
+    let (tx, mut rx) = mpsc::channel::<EncodedRequest>(AHEAD);
+    let (done_tx, done_rx) = oneshot::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let waker = state.consumer.handle();
+    let mut pending = std::mem::take(&mut state.pending);
+    let drain = Drain {
+        consumer: state.consumer,
+        config,
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+    };
+    std::thread::Builder::new()
+        .name("blp-forwarder".into())
+        .spawn(move || {
+            let result = drain.run(tx);
+            let _ = done_tx.send(result);
+        })
+        .map_err(ForwarderError::Spawn)?;
+
+    let mut rng = fastrand::Rng::new();
+    loop {
+        let request = match pending.pop_front() {
+            Some(request) => request,
+            None => tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                next = rx.recv() => match next {
+                    Some(request) => request,
+                    // The drain thread ended: ring closed and empty.
+                    None => break,
+                },
+            },
+        };
+        if !deliver(&request, &config, &metrics, reporter, &cancel, &mut rng).await {
+            pending.push_front(request);
+            break;
+        }
+    }
+
+    // Stop the drain thread, keep what it already built, then what it built last.
+    stop.store(true, Ordering::Release);
+    waker.wake();
+    rx.close();
+    while let Some(request) = rx.recv().await {
+        pending.push_back(request);
+    }
+    let (consumer, leftover) = done_rx.await.map_err(|_| ForwarderError::DrainPanicked)?;
+    pending.extend(leftover);
+    Ok(ForwarderState { consumer, pending })
+}
+
+/// Sends one request until it is delivered or dropped (true), or until cancelled
+/// (false: the caller keeps it).
+async fn deliver<R: Reporter>(
+    request: &EncodedRequest,
+    config: &ForwarderConfig,
+    metrics: &Metrics,
+    reporter: &R,
+    cancel: &CancellationToken,
+    rng: &mut fastrand::Rng,
+) -> bool {
+    let mut backoff = Backoff::new(config.retry_max_elapsed);
+    loop {
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return false,
+            outcome = reporter.report_encoded(request.clone()) => outcome,
+        };
+        let latency = started.elapsed();
+        let status = match outcome {
+            Ok(()) => {
+                ForwardSucceeded {
+                    frames: u64::from(request.frames),
+                    logs: u64::from(request.logs),
+                    latency,
+                }
+                .emit(metrics);
+                return true;
+            }
+            Err(status) => status,
+        };
+        let retryable = classify(&status) == Failure::Retryable;
+        ForwardAttemptFailed {
+            retryable,
+            latency,
+            status: &status,
+        }
+        .emit(metrics);
+        let pause = if retryable {
+            backoff.next_pause(rng)
+        } else {
+            None
+        };
+        let Some(pause) = pause else {
+            ForwardDropped {
+                frames: u64::from(request.frames),
+                logs: u64::from(request.logs),
+                reason: DropReason::ForwardFailed,
+            }
+            .emit(metrics);
+            return true;
+        };
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return false,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// The drain thread's side: ring -> coalesced requests -> channel.
+struct Drain {
+    consumer: Consumer<QueuedFrame>,
+    config: ForwarderConfig,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drain {
+    /// Runs until stopped or until the ring is closed and empty; returns the
+    /// consumer and any requests it built but could not hand over.
+    fn run(mut self, tx: mpsc::Sender<EncodedRequest>) -> (Consumer<QueuedFrame>, Vec<EncodedRequest>) {
+        let limits = self.config.limits;
+        let mut frames: Vec<QueuedFrame> = Vec::with_capacity(limits.max_logs.min(1 << 16));
+        let mut requests = Vec::new();
+        let mut leftover = Vec::new();
+        let mut logs = 0usize;
+        let mut bytes = 0usize;
+        let mut first_at: Option<Instant> = None;
+        let mut closed = false;
+
+        loop {
+            let room = limits.max_logs.saturating_sub(frames.len()).max(1);
+            let before = frames.len();
+            self.consumer.drain_into(&mut frames, room);
+            for queued in &frames[before..] {
+                logs += queued.frame.log_count() as usize;
+                bytes += queued.frame.encoded_logs().len();
+            }
+            RingOccupancy {
+                len: self.consumer.len(),
+            }
+            .emit(&self.metrics);
+            if first_at.is_none() && !frames.is_empty() {
+                first_at = Some(Instant::now());
+            }
+            let stopping = self.stop.load(Ordering::Acquire);
+            let lingered = first_at.is_some_and(|t| t.elapsed() >= self.config.linger);
+            let full = logs >= limits.max_logs || bytes >= limits.max_bytes || frames.len() >= limits.max_logs;
+            let ring_empty = self.consumer.is_empty();
+            if !frames.is_empty() && (full || lingered || stopping || (closed && ring_empty)) {
+                coalesce(&frames, limits, &mut requests);
+                frames.clear();
+                (logs, bytes, first_at) = (0, 0, None);
+                for request in requests.drain(..) {
+                    if stopping || !leftover.is_empty() {
+                        leftover.push(request);
+                    } else if let Err(refused) = tx.blocking_send(request) {
+                        leftover.push(refused.0);
+                    }
+                }
+                continue;
+            }
+            if stopping || (closed && ring_empty && frames.is_empty()) {
+                return (self.consumer, leftover);
+            }
+            if ring_empty {
+                let timeout = match first_at {
+                    Some(t) => self.config.linger.saturating_sub(t.elapsed()),
+                    None => IDLE_TICK,
+                };
+                if self.consumer.wait(timeout) == WaitOutcome::Closed {
+                    closed = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Intake: what the reader does with a connection's bytes. Frames them, validates each
+//! frame, records boundary's own drop reports and sequence gaps, and pushes log frames
+//! into the ring, counting every frame it cannot keep.
+
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::codec::{decode_message, FrameDecoder, LogFrame, Message, RawFrame};
+use crate::events::{
+    BoundaryStatusReported, BufferFull, ConnectionClosed, ConnectionOpened, ConnectionRejected,
+    DropReason, ForwardDropped, FrameRejected, InternalEvent, LogsReceived, SequenceGap,
+    SequenceOutOfOrder,
+};
+use crate::metrics::Metrics;
+use crate::reader::{CloseCause, ConnInfo, ConnectionHandler, RejectReason};
+use crate::ring::{Producer, PushError};
+use crate::seqgap::SeqTracker;
+
+/// What travels through the ring: one validated log frame and the connection it came
+/// from (the forwarder keeps each connection's order by it).
+#[derive(Debug)]
+pub struct QueuedFrame {
+    pub frame: LogFrame,
+    pub conn: u32,
+}
+
+/// The reader's connection handler for the proxy.
+pub struct Intake {
+    producer: Producer<QueuedFrame>,
+    metrics: Arc<Metrics>,
+    sequences: Mutex<SeqTracker>,
+}
+
+/// Per-connection state: the incremental frame decoder.
+#[derive(Debug)]
+pub struct Connection {
+    id: u32,
+    decoder: FrameDecoder,
+    /// Set once a fatal framing error was counted, so the close counts nothing more.
+    failed: bool,
+}
+
+impl Intake {
+    pub fn new(producer: Producer<QueuedFrame>, metrics: Arc<Metrics>, sequences: SeqTracker) -> Self {
+        Self {
+            producer,
+            metrics,
+            sequences: Mutex::new(sequences),
+        }
+    }
+
+    /// Handles one complete frame: frame-local errors are counted and skipped.
+    fn frame(&self, conn: u32, raw: RawFrame) {
+        match decode_message(raw) {
+            Ok(Message::Logs(frame)) => self.logs(conn, frame),
+            Ok(Message::Status(status)) => BoundaryStatusReported {
+                channel_full: status.dropped_channel_full,
+                batch_full: status.dropped_batch_full,
+            }
+            .emit(&self.metrics),
+            Err(error) => FrameRejected {
+                reason: error.reason(),
+            }
+            .emit(&self.metrics),
+        }
+    }
+
+    fn logs(&self, conn: u32, frame: LogFrame) {
+        let logs = frame.log_count();
+        LogsReceived {
+            frames: 1,
+            logs: u64::from(logs),
+        }
+        .emit(&self.metrics);
+        let findings = self
+            .sequences
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .observe(&frame, Instant::now());
+        if findings.missing > 0 {
+            SequenceGap {
+                missing: findings.missing,
+            }
+            .emit(&self.metrics);
+        }
+        if findings.out_of_order > 0 {
+            SequenceOutOfOrder {
+                logs: findings.out_of_order,
+            }
+            .emit(&self.metrics);
+        }
+        match self.producer.push(QueuedFrame { frame, conn }, logs) {
+            Ok(()) => {}
+            Err(PushError::Full(_)) => BufferFull {
+                logs: u64::from(logs),
+            }
+            .emit(&self.metrics),
+            Err(PushError::Closed(_)) => ForwardDropped {
+                frames: 1,
+                logs: u64::from(logs),
+                reason: DropReason::Shutdown,
+            }
+            .emit(&self.metrics),
+        }
+    }
+}
+
+impl ConnectionHandler for Intake {
+    type State = Connection;
+
+    fn open(&self, info: &ConnInfo) -> Connection {
+        ConnectionOpened.emit(&self.metrics);
+        Connection {
+            // Ids only need to tell live connections apart within one drain.
+            id: info.id as u32,
+            decoder: FrameDecoder::new(),
+            failed: false,
+        }
+    }
+
+    fn data(&self, conn: &mut Connection, mut bytes: &[u8]) -> ControlFlow<()> {
+        loop {
+            match conn.decoder.decode(&mut bytes) {
+                Ok(Some(raw)) => self.frame(conn.id, raw),
+                Ok(None) => return ControlFlow::Continue(()),
+                Err(error) => {
+                    conn.failed = true;
+                    FrameRejected {
+                        reason: error.reason(),
+                    }
+                    .emit(&self.metrics);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+    }
+
+    fn closed(&self, conn: Connection, _cause: CloseCause) {
+        if !conn.failed {
+            if let Err(error) = conn.decoder.finish() {
+                FrameRejected {
+                    reason: error.reason(),
+                }
+                .emit(&self.metrics);
+            }
+        }
+        ConnectionClosed.emit(&self.metrics);
+    }
+
+    fn rejected(&self, reason: RejectReason) {
+        ConnectionRejected { reason }.emit(&self.metrics);
+    }
+}

@@ -1,0 +1,287 @@
+//! The embeddable engine: binds the socket, runs the reader, owns the ring, and lends
+//! the ring's consumer to `run_forwarder` (CONTRACT.md section 5).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::forwarder::{self, ForwarderConfig, ForwarderState, Limits};
+use crate::intake::{Intake, QueuedFrame};
+use crate::metrics::{Metrics, MetricsError};
+use crate::reader::{self, Backend, Reader, ReaderConfig, ReaderError};
+use crate::reporter::Reporter;
+use crate::ring::{self, RingHandle};
+use crate::seqgap::SeqTracker;
+
+/// Errors of the server's lifecycle.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Reader(#[from] ReaderError),
+    #[error("the server was already started")]
+    AlreadyStarted,
+    #[error("the server is closed")]
+    Closed,
+    #[error("a forwarder is already running")]
+    ForwarderRunning,
+    #[error(transparent)]
+    Forwarder(#[from] forwarder::ForwarderError),
+}
+
+/// The proxy engine. Cheap to clone; every clone is the same server.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    metrics: Arc<Metrics>,
+    intake: Arc<Intake>,
+    ring: RingHandle<QueuedFrame>,
+    lifecycle: Mutex<Lifecycle>,
+    /// The forwarder's state while no forwarder runs; `None` while one does.
+    forwarder: Mutex<Option<ForwarderState>>,
+    forwarder_returned: Condvar,
+    /// Fired by `close` to stop a running forwarder.
+    closing: CancellationToken,
+}
+
+enum Lifecycle {
+    New,
+    Started {
+        reader: Reader,
+        socket: BoundSocket,
+    },
+    /// Reader stopped and ring closed; the forwarder may still drain.
+    Draining {
+        socket: BoundSocket,
+    },
+    Closed,
+}
+
+/// The socket file we created, to remove it only if it is still ours.
+struct BoundSocket {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl BoundSocket {
+    fn remove(&self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
+                if let Err(error) = std::fs::remove_file(&self.path) {
+                    tracing::warn!(path = %self.path.display(), %error, "could not remove the socket file");
+                }
+            }
+            _ => tracing::debug!(path = %self.path.display(), "socket file already gone or replaced; left alone"),
+        }
+    }
+}
+
+impl Server {
+    /// Builds the engine (ring, metrics on `registry`) without touching the socket.
+    pub fn new(config: Config, registry: &prometheus::Registry) -> Result<Self, ServerError> {
+        let metrics = Metrics::new(registry)?;
+        let (producer, consumer) =
+            ring::ring(config.ring_capacity).map_err(|e| ServerError::Config(e.to_string()))?;
+        metrics.ring_capacity.set(config.ring_capacity as i64);
+        let handle = consumer.handle();
+        let intake = Arc::new(Intake::new(producer, metrics.clone(), SeqTracker::default()));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                metrics,
+                intake,
+                ring: handle,
+                lifecycle: Mutex::new(Lifecycle::New),
+                forwarder: Mutex::new(Some(ForwarderState::new(consumer))),
+                forwarder_returned: Condvar::new(),
+                closing: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The metrics this server updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Where the socket is (or will be) bound.
+    pub fn socket_path(&self) -> &Path {
+        &self.inner.config.socket
+    }
+
+    /// Frames currently buffered in the ring.
+    pub fn ring_len(&self) -> usize {
+        self.inner.ring.len()
+    }
+
+    /// Binds the socket and starts the reader; returns at once with the backend in use.
+    pub fn start(&self) -> Result<Backend, ServerError> {
+        let mut lifecycle = self.inner.lifecycle();
+        match *lifecycle {
+            Lifecycle::New => {}
+            Lifecycle::Closed => return Err(ServerError::Closed),
+            _ => return Err(ServerError::AlreadyStarted),
+        }
+        let config = &self.inner.config;
+        let listener = reader::bind(&config.socket, config.socket_mode)?;
+        let meta = std::fs::symlink_metadata(&config.socket).map_err(|e| {
+            ServerError::Reader(ReaderError::Io {
+                path: config.socket.clone(),
+                source: e,
+            })
+        })?;
+        let socket = BoundSocket {
+            path: config.socket.clone(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let reader_config = ReaderConfig {
+            socket_path: config.socket.clone(),
+            socket_mode: config.socket_mode,
+            io: config.io.into(),
+            max_connections: config.max_connections,
+            allow_uids: config.allow_uids.clone(),
+            threads: 1,
+        };
+        let reader = match reader::start(&reader_config, listener, self.inner.intake.clone()) {
+            Ok(reader) => reader,
+            Err(error) => {
+                socket.remove();
+                return Err(error.into());
+            }
+        };
+        let backend = reader.backend();
+        *lifecycle = Lifecycle::Started { reader, socket };
+        Ok(backend)
+    }
+
+    /// Drains the ring through `reporter` until `cancel` fires, `close` is called, or
+    /// the ring is closed and empty. Can be called again with a new reporter after it
+    /// returns; undelivered requests and the ring's contents are kept.
+    pub async fn run_forwarder<R: Reporter>(
+        &self,
+        cancel: CancellationToken,
+        reporter: R,
+    ) -> Result<(), ServerError> {
+        let state = {
+            let mut slot = self.inner.forwarder.lock().unwrap_or_else(|p| p.into_inner());
+            if self.inner.closing.is_cancelled() {
+                return Err(ServerError::Closed);
+            }
+            slot.take().ok_or(ServerError::ForwarderRunning)?
+        };
+        let config = &self.inner.config;
+        let forwarder_config = ForwarderConfig {
+            limits: Limits {
+                max_logs: config.batch_max_logs,
+                max_bytes: config.batch_max_bytes,
+            },
+            linger: config.batch_linger,
+            retry_max_elapsed: config.retry_max_elapsed,
+        };
+        let stop = CancellationToken::new();
+        let watcher = {
+            let (stop, cancel, closing) = (stop.clone(), cancel.clone(), self.inner.closing.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {},
+                    _ = closing.cancelled() => {},
+                    _ = stop.cancelled() => {},
+                }
+                stop.cancel();
+            })
+        };
+        let result = forwarder::run(
+            state,
+            forwarder_config,
+            self.inner.metrics.clone(),
+            &reporter,
+            stop.clone(),
+        )
+        .await;
+        stop.cancel();
+        let _ = watcher.await;
+        let mut state = result?;
+        let mut slot = self.inner.forwarder.lock().unwrap_or_else(|p| p.into_inner());
+        if self.inner.closing.is_cancelled() {
+            state.drop_remaining_for_shutdown(&self.inner.metrics);
+        }
+        *slot = Some(state);
+        self.inner.forwarder_returned.notify_all();
+        Ok(())
+    }
+
+    /// Stops accepting, reads what is already waiting on each connection (until
+    /// `deadline`), closes them, and closes the ring to producers. A running
+    /// forwarder then delivers what is buffered and returns once the ring is empty.
+    /// Blocks until the reader's threads have ended.
+    pub fn stop_intake(&self, deadline: Instant) {
+        let mut lifecycle = self.inner.lifecycle();
+        let previous = std::mem::replace(&mut *lifecycle, Lifecycle::Closed);
+        *lifecycle = match previous {
+            Lifecycle::Started { reader, socket } => {
+                reader.shutdown(deadline);
+                Lifecycle::Draining { socket }
+            }
+            other => other,
+        };
+        self.inner.ring.close();
+    }
+
+    /// Stops everything: the reader (reading what is waiting, within the shutdown
+    /// timeout), the ring, and a running forwarder; counts what is still buffered as
+    /// dropped for shutdown; removes the socket file. Blocks until every thread the
+    /// server started has ended; call it from a blocking context.
+    pub fn close(&self) {
+        let timeout = self.inner.config.shutdown_timeout;
+        self.stop_intake(Instant::now() + timeout);
+        self.inner.closing.cancel();
+        {
+            let slot = self.inner.forwarder.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut slot, wait) = self
+                .inner
+                .forwarder_returned
+                .wait_timeout_while(slot, timeout.max(Duration::from_secs(1)), |s| s.is_none())
+                .unwrap_or_else(|p| p.into_inner());
+            match slot.as_mut() {
+                Some(state) => state.drop_remaining_for_shutdown(&self.inner.metrics),
+                None if wait.timed_out() => tracing::error!(
+                    "the forwarder did not stop in time; it counts its leftovers when it returns"
+                ),
+                None => {}
+            }
+        }
+        let mut lifecycle = self.inner.lifecycle();
+        if let Lifecycle::Draining { socket } = std::mem::replace(&mut *lifecycle, Lifecycle::Closed) {
+            socket.remove();
+        }
+    }
+}
+
+impl Inner {
+    fn lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
+        self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Lifecycle::Started { .. } | Lifecycle::Draining { .. } =
+            *self.lifecycle.get_mut().unwrap_or_else(|p| p.into_inner())
+        {
+            tracing::debug!("server dropped without close; closing now");
+        }
+    }
+}
