@@ -1,0 +1,450 @@
+//! The gRPC reporter: coderd's `Agent.ReportBoundaryLogs` over h2c or a Unix socket,
+//! with already-encoded requests put on the wire as they are, and the retryable /
+//! permanent classification of the statuses it returns.
+
+use std::error::Error as _;
+use std::fmt;
+use std::time::Duration;
+
+use bytes::{BufMut as _, Bytes};
+use http::uri::PathAndQuery;
+use prost::Message as _;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::{EncodedRequest, Reporter};
+use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
+
+/// The gRPC method every call goes to.
+pub const METHOD_PATH: &str = "/coder.agent.v2.Agent/ReportBoundaryLogs";
+/// The metadata key carrying `--auth-token`.
+pub const AUTH_METADATA_KEY: &str = "coder-session-token";
+/// Default longest wait for one call, connecting included.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest wait for a TCP or Unix connection to be established.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default largest request sent: grpc-go's (and so coderd's) default receive limit.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// Largest response accepted; `ReportBoundaryLogsResponse` is empty.
+const MAX_RESPONSE_BYTES: usize = 64 << 10;
+/// TCP keepalive, so a connection to a vanished host is noticed and replaced.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+
+/// How the forwarder treats a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Transient (coderd unavailable, slow or overloaded, or the connection broke):
+    /// the same request may succeed later.
+    Retryable,
+    /// coderd refused the request itself: retrying it will not help.
+    Permanent,
+}
+
+/// Classifies a call's status: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and
+/// any status raised by the transport itself (a refused or broken connection, whatever
+/// code tonic gave it) are retryable; every other code is permanent.
+pub fn classify(status: &Status) -> Failure {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => Failure::Retryable,
+        _ if caused_by_transport(status) => Failure::Retryable,
+        _ => Failure::Permanent,
+    }
+}
+
+/// Whether the status was made on this side from a connection-level error, rather
+/// than received from coderd (a received status carries no source).
+fn caused_by_transport(status: &Status) -> bool {
+    let mut source = status.source();
+    while let Some(err) = source {
+        if err.is::<hyper::Error>()
+            || err.is::<std::io::Error>()
+            || err.is::<tonic::transport::Error>()
+            || err.is::<tonic::ConnectError>()
+            || err.is::<tonic::TimeoutExpired>()
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Why a `GrpcReporter` could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ReporterError {
+    /// The coderd URL is neither `http://HOST:PORT` nor `unix:/PATH`.
+    #[error("coderd URL {url:?}: {reason} (expected http://HOST:PORT or unix:/PATH)")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The auth token cannot be sent as gRPC metadata.
+    #[error("the auth token is not a valid gRPC metadata value (visible ASCII only)")]
+    InvalidAuthToken,
+    /// A zero call timeout would fail every call.
+    #[error("the call timeout must be above zero")]
+    ZeroCallTimeout,
+    /// The channel's background task needs a Tokio runtime.
+    #[error("a GrpcReporter must be created inside a Tokio runtime")]
+    NoRuntime,
+}
+
+/// What a `GrpcReporter` connects to and how it calls.
+#[derive(Clone)]
+pub struct GrpcReporterConfig {
+    /// `http://HOST:PORT` (HTTP/2 without TLS) or `unix:/PATH`.
+    pub coderd: String,
+    /// Sent as `coder-session-token` metadata on every call.
+    pub auth_token: Option<String>,
+    /// Longest one call may take, waiting for a connection included; on expiry the
+    /// call fails with DEADLINE_EXCEEDED.
+    pub call_timeout: Duration,
+    /// Longest a connection attempt may take.
+    pub connect_timeout: Duration,
+    /// Largest encoded request sent; a larger one fails with OUT_OF_RANGE.
+    pub max_message_bytes: usize,
+}
+
+impl GrpcReporterConfig {
+    /// The defaults for the given coderd URL: no token, 10 s calls, 5 s connects,
+    /// 4 MiB requests.
+    pub fn new(coderd: impl Into<String>) -> Self {
+        Self {
+            coderd: coderd.into(),
+            auth_token: None,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+
+    /// Sets the token sent as `coder-session-token`.
+    pub fn auth_token(mut self, token: impl Into<String>) -> Self {
+        self.auth_token = Some(token.into());
+        self
+    }
+
+    /// Sets the per-call timeout.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Sets the connection timeout.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the largest request sent.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+}
+
+impl fmt::Debug for GrpcReporterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcReporterConfig")
+            .field("coderd", &self.coderd)
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("call_timeout", &self.call_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
+}
+
+/// Reports to coderd over gRPC. Connects lazily (coderd may be down when it is
+/// built) and reconnects by itself after the connection breaks. Cheap to clone; the
+/// clones share one connection.
+#[derive(Clone)]
+pub struct GrpcReporter {
+    grpc: tonic::client::Grpc<Channel>,
+    auth_token: Option<AsciiMetadataValue>,
+    call_timeout: Duration,
+    coderd: String,
+}
+
+impl GrpcReporter {
+    /// Validates the configuration and prepares the (not yet connected) channel.
+    /// Must be called inside the Tokio runtime the calls will run on.
+    pub fn new(config: GrpcReporterConfig) -> Result<Self, ReporterError> {
+        if config.call_timeout.is_zero() {
+            return Err(ReporterError::ZeroCallTimeout);
+        }
+        let auth_token = config
+            .auth_token
+            .as_deref()
+            .map(|t| {
+                t.parse::<AsciiMetadataValue>()
+                    .map_err(|_| ReporterError::InvalidAuthToken)
+            })
+            .transpose()?;
+        let endpoint = endpoint(&config.coderd)?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .tcp_keepalive(Some(TCP_KEEPALIVE))
+            .tcp_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
+            .tcp_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ReporterError::NoRuntime);
+        }
+        let grpc = tonic::client::Grpc::new(endpoint.connect_lazy())
+            .max_encoding_message_size(config.max_message_bytes)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        Ok(Self {
+            grpc,
+            auth_token,
+            call_timeout: config.call_timeout,
+            coderd: config.coderd,
+        })
+    }
+
+    /// One call: waits for the connection and the answer, both within the call timeout.
+    async fn call(&self, body: Outbound) -> Result<(), Status> {
+        match tokio::time::timeout(self.call_timeout, self.call_unbounded(body)).await {
+            Ok(result) => result,
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer from coderd within {:?}",
+                self.call_timeout
+            ))),
+        }
+    }
+
+    async fn call_unbounded(&self, body: Outbound) -> Result<(), Status> {
+        let mut grpc = self.grpc.clone();
+        grpc.ready()
+            .await
+            .map_err(|e| Status::from_error(Box::new(e)))?;
+        let mut request = tonic::Request::new(body);
+        // Tells coderd the deadline; the timer above enforces it here.
+        request.set_timeout(self.call_timeout);
+        if let Some(token) = &self.auth_token {
+            request
+                .metadata_mut()
+                .insert(AUTH_METADATA_KEY, token.clone());
+        }
+        grpc.unary(request, PathAndQuery::from_static(METHOD_PATH), RawCodec)
+            .await
+            .map(drop)
+            .map_err(deadline_from_local_timeout)
+    }
+}
+
+impl fmt::Debug for GrpcReporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcReporter")
+            .field("coderd", &self.coderd)
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("call_timeout", &self.call_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reporter for GrpcReporter {
+    async fn report_boundary_logs(
+        &self,
+        request: ReportBoundaryLogsRequest,
+    ) -> Result<ReportBoundaryLogsResponse, Status> {
+        self.call(Outbound::Message(request))
+            .await
+            .map(|()| ReportBoundaryLogsResponse {})
+    }
+
+    async fn report_encoded(&self, request: EncodedRequest) -> Result<(), Status> {
+        self.call(Outbound::Encoded(request.bytes)).await
+    }
+}
+
+/// Parses `http://HOST:PORT` or `unix:/PATH` into a tonic endpoint.
+fn endpoint(url: &str) -> Result<Endpoint, ReporterError> {
+    let invalid = |reason: &str| ReporterError::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if let Some(rest) = url.strip_prefix("unix:") {
+        if rest.trim_start_matches('/').is_empty() {
+            return Err(invalid("the socket path is empty"));
+        }
+        return Endpoint::from_shared(url.to_owned()).map_err(|e| invalid(&e.to_string()));
+    }
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(invalid("TLS is not supported; use http:// (h2c)")),
+        Some(_) | None => return Err(invalid("unsupported scheme")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(invalid("a path is not allowed"));
+    }
+    Ok(Endpoint::from(uri))
+}
+
+/// A status tonic made because its own copy of the deadline (the `grpc-timeout` it
+/// enforces locally) expired reads CANCELLED; it is the call's deadline.
+fn deadline_from_local_timeout(status: Status) -> Status {
+    let mut source = status.source();
+    while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() {
+            return Status::deadline_exceeded(status.message().to_owned());
+        }
+        source = err.source();
+    }
+    status
+}
+
+/// What one call carries: wire bytes from the forwarder, or a message to encode.
+enum Outbound {
+    Encoded(Bytes),
+    Message(ReportBoundaryLogsRequest),
+}
+
+/// Writes `Outbound` as it is and decodes the (empty) response with prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Outbound;
+    type Decode = ReportBoundaryLogsResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ResponseDecoder
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RawEncoder;
+
+impl Encoder for RawEncoder {
+    type Item = Outbound;
+    type Error = Status;
+
+    fn encode(&mut self, item: Outbound, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        match item {
+            Outbound::Encoded(bytes) => {
+                dst.reserve(bytes.len());
+                dst.put_slice(&bytes);
+                Ok(())
+            }
+            Outbound::Message(message) => message
+                .encode(dst)
+                .map_err(|e| Status::internal(format!("encoding the request: {e}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct ResponseDecoder;
+
+impl Decoder for ResponseDecoder {
+    type Item = ReportBoundaryLogsResponse;
+    type Error = Status;
+
+    fn decode(
+        &mut self,
+        src: &mut DecodeBuf<'_>,
+    ) -> Result<Option<ReportBoundaryLogsResponse>, Status> {
+        ReportBoundaryLogsResponse::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("decoding coderd's response: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_codes_are_exactly_unavailable_deadline_and_exhausted() {
+        let all = [
+            Code::Ok,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::InvalidArgument,
+            Code::DeadlineExceeded,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::Unavailable,
+            Code::DataLoss,
+            Code::Unauthenticated,
+        ];
+        for code in all {
+            let expected = match code {
+                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
+                    Failure::Retryable
+                }
+                _ => Failure::Permanent,
+            };
+            assert_eq!(
+                classify(&Status::new(code, "from coderd")),
+                expected,
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_status_caused_by_an_io_error_is_retryable() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let status = Status::from_error(Box::new(reset));
+        assert_eq!(status.code(), Code::Unknown);
+        assert_eq!(classify(&status), Failure::Retryable);
+    }
+
+    #[test]
+    fn refused_connection_maps_to_unavailable() {
+        let refused = tonic::ConnectError(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        let status = Status::from_error(Box::new(refused));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(classify(&status), Failure::Retryable);
+    }
+
+    #[test]
+    fn local_timeout_reads_as_deadline_exceeded() {
+        let status = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(status.code(), Code::Cancelled);
+        let fixed = deadline_from_local_timeout(status);
+        assert_eq!(fixed.code(), Code::DeadlineExceeded);
+        assert_eq!(classify(&fixed), Failure::Retryable);
+    }
+
+    #[test]
+    fn received_cancelled_stays_cancelled_and_permanent() {
+        let status = deadline_from_local_timeout(Status::cancelled("coderd gave up"));
+        assert_eq!(status.code(), Code::Cancelled);
+        assert_eq!(classify(&status), Failure::Permanent);
+    }
+}
