@@ -107,7 +107,8 @@ pub struct GrpcReporterConfig {
     pub call_timeout: Duration,
     /// Longest a connection attempt may take.
     pub connect_timeout: Duration,
-    /// Largest encoded request sent; a larger one fails with OUT_OF_RANGE.
+    /// Largest encoded request sent; a larger one fails with OUT_OF_RANGE (permanent)
+    /// without being sent.
     pub max_message_bytes: usize,
 }
 
@@ -172,6 +173,7 @@ pub struct GrpcReporter {
     grpc: tonic::client::Grpc<Channel>,
     auth_token: Option<AsciiMetadataValue>,
     call_timeout: Duration,
+    max_message_bytes: usize,
     coderd: String,
 }
 
@@ -206,12 +208,22 @@ impl GrpcReporter {
             grpc,
             auth_token,
             call_timeout: config.call_timeout,
+            max_message_bytes: config.max_message_bytes,
             coderd: config.coderd,
         })
     }
 
     /// One call: waits for the connection and the answer, both within the call timeout.
     async fn call(&self, body: Outbound) -> Result<(), Status> {
+        // Checked here, not left to tonic: its limit fails the call as a reset stream,
+        // which would read as a (retryable) transport error.
+        let len = body.encoded_len();
+        if len > self.max_message_bytes {
+            return Err(Status::out_of_range(format!(
+                "request of {len} bytes is over the {} byte limit",
+                self.max_message_bytes
+            )));
+        }
         match tokio::time::timeout(self.call_timeout, self.call_unbounded(body)).await {
             Ok(result) => result,
             Err(_) => Err(Status::deadline_exceeded(format!(
@@ -315,6 +327,15 @@ fn deadline_from_local_timeout(status: Status) -> Status {
 enum Outbound {
     Encoded(Bytes),
     Message(ReportBoundaryLogsRequest),
+}
+
+impl Outbound {
+    fn encoded_len(&self) -> usize {
+        match self {
+            Self::Encoded(bytes) => bytes.len(),
+            Self::Message(message) => message.encoded_len(),
+        }
+    }
 }
 
 /// Writes `Outbound` as it is and decodes the (empty) response with prost.
