@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use boundary_log_proxy::reporter::grpc::{
@@ -339,4 +341,66 @@ fn debug_output_does_not_reveal_the_token() {
         .unwrap();
     let reporter = rt.block_on(async { GrpcReporter::new(config).unwrap() });
     assert!(!format!("{reporter:?}").contains("s3cr3t"));
+}
+
+/// A peer that accepts TCP connections and reads them but never answers: a host
+/// that vanished behind a connection that was never reset. Counts connections.
+async fn silent_peer() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut sink = tokio::io::sink();
+                let _ = tokio::io::copy(&mut stream, &mut sink).await;
+            });
+        }
+    });
+    (url, accepted)
+}
+
+fn silent_peer_reporter(url: &str, keepalive: Option<Duration>) -> GrpcReporter {
+    GrpcReporter::new(
+        GrpcReporterConfig::new(url)
+            .call_timeout(Duration::from_millis(400))
+            .keepalive(keepalive, Duration::from_millis(100)),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn keepalive_drops_a_silent_connection_and_the_next_call_redials() {
+    let (url, accepted) = silent_peer().await;
+    let reporter = silent_peer_reporter(&url, Some(Duration::from_millis(100)));
+    for _ in 0..3 {
+        let status = reporter
+            .report_encoded(encoded(&sample_request()))
+            .await
+            .unwrap_err();
+        // Unavailable from the keepalive (or, on a slow machine, the deadline).
+        assert_eq!(classify(&status), Failure::Retryable, "{status:?}");
+    }
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 2,
+        "the dead connection was never replaced: {} connection(s)",
+        accepted.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test]
+async fn without_keepalive_a_silent_connection_is_kept_and_every_call_times_out() {
+    // The control for the test above: the redial is the keepalive's doing.
+    let (url, accepted) = silent_peer().await;
+    let reporter = silent_peer_reporter(&url, None);
+    for _ in 0..3 {
+        let status = reporter
+            .report_encoded(encoded(&sample_request()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }

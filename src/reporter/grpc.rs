@@ -29,7 +29,12 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// Largest response accepted; `ReportBoundaryLogsResponse` is empty.
 const MAX_RESPONSE_BYTES: usize = 64 << 10;
-/// TCP keepalive, so a connection to a vanished host is noticed and replaced.
+/// Default HTTP/2 keepalive: while a call is open and nothing was read for this
+/// long, ping coderd...
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// ...and drop the connection (and reconnect) if the ping is not answered in this long.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive, so an idle connection to a vanished host is noticed and replaced.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const TCP_KEEPALIVE_RETRIES: u32 = 3;
@@ -110,11 +115,18 @@ pub struct GrpcReporterConfig {
     /// Largest encoded request sent; a larger one fails with OUT_OF_RANGE (permanent)
     /// without being sent.
     pub max_message_bytes: usize,
+    /// HTTP/2 keepalive, only while calls are open (no pings on an idle connection,
+    /// which grpc-go servers punish): after this long without a frame from coderd, a
+    /// ping is sent. Without it, a connection whose peer vanished without a reset
+    /// keeps timing out every call until the kernel gives up on it. `None`: off.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a keepalive ping may go unanswered before the connection is dropped.
+    pub keepalive_timeout: Duration,
 }
 
 impl GrpcReporterConfig {
     /// The defaults for the given coderd URL: no token, 10 s calls, 5 s connects,
-    /// 4 MiB requests.
+    /// 4 MiB requests, 20 s / 10 s keepalive.
     pub fn new(coderd: impl Into<String>) -> Self {
         Self {
             coderd: coderd.into(),
@@ -122,6 +134,8 @@ impl GrpcReporterConfig {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
         }
     }
 
@@ -148,6 +162,13 @@ impl GrpcReporterConfig {
         self.max_message_bytes = bytes;
         self
     }
+
+    /// Sets the HTTP/2 keepalive (`None` turns it off) and its ping timeout.
+    pub fn keepalive(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
+        self.keepalive_interval = interval;
+        self.keepalive_timeout = timeout;
+        self
+    }
 }
 
 impl fmt::Debug for GrpcReporterConfig {
@@ -161,6 +182,8 @@ impl fmt::Debug for GrpcReporterConfig {
             .field("call_timeout", &self.call_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("keepalive_timeout", &self.keepalive_timeout)
             .finish()
     }
 }
@@ -192,12 +215,18 @@ impl GrpcReporter {
                     .map_err(|_| ReporterError::InvalidAuthToken)
             })
             .transpose()?;
-        let endpoint = endpoint(&config.coderd)?
+        let mut endpoint = endpoint(&config.coderd)?
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             .tcp_keepalive(Some(TCP_KEEPALIVE))
             .tcp_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
             .tcp_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
+        if let Some(interval) = config.keepalive_interval {
+            endpoint = endpoint
+                .http2_keep_alive_interval(interval)
+                .keep_alive_timeout(config.keepalive_timeout)
+                .keep_alive_while_idle(false);
+        }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ReporterError::NoRuntime);
         }
