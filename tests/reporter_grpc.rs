@@ -404,3 +404,66 @@ async fn without_keepalive_a_silent_connection_is_kept_and_every_call_times_out(
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
+
+/// A TCP relay in front of the fake coderd whose `crash` drops every connection at
+/// once, without the GOAWAY a graceful shutdown sends, and stops listening.
+struct Relay {
+    addr: std::net::SocketAddr,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(bind: std::net::SocketAddr, target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let conns = Arc::clone(&tasks);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect(target).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                conns.lock().unwrap().push(conn);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Self { addr, tasks }
+    }
+
+    fn crash(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn calls_succeed_again_after_coderd_crashes_and_comes_back() {
+    let coderd = FakeCoderd::start().await;
+    let target = coderd
+        .addr()
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), target).await;
+    let reporter = reporter(&format!("http://{}", relay.addr));
+    reporter
+        .report_encoded(encoded(&sample_request()))
+        .await
+        .unwrap();
+
+    relay.crash();
+    // Called at once, this usually goes out on the dead connection and fails as
+    // UNKNOWN "transport error" (a broken pipe); later it would be a refused connect.
+    let status = reporter
+        .report_encoded(encoded(&sample_request()))
+        .await
+        .unwrap_err();
+    assert_eq!(classify(&status), Failure::Retryable, "{status:?}");
+
+    let _relay = Relay::start(relay.addr, target).await;
+    call_until_delivered(&reporter, 40).await;
+    assert_eq!(coderd.requests().len(), 2);
+}
