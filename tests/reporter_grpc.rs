@@ -319,7 +319,9 @@ async fn bad_urls_and_settings_are_construction_errors() {
     for url in [
         "http://127.0.0.1:1",
         "http://localhost:8080/",
+        "http://[::1]:8080",
         "unix:/run/coder.sock",
+        "unix:///run/coder.sock",
     ] {
         GrpcReporter::new(GrpcReporterConfig::new(url)).unwrap();
     }
