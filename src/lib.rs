@@ -11,4 +11,5 @@ pub mod codec;
 pub mod proto;
 pub mod reporter;
 pub mod ring;
+pub mod sink;
 pub(crate) mod sync;

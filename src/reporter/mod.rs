@@ -1,6 +1,11 @@
 //! Reporters: where the forwarder's requests go (coderd over gRPC, stdout, or nowhere).
 
+pub mod grpc;
+pub mod null;
+pub mod stdout;
+
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -46,5 +51,23 @@ pub trait Reporter: Send + Sync + 'static {
             let decoded = request.decode()?;
             self.report_boundary_logs(decoded).await.map(drop)
         }
+    }
+}
+
+/// A shared reporter reports as the one it points to, so a caller can hand the
+/// forwarder an `Arc` and keep reading the reporter's own state (counts, captures).
+impl<R: Reporter> Reporter for Arc<R> {
+    fn report_boundary_logs(
+        &self,
+        request: ReportBoundaryLogsRequest,
+    ) -> impl Future<Output = Result<ReportBoundaryLogsResponse, tonic::Status>> + Send {
+        R::report_boundary_logs(self, request)
+    }
+
+    fn report_encoded(
+        &self,
+        request: EncodedRequest,
+    ) -> impl Future<Output = Result<(), tonic::Status>> + Send {
+        R::report_encoded(self, request)
     }
 }

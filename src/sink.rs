@@ -1,0 +1,280 @@
+//! The `sink` subcommand: a gRPC server implementing `Agent.ReportBoundaryLogs` that
+//! prints what it receives as the stdout reporter does, or only counts it.
+
+use std::future::Future;
+use std::io::{self, Write};
+use std::os::unix::fs::FileTypeExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::proto::agent::agent_server::{Agent, AgentServer};
+use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
+use crate::reporter::stdout::StdoutReporter;
+
+/// Largest request the sink accepts: generous, so a proxy configured for large
+/// batches is not refused by its test double.
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// How often `--quiet` prints its count line.
+pub const COUNT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Errors of the sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The listen address could not be bound.
+    #[error("sink: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Something other than a socket is at the Unix path; it is left alone.
+    #[error("sink: {} exists and is not a socket; not replacing it", .0.display())]
+    NotASocket(PathBuf),
+    /// A leftover socket at the Unix path could not be removed or inspected.
+    #[error("sink: cannot replace {}: {source}", path.display())]
+    Replace {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The server failed while running.
+    #[error("sink: serving failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// The service: counts every request and log, and prints their JSON lines unless quiet.
+/// Clones share the counters.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    inner: Arc<SinkInner>,
+}
+
+#[derive(Debug)]
+struct SinkInner {
+    logs: AtomicU64,
+    requests: AtomicU64,
+    printer: Option<StdoutReporter>,
+}
+
+impl Sink {
+    /// Prints each received log through `printer`.
+    pub fn printing(printer: StdoutReporter) -> Self {
+        Self::with_printer(Some(printer))
+    }
+
+    /// Only counts.
+    pub fn quiet() -> Self {
+        Self::with_printer(None)
+    }
+
+    fn with_printer(printer: Option<StdoutReporter>) -> Self {
+        Self {
+            inner: Arc::new(SinkInner {
+                logs: AtomicU64::new(0),
+                requests: AtomicU64::new(0),
+                printer,
+            }),
+        }
+    }
+
+    /// Logs received so far.
+    pub fn logs(&self) -> u64 {
+        self.inner.logs.load(Ordering::Relaxed)
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// The tonic service to mount on a server.
+    pub fn service(&self) -> AgentServer<Sink> {
+        AgentServer::new(self.clone()).max_decoding_message_size(MAX_REQUEST_BYTES)
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then removes a Unix socket file.
+    pub async fn serve(
+        &self,
+        listener: SinkListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), SinkError> {
+        let server = tonic::transport::Server::builder().add_service(self.service());
+        match listener {
+            SinkListener::Tcp(listener) => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                server
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await?;
+            }
+            SinkListener::Unix { listener, path } => {
+                let served = server
+                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                    .await;
+                remove_socket(&path);
+                served?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for Sink {
+    async fn report_boundary_logs(
+        &self,
+        request: Request<ReportBoundaryLogsRequest>,
+    ) -> Result<Response<ReportBoundaryLogsResponse>, Status> {
+        let request = request.into_inner();
+        if let Some(printer) = &self.inner.printer {
+            printer
+                .write_request(&request)
+                .map_err(|e| Status::internal(format!("sink: writing log lines: {e}")))?;
+        }
+        self.inner
+            .logs
+            .fetch_add(request.logs.len() as u64, Ordering::Relaxed);
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(ReportBoundaryLogsResponse {}))
+    }
+}
+
+/// A bound listen address: TCP, or a Unix socket and its path.
+#[derive(Debug)]
+pub enum SinkListener {
+    /// `HOST:PORT`.
+    Tcp(TcpListener),
+    /// `unix:/PATH`.
+    Unix {
+        /// The listener.
+        listener: UnixListener,
+        /// The socket file, removed when serving ends.
+        path: PathBuf,
+    },
+}
+
+impl SinkListener {
+    /// Binds `HOST:PORT` or `unix:/PATH` (a leftover socket file there is replaced;
+    /// anything else at the path is an error).
+    pub async fn bind(listen: &str) -> Result<Self, SinkError> {
+        let bind_error = |source| SinkError::Bind {
+            addr: listen.to_owned(),
+            source,
+        };
+        match listen.strip_prefix("unix:") {
+            Some(path) => {
+                let path = PathBuf::from(path);
+                clear_stale_socket(&path)?;
+                let listener = UnixListener::bind(&path).map_err(bind_error)?;
+                Ok(Self::Unix { listener, path })
+            }
+            None => Ok(Self::Tcp(
+                TcpListener::bind(listen).await.map_err(bind_error)?,
+            )),
+        }
+    }
+
+    /// Where clients connect, as the proxy's `--coderd` takes it:
+    /// `http://HOST:PORT` or `unix:/PATH`.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Tcp(listener) => match listener.local_addr() {
+                Ok(addr) => format!("http://{addr}"),
+                Err(_) => "http://<unknown>".to_owned(),
+            },
+            Self::Unix { path, .. } => format!("unix:{}", path.display()),
+        }
+    }
+}
+
+/// Removes a leftover socket file at `path`; refuses anything else that is there.
+fn clear_stale_socket(path: &Path) -> Result<(), SinkError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|source| SinkError::Replace {
+                path: path.to_owned(),
+                source,
+            })
+        }
+        Ok(_) => Err(SinkError::NotASocket(path.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SinkError::Replace {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Removes our socket file on the way out, if it is still a socket.
+fn remove_socket(path: &Path) {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), error = %e, "sink: could not remove the socket file");
+            }
+        }
+    }
+}
+
+/// The quiet sink's line.
+pub fn count_line(logs: u64, requests: u64) -> String {
+    format!("received {logs} logs in {requests} requests")
+}
+
+/// Every `every`, writes the sink's `count_line` to `out` if the counts changed.
+/// Runs until dropped or until writing fails.
+pub async fn print_counts(sink: Sink, every: Duration, mut out: Box<dyn Write + Send>) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = (0, 0);
+    loop {
+        ticker.tick().await;
+        let now = (sink.logs(), sink.requests());
+        if now == last {
+            continue;
+        }
+        last = now;
+        let written = writeln!(out, "{}", count_line(now.0, now.1)).and_then(|()| out.flush());
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "sink: cannot write the count line; stopping it");
+            return;
+        }
+    }
+}
+
+/// The `sink` subcommand: binds `listen` (`HOST:PORT` or `unix:/PATH`), prints each
+/// received log's JSON line on stdout (or, if `quiet`, a count line every second when
+/// it changes, and the final count at the end) until `shutdown` completes.
+pub async fn run_sink(
+    listen: &str,
+    quiet: bool,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SinkError> {
+    let listener = SinkListener::bind(listen).await?;
+    tracing::info!(url = %listener.url(), quiet, "sink listening");
+    if !quiet {
+        return Sink::printing(StdoutReporter::new())
+            .serve(listener, shutdown)
+            .await;
+    }
+    let sink = Sink::quiet();
+    let counts = tokio::spawn(print_counts(
+        sink.clone(),
+        COUNT_INTERVAL,
+        Box::new(io::stdout()),
+    ));
+    let served = sink.serve(listener, shutdown).await;
+    counts.abort();
+    println!("{}", count_line(sink.logs(), sink.requests()));
+    served
+}
