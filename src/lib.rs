@@ -8,6 +8,9 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod codec;
+pub mod config;
+pub mod events;
+pub mod metrics;
 pub mod proto;
 pub mod reporter;
 pub mod ring;
