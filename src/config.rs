@@ -279,7 +279,13 @@ impl FromStr for LogFilter {
         } else {
             tracing::level_filters::LevelFilter::from_str(s.trim()).is_ok()
         };
-        valid.then(|| Self(s.trim().to_owned())).ok_or_else(invalid)
+        // Bare levels are stored in lower case: EnvFilter reads only those.
+        let filter = if s.contains(['=', ',']) {
+            s.trim().to_owned()
+        } else {
+            s.trim().to_ascii_lowercase()
+        };
+        valid.then_some(Self(filter)).ok_or_else(invalid)
     }
 }
 
@@ -582,6 +588,13 @@ pub fn parse_positive<T: TryFrom<u64>>(setting: &'static str, s: &str) -> Result
 /// A whole number >= 0.
 pub fn parse_count(setting: &'static str, s: &str) -> Result<u64, ConfigError> {
     parse_decimal(s).ok_or_else(|| ConfigError::invalid(setting, s, takes::COUNT))
+}
+
+/// `loadgen --rate`: frames per second, >= 1.
+pub fn parse_rate(s: &str) -> Result<u64, ConfigError> {
+    parse_decimal(s)
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| ConfigError::invalid("--rate", s, takes::RATE))
 }
 
 /// A uid.
