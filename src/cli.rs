@@ -40,7 +40,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Receive boundary's audit logs on a Unix socket and forward them (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a gRPC Agent server that prints what it receives, standing in for coderd.
     Sink(SinkCmd),
     /// Act as boundary: write frames of audit logs to the proxy's socket.
@@ -311,8 +311,8 @@ where
     let args = with_default_subcommand(args.into_iter().map(Into::into).collect());
     match Cli::try_parse_from(&args) {
         Ok(cli) => Ok(match cli.command {
-            Command::Serve(serve) if serve.print_config => Invocation::PrintConfig(serve.into()),
-            Command::Serve(serve) => Invocation::Serve(serve.into()),
+            Command::Serve(serve) if serve.print_config => Invocation::PrintConfig((*serve).into()),
+            Command::Serve(serve) => Invocation::Serve((*serve).into()),
             Command::Sink(sink) => Invocation::Sink(sink.into()),
             Command::Loadgen(loadgen) => Invocation::Loadgen(loadgen.into()),
         }),
@@ -343,12 +343,8 @@ fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
     args
 }
 
-fn context<'e>(error: &'e clap::Error, kind: ContextKind) -> Option<&'e ContextValue> {
-    error.get(kind)
-}
-
 fn context_str(error: &clap::Error, kind: ContextKind) -> Option<String> {
-    match context(error, kind)? {
+    match error.get(kind)? {
         ContextValue::String(s) => Some(s.clone()),
         ContextValue::Strings(v) => Some(v.join(", ")),
         ContextValue::StyledStr(s) => Some(s.to_string()),
