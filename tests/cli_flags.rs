@@ -114,6 +114,18 @@ fn invalid_values_exit_2_with_one_line_naming_the_flag_and_what_it_takes() {
 }
 
 #[test]
+fn socket_path_too_long_for_a_unix_address_is_a_flag_error() {
+    let long = format!("/tmp/{}", "s".repeat(110));
+    assert_usage_error(&["--socket", &long], &[], &["--socket"], "107 bytes");
+    assert_usage_error(
+        &["loadgen", "--socket", ""],
+        &[],
+        &["--socket"],
+        "107 bytes",
+    );
+}
+
+#[test]
 fn sink_together_with_coderd_is_a_flag_error() {
     assert_usage_error(
         &["--sink", "stdout", "--coderd", "http://127.0.0.1:3000"],
