@@ -7,7 +7,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod app;
+pub mod cli;
 pub mod codec;
+pub mod config;
+pub mod events;
+pub mod logging;
+pub mod metrics;
 pub mod proto;
 pub mod reporter;
 pub mod ring;

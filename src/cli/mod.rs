@@ -1,0 +1,539 @@
+//! The command line: clap definitions for `serve` (the default), `sink` and
+//! `loadgen`, every flag also read from `BOUNDARY_LOG_PROXY_<FLAG>`, and clap's
+//! errors turned into the one-line messages CONTRACT §2 promises (see [`render`]).
+
+mod render;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::error::ErrorKind;
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::config::{
+    self, default_socket_path, AuthToken, CoderdEndpoint, Config, FrameTag, IoMode, ListenAddr,
+    LoadgenArgs, LogFilter, LogFormat, LogSettings, SinkArgs, SinkKind,
+};
+
+/// Prefix of every flag's environment variable.
+pub const ENV_PREFIX: &str = "BOUNDARY_LOG_PROXY_";
+
+/// The binary's name, as clap and the messages show it.
+const BIN: &str = "boundary-log-proxy";
+
+/// `boundary-log-proxy`: carries boundary's audit logs to coderd.
+#[derive(Debug, Parser)]
+#[command(
+    name = BIN,
+    version,
+    about,
+    propagate_version = true,
+    override_usage = "boundary-log-proxy [serve] [OPTIONS]\n       boundary-log-proxy <COMMAND> [OPTIONS]",
+    after_help = "Every flag also reads BOUNDARY_LOG_PROXY_<FLAG> (e.g. BOUNDARY_LOG_PROXY_RING_CAPACITY); the flag wins."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Receive boundary's audit logs on a Unix socket and forward them (the default).
+    Serve(Box<ServeArgs>),
+    /// Run a gRPC Agent server that prints what it receives, standing in for coderd.
+    Sink(SinkCmd),
+    /// Act as boundary: write frames of audit logs to the proxy's socket.
+    Loadgen(LoadgenCmd),
+}
+
+#[derive(Debug, Args)]
+struct LogArgs {
+    /// Format of the proxy's own logs on stderr.
+    #[arg(
+        long,
+        env = "BOUNDARY_LOG_PROXY_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: LogFormat,
+    /// Level of the proxy's own logs: error, warn, info, debug, trace, off, or a
+    /// filter such as info,boundary_log_proxy=debug.
+    #[arg(long, env = "BOUNDARY_LOG_PROXY_LOG_LEVEL", default_value = "info",
+          value_parser = |s: &str| s.parse::<LogFilter>())]
+    log_level: LogFilter,
+}
+
+impl From<LogArgs> for LogSettings {
+    fn from(args: LogArgs) -> Self {
+        Self {
+            format: args.log_format,
+            filter: args.log_level,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Unix socket boundary connects to.
+    #[arg(long, value_name = "PATH", env = "BOUNDARY_LOG_PROXY_SOCKET",
+          default_value_os_t = default_socket_path(), value_parser = config::parse_socket_path)]
+    socket: PathBuf,
+    /// Permission bits of the socket file, in octal.
+    #[arg(long, value_name = "OCTAL", env = "BOUNDARY_LOG_PROXY_SOCKET_MODE", default_value = "0600",
+          value_parser = config::parse_socket_mode)]
+    socket_mode: u32,
+    /// coderd's Agent API: http://HOST:PORT (h2c) or unix:/path.
+    #[arg(long, value_name = "URL", env = "BOUNDARY_LOG_PROXY_CODERD",
+          value_parser = |s: &str| s.parse::<CoderdEndpoint>())]
+    coderd: Option<CoderdEndpoint>,
+    /// Sent as the coder-session-token metadata on every call.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "BOUNDARY_LOG_PROXY_AUTH_TOKEN",
+        hide_env_values = true
+    )]
+    auth_token: Option<String>,
+    /// Embedded reporter used instead of coderd [default: stdout when --coderd is absent].
+    #[arg(
+        long,
+        env = "BOUNDARY_LOG_PROXY_SINK",
+        value_enum,
+        conflicts_with = "coderd"
+    )]
+    sink: Option<SinkKind>,
+    /// Serve /metrics and /healthz on this address [default: off].
+    #[arg(long, value_name = "HOST:PORT", env = "BOUNDARY_LOG_PROXY_METRICS_ADDR",
+          value_parser = config::parse_metrics_addr)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Socket reader: auto uses io_uring when the kernel allows it, else epoll.
+    #[arg(long, env = "BOUNDARY_LOG_PROXY_IO", value_enum, default_value_t)]
+    io: IoMode,
+    /// Ring slots (one per received frame); a power of two >= 2.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_RING_CAPACITY", default_value = "4096",
+          value_parser = config::parse_ring_capacity)]
+    ring_capacity: usize,
+    /// Most logs in one forwarded request.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_BATCH_MAX_LOGS", default_value = "1000",
+          value_parser = |s: &str| config::parse_positive::<u32>("--batch-max-logs", s))]
+    batch_max_logs: u32,
+    /// Most encoded bytes in one forwarded request (below gRPC's 4 MiB limit).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_BATCH_MAX_BYTES", default_value = "1048576",
+          value_parser = config::parse_batch_max_bytes)]
+    batch_max_bytes: usize,
+    /// How long to wait for more frames before sending a request that is not full.
+    #[arg(long, value_name = "DURATION", env = "BOUNDARY_LOG_PROXY_BATCH_LINGER", default_value = "5ms",
+          value_parser = |s: &str| config::parse_duration("--batch-linger", s))]
+    batch_linger: Duration,
+    /// How long a request is retried on transient errors before it is dropped; 0s drops at the first failure.
+    #[arg(long, value_name = "DURATION", env = "BOUNDARY_LOG_PROXY_RETRY_MAX_ELAPSED", default_value = "30s",
+          value_parser = |s: &str| config::parse_duration("--retry-max-elapsed", s))]
+    retry_max_elapsed: Duration,
+    /// Deadline of one ReportBoundaryLogs call.
+    #[arg(long, value_name = "DURATION", env = "BOUNDARY_LOG_PROXY_CALL_TIMEOUT", default_value = "10s",
+          value_parser = |s: &str| config::parse_positive_duration("--call-timeout", s))]
+    call_timeout: Duration,
+    /// Connections beyond this are accepted and closed at once.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_MAX_CONNECTIONS", default_value = "1024",
+          value_parser = |s: &str| config::parse_positive::<usize>("--max-connections", s))]
+    max_connections: usize,
+    /// Serve only peers with this uid (repeatable, or comma-separated) [default: any peer].
+    #[arg(long = "allow-uid", value_name = "UID", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_ALLOW_UID",
+          value_delimiter = ',', value_parser = config::parse_uid)]
+    allow_uid: Vec<u32>,
+    /// On SIGTERM/SIGINT, how long draining may take before what is unsent is counted as dropped.
+    #[arg(long, value_name = "DURATION", env = "BOUNDARY_LOG_PROXY_SHUTDOWN_TIMEOUT", default_value = "5s",
+          value_parser = |s: &str| config::parse_duration("--shutdown-timeout", s))]
+    shutdown_timeout: Duration,
+    #[command(flatten)]
+    log: LogArgs,
+    /// Print the effective configuration as JSON and exit.
+    #[arg(long, hide = true)]
+    print_config: bool,
+}
+
+impl From<ServeArgs> for Config {
+    fn from(args: ServeArgs) -> Self {
+        let sink = match args.coderd {
+            Some(_) => None,
+            None => Some(args.sink.unwrap_or_default()),
+        };
+        Self {
+            socket: args.socket,
+            socket_mode: args.socket_mode,
+            coderd: args.coderd,
+            auth_token: args.auth_token.map(AuthToken::new),
+            sink,
+            metrics_addr: args.metrics_addr,
+            io: args.io,
+            ring_capacity: args.ring_capacity,
+            batch_max_logs: args.batch_max_logs,
+            batch_max_bytes: args.batch_max_bytes,
+            batch_linger: args.batch_linger,
+            retry_max_elapsed: args.retry_max_elapsed,
+            call_timeout: args.call_timeout,
+            max_connections: args.max_connections,
+            allow_uids: args.allow_uid,
+            shutdown_timeout: args.shutdown_timeout,
+            log: args.log.into(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct SinkCmd {
+    /// Where to listen: HOST:PORT (h2c) or unix:/path.
+    #[arg(long, value_name = "ADDR", env = "BOUNDARY_LOG_PROXY_LISTEN",
+          value_parser = |s: &str| s.parse::<ListenAddr>())]
+    listen: ListenAddr,
+    /// Print only a periodic count instead of every log.
+    #[arg(long, env = "BOUNDARY_LOG_PROXY_QUIET", action = ArgAction::SetTrue,
+          value_parser = BoolishValueParser::new())]
+    quiet: bool,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+struct LoadgenCmd {
+    /// The proxy's socket.
+    #[arg(long, value_name = "PATH", env = "BOUNDARY_LOG_PROXY_SOCKET",
+          default_value_os_t = default_socket_path(), value_parser = config::parse_socket_path)]
+    socket: PathBuf,
+    /// Concurrent connections.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_CONNECTIONS", default_value = "1",
+          value_parser = |s: &str| config::parse_positive::<u32>("--connections", s))]
+    connections: u32,
+    /// Frames each connection sends.
+    #[arg(long, value_name = "M", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_FRAMES", default_value = "10000",
+          value_parser = |s: &str| config::parse_count("--frames", s))]
+    frames: u64,
+    /// Logs in each frame.
+    #[arg(long, value_name = "K", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_LOGS_PER_FRAME", default_value = "10",
+          value_parser = |s: &str| config::parse_positive::<u32>("--logs-per-frame", s))]
+    logs_per_frame: u32,
+    /// Frames per second across all connections [default: as fast as possible].
+    #[arg(long, value_name = "FRAMES_PER_S", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_RATE",
+          value_parser = config::parse_rate)]
+    rate: Option<u64>,
+    /// Frame tag to write.
+    #[arg(long, env = "BOUNDARY_LOG_PROXY_TAG", value_enum, default_value_t)]
+    tag: FrameTag,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+impl From<SinkCmd> for SinkArgs {
+    fn from(cmd: SinkCmd) -> Self {
+        Self {
+            listen: cmd.listen,
+            quiet: cmd.quiet,
+            log: cmd.log.into(),
+        }
+    }
+}
+
+impl From<LoadgenCmd> for LoadgenArgs {
+    fn from(cmd: LoadgenCmd) -> Self {
+        Self {
+            socket: cmd.socket,
+            connections: cmd.connections,
+            frames: cmd.frames,
+            logs_per_frame: cmd.logs_per_frame,
+            rate: cmd.rate,
+            tag: cmd.tag,
+            log: cmd.log.into(),
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    /// Run the proxy.
+    Serve(Config),
+    /// Print the effective configuration (`serve --print-config`) and exit 0.
+    PrintConfig(Config),
+    /// Run the stand-in gRPC server.
+    Sink(SinkArgs),
+    /// Generate load.
+    Loadgen(LoadgenArgs),
+}
+
+impl Invocation {
+    /// The logging settings of whichever command runs.
+    pub fn log_settings(&self) -> &LogSettings {
+        match self {
+            Self::Serve(config) | Self::PrintConfig(config) => &config.log,
+            Self::Sink(args) => &args.log,
+            Self::Loadgen(args) => &args.log,
+        }
+    }
+}
+
+/// Parsing stopped: help or version was asked for, or a flag was wrong.
+#[derive(Debug)]
+pub enum CliExit {
+    /// `--help` / `--version`: print as clap renders it, exit 0.
+    Info(clap::Error),
+    /// A usage error: print this one line on stderr, exit 2.
+    Usage(String),
+}
+
+impl CliExit {
+    /// Prints the message where it belongs and returns the exit status.
+    pub fn report(self) -> ExitCode {
+        match self {
+            Self::Info(info) => {
+                let _ = info.print();
+                ExitCode::SUCCESS
+            }
+            Self::Usage(line) => {
+                eprintln!("{line}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+/// Parses the process's arguments (and the `BOUNDARY_LOG_PROXY_*` environment).
+pub fn parse_env() -> Result<Invocation, CliExit> {
+    parse_from(std::env::args_os())
+}
+
+/// Parses `args` (the first is the program name). With no subcommand, `serve` runs.
+pub fn parse_from<I, T>(args: I) -> Result<Invocation, CliExit>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let args = with_default_subcommand(args.into_iter().map(Into::into).collect());
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => Ok(match cli.command {
+            Command::Serve(serve) if serve.print_config => Invocation::PrintConfig((*serve).into()),
+            Command::Serve(serve) => Invocation::Serve((*serve).into()),
+            Command::Sink(sink) => Invocation::Sink(sink.into()),
+            Command::Loadgen(loadgen) => Invocation::Loadgen(loadgen.into()),
+        }),
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            Err(CliExit::Info(error))
+        }
+        Err(error) => Err(CliExit::Usage(render::one_line(&error, &args))),
+    }
+}
+
+/// Inserts `serve` when the first argument is not a subcommand (or help/version).
+fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
+    let first = args.get(1).and_then(|a| a.to_str());
+    let insert = match first {
+        None => true,
+        Some("-h" | "--help" | "-V" | "--version") => false,
+        Some(flag) => flag.starts_with('-'),
+    };
+    if insert {
+        let at = args.len().min(1);
+        args.insert(at, OsString::from("serve"));
+    }
+    args
+}
+
+/// `BOUNDARY_LOG_PROXY_RING_CAPACITY` for `--ring-capacity`.
+pub fn env_var_for(flag: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        flag.trim_start_matches('-')
+            .replace('-', "_")
+            .to_uppercase()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Invocation, CliExit> {
+        parse_from(std::iter::once(BIN).chain(args.iter().copied()))
+    }
+
+    fn usage(args: &[&str]) -> String {
+        match parse(args) {
+            Err(CliExit::Usage(line)) => line,
+            other => panic!("{args:?} parsed: {other:?}"),
+        }
+    }
+
+    fn serve(args: &[&str]) -> Config {
+        match parse(args) {
+            Ok(Invocation::Serve(config)) => config,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_reads_its_boundary_log_proxy_env_var() {
+        let cli = Cli::command();
+        let mut checked = 0;
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if matches!(long, "help" | "version" | "print-config") {
+                    continue;
+                }
+                let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                assert_eq!(
+                    env.as_deref(),
+                    Some(env_var_for(long).as_str()),
+                    "{} --{long}",
+                    sub.get_name()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 25, "only {checked} flags checked");
+    }
+
+    #[test]
+    fn no_arguments_runs_serve_with_the_documented_defaults() {
+        // The test process may not set BOUNDARY_LOG_PROXY_* (the cli_* tests control env).
+        assert_eq!(serve(&[]), Config::default());
+        assert_eq!(serve(&["serve"]), Config::default());
+    }
+
+    #[test]
+    fn serve_flags_without_the_subcommand_name_still_serve() {
+        let config = serve(&["--ring-capacity", "8", "--socket-mode=0o640"]);
+        assert_eq!(config.ring_capacity, 8);
+        assert_eq!(config.socket_mode, 0o640);
+    }
+
+    #[test]
+    fn coderd_disables_the_sink_and_carries_the_token() {
+        let config = serve(&["--coderd", "unix:/run/c.sock", "--auth-token", "t"]);
+        assert_eq!(config.sink, None);
+        assert_eq!(config.auth_token.unwrap().expose(), "t");
+        let config = serve(&["--sink", "null"]);
+        assert_eq!(config.sink, Some(SinkKind::Null));
+    }
+
+    #[test]
+    fn allow_uid_repeats_and_splits_on_commas() {
+        let config = serve(&["--allow-uid", "1000", "--allow-uid=1001,1002"]);
+        assert_eq!(config.allow_uids, [1000, 1001, 1002]);
+    }
+
+    #[test]
+    fn invalid_values_render_as_one_line_naming_flag_and_what_it_takes() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--ring-capacity", "3"],
+                "error: invalid value '3' for --ring-capacity: a power of two >= 2 (at most 16777216)",
+            ),
+            (
+                &["--io", "kqueue"],
+                "error: invalid value 'kqueue' for --io: one of auto, uring, epoll",
+            ),
+            (
+                &["--batch-linger", "5"],
+                "error: invalid value '5' for --batch-linger: a duration with a unit, such as 0s, 250ms, 5s or 2m",
+            ),
+            (
+                &["--ring-capacity"],
+                "error: --ring-capacity needs a value: a power of two >= 2 (at most 16777216)",
+            ),
+            (
+                &["--io"],
+                "error: --io needs a value: one of auto, uring, epoll",
+            ),
+            (
+                &["--sink", "null", "--coderd", "unix:/x"],
+                "error: --sink cannot be used with --coderd: forward to coderd or to an embedded sink, not both",
+            ),
+            (
+                &["sink"],
+                "error: missing required --listen <ADDR>: an address HOST:PORT such as 127.0.0.1:9090, or unix:/path",
+            ),
+            (
+                &["frobnicate"],
+                "error: unknown subcommand 'frobnicate': one of serve, sink, loadgen",
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(usage(args), *want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_flags_suggest_the_close_one() {
+        let line = usage(&["--ring-capacty", "8"]);
+        assert!(
+            line.starts_with("error: unknown argument '--ring-capacty'"),
+            "{line}"
+        );
+        assert!(line.contains("--ring-capacity"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn help_and_version_are_info_not_usage_errors() {
+        for args in [
+            &["--help"][..],
+            &["-V"],
+            &["serve", "--help"],
+            &["loadgen", "-h"],
+        ] {
+            assert!(matches!(parse(args), Err(CliExit::Info(_))), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn loadgen_and_sink_convert_to_their_args() {
+        let Ok(Invocation::Loadgen(args)) = parse(&[
+            "loadgen",
+            "--socket",
+            "/tmp/s",
+            "--connections",
+            "4",
+            "--frames",
+            "100",
+            "--logs-per-frame",
+            "3",
+            "--rate",
+            "500",
+            "--tag",
+            "v1",
+        ]) else {
+            panic!("loadgen did not parse");
+        };
+        assert_eq!(
+            (
+                args.connections,
+                args.frames,
+                args.logs_per_frame,
+                args.rate,
+                args.tag
+            ),
+            (4, 100, 3, Some(500), FrameTag::V1)
+        );
+        let Ok(Invocation::Sink(sink)) = parse(&["sink", "--listen", "unix:/tmp/a", "--quiet"])
+        else {
+            panic!("sink did not parse");
+        };
+        assert_eq!(sink.listen, ListenAddr::Unix("/tmp/a".into()));
+        assert!(sink.quiet);
+    }
+}

@@ -1,0 +1,152 @@
+//! Turns any clap error into the single line CONTRACT §2 promises:
+//! `error: invalid value 'x' for --flag: what it takes`.
+
+use std::ffi::{OsStr, OsString};
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory as _, Parser as _};
+
+use super::{env_var_for, Cli, BIN};
+use crate::config::ConfigError;
+
+fn context_str(error: &clap::Error, kind: ContextKind) -> Option<String> {
+    match error.get(kind)? {
+        ContextValue::String(s) => Some(s.clone()),
+        ContextValue::Strings(v) => Some(v.join(", ")),
+        ContextValue::StyledStr(s) => Some(s.to_string()),
+        ContextValue::StyledStrs(v) => Some(
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        ContextValue::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `--ring-capacity <N>` -> `--ring-capacity`.
+fn flag_of(arg: &str) -> &str {
+    arg.split([' ', '=']).next().unwrap_or(arg)
+}
+
+/// ` (from BOUNDARY_LOG_PROXY_X)` when the bad value came from the environment:
+/// the flag is absent from the command line and its variable holds that value.
+fn source_note(flag: &str, value: Option<&str>, args: &[OsString]) -> String {
+    let on_command_line = args.iter().skip(1).any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    });
+    let var = env_var_for(flag);
+    let from_env = !on_command_line
+        && std::env::var_os(&var).is_some_and(|v| value.is_none_or(|value| v == OsStr::new(value)));
+    if from_env {
+        format!(" (from {var})")
+    } else {
+        String::new()
+    }
+}
+
+/// What a flag takes, found by running its own parser on an empty value.
+fn takes_of(flag: &str) -> Option<String> {
+    let long = flag.strip_prefix("--")?;
+    let cli = Cli::command();
+    let (sub, arg) = cli.get_subcommands().find_map(|sub| {
+        let arg = sub
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(long))?;
+        Some((sub.get_name(), arg))
+    })?;
+    let possible = arg.get_possible_values();
+    if !possible.is_empty() {
+        let names: Vec<_> = possible.iter().map(|p| p.get_name()).collect();
+        return Some(format!("one of {}", names.join(", ")));
+    }
+    let from_parser = Cli::try_parse_from([BIN, sub, &format!("{flag}=")])
+        .err()
+        .filter(|error| {
+            context_str(error, ContextKind::InvalidArg).is_some_and(|a| flag_of(&a) == flag)
+        })
+        .and_then(|error| config_error_of(&error).map(|e| e.takes().to_owned()));
+    from_parser.or_else(|| {
+        arg.get_value_names()
+            .and_then(|names| names.first())
+            .map(|name| name.to_string())
+    })
+}
+
+fn config_error_of(error: &clap::Error) -> Option<&ConfigError> {
+    std::error::Error::source(error)?.downcast_ref::<ConfigError>()
+}
+
+/// Renders any clap error as the single line CONTRACT §2 promises.
+pub(super) fn one_line(error: &clap::Error, args: &[OsString]) -> String {
+    let arg = context_str(error, ContextKind::InvalidArg).unwrap_or_default();
+    let flag = flag_of(&arg);
+    let value = context_str(error, ContextKind::InvalidValue);
+    match error.kind() {
+        ErrorKind::ValueValidation => {
+            let value = value.unwrap_or_default();
+            let takes = match config_error_of(error) {
+                Some(config_error) => config_error.takes().to_owned(),
+                None => std::error::Error::source(error)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "a valid value".to_owned()),
+            };
+            let note = source_note(flag, Some(&value), args);
+            format!("error: invalid value '{value}' for {flag}{note}: {takes}")
+        }
+        ErrorKind::InvalidValue => {
+            let takes = match context_str(error, ContextKind::ValidValue) {
+                Some(valid) if !valid.is_empty() => format!("one of {valid}"),
+                _ => takes_of(flag).unwrap_or_else(|| "a value".to_owned()),
+            };
+            match value.filter(|v| !v.is_empty()) {
+                Some(value) => {
+                    let note = source_note(flag, Some(&value), args);
+                    format!("error: invalid value '{value}' for {flag}{note}: {takes}")
+                }
+                None => format!("error: {flag} needs a value: {takes}"),
+            }
+        }
+        ErrorKind::ArgumentConflict => {
+            let prior = context_str(error, ContextKind::PriorArg).unwrap_or_default();
+            let prior = flag_of(&prior);
+            let why = if [flag, prior].contains(&"--sink") && [flag, prior].contains(&"--coderd") {
+                "forward to coderd or to an embedded sink, not both"
+            } else {
+                "give only one of them"
+            };
+            let flag_note = source_note(flag, None, args);
+            let prior_note = source_note(prior, None, args);
+            format!("error: {flag}{flag_note} cannot be used with {prior}{prior_note}: {why}")
+        }
+        ErrorKind::UnknownArgument => {
+            let hint = context_str(error, ContextKind::SuggestedArg)
+                .map(|s| format!(" (did you mean '{}'?)", flag_of(&s)))
+                .unwrap_or_default();
+            format!("error: unknown argument '{arg}'{hint}: see '{BIN} --help'")
+        }
+        ErrorKind::InvalidSubcommand => {
+            let name = context_str(error, ContextKind::InvalidSubcommand).unwrap_or_default();
+            format!("error: unknown subcommand '{name}': one of serve, sink, loadgen")
+        }
+        ErrorKind::MissingRequiredArgument => {
+            let missing = context_str(error, ContextKind::InvalidArg).unwrap_or_default();
+            let takes = takes_of(flag_of(&missing))
+                .map(|t| format!(": {t}"))
+                .unwrap_or_default();
+            format!("error: missing required {missing}{takes}")
+        }
+        _ => {
+            let rendered = error.render().to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            format!("error: {first}")
+        }
+    }
+}

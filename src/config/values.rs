@@ -1,0 +1,479 @@
+//! The forms settings take on the command line and the checks on their ranges: one
+//! parser per kind of value, each failing with what the flag takes.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::{format_duration, ConfigError};
+
+/// The largest request coderd's gRPC server accepts (grpc-go's default receive limit).
+pub const GRPC_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The largest ring the proxy will allocate: 2^24 slots.
+pub const MAX_RING_CAPACITY: usize = 1 << 24;
+
+/// The longest Unix socket path the kernel takes (`sun_path` less its NUL).
+pub const MAX_SOCKET_PATH_BYTES: usize = 107;
+
+/// What a value must look like, in the words every error message uses.
+pub mod takes {
+    /// `--socket`.
+    pub const SOCKET: &str = "a path of 1 to 107 bytes (the Unix socket address limit)";
+    /// `--socket-mode`.
+    pub const SOCKET_MODE: &str = "octal permission bits such as 0600, 600 or 0o600 (at most 0777)";
+    /// `--coderd`.
+    pub const CODERD: &str = "an http://HOST:PORT URL (h2c) or unix:/path";
+    /// `--metrics-addr`.
+    pub const METRICS_ADDR: &str = "an address HOST:PORT such as 127.0.0.1:9100 or localhost:9100";
+    /// `sink --listen`.
+    pub const LISTEN: &str = "an address HOST:PORT such as 127.0.0.1:9090, or unix:/path";
+    /// `--ring-capacity`.
+    pub const RING_CAPACITY: &str = "a power of two >= 2 (at most 16777216)";
+    /// `--batch-max-logs`, `--max-connections`, `loadgen --connections`, `--logs-per-frame`.
+    pub const POSITIVE: &str = "a whole number >= 1";
+    /// `loadgen --frames`.
+    pub const COUNT: &str = "a whole number >= 0";
+    /// `--batch-max-bytes`.
+    pub const BATCH_MAX_BYTES: &str =
+        "a byte count from 1 to 4194303 (below gRPC's 4 MiB message limit)";
+    /// Durations that may be zero.
+    pub const DURATION: &str = "a duration with a unit, such as 0s, 250ms, 5s or 2m";
+    /// Durations that must be above zero.
+    pub const POSITIVE_DURATION: &str =
+        "a duration above zero with a unit, such as 250ms, 5s or 2m";
+    /// `--allow-uid`.
+    pub const UID: &str =
+        "a numeric user id such as 1000 (repeat the flag, or separate with commas)";
+    /// `--log-level`.
+    pub const LOG_LEVEL: &str =
+        "a level (error, warn, info, debug, trace, off) or a filter such as info,boundary_log_proxy=debug";
+    /// `loadgen --rate`.
+    pub const RATE: &str = "frames per second, a whole number >= 1";
+}
+
+/// Where coderd's Agent API is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoderdEndpoint {
+    /// `http://host:port`, HTTP/2 without TLS (h2c).
+    Http(http::Uri),
+    /// `unix:/path`: a Unix socket.
+    Unix(PathBuf),
+}
+
+impl FromStr for CoderdEndpoint {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || ConfigError::invalid("--coderd", s, takes::CODERD);
+        if let Some(path) = s.strip_prefix("unix:") {
+            return unix_path(path).map(Self::Unix).ok_or_else(invalid);
+        }
+        let uri: http::Uri = s.parse().map_err(|_| invalid())?;
+        let path_is_root = matches!(uri.path(), "" | "/") && uri.query().is_none();
+        match (uri.scheme_str(), uri.authority()) {
+            (Some("http"), Some(authority)) if !authority.host().is_empty() && path_is_root => {
+                Ok(Self::Http(uri))
+            }
+            _ => Err(invalid()),
+        }
+    }
+}
+
+impl fmt::Display for CoderdEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Http(uri) => write!(f, "{uri}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Where `sink` listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address (h2c).
+    Tcp(SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || ConfigError::invalid("--listen", s, takes::LISTEN);
+        if let Some(path) = s.strip_prefix("unix:") {
+            return unix_path(path).map(Self::Unix).ok_or_else(invalid);
+        }
+        host_port(s).map(Self::Tcp).ok_or_else(invalid)
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// `unix:/path`, `unix:relative` or `unix:///path` (the gRPC name forms) without the scheme.
+fn unix_path(rest: &str) -> Option<PathBuf> {
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+/// `IP:PORT` or `localhost:PORT`; no other name is resolved, so parsing never waits on DNS.
+fn host_port(s: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = s.parse() {
+        return Some(addr);
+    }
+    let port = s.strip_prefix("localhost:")?;
+    port.parse::<u16>().ok()?;
+    s.to_socket_addrs().ok()?.next()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFilter(String);
+
+impl LogFilter {
+    /// The directive string, as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for LogFilter {
+    fn default() -> Self {
+        Self("info".to_owned())
+    }
+}
+
+impl FromStr for LogFilter {
+    type Err = ConfigError;
+
+    /// A bare word must be a level (a typo such as `inof` is an error, not a target
+    /// name); anything with `=` or `,` must parse as `EnvFilter` directives.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || ConfigError::invalid("--log-level", s, takes::LOG_LEVEL);
+        let valid = if s.trim().is_empty() {
+            false
+        } else if s.contains(['=', ',']) {
+            s.split(',').all(|d| !d.trim().is_empty())
+                && tracing_subscriber::EnvFilter::builder().parse(s).is_ok()
+        } else {
+            tracing::level_filters::LevelFilter::from_str(s.trim()).is_ok()
+        };
+        // Bare levels are stored in lower case: EnvFilter reads only those.
+        let filter = if s.contains(['=', ',']) {
+            s.trim().to_owned()
+        } else {
+            s.trim().to_ascii_lowercase()
+        };
+        valid.then_some(Self(filter)).ok_or_else(invalid)
+    }
+}
+
+impl fmt::Display for LogFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// ---- checks shared by the CLI parsers and `Config::validate` ----
+
+/// `--socket`: not empty and short enough for a Unix socket address.
+pub fn check_socket_path(path: &std::path::Path) -> Result<&std::path::Path, ConfigError> {
+    let len = path.as_os_str().len();
+    if (1..=MAX_SOCKET_PATH_BYTES).contains(&len) {
+        Ok(path)
+    } else {
+        Err(ConfigError::invalid(
+            "--socket",
+            path.display(),
+            takes::SOCKET,
+        ))
+    }
+}
+
+/// `--socket`.
+pub fn parse_socket_path(s: &str) -> Result<PathBuf, ConfigError> {
+    let path = PathBuf::from(s);
+    check_socket_path(&path)?;
+    Ok(path)
+}
+
+/// `--socket-mode`: at most `0o777`.
+pub fn check_socket_mode(mode: u32) -> Result<u32, ConfigError> {
+    if mode <= 0o777 {
+        Ok(mode)
+    } else {
+        Err(ConfigError::invalid(
+            "--socket-mode",
+            format_args!("{mode:o}"),
+            takes::SOCKET_MODE,
+        ))
+    }
+}
+
+/// `--ring-capacity`: a power of two from 2 to [`MAX_RING_CAPACITY`].
+pub fn check_ring_capacity(slots: usize) -> Result<usize, ConfigError> {
+    if slots >= 2 && slots.is_power_of_two() && slots <= MAX_RING_CAPACITY {
+        Ok(slots)
+    } else {
+        Err(ConfigError::invalid(
+            "--ring-capacity",
+            slots,
+            takes::RING_CAPACITY,
+        ))
+    }
+}
+
+/// `--batch-max-bytes`: from 1 to just below [`GRPC_MAX_MESSAGE_BYTES`].
+pub fn check_batch_max_bytes(bytes: usize) -> Result<usize, ConfigError> {
+    if (1..GRPC_MAX_MESSAGE_BYTES).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(ConfigError::invalid(
+            "--batch-max-bytes",
+            bytes,
+            takes::BATCH_MAX_BYTES,
+        ))
+    }
+}
+
+pub(super) fn check_positive(setting: &'static str, n: u64) -> Result<u64, ConfigError> {
+    if n >= 1 {
+        Ok(n)
+    } else {
+        Err(ConfigError::invalid(setting, n, takes::POSITIVE))
+    }
+}
+
+pub(super) fn check_positive_duration(
+    setting: &'static str,
+    d: Duration,
+) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::invalid(
+            setting,
+            format_duration(d),
+            takes::POSITIVE_DURATION,
+        ))
+    } else {
+        Ok(d)
+    }
+}
+
+// ---- parsers from text (the CLI's value parsers call these) ----
+
+/// `0600`, `600` or `0o600`.
+pub fn parse_socket_mode(s: &str) -> Result<u32, ConfigError> {
+    let invalid = || ConfigError::invalid("--socket-mode", s, takes::SOCKET_MODE);
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(invalid());
+    }
+    let mode = u32::from_str_radix(digits, 8).map_err(|_| invalid())?;
+    check_socket_mode(mode).map_err(|_| invalid())
+}
+
+/// A power of two >= 2, as a decimal number.
+pub fn parse_ring_capacity(s: &str) -> Result<usize, ConfigError> {
+    let invalid = || ConfigError::invalid("--ring-capacity", s, takes::RING_CAPACITY);
+    let n = parse_decimal(s).ok_or_else(invalid)?;
+    usize::try_from(n)
+        .ok()
+        .and_then(|n| check_ring_capacity(n).ok())
+        .ok_or_else(invalid)
+}
+
+/// A byte count below 4 MiB.
+pub fn parse_batch_max_bytes(s: &str) -> Result<usize, ConfigError> {
+    let invalid = || ConfigError::invalid("--batch-max-bytes", s, takes::BATCH_MAX_BYTES);
+    let n = parse_decimal(s).ok_or_else(invalid)?;
+    usize::try_from(n)
+        .ok()
+        .and_then(|n| check_batch_max_bytes(n).ok())
+        .ok_or_else(invalid)
+}
+
+/// A whole number >= 1 that fits `T`.
+pub fn parse_positive<T: TryFrom<u64>>(setting: &'static str, s: &str) -> Result<T, ConfigError> {
+    parse_decimal(s)
+        .filter(|&n| n >= 1)
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| ConfigError::invalid(setting, s, takes::POSITIVE))
+}
+
+/// A whole number >= 0.
+pub fn parse_count(setting: &'static str, s: &str) -> Result<u64, ConfigError> {
+    parse_decimal(s).ok_or_else(|| ConfigError::invalid(setting, s, takes::COUNT))
+}
+
+/// `loadgen --rate`: frames per second, >= 1.
+pub fn parse_rate(s: &str) -> Result<u64, ConfigError> {
+    parse_decimal(s)
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| ConfigError::invalid("--rate", s, takes::RATE))
+}
+
+/// A uid.
+pub fn parse_uid(s: &str) -> Result<u32, ConfigError> {
+    parse_decimal(s)
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| ConfigError::invalid("--allow-uid", s, takes::UID))
+}
+
+/// A duration with a unit; zero allowed.
+pub fn parse_duration(setting: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| ConfigError::invalid(setting, s, takes::DURATION))
+}
+
+/// A duration with a unit, above zero.
+pub fn parse_positive_duration(setting: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s.trim())
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| ConfigError::invalid(setting, s, takes::POSITIVE_DURATION))
+}
+
+/// `--metrics-addr`: `IP:PORT` or `localhost:PORT`.
+pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, ConfigError> {
+    host_port(s).ok_or_else(|| ConfigError::invalid("--metrics-addr", s, takes::METRICS_ADDR))
+}
+
+/// Plain ASCII decimal digits (no sign, no spaces, no `_`).
+fn parse_decimal(s: &str) -> Option<u64> {
+    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_mode_accepts_three_octal_spellings_and_rejects_others() {
+        for s in ["0600", "600", "0o600"] {
+            assert_eq!(parse_socket_mode(s), Ok(0o600), "{s}");
+        }
+        assert_eq!(parse_socket_mode("0"), Ok(0));
+        assert_eq!(parse_socket_mode("0777"), Ok(0o777));
+        for s in ["", "0o", "0800", "rw", "1777", "-600", "0x180", " 600"] {
+            assert!(parse_socket_mode(s).is_err(), "{s:?} accepted");
+        }
+    }
+
+    #[test]
+    fn ring_capacity_must_be_a_power_of_two_at_least_two() {
+        assert_eq!(parse_ring_capacity("2"), Ok(2));
+        assert_eq!(parse_ring_capacity("4096"), Ok(4096));
+        assert_eq!(parse_ring_capacity("16777216"), Ok(MAX_RING_CAPACITY));
+        for s in [
+            "0",
+            "1",
+            "3",
+            "4095",
+            "33554432",
+            "-4",
+            "4k",
+            "",
+            "99999999999999999999",
+        ] {
+            let err = parse_ring_capacity(s).unwrap_err();
+            assert_eq!(err.takes(), takes::RING_CAPACITY, "{s}");
+        }
+    }
+
+    #[test]
+    fn socket_path_must_fit_a_unix_socket_address() {
+        assert!(parse_socket_path("/tmp/boundary-audit.sock").is_ok());
+        assert!(parse_socket_path(&format!("/{}", "a".repeat(106))).is_ok());
+        assert!(parse_socket_path(&format!("/{}", "a".repeat(107))).is_err());
+        assert!(parse_socket_path("").is_err());
+    }
+
+    #[test]
+    fn batch_max_bytes_stays_below_the_grpc_limit() {
+        assert_eq!(parse_batch_max_bytes("4194303"), Ok(4_194_303));
+        assert!(parse_batch_max_bytes("4194304").is_err());
+        assert!(parse_batch_max_bytes("0").is_err());
+    }
+
+    #[test]
+    fn durations_need_a_unit_and_zero_is_allowed_only_where_it_means_something() {
+        assert_eq!(parse_duration("--x", "0s"), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_duration("--x", "250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration("--x", "2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("--x", "5").is_err());
+        assert!(parse_duration("--x", "soon").is_err());
+        assert!(parse_positive_duration("--x", "0s").is_err());
+        assert_eq!(
+            parse_positive_duration("--x", "10s"),
+            Ok(Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn coderd_endpoint_takes_h2c_urls_and_unix_paths_only() {
+        assert_eq!(
+            "unix:/run/coder.sock".parse(),
+            Ok(CoderdEndpoint::Unix("/run/coder.sock".into()))
+        );
+        assert_eq!(
+            "unix:///run/coder.sock".parse(),
+            Ok(CoderdEndpoint::Unix("/run/coder.sock".into()))
+        );
+        let http: CoderdEndpoint = "http://127.0.0.1:3000".parse().unwrap();
+        assert_eq!(http.to_string(), "http://127.0.0.1:3000/");
+        for s in [
+            "https://coder.example:443",
+            "127.0.0.1:3000",
+            "http://",
+            "unix:",
+            "http://h:1/api",
+            "ftp://h:1",
+        ] {
+            assert!(s.parse::<CoderdEndpoint>().is_err(), "{s} accepted");
+        }
+    }
+
+    #[test]
+    fn listen_and_metrics_addresses_take_ip_or_localhost_with_port() {
+        assert_eq!(
+            "127.0.0.1:9090".parse(),
+            Ok(ListenAddr::Tcp("127.0.0.1:9090".parse().unwrap()))
+        );
+        assert_eq!("unix:/tmp/s".parse(), Ok(ListenAddr::Unix("/tmp/s".into())));
+        assert!(parse_metrics_addr("[::1]:9100").is_ok());
+        assert_eq!(parse_metrics_addr("localhost:9100").unwrap().port(), 9100);
+        for s in [
+            "9100",
+            "localhost",
+            "127.0.0.1:99999",
+            "example.com:80",
+            ":9100",
+        ] {
+            assert!(parse_metrics_addr(s).is_err(), "{s} accepted");
+        }
+    }
+
+    #[test]
+    fn log_level_rejects_typos_but_takes_directives() {
+        assert!("info".parse::<LogFilter>().is_ok());
+        assert!("DEBUG".parse::<LogFilter>().is_ok());
+        assert!("info,boundary_log_proxy=trace".parse::<LogFilter>().is_ok());
+        for s in ["inof", "", "info,", "=", "loud"] {
+            assert!(s.parse::<LogFilter>().is_err(), "{s:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,616 @@
+//! Internal events, after Vector's pattern: one named struct per thing that can
+//! happen, whose `emit` logs it and bumps its metrics in one place, so a counter and
+//! its log line can never disagree. Noisy events log at debug or are rate-limited
+//! (one line per window, carrying how many were suppressed).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::codec::CodecError;
+use crate::metrics::{
+    BatchDropReason, ConnectionRejectReason, ForwardResult, FrameRejectReason, LogDropReason,
+    Metrics,
+};
+
+/// How often a rate-limited event may log.
+pub const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Something that happened, recorded in the metrics and the proxy's log.
+pub trait InternalEvent {
+    /// Records it.
+    fn emit(self, metrics: &Metrics);
+}
+
+/// Lets one log line through per window; counts the ones held back.
+#[derive(Debug)]
+pub struct LogLimiter {
+    /// Milliseconds since [`clock_origin`] before which nothing is logged; 0 = open.
+    next_allowed_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    /// Open: the first event logs.
+    pub const fn new() -> Self {
+        Self {
+            next_allowed_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether to log now; `Some(n)` with `n` lines suppressed since the last one.
+    pub fn admit(&self) -> Option<u64> {
+        self.admit_at(now_ms(), LOG_WINDOW)
+    }
+
+    /// [`Self::admit`] at a given time (milliseconds on any monotonic clock).
+    pub fn admit_at(&self, now_ms: u64, window: Duration) -> Option<u64> {
+        let next = self.next_allowed_ms.load(Ordering::Relaxed);
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        if now_ms >= next
+            && self
+                .next_allowed_ms
+                .compare_exchange(
+                    next,
+                    now_ms.saturating_add(window_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+impl Default for LogLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn clock_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(clock_origin().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A frame was skipped, or closed its connection (see the codec's bad-input table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRejected {
+    /// Why.
+    pub reason: FrameRejectReason,
+}
+
+impl From<&CodecError> for FrameRejected {
+    fn from(error: &CodecError) -> Self {
+        Self {
+            reason: error.into(),
+        }
+    }
+}
+
+impl InternalEvent for FrameRejected {
+    fn emit(self, metrics: &Metrics) {
+        static LIMITS: [LogLimiter; 5] = [const { LogLimiter::new() }; 5];
+        metrics
+            .frames_rejected
+            .with_label_values(&[self.reason.as_str()])
+            .inc();
+        let index = FrameRejectReason::ALL
+            .iter()
+            .position(|&r| r == self.reason)
+            .unwrap_or(0);
+        if let Some(suppressed) = LIMITS[index].admit() {
+            tracing::warn!(reason = %self.reason, suppressed, "rejected a frame from boundary");
+        }
+    }
+}
+
+/// A connection was closed as soon as it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionRejected {
+    /// Why.
+    pub reason: ConnectionRejectReason,
+}
+
+impl InternalEvent for ConnectionRejected {
+    fn emit(self, metrics: &Metrics) {
+        static LIMITS: [LogLimiter; 2] = [const { LogLimiter::new() }; 2];
+        metrics
+            .connections_rejected
+            .with_label_values(&[self.reason.as_str()])
+            .inc();
+        let index = usize::from(self.reason == ConnectionRejectReason::PeerUid);
+        if let Some(suppressed) = LIMITS[index].admit() {
+            tracing::warn!(reason = %self.reason, suppressed, "rejected a connection");
+        }
+    }
+}
+
+/// boundary connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionOpened;
+
+impl InternalEvent for ConnectionOpened {
+    fn emit(self, metrics: &Metrics) {
+        metrics.connections.inc();
+        tracing::debug!(open = metrics.connections.get(), "connection opened");
+    }
+}
+
+/// A connection that [`ConnectionOpened`] counted has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionClosed;
+
+impl InternalEvent for ConnectionClosed {
+    fn emit(self, metrics: &Metrics) {
+        metrics.connections.dec();
+        tracing::debug!(open = metrics.connections.get(), "connection closed");
+    }
+}
+
+/// Frames decoded and carrying logs were read (before they enter the ring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogsReceived {
+    /// Frames.
+    pub frames: u64,
+    /// Logs in them.
+    pub logs: u64,
+}
+
+impl InternalEvent for LogsReceived {
+    fn emit(self, metrics: &Metrics) {
+        metrics.logs_received.inc_by(self.logs);
+        tracing::trace!(frames = self.frames, logs = self.logs, "received logs");
+    }
+}
+
+/// One received frame found the ring full and was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferFull {
+    /// Logs in the dropped frame.
+    pub logs: u64,
+}
+
+impl InternalEvent for BufferFull {
+    fn emit(self, metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        drop_counts(
+            metrics,
+            BatchDropReason::BufferFull,
+            LogDropReason::BufferFull,
+            1,
+            self.logs,
+        );
+        if let Some(suppressed) = LIMIT.admit() {
+            tracing::warn!(
+                logs = self.logs,
+                suppressed,
+                "ring buffer full: dropped a frame (coderd slower than boundary?)"
+            );
+        }
+    }
+}
+
+/// boundary reported logs it dropped on its side (a TagV2 `BoundaryStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundaryStatusReported {
+    /// `dropped_channel_full`; negative values are ignored.
+    pub channel_full: i64,
+    /// `dropped_batch_full`; negative values are ignored.
+    pub batch_full: i64,
+}
+
+impl InternalEvent for BoundaryStatusReported {
+    fn emit(self, metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        let channel_full = u64::try_from(self.channel_full).unwrap_or(0);
+        let batch_full = u64::try_from(self.batch_full).unwrap_or(0);
+        for (reason, n) in [
+            (LogDropReason::BoundaryChannelFull, channel_full),
+            (LogDropReason::BoundaryBatchFull, batch_full),
+        ] {
+            metrics
+                .logs_dropped
+                .with_label_values(&[reason.as_str()])
+                .inc_by(n);
+        }
+        if channel_full == 0 && batch_full == 0 {
+            tracing::debug!("boundary reported no drops");
+        } else if let Some(suppressed) = LIMIT.admit() {
+            tracing::warn!(
+                channel_full,
+                batch_full,
+                suppressed,
+                "boundary reported dropping logs"
+            );
+        }
+    }
+}
+
+/// A `ReportBoundaryLogs` call succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardSucceeded {
+    /// Received frames merged into the request.
+    pub frames: u64,
+    /// Logs in it.
+    pub logs: u64,
+    /// How long the call took.
+    pub latency: Duration,
+}
+
+impl InternalEvent for ForwardSucceeded {
+    fn emit(self, metrics: &Metrics) {
+        metrics.batches_forwarded.inc_by(self.frames);
+        metrics.logs_forwarded.inc_by(self.logs);
+        count_call(metrics, ForwardResult::Ok, self.latency);
+        tracing::debug!(
+            frames = self.frames,
+            logs = self.logs,
+            latency_ms = self.latency.as_secs_f64() * 1e3,
+            "forwarded"
+        );
+    }
+}
+
+/// A `ReportBoundaryLogs` call failed (the request may still be retried).
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardAttemptFailed<'a> {
+    /// Whether the forwarder will retry it.
+    pub retryable: bool,
+    /// How long the call took.
+    pub latency: Duration,
+    /// What coderd (or the transport) said.
+    pub status: &'a tonic::Status,
+}
+
+impl InternalEvent for ForwardAttemptFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        static LIMITS: [LogLimiter; 2] = [const { LogLimiter::new() }; 2];
+        let result = if self.retryable {
+            ForwardResult::RetryableError
+        } else {
+            ForwardResult::PermanentError
+        };
+        count_call(metrics, result, self.latency);
+        let Some(suppressed) = LIMITS[usize::from(self.retryable)].admit() else {
+            return;
+        };
+        let code = self.status.code();
+        let message = self.status.message();
+        if self.retryable {
+            tracing::warn!(?code, message, suppressed, "forwarding failed; will retry");
+        } else {
+            tracing::error!(?code, message, suppressed, "forwarding failed permanently");
+        }
+    }
+}
+
+/// Why the forwarder gave up on a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardDropReason {
+    /// Permanent error, or retries ran out.
+    ForwardFailed,
+    /// Shutdown timeout ran out.
+    Shutdown,
+}
+
+/// The forwarder gave up on frames: counted as dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardDropped {
+    /// Received frames given up.
+    pub frames: u64,
+    /// Logs in them.
+    pub logs: u64,
+    /// Why.
+    pub reason: ForwardDropReason,
+}
+
+impl InternalEvent for ForwardDropped {
+    fn emit(self, metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        let (batch, log) = match self.reason {
+            ForwardDropReason::ForwardFailed => {
+                (BatchDropReason::ForwardFailed, LogDropReason::ForwardFailed)
+            }
+            ForwardDropReason::Shutdown => (BatchDropReason::Shutdown, LogDropReason::Shutdown),
+        };
+        drop_counts(metrics, batch, log, self.frames, self.logs);
+        let reason = log.as_str();
+        match self.reason {
+            // Shutdown drops happen once, at the end: always log them.
+            ForwardDropReason::Shutdown => {
+                tracing::error!(
+                    frames = self.frames,
+                    logs = self.logs,
+                    reason,
+                    "dropped logs"
+                );
+            }
+            ForwardDropReason::ForwardFailed => {
+                if let Some(suppressed) = LIMIT.admit() {
+                    tracing::error!(
+                        frames = self.frames,
+                        logs = self.logs,
+                        reason,
+                        suppressed,
+                        "dropped logs"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Logs are missing from a session's sequence-number run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceGap {
+    /// How many numbers were skipped.
+    pub missing: u64,
+}
+
+impl InternalEvent for SequenceGap {
+    fn emit(self, metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        metrics.sequence_gaps.inc_by(self.missing);
+        if let Some(suppressed) = LIMIT.admit() {
+            tracing::warn!(
+                missing = self.missing,
+                suppressed,
+                "gap in a session's sequence numbers: boundary lost logs before sending them"
+            );
+        }
+    }
+}
+
+/// A sequence number went back or repeated within a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceOutOfOrder;
+
+impl InternalEvent for SequenceOutOfOrder {
+    fn emit(self, metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        metrics.sequence_out_of_order.inc();
+        if let Some(suppressed) = LIMIT.admit() {
+            tracing::debug!(suppressed, "sequence number went back or repeated");
+        }
+    }
+}
+
+/// The ring was sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingCapacity {
+    /// Slots.
+    pub capacity: usize,
+}
+
+impl InternalEvent for RingCapacity {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .ring_capacity
+            .set(i64::try_from(self.capacity).unwrap_or(i64::MAX));
+    }
+}
+
+/// Frames now waiting in the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingOccupancy {
+    /// Frames.
+    pub len: usize,
+}
+
+impl InternalEvent for RingOccupancy {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .ring_occupancy
+            .set(i64::try_from(self.len).unwrap_or(i64::MAX));
+    }
+}
+
+fn drop_counts(
+    metrics: &Metrics,
+    batch: BatchDropReason,
+    log: LogDropReason,
+    frames: u64,
+    logs: u64,
+) {
+    metrics
+        .batches_dropped
+        .with_label_values(&[batch.as_str()])
+        .inc_by(frames);
+    metrics
+        .logs_dropped
+        .with_label_values(&[log.as_str()])
+        .inc_by(logs);
+}
+
+fn count_call(metrics: &Metrics, result: ForwardResult, latency: Duration) {
+    metrics
+        .forward_requests
+        .with_label_values(&[result.as_str()])
+        .inc();
+    metrics
+        .forward_latency_seconds
+        .observe(latency.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use prometheus::Registry;
+
+    use super::*;
+
+    fn metrics() -> Arc<Metrics> {
+        Metrics::new(&Registry::new()).unwrap()
+    }
+
+    #[test]
+    fn limiter_admits_once_per_window_and_reports_what_it_held_back() {
+        let limiter = LogLimiter::new();
+        let window = Duration::from_secs(10);
+        assert_eq!(limiter.admit_at(0, window), Some(0));
+        assert_eq!(limiter.admit_at(1, window), None);
+        assert_eq!(limiter.admit_at(9_999, window), None);
+        assert_eq!(limiter.admit_at(10_000, window), Some(2));
+        assert_eq!(limiter.admit_at(10_001, window), None);
+        assert_eq!(limiter.admit_at(30_000, window), Some(1));
+    }
+
+    #[test]
+    fn buffer_full_drops_one_batch_and_its_logs() {
+        let m = metrics();
+        BufferFull { logs: 7 }.emit(&m);
+        BufferFull { logs: 3 }.emit(&m);
+        assert_eq!(m.batches_dropped_for(BatchDropReason::BufferFull), 2);
+        assert_eq!(m.logs_dropped_for(LogDropReason::BufferFull), 10);
+        assert_eq!(m.logs_dropped_for(LogDropReason::ForwardFailed), 0);
+    }
+
+    #[test]
+    fn forward_dropped_counts_under_its_reason() {
+        let m = metrics();
+        ForwardDropped {
+            frames: 2,
+            logs: 20,
+            reason: ForwardDropReason::ForwardFailed,
+        }
+        .emit(&m);
+        ForwardDropped {
+            frames: 1,
+            logs: 5,
+            reason: ForwardDropReason::Shutdown,
+        }
+        .emit(&m);
+        assert_eq!(m.batches_dropped_for(BatchDropReason::ForwardFailed), 2);
+        assert_eq!(m.logs_dropped_for(LogDropReason::ForwardFailed), 20);
+        assert_eq!(m.batches_dropped_for(BatchDropReason::Shutdown), 1);
+        assert_eq!(m.logs_dropped_for(LogDropReason::Shutdown), 5);
+    }
+
+    #[test]
+    fn received_forwarded_and_dropped_logs_balance_in_accounting() {
+        let m = metrics();
+        LogsReceived {
+            frames: 3,
+            logs: 30,
+        }
+        .emit(&m);
+        ForwardSucceeded {
+            frames: 2,
+            logs: 20,
+            latency: Duration::from_millis(3),
+        }
+        .emit(&m);
+        assert_eq!(m.accounting().pending(), Some(10));
+        ForwardDropped {
+            frames: 1,
+            logs: 10,
+            reason: ForwardDropReason::Shutdown,
+        }
+        .emit(&m);
+        assert_eq!(m.accounting().pending(), Some(0));
+        assert_eq!(m.batches_forwarded.get(), 2);
+        assert_eq!(m.forward_requests_for(ForwardResult::Ok), 1);
+        assert_eq!(m.forward_latency_seconds.get_sample_count(), 1);
+    }
+
+    #[test]
+    fn failed_attempts_count_by_result_and_time_the_call() {
+        let m = metrics();
+        let status = tonic::Status::unavailable("coderd down");
+        for retryable in [true, true, false] {
+            ForwardAttemptFailed {
+                retryable,
+                latency: Duration::from_millis(1),
+                status: &status,
+            }
+            .emit(&m);
+        }
+        assert_eq!(m.forward_requests_for(ForwardResult::RetryableError), 2);
+        assert_eq!(m.forward_requests_for(ForwardResult::PermanentError), 1);
+        assert_eq!(m.forward_requests_for(ForwardResult::Ok), 0);
+        assert_eq!(m.forward_latency_seconds.get_sample_count(), 3);
+        assert_eq!(m.accounting().settled(), 0, "an attempt settles nothing");
+    }
+
+    #[test]
+    fn boundary_status_adds_its_two_counts_and_ignores_negatives() {
+        let m = metrics();
+        BoundaryStatusReported {
+            channel_full: 4,
+            batch_full: 2,
+        }
+        .emit(&m);
+        BoundaryStatusReported {
+            channel_full: -9,
+            batch_full: 1,
+        }
+        .emit(&m);
+        assert_eq!(m.logs_dropped_for(LogDropReason::BoundaryChannelFull), 4);
+        assert_eq!(m.logs_dropped_for(LogDropReason::BoundaryBatchFull), 3);
+        assert_eq!(m.accounting().settled(), 0, "boundary's drops are not ours");
+    }
+
+    #[test]
+    fn codec_errors_map_to_their_reject_reason() {
+        let m = metrics();
+        let errors = [
+            CodecError::UnsupportedTag(9),
+            CodecError::TooLarge(40_000),
+            CodecError::Decode("bad varint".into()),
+            CodecError::UnknownVariant,
+            CodecError::Truncated { buffered: 2 },
+            CodecError::Decode("again".into()),
+        ];
+        for error in &errors {
+            FrameRejected::from(error).emit(&m);
+        }
+        assert_eq!(m.frames_rejected_for(FrameRejectReason::UnsupportedTag), 1);
+        assert_eq!(m.frames_rejected_for(FrameRejectReason::TooLarge), 1);
+        assert_eq!(m.frames_rejected_for(FrameRejectReason::DecodeError), 2);
+        assert_eq!(m.frames_rejected_for(FrameRejectReason::UnknownVariant), 1);
+        assert_eq!(m.frames_rejected_for(FrameRejectReason::Truncated), 1);
+    }
+
+    #[test]
+    fn connection_events_track_the_open_count_and_rejections() {
+        let m = metrics();
+        ConnectionOpened.emit(&m);
+        ConnectionOpened.emit(&m);
+        ConnectionClosed.emit(&m);
+        ConnectionRejected {
+            reason: ConnectionRejectReason::PeerUid,
+        }
+        .emit(&m);
+        assert_eq!(m.connections.get(), 1);
+        assert_eq!(
+            m.connections_rejected_for(ConnectionRejectReason::PeerUid),
+            1
+        );
+        assert_eq!(m.connections_rejected_for(ConnectionRejectReason::Limit), 0);
+    }
+
+    #[test]
+    fn sequence_and_ring_events_set_their_metrics() {
+        let m = metrics();
+        SequenceGap { missing: 5 }.emit(&m);
+        SequenceOutOfOrder.emit(&m);
+        SequenceOutOfOrder.emit(&m);
+        RingCapacity { capacity: 4096 }.emit(&m);
+        RingOccupancy { len: 17 }.emit(&m);
+        assert_eq!(m.sequence_gaps.get(), 5);
+        assert_eq!(m.sequence_out_of_order.get(), 2);
+        assert_eq!(m.ring_capacity.get(), 4096);
+        assert_eq!(m.ring_occupancy.get(), 17);
+    }
+}

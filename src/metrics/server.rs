@@ -1,0 +1,210 @@
+//! The metrics HTTP server: `GET /metrics` (Prometheus text) and `GET /healthz`
+//! (`ok`, or 503 `draining` once shutdown has begun) over HTTP/1.1.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus::{Encoder as _, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How long open scrapes may finish after the server is told to stop.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Pause after a failed accept (e.g. out of file descriptors) before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Starting the metrics server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsServerError {
+    /// The address could not be bound.
+    #[error("metrics address {addr}: {source}")]
+    Bind {
+        /// The `--metrics-addr` value.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What `/healthz` reports. Shared between the server and whoever runs shutdown.
+#[derive(Debug, Default)]
+pub struct Health {
+    draining: AtomicBool,
+}
+
+impl Health {
+    /// Healthy, not draining.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// From now on `/healthz` answers 503 `draining`.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Binds the metrics address (call before serving, so a bad address fails start-up).
+pub async fn bind_metrics(addr: SocketAddr) -> Result<TcpListener, MetricsServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsServerError::Bind { addr, source })
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` completes, then
+/// stops accepting, lets open requests finish (up to a second) and returns.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    registry: Registry,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let registry = registry.clone();
+                    let health = Arc::clone(&health);
+                    let stop = stop_rx.clone();
+                    connections.spawn(serve_connection(stream, registry, health, stop));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "metrics server: accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            // Reap finished connections so the set does not grow without bound.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(CLOSE_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.shutdown().await;
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    registry: Registry,
+    health: Arc<Health>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |request| {
+        let response = respond(&request, &registry, &health);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "metrics server: connection ended with an error");
+            }
+        }
+        _ = async { stop.wait_for(|&stopped| stopped).await.is_ok() } => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+fn respond<B>(request: &Request<B>, registry: &Registry, health: &Health) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    if !matches!(path, "/metrics" | "/healthz") {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if request.method() != Method::GET {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        return response;
+    }
+    match path {
+        "/metrics" => metrics_response(registry),
+        _ if health.is_draining() => plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        _ => plain(StatusCode::OK, "ok\n"),
+    }
+}
+
+fn metrics_response(registry: &Registry) -> Response<Full<Bytes>> {
+    let encoder = TextEncoder::new();
+    let mut body = Vec::new();
+    if let Err(error) = encoder.encode(&registry.gather(), &mut body) {
+        tracing::error!(%error, "metrics server: encoding metrics failed");
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        );
+    }
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    if let Ok(content_type) = header::HeaderValue::from_str(encoder.format_type()) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+    }
+    response
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(path).body(()).unwrap()
+    }
+
+    #[test]
+    fn healthz_turns_503_when_draining() {
+        let registry = Registry::new();
+        let health = Health::new();
+        assert_eq!(respond(&get("/healthz"), &registry, &health).status(), 200);
+        health.set_draining();
+        assert_eq!(respond(&get("/healthz"), &registry, &health).status(), 503);
+    }
+
+    #[test]
+    fn unknown_paths_are_404_and_other_methods_405() {
+        let registry = Registry::new();
+        let health = Health::new();
+        assert_eq!(respond(&get("/"), &registry, &health).status(), 404);
+        let post = Request::post("/metrics").body(()).unwrap();
+        assert_eq!(respond(&post, &registry, &health).status(), 405);
+    }
+}
