@@ -12,3 +12,4 @@ pub mod proto;
 pub mod reporter;
 pub mod ring;
 pub(crate) mod sync;
+pub mod workload;
