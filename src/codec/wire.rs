@@ -24,14 +24,47 @@ fn from_prost(err: prost::DecodeError) -> CodecError {
 }
 
 /// Reads a field key: tag >= 1, known wire type, at most 32 bits.
-#[inline]
+#[inline(always)]
 pub(crate) fn read_key(buf: &mut &[u8]) -> WireResult<(u32, WireType)> {
+    // One-byte keys (tags 1..=15) are nearly all keys; prost handles the rest,
+    // errors included.
+    if let [byte, ref rest @ ..] = **buf {
+        let wire = match byte & 0x07 {
+            0 => Some(WireType::Varint),
+            1 => Some(WireType::SixtyFourBit),
+            2 => Some(WireType::LengthDelimited),
+            3 => Some(WireType::StartGroup),
+            4 => Some(WireType::EndGroup),
+            5 => Some(WireType::ThirtyTwoBit),
+            _ => None,
+        };
+        if let (true, Some(wire)) = (byte < 0x80 && byte >> 3 != 0, wire) {
+            *buf = rest;
+            return Ok((u32::from(byte >> 3), wire));
+        }
+    }
     decode_key(buf).map_err(from_prost)
 }
 
 /// Reads a varint (at most 10 bytes, no overflow of 64 bits).
-#[inline]
+#[inline(always)]
 pub(crate) fn read_varint(buf: &mut &[u8]) -> WireResult<u64> {
+    let bytes = *buf;
+    if let [b0, ref rest @ ..] = *bytes {
+        if b0 < 0x80 {
+            *buf = rest;
+            return Ok(u64::from(b0));
+        }
+    }
+    // Up to nine bytes cannot overflow; prost handles the tenth byte and errors.
+    let mut value = 0;
+    for (i, &byte) in bytes.iter().take(9).enumerate() {
+        value |= u64::from(byte & 0x7F) << (7 * i);
+        if byte < 0x80 {
+            *buf = &bytes[i + 1..];
+            return Ok(value);
+        }
+    }
     decode_varint(buf).map_err(from_prost)
 }
 
@@ -45,7 +78,7 @@ pub(crate) fn expect_wire(actual: WireType, expected: WireType) -> WireResult<()
 }
 
 /// A length-delimited body and whether its length prefix was minimally encoded.
-#[inline]
+#[inline(always)]
 pub(crate) fn read_body<'a>(buf: &mut &'a [u8]) -> WireResult<(&'a [u8], bool)> {
     let before = buf.len();
     let len = read_varint(buf)?;
@@ -59,7 +92,7 @@ pub(crate) fn read_body<'a>(buf: &mut &'a [u8]) -> WireResult<(&'a [u8], bool)> 
 }
 
 /// A nested message field's body, and the recursion budget of its own fields.
-#[inline]
+#[inline(always)]
 pub(crate) fn read_message<'a>(
     wire: WireType,
     buf: &mut &'a [u8],
@@ -80,14 +113,30 @@ pub(crate) fn enter(budget: u32) -> WireResult<u32> {
 }
 
 /// A proto3 `string` field: length-delimited, valid UTF-8.
-#[inline]
+#[inline(always)]
 pub(crate) fn read_string<'a>(wire: WireType, buf: &mut &'a [u8]) -> WireResult<(&'a [u8], bool)> {
     expect_wire(wire, WireType::LengthDelimited)?;
     let (body, minimal) = read_body(buf)?;
-    if std::str::from_utf8(body).is_err() {
+    if !is_ascii(body) && std::str::from_utf8(body).is_err() {
         return Err(malformed("invalid string value: data is not UTF-8 encoded"));
     }
     Ok((body, minimal))
+}
+
+/// ASCII check eight bytes at a time, the tail read as an overlapping last word
+/// (the standard one goes byte by byte after its last 64-byte block; URLs are short).
+#[inline(always)]
+fn is_ascii(bytes: &[u8]) -> bool {
+    const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+    let word = |chunk: &[u8]| u64::from_ne_bytes(chunk.try_into().unwrap_or([0x80; 8]));
+    if bytes.len() < 8 {
+        return bytes.iter().all(u8::is_ascii);
+    }
+    let tail = word(&bytes[bytes.len() - 8..]);
+    let all = bytes
+        .chunks_exact(8)
+        .fold(tail, |acc, chunk| acc | word(chunk));
+    all & HIGH_BITS == 0
 }
 
 /// A scalar varint field (`bool`, `int32`, `int64`).
