@@ -197,6 +197,27 @@ fn payload_of_exactly_the_limit_round_trips_and_one_more_is_refused() {
 }
 
 #[test]
+fn log_frame_from_a_request_holds_its_encoding() {
+    let request = workload::request("s-2", "codex", 3, 5);
+    let frame = LogFrame::from_request(&request).unwrap();
+    assert_eq!(frame.to_request(), request);
+    assert_eq!(frame.encoded_request()[..], request.encode_to_vec()[..]);
+    assert_eq!(
+        frame.seq(),
+        SeqSummary {
+            first: 3,
+            last: 7,
+            contiguous: true
+        }
+    );
+    let too_big = workload::request("s-2", "codex", 0, 400);
+    assert!(matches!(
+        LogFrame::from_request(&too_big),
+        Err(CodecError::TooLarge(_))
+    ));
+}
+
+#[test]
 fn canonical_payloads_are_held_without_a_copy() {
     let request = workload::request("s-1", "copilot", 7, 10);
     for tag in [Tag::V1, Tag::V2] {

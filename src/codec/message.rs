@@ -100,6 +100,19 @@ impl LogFrame {
             .expect("LogFrame bytes are validated when the frame is decoded")
     }
 
+    /// Encodes `request` into a frame of logs, as if it had arrived in a TagV1 frame
+    /// (for tests and embedders that hold a request); `TooLarge` over the frame limit.
+    pub fn from_request(request: &ReportBoundaryLogsRequest) -> Result<LogFrame, CodecError> {
+        let payload = Bytes::from(request.encode_to_vec());
+        match decode_message(RawFrame {
+            tag: Tag::V1,
+            payload,
+        })? {
+            Message::Logs(frame) => Ok(frame),
+            Message::Status(_) => unreachable!("a TagV1 payload is always logs"),
+        }
+    }
+
     fn str_at(&self, range: &Range<u16>) -> &str {
         let bytes = &self.bytes[usize::from(range.start)..usize::from(range.end)];
         // Validated as UTF-8 when the frame was decoded.

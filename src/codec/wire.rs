@@ -174,3 +174,21 @@ pub(crate) fn skip_field(wire: WireType, tag: u32, buf: &mut &[u8], budget: u32)
     *buf = &buf[len as usize..];
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_ascii;
+
+    #[test]
+    fn ascii_check_finds_a_high_byte_at_any_position() {
+        for len in 0..40 {
+            let mut bytes = vec![b'a'; len];
+            assert!(is_ascii(&bytes), "len {len}");
+            for at in 0..len {
+                bytes[at] = 0xC3;
+                assert!(!is_ascii(&bytes), "len {len}, high byte at {at}");
+                bytes[at] = b'a';
+            }
+        }
+    }
+}
