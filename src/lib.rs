@@ -19,3 +19,4 @@ pub mod reporter;
 pub mod ring;
 pub mod sink;
 pub(crate) mod sync;
+pub mod workload;

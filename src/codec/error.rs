@@ -23,11 +23,48 @@ pub enum CodecError {
 impl CodecError {
     /// True when the connection must be closed (the stream can no longer be framed).
     pub fn is_fatal(&self) -> bool {
-        todo!()
+        matches!(
+            self,
+            Self::UnsupportedTag(_) | Self::TooLarge(_) | Self::Truncated { .. }
+        )
     }
 
     /// The `reason` label of `frames_rejected_total` for this error.
     pub fn reason(&self) -> &'static str {
-        todo!()
+        match self {
+            Self::UnsupportedTag(_) => "unsupported_tag",
+            Self::TooLarge(_) => "too_large",
+            Self::Truncated { .. } => "truncated",
+            Self::Decode(_) => "decode_error",
+            Self::UnknownVariant => "unknown_variant",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CodecError;
+
+    #[test]
+    fn framing_errors_are_fatal_and_payload_errors_are_not() {
+        assert!(CodecError::UnsupportedTag(0).is_fatal());
+        assert!(CodecError::TooLarge(32769).is_fatal());
+        assert!(CodecError::Truncated { buffered: 3 }.is_fatal());
+        assert!(!CodecError::Decode("x".into()).is_fatal());
+        assert!(!CodecError::UnknownVariant.is_fatal());
+    }
+
+    #[test]
+    fn reasons_are_the_contract_metric_labels() {
+        let labels = [
+            (CodecError::UnsupportedTag(3), "unsupported_tag"),
+            (CodecError::TooLarge(40000), "too_large"),
+            (CodecError::Truncated { buffered: 1 }, "truncated"),
+            (CodecError::Decode("bad".into()), "decode_error"),
+            (CodecError::UnknownVariant, "unknown_variant"),
+        ];
+        for (err, label) in labels {
+            assert_eq!(err.reason(), label, "{err:?}");
+        }
     }
 }

@@ -3,11 +3,24 @@
 
 use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::encoding::{encode_varint, WireType};
+use prost::Message as _;
 
-use super::{CodecError, RawFrame};
+use super::scan::{log_sequence_number, next_record, walk_status, RequestScan};
+use super::wire::{
+    enter, expect_wire, read_body, read_key, skip_field, WireResult, RECURSION_LIMIT,
+};
+use super::{CodecError, RawFrame, Tag, MAX_PAYLOAD_LEN};
 use crate::proto::agent::ReportBoundaryLogsRequest;
 use crate::proto::envelope::BoundaryStatus;
+
+/// Key byte of a `logs` record (field 1, length-delimited).
+const LOGS_KEY: u8 = 0x0A;
+/// Key byte of `session_id` (field 2, length-delimited).
+const SESSION_ID_KEY: u8 = 0x12;
+/// Key byte of `confined_process_name` (field 3, length-delimited).
+const PROCESS_NAME_KEY: u8 = 0x1A;
 
 /// What one valid frame carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +50,9 @@ pub struct LogFrame {
     bytes: Bytes,
     /// Where the field-1 (`logs`) records lie in `bytes`, tags included.
     logs: Range<u16>,
+    /// Where the `session_id` string (without key and length) lies in `bytes`.
     session_id: Range<u16>,
+    /// Where the `confined_process_name` string lies in `bytes`.
     process_name: Range<u16>,
     log_count: u32,
     seq: SeqSummary,
@@ -49,15 +64,15 @@ impl LogFrame {
         self.log_count
     }
     pub fn session_id(&self) -> &str {
-        todo!()
+        self.str_at(&self.session_id)
     }
     pub fn confined_process_name(&self) -> &str {
-        todo!()
+        self.str_at(&self.process_name)
     }
     /// The encoded field-1 records (tag, length, `BoundaryLog`), ready to be
     /// concatenated with other frames' records into one request.
     pub fn encoded_logs(&self) -> &[u8] {
-        todo!()
+        &self.bytes[usize::from(self.logs.start)..usize::from(self.logs.end)]
     }
     /// The whole request as wire bytes (logs, session id, process name).
     pub fn encoded_request(&self) -> &Bytes {
@@ -70,16 +85,217 @@ impl LogFrame {
     /// Every log's sequence number in order (walks the bytes; for the rare
     /// non-contiguous frame).
     pub fn sequence_numbers(&self) -> impl Iterator<Item = i32> + '_ {
-        std::iter::empty()
+        let mut records = self.encoded_logs();
+        std::iter::from_fn(move || {
+            if records.is_empty() {
+                return None;
+            }
+            let body = next_record(&mut records).ok()?;
+            log_sequence_number(body).ok()
+        })
     }
     /// Fully decoded request (for the stdout reporter and tests).
     pub fn to_request(&self) -> ReportBoundaryLogsRequest {
-        todo!()
+        ReportBoundaryLogsRequest::decode(self.bytes.clone())
+            .expect("LogFrame bytes are validated when the frame is decoded")
+    }
+
+    /// Encodes `request` into a frame of logs, as if it had arrived in a TagV1 frame
+    /// (for tests and embedders that hold a request); `TooLarge` over the frame limit.
+    pub fn from_request(request: &ReportBoundaryLogsRequest) -> Result<LogFrame, CodecError> {
+        let payload = Bytes::from(request.encode_to_vec());
+        match decode_message(RawFrame {
+            tag: Tag::V1,
+            payload,
+        })? {
+            Message::Logs(frame) => Ok(frame),
+            Message::Status(_) => unreachable!("a TagV1 payload is always logs"),
+        }
+    }
+
+    fn str_at(&self, range: &Range<u16>) -> &str {
+        let bytes = &self.bytes[usize::from(range.start)..usize::from(range.end)];
+        // Validated as UTF-8 when the frame was decoded.
+        std::str::from_utf8(bytes).unwrap_or_default()
     }
 }
 
 /// Validates a frame's payload. Frame-local errors (`Decode`, `UnknownVariant`)
-/// leave the connection usable.
-pub fn decode_message(_frame: RawFrame) -> Result<Message, CodecError> {
-    todo!()
+/// leave the connection usable. A payload over the frame limit (only possible for a
+/// hand-built `RawFrame`) is `TooLarge`.
+pub fn decode_message(frame: RawFrame) -> Result<Message, CodecError> {
+    let payload = frame.payload;
+    if payload.len() > MAX_PAYLOAD_LEN {
+        return Err(CodecError::TooLarge(payload.len()));
+    }
+    match frame.tag {
+        Tag::V1 => {
+            let mut scan = RequestScan::default();
+            scan.walk(&payload, 0, RECURSION_LIMIT)?;
+            let whole = 0..payload.len();
+            Ok(Message::Logs(log_frame(&payload, &scan, &whole, &[])))
+        }
+        Tag::V2 => decode_envelope(&payload),
+    }
+}
+
+/// The envelope's variant as prost would leave it: the last one wins, and a
+/// repeated variant merges into the one before.
+enum Variant {
+    None,
+    /// Request segments (ranges of the payload) merged in order.
+    Logs {
+        scan: RequestScan,
+        first: Range<usize>,
+        more: Vec<Range<usize>>,
+    },
+    Status(BoundaryStatus),
+}
+
+fn decode_envelope(payload: &Bytes) -> Result<Message, CodecError> {
+    let mut variant = Variant::None;
+    let mut buf = &payload[..];
+    while !buf.is_empty() {
+        let (tag, wire) = read_key(&mut buf)?;
+        match tag {
+            1 | 2 => {
+                expect_wire(wire, WireType::LengthDelimited)?;
+                let budget = enter(RECURSION_LIMIT)?;
+                let (body, _) = read_body(&mut buf)?;
+                let end = payload.len() - buf.len();
+                let range = end - body.len()..end;
+                if tag == 1 {
+                    merge_logs(&mut variant, body, range, budget)?;
+                } else {
+                    if !matches!(variant, Variant::Status(_)) {
+                        variant = Variant::Status(BoundaryStatus::default());
+                    }
+                    if let Variant::Status(status) = &mut variant {
+                        walk_status(body, status, budget)?;
+                    }
+                }
+            }
+            _ => skip_field(wire, tag, &mut buf, RECURSION_LIMIT)?,
+        }
+    }
+    match variant {
+        Variant::None => Err(CodecError::UnknownVariant),
+        Variant::Status(status) => Ok(Message::Status(status)),
+        Variant::Logs { scan, first, more } => {
+            Ok(Message::Logs(log_frame(payload, &scan, &first, &more)))
+        }
+    }
+}
+
+fn merge_logs(
+    variant: &mut Variant,
+    body: &[u8],
+    range: Range<usize>,
+    budget: u32,
+) -> WireResult<()> {
+    match variant {
+        Variant::Logs { scan, more, .. } => {
+            more.push(range.clone());
+            scan.walk(body, range.start, budget)
+        }
+        _ => {
+            let mut scan = RequestScan::default();
+            scan.walk(body, range.start, budget)?;
+            *variant = Variant::Logs {
+                scan,
+                first: range,
+                more: Vec::new(),
+            };
+            Ok(())
+        }
+    }
+}
+
+/// Builds the frame: a slice of the payload when the request segment is already
+/// canonical, otherwise canonical bytes rebuilt from the segments.
+fn log_frame(
+    payload: &Bytes,
+    scan: &RequestScan,
+    first: &Range<usize>,
+    more: &[Range<usize>],
+) -> LogFrame {
+    if scan.is_canonical() {
+        let base = first.start;
+        let relative = |r: &Range<usize>| {
+            if r.is_empty() {
+                0..0
+            } else {
+                narrow(r.start - base..r.end - base)
+            }
+        };
+        LogFrame {
+            bytes: payload.slice(base..base + scan.canonical_end),
+            logs: narrow(0..scan.logs_end),
+            session_id: relative(&scan.session),
+            process_name: relative(&scan.process),
+            log_count: scan.log_count,
+            seq: scan.seq,
+        }
+    } else {
+        rebuild(payload, scan, std::iter::once(first).chain(more))
+    }
+}
+
+/// Writes canonical bytes: every segment's `logs` records in order (keys and lengths
+/// minimally encoded, bodies as received), then the last non-empty strings.
+fn rebuild<'a>(
+    payload: &Bytes,
+    scan: &RequestScan,
+    segments: impl Iterator<Item = &'a Range<usize>>,
+) -> LogFrame {
+    // The rebuilt bytes are never longer than the payload they come from.
+    let mut out = BytesMut::with_capacity(payload.len());
+    for segment in segments {
+        copy_records(&payload[segment.clone()], &mut out)
+            .expect("segments are validated before they are rebuilt");
+    }
+    let logs = narrow(0..out.len());
+    let session_id = put_string(&mut out, SESSION_ID_KEY, &payload[scan.session.clone()]);
+    let process_name = put_string(&mut out, PROCESS_NAME_KEY, &payload[scan.process.clone()]);
+    LogFrame {
+        bytes: out.freeze(),
+        logs,
+        session_id,
+        process_name,
+        log_count: scan.log_count,
+        seq: scan.seq,
+    }
+}
+
+fn copy_records(mut buf: &[u8], out: &mut BytesMut) -> WireResult<()> {
+    while !buf.is_empty() {
+        let (tag, wire) = read_key(&mut buf)?;
+        if tag == 1 {
+            let (body, _) = read_body(&mut buf)?;
+            out.put_u8(LOGS_KEY);
+            encode_varint(body.len() as u64, out);
+            out.put_slice(body);
+        } else {
+            skip_field(wire, tag, &mut buf, u32::MAX)?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends a string field unless it is empty; returns where its text lies.
+fn put_string(out: &mut BytesMut, key: u8, text: &[u8]) -> Range<u16> {
+    if text.is_empty() {
+        return 0..0;
+    }
+    out.put_u8(key);
+    encode_varint(text.len() as u64, out);
+    let start = out.len();
+    out.put_slice(text);
+    narrow(start..out.len())
+}
+
+/// Ranges of a payload of at most `MAX_PAYLOAD_LEN` bytes fit in `u16`.
+fn narrow(range: Range<usize>) -> Range<u16> {
+    debug_assert!(range.end <= MAX_PAYLOAD_LEN);
+    range.start as u16..range.end as u16
 }

@@ -1,11 +1,14 @@
 //! Wire codec: framing (header, incremental decoder, encoder) kept apart from message decoding.
 //!
 //! `frame` knows only the 4-byte header and byte streams; `message` knows only
-//! protobuf payloads. Neither touches a socket.
+//! protobuf payloads (validated by the `scan` walker over `wire` primitives).
+//! Neither touches a socket.
 
 mod error;
 mod frame;
 mod message;
+mod scan;
+mod wire;
 
 pub use error::CodecError;
 pub use frame::{
