@@ -371,16 +371,19 @@ impl InternalEvent for SequenceGap {
     }
 }
 
-/// A sequence number went back or repeated within a session.
+/// Sequence numbers went back or repeated within a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SequenceOutOfOrder;
+pub struct SequenceOutOfOrder {
+    /// Logs whose number was below the next expected one.
+    pub logs: u64,
+}
 
 impl InternalEvent for SequenceOutOfOrder {
     fn emit(self, metrics: &Metrics) {
         static LIMIT: LogLimiter = LogLimiter::new();
-        metrics.sequence_out_of_order.inc();
+        metrics.sequence_out_of_order.inc_by(self.logs);
         if let Some(suppressed) = LIMIT.admit() {
-            tracing::debug!(suppressed, "sequence number went back or repeated");
+            tracing::debug!(logs = self.logs, suppressed, "sequence number went back or repeated");
         }
     }
 }
@@ -604,8 +607,8 @@ mod tests {
     fn sequence_and_ring_events_set_their_metrics() {
         let m = metrics();
         SequenceGap { missing: 5 }.emit(&m);
-        SequenceOutOfOrder.emit(&m);
-        SequenceOutOfOrder.emit(&m);
+        SequenceOutOfOrder { logs: 1 }.emit(&m);
+        SequenceOutOfOrder { logs: 1 }.emit(&m);
         RingCapacity { capacity: 4096 }.emit(&m);
         RingOccupancy { len: 17 }.emit(&m);
         assert_eq!(m.sequence_gaps.get(), 5);

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::codec::{decode_message, FrameDecoder, LogFrame, Message, RawFrame};
 use crate::events::{
     BoundaryStatusReported, BufferFull, ConnectionClosed, ConnectionOpened, ConnectionRejected,
-    DropReason, ForwardDropped, FrameRejected, InternalEvent, LogsReceived, SequenceGap,
+    ForwardDropReason, ForwardDropped, FrameRejected, InternalEvent, LogsReceived, SequenceGap,
     SequenceOutOfOrder,
 };
 use crate::metrics::Metrics;
@@ -99,7 +99,7 @@ impl Intake {
             Err(PushError::Closed(_)) => ForwardDropped {
                 frames: 1,
                 logs: u64::from(logs),
-                reason: DropReason::Shutdown,
+                reason: ForwardDropReason::Shutdown,
             }
             .emit(&self.metrics),
         }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 pub use batch::{coalesce, Limits};
 pub use retry::Backoff;
 
-use crate::events::{DropReason, ForwardAttemptFailed, ForwardDropped, ForwardSucceeded, InternalEvent, RingOccupancy};
+use crate::events::{ForwardDropReason, ForwardAttemptFailed, ForwardDropped, ForwardSucceeded, InternalEvent, RingOccupancy};
 use crate::intake::QueuedFrame;
 use crate::metrics::Metrics;
 use crate::reporter::{grpc::classify, grpc::Failure, EncodedRequest, Reporter};
@@ -79,7 +79,7 @@ impl ForwarderState {
             ForwardDropped {
                 frames,
                 logs,
-                reason: DropReason::Shutdown,
+                reason: ForwardDropReason::Shutdown,
             }
             .emit(metrics);
         }
@@ -195,7 +195,7 @@ async fn deliver<R: Reporter>(
             ForwardDropped {
                 frames: u64::from(request.frames),
                 logs: u64::from(request.logs),
-                reason: DropReason::ForwardFailed,
+                reason: ForwardDropReason::ForwardFailed,
             }
             .emit(metrics);
             return true;
