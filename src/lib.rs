@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod proto;
+pub mod reader;
 pub mod reporter;
 pub mod ring;
 pub(crate) mod sync;
