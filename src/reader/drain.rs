@@ -75,8 +75,8 @@ pub(crate) fn drain_queued<H: ConnectionHandler>(
         if let Some((conn, mut state)) = policy.admit(handler, conn) {
             let cause = drain_waiting(conn.as_fd(), handler, &mut state, scratch, deadline);
             drop(conn);
-            handler.closed(state, cause);
             policy.release();
+            handler.closed(state, cause);
         }
     }
 }

@@ -197,30 +197,34 @@ fn accept_some<H: ConnectionHandler>(
     Ok(false)
 }
 
-/// An open connection's state; reports `closed` exactly once, on `close` or, if
-/// the task is dropped first, on drop (as `Shutdown`).
+/// An open connection's place and state. Closing gives the place under the limit
+/// back, then reports `closed` exactly once: on `close`, or, if the task is
+/// dropped first, on drop (as `Shutdown`).
 struct ConnGuard<H: ConnectionHandler> {
     shared: Arc<Shared<H>>,
     state: Option<H::State>,
 }
 
 impl<H: ConnectionHandler> ConnGuard<H> {
+    /// Call with the socket already closed.
     fn close(mut self, cause: CloseCause) {
+        self.finish(cause);
+    }
+
+    fn finish(&mut self, cause: CloseCause) {
         if let Some(state) = self.state.take() {
+            self.shared.policy.release();
             self.shared.handler.closed(state, cause);
+            if self.shared.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.shared.all_closed.notify_waiters();
+            }
         }
     }
 }
 
 impl<H: ConnectionHandler> Drop for ConnGuard<H> {
     fn drop(&mut self) {
-        if let Some(state) = self.state.take() {
-            self.shared.handler.closed(state, CloseCause::Shutdown);
-        }
-        self.shared.policy.release();
-        if self.shared.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.all_closed.notify_waiters();
-        }
+        self.finish(CloseCause::Shutdown);
     }
 }
 

@@ -410,9 +410,10 @@ impl<H: ConnectionHandler> RingWorker<H> {
         self.push(recv);
     }
 
-    /// Calls `closed`; a receive still in flight is ended (the socket shut down so
-    /// the peer sees the close at once, the receive cancelled) and the slot freed
-    /// at its last completion.
+    /// Closes the connection, then calls `closed`. A receive still in flight is
+    /// ended (the socket shut down so the peer sees the close at once, the receive
+    /// cancelled) and the slot freed at its last completion; otherwise the slot
+    /// is freed (socket closed, place under the limit given back) before `closed`.
     fn close(&mut self, slot: u32, cause: CloseCause) {
         let Some(conn) = self.conns[slot as usize].as_mut() else {
             return;
@@ -420,14 +421,16 @@ impl<H: ConnectionHandler> RingWorker<H> {
         let Some(state) = conn.state.take() else {
             return;
         };
-        self.handler.closed(state, cause);
         if conn.recv_armed {
             let _ = sys::shutdown(conn.fd.as_fd(), libc::SHUT_RDWR);
             let cancel = opcode::AsyncCancel::new(Op::Recv(slot).encode())
                 .build()
                 .user_data(Op::Cancel.encode());
             self.push(cancel);
+        } else {
+            self.free_if_done(slot);
         }
+        self.handler.closed(state, cause);
     }
 
     fn free_if_done(&mut self, slot: u32) {
@@ -480,8 +483,8 @@ impl<H: ConnectionHandler> RingWorker<H> {
             &mut self.scratch,
             self.stop.deadline(),
         );
-        self.handler.closed(state, cause);
         self.free_if_done(slot);
+        self.handler.closed(state, cause);
     }
 
     /// The drain is over (or the deadline passed, or the ring failed): close what
