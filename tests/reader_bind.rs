@@ -64,7 +64,10 @@ fn symlink_to_a_file_is_refused_and_neither_link_nor_target_touched() {
     std::os::unix::fs::symlink(&target, &path).unwrap();
     let err = bind(&path, DEFAULT_SOCKET_MODE).unwrap_err();
     assert_refused_naming(err, &path, "symlink");
-    assert!(fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_eq!(fs::read_link(&path).unwrap(), target);
     assert_eq!(fs::read(&target).unwrap(), b"target data");
 }
@@ -78,8 +81,14 @@ fn symlink_to_a_socket_is_refused_too() {
     std::os::unix::fs::symlink(&target, &path).unwrap();
     let err = bind(&path, DEFAULT_SOCKET_MODE).unwrap_err();
     assert_refused_naming(err, &path, "symlink");
-    assert!(fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
-    assert!(fs::symlink_metadata(&target).unwrap().file_type().is_socket());
+    assert!(fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(fs::symlink_metadata(&target)
+        .unwrap()
+        .file_type()
+        .is_socket());
 }
 
 #[test]
@@ -125,6 +134,9 @@ fn missing_directory_is_an_error_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no-such-dir").join("s.sock");
     let err = bind(&path, DEFAULT_SOCKET_MODE).unwrap_err();
-    assert!(matches!(err, ReaderError::Bind { step: "bind", .. }), "{err}");
+    assert!(
+        matches!(err, ReaderError::Bind { step: "bind", .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains(&path.display().to_string()));
 }

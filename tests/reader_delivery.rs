@@ -26,8 +26,7 @@ fn stream_sent_whole_arrives_intact(io: IoMode) {
     let (mut client, id) = h.connect_opened();
     client.write_all(&payload).unwrap();
     client.shutdown(Shutdown::Write).unwrap();
-    h.rec
-        .expect("PeerEof", |s| !s.conns[&id].closed.is_empty());
+    h.rec.expect("PeerEof", |s| !s.conns[&id].closed.is_empty());
     let seen = h.rec.seen();
     let rec = &seen.conns[&id];
     assert_eq!(rec.bytes, payload);
@@ -44,8 +43,7 @@ fn stream_sent_byte_by_byte_arrives_intact_one_byte_at_a_time(io: IoMode) {
             .expect("the byte to arrive", |s| s.conns[&id].bytes.len() == i + 1);
     }
     drop(client);
-    h.rec
-        .expect("PeerEof", |s| !s.conns[&id].closed.is_empty());
+    h.rec.expect("PeerEof", |s| !s.conns[&id].closed.is_empty());
     let seen = h.rec.seen();
     let rec = &seen.conns[&id];
     assert_eq!(rec.bytes, payload);
@@ -91,7 +89,10 @@ fn thousand_concurrent_connections_each_arrive_in_order(io: IoMode) {
     for rec in seen.conns.values() {
         assert_eq!(rec.closed, vec![Closed::PeerEof]);
         let index = u32::from_be_bytes(rec.bytes[..4].try_into().unwrap());
-        assert!(rec.bytes == payloads[index as usize], "client {index}'s bytes differ");
+        assert!(
+            rec.bytes == payloads[index as usize],
+            "client {index}'s bytes differ"
+        );
         indices.push(index);
     }
     indices.sort_unstable();
@@ -136,8 +137,7 @@ fn peer_eof_closes_with_peer_eof_after_all_bytes(io: IoMode) {
     let (mut client, id) = h.connect_opened();
     client.write_all(b"last words").unwrap();
     drop(client);
-    h.rec
-        .expect("PeerEof", |s| !s.conns[&id].closed.is_empty());
+    h.rec.expect("PeerEof", |s| !s.conns[&id].closed.is_empty());
     let seen = h.rec.seen();
     assert_eq!(seen.conns[&id].bytes, b"last words");
     assert_eq!(seen.conns[&id].closed, vec![Closed::PeerEof]);
@@ -149,10 +149,12 @@ fn handler_break_closes_only_that_connection(io: IoMode) {
     let (mut other, other_id) = h.connect_opened();
 
     doomed.write_all(b"hello").unwrap();
-    h.rec.expect("hello", |s| s.conns[&doomed_id].bytes.len() == 5);
-    doomed.write_all(b"STOP").unwrap();
     h.rec
-        .expect("the Break to close it", |s| !s.conns[&doomed_id].closed.is_empty());
+        .expect("hello", |s| s.conns[&doomed_id].bytes.len() == 5);
+    doomed.write_all(b"STOP").unwrap();
+    h.rec.expect("the Break to close it", |s| {
+        !s.conns[&doomed_id].closed.is_empty()
+    });
     assert!(
         peer_closed(&mut doomed, PATIENCE).unwrap(),
         "the client did not see the close"
@@ -160,8 +162,9 @@ fn handler_break_closes_only_that_connection(io: IoMode) {
     let _ = doomed.write_all(b"after the break"); // may fail: the socket is closed
 
     other.write_all(b"still here").unwrap();
-    h.rec
-        .expect("the other connection's bytes", |s| s.conns[&other_id].bytes == b"still here");
+    h.rec.expect("the other connection's bytes", |s| {
+        s.conns[&other_id].bytes == b"still here"
+    });
     std::thread::sleep(Duration::from_millis(50));
     let seen = h.rec.seen();
     let doomed_rec = &seen.conns[&doomed_id];
@@ -225,8 +228,14 @@ fn more_bytes_at_once_than_the_read_buffers_hold_arrive_in_order(io: IoMode) {
     let seen = h.rec.seen();
     for rec in seen.conns.values().filter(|c| c.bytes.len() > 1) {
         let index = u32::from_be_bytes(rec.bytes[..4].try_into().unwrap());
-        assert!(rec.bytes == payloads[index as usize], "client {index}'s bytes differ");
+        assert!(
+            rec.bytes == payloads[index as usize],
+            "client {index}'s bytes differ"
+        );
         assert_eq!(rec.closed, vec![Closed::PeerEof]);
     }
-    assert_eq!(seen.conns.values().filter(|c| c.bytes.len() > 1).count(), CLIENTS as usize);
+    assert_eq!(
+        seen.conns.values().filter(|c| c.bytes.len() > 1).count(),
+        CLIENTS as usize
+    );
 }

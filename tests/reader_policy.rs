@@ -24,7 +24,10 @@ fn connections_over_the_limit_are_closed_at_once_and_counted(io: IoMode) {
         s.rejected_for(RejectReason::Limit) == 2
     });
     for client in &mut extra {
-        assert!(peer_closed(client, PATIENCE).unwrap(), "an extra connection stayed open");
+        assert!(
+            peer_closed(client, PATIENCE).unwrap(),
+            "an extra connection stayed open"
+        );
     }
     assert_eq!(h.rec.seen().opened(), 3);
 
@@ -48,7 +51,10 @@ fn peer_uid_not_listed_is_refused_and_counted_while_a_listed_one_passes(io: IoMo
     open_dir_to_everyone(h.dir.path());
 
     let status = connect_as_uid(NOBODY, &h.path, b"from nobody");
-    assert_eq!(status, 0, "the uid-{NOBODY} child failed (exit status {status})");
+    assert_eq!(
+        status, 0,
+        "the uid-{NOBODY} child failed (exit status {status})"
+    );
     h.rec.expect("a PeerUid rejection", |s| {
         s.rejected_for(RejectReason::PeerUid) == 1
     });
@@ -60,7 +66,10 @@ fn peer_uid_not_listed_is_refused_and_counted_while_a_listed_one_passes(io: IoMo
         .expect("root's bytes", |s| s.conns[&root_id].bytes == b"from root");
     let seen = h.rec.seen();
     assert_eq!(seen.conns[&root_id].info.peer_uid, Some(0));
-    assert_eq!(seen.conns[&root_id].info.peer_pid, Some(std::process::id() as i32));
+    assert_eq!(
+        seen.conns[&root_id].info.peer_pid,
+        Some(std::process::id() as i32)
+    );
     assert_eq!(seen.rejected, vec![RejectReason::PeerUid]);
 }
 
@@ -72,8 +81,12 @@ fn listed_non_root_uid_passes_and_root_is_refused(io: IoMode) {
     open_dir_to_everyone(h.dir.path());
 
     let status = connect_as_uid(NOBODY, &h.path, b"from nobody");
-    assert_eq!(status, 0, "the uid-{NOBODY} child failed (exit status {status})");
-    h.rec.expect("nobody's connection to end", |s| s.closed() == 1);
+    assert_eq!(
+        status, 0,
+        "the uid-{NOBODY} child failed (exit status {status})"
+    );
+    h.rec
+        .expect("nobody's connection to end", |s| s.closed() == 1);
     {
         let seen = h.rec.seen();
         let rec = seen.nth(0);
@@ -137,7 +150,12 @@ fn connect_as_uid(uid: u32, path: &Path, payload: &[u8]) -> i32 {
                 libc::_exit(13);
             }
             // A refused connection may already be closed: ignore send errors.
-            libc::send(fd, payload.as_ptr().cast(), payload.len(), libc::MSG_NOSIGNAL);
+            libc::send(
+                fd,
+                payload.as_ptr().cast(),
+                payload.len(),
+                libc::MSG_NOSIGNAL,
+            );
             libc::shutdown(fd, libc::SHUT_WR);
             let mut buf = [0u8; 64];
             while libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}

@@ -124,10 +124,7 @@ impl BufRing {
         // guarantees the kernel handed this buffer out and no longer writes it.
         unsafe {
             std::slice::from_raw_parts(
-                self.buffers
-                    .ptr
-                    .as_ptr()
-                    .add(index * self.buf_len as usize),
+                self.buffers.ptr.as_ptr().add(index * self.buf_len as usize),
                 len,
             )
         }

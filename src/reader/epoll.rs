@@ -44,7 +44,10 @@ pub(crate) fn start<H: ConnectionHandler>(args: &StartArgs<H>) -> Result<Started
             Ok(listener) => listener,
             Err(source) => {
                 super::abandon(workers, &args.stop);
-                return Err(ReaderError::WorkerSetup { thread: name, source });
+                return Err(ReaderError::WorkerSetup {
+                    thread: name,
+                    source,
+                });
             }
         };
         let shared = Arc::new(Shared {

@@ -417,9 +417,9 @@ where
             thread: name.clone(),
             source,
         })?;
-    let outcome = rx.recv().unwrap_or_else(|_| {
-        Err(io::Error::other("the thread ended during set-up"))
-    });
+    let outcome = rx
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("the thread ended during set-up")));
     match outcome {
         Ok(()) => Ok(Worker { name, handle, wake }),
         Err(source) => {

@@ -83,8 +83,7 @@ pub(crate) fn probe(forced: Option<i32>) -> Result<(), ReaderError> {
         ));
     }
     // Declared before the ring, so dropped after it.
-    let mut bufs =
-        BufRing::new(2, 64).map_err(|e| unavailable("map a provided-buffer ring", e))?;
+    let mut bufs = BufRing::new(2, 64).map_err(|e| unavailable("map a provided-buffer ring", e))?;
     let mut ring = uring::new_ring(8, 16).map_err(|e| unavailable("io_uring_setup", e))?;
 
     let mut probe = Probe::new();
@@ -175,10 +174,9 @@ fn wait_one(ring: &mut IoUring) -> io::Result<cqueue::Entry> {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
             Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
-                return ring
-                    .completion()
-                    .next()
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "no completion within 1s"));
+                return ring.completion().next().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::TimedOut, "no completion within 1s")
+                });
             }
             Err(e) => return Err(e),
         }

@@ -61,7 +61,10 @@ pub(crate) fn start<H: ConnectionHandler>(args: &StartArgs<H>) -> Result<Started
             Ok(fd) => Arc::new(fd),
             Err(source) => {
                 super::abandon(workers, &args.stop);
-                return Err(ReaderError::WorkerSetup { thread: name, source });
+                return Err(ReaderError::WorkerSetup {
+                    thread: name,
+                    source,
+                });
             }
         };
         let waker = wake_fd.clone();
@@ -285,7 +288,8 @@ impl<H: ConnectionHandler> RingWorker<H> {
         }
         self.cqes = cqes;
         for slot in std::mem::take(&mut self.rearm) {
-            let open = matches!(&self.conns[slot as usize], Some(c) if c.state.is_some() && !c.recv_armed);
+            let open =
+                matches!(&self.conns[slot as usize], Some(c) if c.state.is_some() && !c.recv_armed);
             if !open {
                 continue;
             }
@@ -434,7 +438,8 @@ impl<H: ConnectionHandler> RingWorker<H> {
     }
 
     fn free_if_done(&mut self, slot: u32) {
-        let done = matches!(&self.conns[slot as usize], Some(c) if c.state.is_none() && !c.recv_armed);
+        let done =
+            matches!(&self.conns[slot as usize], Some(c) if c.state.is_none() && !c.recv_armed);
         if done {
             self.conns[slot as usize] = None;
             self.free.push(slot);
@@ -457,7 +462,8 @@ impl<H: ConnectionHandler> RingWorker<H> {
             self.push(cancel);
         }
         for slot in 0..self.conns.len() as u32 {
-            let armed = matches!(&self.conns[slot as usize], Some(c) if c.state.is_some() && c.recv_armed);
+            let armed =
+                matches!(&self.conns[slot as usize], Some(c) if c.state.is_some() && c.recv_armed);
             if armed {
                 let cancel = opcode::AsyncCancel::new(Op::Recv(slot).encode())
                     .build()
@@ -515,7 +521,10 @@ impl<H: ConnectionHandler> RingWorker<H> {
                 return;
             }
             if let Err(err) = self.ring.submit() {
-                if !matches!(err.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) {
+                if !matches!(
+                    err.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) {
                     tracing::error!(error = %err, "io_uring submit failed");
                 }
                 std::thread::yield_now();

@@ -169,7 +169,10 @@ impl Recorder {
     /// Like `wait_for` with [`PATIENCE`], failing the test with `what` on timeout.
     pub fn expect(&self, what: &str, cond: impl Fn(&Seen) -> bool) {
         if !self.wait_for(PATIENCE, &cond) {
-            panic!("timed out waiting for {what}; seen: {:?}", summary(&self.seen()));
+            panic!(
+                "timed out waiting for {what}; seen: {:?}",
+                summary(&self.seen())
+            );
         }
     }
 
@@ -185,7 +188,10 @@ fn summary(seen: &Seen) -> String {
         seen.opened(),
         seen.closed(),
         seen.rejected,
-        seen.conns.values().next().map(|c| (c.bytes.len(), &c.closed))
+        seen.conns
+            .values()
+            .next()
+            .map(|c| (c.bytes.len(), &c.closed))
     )
 }
 
@@ -281,7 +287,8 @@ impl Harness {
     pub fn connect_opened(&self) -> (UnixStream, u64) {
         let before = self.rec.seen().opened();
         let stream = self.connect();
-        self.rec.expect("the connection to open", |s| s.opened() > before);
+        self.rec
+            .expect("the connection to open", |s| s.opened() > before);
         let id = *self.rec.seen().conns.keys().last().unwrap();
         (stream, id)
     }
@@ -324,7 +331,12 @@ pub fn peer_closed(stream: &mut UnixStream, timeout: Duration) -> io::Result<boo
             Ok(0) => return Ok(true),
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(true),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Ok(false)
             }
             Err(e) => return Err(e),
