@@ -132,16 +132,23 @@ async fn serve<H: ConnectionHandler>(listener: AsyncFd<UnixListener>, shared: Ar
                     Ok(ready) => ready,
                     Err(err) => {
                         tracing::error!(error = %err, "listener readiness failed");
-                        tokio::time::sleep(ACCEPT_RETRY).await;
-                        continue;
+                        tokio::select! {
+                            () = shared.token.cancelled() => break,
+                            () = tokio::time::sleep(ACCEPT_RETRY) => continue,
+                        }
                     }
                 };
                 match accept_some(listener.get_ref().as_fd(), &shared) {
                     Ok(true) => ready.clear_ready(),
                     Ok(false) => {}
+                    // EINVAL once the listener is shut down: stopping, not failing.
+                    Err(_) if shared.stop.requested() => break,
                     Err(err) => {
                         tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(ACCEPT_RETRY).await;
+                        tokio::select! {
+                            () = shared.token.cancelled() => break,
+                            () = tokio::time::sleep(ACCEPT_RETRY) => {}
+                        }
                     }
                 }
             }

@@ -253,6 +253,11 @@ impl Stop {
         })
     }
 
+    /// Whether shutdown has begun (the wake-up may still be on its way).
+    pub(crate) fn requested(&self) -> bool {
+        self.deadline.get().is_some()
+    }
+
     /// When the drain must be over; `now` if shutdown has not set one.
     pub(crate) fn deadline(&self) -> Instant {
         self.deadline.get().copied().unwrap_or_else(Instant::now)

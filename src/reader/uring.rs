@@ -310,11 +310,12 @@ impl<H: ConnectionHandler> RingWorker<H> {
             // nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(result) };
             self.on_connection(fd);
-        } else if !(self.draining && result == -libc::ECANCELED) {
+        } else if !self.stop.requested() {
+            // (When stopping, ECANCELED, or EINVAL from the listener shut down, is expected.)
             let err = io::Error::from_raw_os_error(-result);
             tracing::warn!(error = %err, "accept failed");
         }
-        if !self.accept_armed && !self.draining {
+        if !self.accept_armed && !self.draining && !self.stop.requested() {
             if result < 0 {
                 let retry = opcode::Timeout::new(&self.retry_ts)
                     .build()
@@ -356,7 +357,13 @@ impl<H: ConnectionHandler> RingWorker<H> {
     fn on_recv(&mut self, slot: u32, result: i32, flags: u32) {
         let more = cqueue::more(flags);
         let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::as_mut) else {
+            // Cannot happen (slots outlive their receives); keep the buffer anyway.
             tracing::error!(slot, "receive completion for a free slot");
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                // SAFETY: the buffer id comes from this completion; no bytes are read.
+                let _ = unsafe { self.bufs.take(bid, 0) };
+                self.bufs.recycle(bid);
+            }
             return;
         };
         if !more {
