@@ -34,7 +34,13 @@ impl Mapping {
             return Err(io::Error::last_os_error());
         }
         let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Mapping { ptr, len })
+        let mapping = Mapping { ptr, len };
+        // Not inherited by a forked child: the kernel keeps using the parent's pages.
+        // SAFETY: advises on exactly the range just mapped.
+        if unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTFORK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(mapping)
     }
 }
 

@@ -38,6 +38,7 @@ const CANCEL_GRACE: Duration = Duration::from_millis(200);
 /// kernels without those flags.
 pub(crate) fn new_ring(entries: u32, cq_entries: u32) -> io::Result<IoUring> {
     let deferred = IoUring::builder()
+        .dontfork()
         .setup_cqsize(cq_entries)
         .setup_clamp()
         .setup_single_issuer()
@@ -45,6 +46,7 @@ pub(crate) fn new_ring(entries: u32, cq_entries: u32) -> io::Result<IoUring> {
         .build(entries);
     match deferred {
         Err(err) if err.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+            .dontfork()
             .setup_cqsize(cq_entries)
             .setup_clamp()
             .build(entries),
