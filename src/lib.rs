@@ -15,6 +15,7 @@ pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod proto;
+pub mod reader;
 pub mod reporter;
 pub mod ring;
 pub mod sink;

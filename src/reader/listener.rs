@@ -1,0 +1,147 @@
+//! Binding the socket path: replace a leftover socket, refuse anything else, and
+//! give the socket file its mode before any peer can connect.
+//!
+//! Why chmod-before-listen rather than a umask: the umask is process-wide, so
+//! narrowing it around `bind` would race with files other threads create. Instead
+//! the socket is bound, its file chmod-ed, and only then `listen`ed: until
+//! `listen`, `connect` on the path is refused (ECONNREFUSED) whatever the file's
+//! mode, so no peer can get in under a wider mode. The socket's directory is
+//! trusted (whoever can write to it can replace the socket anyway).
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+
+use super::ReaderError;
+
+/// Backlog of not-yet-accepted connections (the kernel caps it at somaxconn).
+const BACKLOG: libc::c_int = 4096;
+
+/// Binds a listening Unix stream socket at `path` with permission bits `mode`.
+///
+/// A leftover socket file at `path` is replaced. Anything else there (a regular
+/// file, a directory, a symlink - even one to a socket) is left untouched and
+/// refused with [`ReaderError::PathOccupied`] naming the path.
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ReaderError> {
+    if mode & !0o7777 != 0 {
+        return Err(ReaderError::InvalidMode { mode });
+    }
+    let addr = socket_addr(path)?;
+    clear_leftover(path)?;
+
+    let fd = new_socket().map_err(|source| bind_error(path, "socket", source))?;
+    // SAFETY: `addr` is a fully initialised sockaddr_un and the length passed is
+    // its size; `fd` is an open socket owned by this function.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(bind_error(path, "bind", io::Error::last_os_error()));
+    }
+    // From here on the file is ours: remove it if anything below fails.
+    let finish = || -> Result<(), ReaderError> {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|source| bind_error(path, "chmod", source))?;
+        // SAFETY: `fd` is an open, bound socket owned by this function.
+        if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } != 0 {
+            return Err(bind_error(path, "listen", io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    if let Err(err) = finish() {
+        let _ = fs::remove_file(path);
+        return Err(err);
+    }
+    Ok(UnixListener::from(fd))
+}
+
+/// Removes a leftover socket at `path`; refuses anything else; fine if nothing is there.
+fn clear_leftover(path: &Path) -> Result<(), ReaderError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ReaderError::InspectPath {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let file_type = meta.file_type();
+    if !file_type.is_socket() {
+        let kind = if file_type.is_symlink() {
+            "a symlink"
+        } else if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_file() {
+            "a regular file"
+        } else {
+            "a file that is not a socket"
+        };
+        return Err(ReaderError::PathOccupied {
+            path: path.to_owned(),
+            kind,
+        });
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ReaderError::RemoveLeftover {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn new_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with constant arguments; no pointers.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn socket_addr(path: &Path) -> Result<libc::sockaddr_un, ReaderError> {
+    let bytes = OsStr::as_bytes(path.as_os_str());
+    let invalid = |reason| ReaderError::InvalidPath {
+        path: path.to_owned(),
+        reason,
+    };
+    if bytes.is_empty() {
+        return Err(invalid("the path is empty"));
+    }
+    if bytes.contains(&0) {
+        return Err(invalid("the path contains a NUL byte"));
+    }
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(invalid(
+            "the path is too long for a Unix socket (107 bytes at most)",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    Ok(addr)
+}
+
+fn bind_error(path: &Path, step: &'static str, source: io::Error) -> ReaderError {
+    ReaderError::Bind {
+        path: path.to_owned(),
+        step,
+        source,
+    }
+}

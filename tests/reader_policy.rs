@@ -1,0 +1,171 @@
+//! The accept policy on both backends: the connection limit and the peer-uid list.
+
+mod reader_common;
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use boundary_log_proxy::reader::{IoMode, RejectReason};
+use reader_common::{peer_closed, Closed, Harness, Recorder, PATIENCE};
+
+on_both_backends!(
+    connections_over_the_limit_are_closed_at_once_and_counted,
+    peer_uid_not_listed_is_refused_and_counted_while_a_listed_one_passes,
+    listed_non_root_uid_passes_and_root_is_refused,
+);
+
+fn connections_over_the_limit_are_closed_at_once_and_counted(io: IoMode) {
+    let h = Harness::start_with(io, Recorder::new(), |cfg| cfg.max_connections = 3);
+    let mut kept: Vec<_> = (0..3).map(|_| h.connect_opened().0).collect();
+    let mut extra: Vec<_> = (0..2).map(|_| h.connect()).collect();
+    h.rec.expect("two Limit rejections", |s| {
+        s.rejected_for(RejectReason::Limit) == 2
+    });
+    for client in &mut extra {
+        assert!(
+            peer_closed(client, PATIENCE).unwrap(),
+            "an extra connection stayed open"
+        );
+    }
+    assert_eq!(h.rec.seen().opened(), 3);
+
+    // A closed connection gives its place back.
+    drop(kept.pop());
+    h.rec.expect("the close", |s| s.closed() == 1);
+    let (mut late, late_id) = h.connect_opened();
+    late.write_all(b"in again").unwrap();
+    h.rec
+        .expect("the late bytes", |s| s.conns[&late_id].bytes == b"in again");
+    let seen = h.rec.seen();
+    assert_eq!(seen.rejected, vec![RejectReason::Limit; 2]);
+    assert_eq!(seen.opened(), 4);
+}
+
+fn peer_uid_not_listed_is_refused_and_counted_while_a_listed_one_passes(io: IoMode) {
+    let h = Harness::start_with(io, Recorder::new(), |cfg| {
+        cfg.allow_uids = vec![0];
+        cfg.socket_mode = 0o666;
+    });
+    open_dir_to_everyone(h.dir.path());
+
+    let status = connect_as_uid(NOBODY, &h.path, b"from nobody");
+    assert_eq!(
+        status, 0,
+        "the uid-{NOBODY} child failed (exit status {status})"
+    );
+    h.rec.expect("a PeerUid rejection", |s| {
+        s.rejected_for(RejectReason::PeerUid) == 1
+    });
+    assert_eq!(h.rec.seen().opened(), 0);
+
+    let (mut root, root_id) = h.connect_opened();
+    root.write_all(b"from root").unwrap();
+    h.rec
+        .expect("root's bytes", |s| s.conns[&root_id].bytes == b"from root");
+    let seen = h.rec.seen();
+    assert_eq!(seen.conns[&root_id].info.peer_uid, Some(0));
+    assert_eq!(
+        seen.conns[&root_id].info.peer_pid,
+        Some(std::process::id() as i32)
+    );
+    assert_eq!(seen.rejected, vec![RejectReason::PeerUid]);
+}
+
+fn listed_non_root_uid_passes_and_root_is_refused(io: IoMode) {
+    let h = Harness::start_with(io, Recorder::new(), |cfg| {
+        cfg.allow_uids = vec![NOBODY];
+        cfg.socket_mode = 0o666;
+    });
+    open_dir_to_everyone(h.dir.path());
+
+    let status = connect_as_uid(NOBODY, &h.path, b"from nobody");
+    assert_eq!(
+        status, 0,
+        "the uid-{NOBODY} child failed (exit status {status})"
+    );
+    h.rec
+        .expect("nobody's connection to end", |s| s.closed() == 1);
+    {
+        let seen = h.rec.seen();
+        let rec = seen.nth(0);
+        assert_eq!(rec.info.peer_uid, Some(NOBODY));
+        assert_eq!(rec.bytes, b"from nobody");
+        assert_eq!(rec.closed, vec![Closed::PeerEof]);
+    }
+
+    let mut root = h.connect();
+    h.rec.expect("a PeerUid rejection", |s| {
+        s.rejected_for(RejectReason::PeerUid) == 1
+    });
+    assert!(peer_closed(&mut root, PATIENCE).unwrap());
+    assert_eq!(h.rec.seen().opened(), 1);
+}
+
+const NOBODY: u32 = 65534;
+
+fn open_dir_to_everyone(dir: &Path) {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Forks a child that drops to `uid`, connects to `path`, sends `payload`, ends its
+/// writing side and reads until the reader closes. Returns the child's exit
+/// status (0 = all steps done). The child makes raw syscalls only (the parent is
+/// multi-threaded).
+fn connect_as_uid(uid: u32, path: &Path, payload: &[u8]) -> i32 {
+    assert_eq!(
+        // SAFETY: geteuid takes no arguments and cannot fail.
+        unsafe { libc::geteuid() },
+        0,
+        "the uid tests need root, to switch to uid {uid}"
+    );
+    // SAFETY: sockaddr_un is plain old data; zeroes are valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    assert!(bytes.len() < addr.sun_path.len());
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: the child below calls only async-signal-safe syscalls and `_exit`,
+    // touching memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: raw syscalls on locals of this (single-threaded) child.
+        unsafe {
+            if libc::syscall(libc::SYS_setgid, uid) != 0 {
+                libc::_exit(10);
+            }
+            if libc::syscall(libc::SYS_setuid, uid) != 0 {
+                libc::_exit(11);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            if fd < 0 {
+                libc::_exit(12);
+            }
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                libc::_exit(13);
+            }
+            // A refused connection may already be closed: ignore send errors.
+            libc::send(
+                fd,
+                payload.as_ptr().cast(),
+                payload.len(),
+                libc::MSG_NOSIGNAL,
+            );
+            libc::shutdown(fd, libc::SHUT_WR);
+            let mut buf = [0u8; 64];
+            while libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked; `status` is a live local.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid);
+    assert!(libc::WIFEXITED(status), "the child did not exit normally");
+    libc::WEXITSTATUS(status)
+}
