@@ -32,9 +32,14 @@ fn pushed_equals_drained_plus_overflowed_in_items_and_logs() {
             })
             .collect();
 
-        // Drain while the pushes run, then the rest.
+        // Drain while the pushes run, then the rest. The yields let the pushers
+        // run first: loom does not otherwise schedule a freshly spawned thread
+        // whose first access is a load ahead of this one (tokio-rs/loom#392).
         let mut drained = Vec::new();
-        consumer.drain_into(&mut drained, 2);
+        for _ in 0..2 {
+            thread::yield_now();
+            consumer.drain_into(&mut drained, 2);
+        }
         let refused: Vec<u32> = pushers.into_iter().flat_map(|p| p.join().unwrap()).collect();
         consumer.drain_into(&mut drained, usize::MAX);
 

@@ -60,3 +60,15 @@ fn a_wake_racing_a_push_leaves_the_item_and_no_stuck_flag() {
         assert_eq!(consumer.pop(), Some(7));
     });
 }
+
+#[test]
+fn wake_ends_a_wait_on_an_empty_ring() {
+    explore("wake_ends_a_wait_on_an_empty_ring", || {
+        let (_producer, mut consumer) = ring::<u32>(2).unwrap();
+        let handle = consumer.handle();
+        let waker = thread::spawn(move || handle.wake());
+        // Untimed under loom: a lost wake() deadlocks the model.
+        assert_eq!(consumer.wait(FOREVER), WaitOutcome::TimedOut);
+        waker.join().unwrap();
+    });
+}
