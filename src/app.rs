@@ -2,7 +2,15 @@
 //! returns `Err` for a failure to start (main prints it and exits 1).
 
 use crate::config::{Config, ConfigError, LoadgenArgs, SinkArgs};
-use crate::metrics::MetricsServerError;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{bind_metrics, serve_metrics, Health, MetricsServerError};
+use crate::reporter::any::AnyReporter;
+use crate::reporter::grpc::ReporterError;
+use crate::server::{Server, ServerError};
+use crate::sink::{run_sink, SinkError};
 
 /// A command could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
@@ -19,17 +27,131 @@ pub enum AppError {
     /// The command exists on the command line but not yet in the engine.
     #[error("{0} is not wired yet")]
     NotWired(&'static str),
+    /// The reporter could not be built from the flags.
+    #[error(transparent)]
+    Reporter(#[from] ReporterError),
+    /// The server could not start (socket path, reader).
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The sink could not start or failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A background task failed.
+    #[error("{0}")]
+    Task(String),
 }
 
-/// `boundary-log-proxy serve`: runs the proxy until SIGTERM/SIGINT.
+/// `boundary-log-proxy serve`: runs the proxy until SIGTERM/SIGINT, then shuts down
+/// as CONTRACT.md section 2 says and returns `Ok` (exit 0).
 pub fn serve(config: Config) -> Result<(), AppError> {
     config.validate()?;
-    Err(AppError::NotWired("serve"))
+    runtime()?.block_on(serve_async(config))
 }
 
-/// `boundary-log-proxy sink`: a gRPC Agent server printing what it receives.
-pub fn sink(_args: SinkArgs) -> Result<(), AppError> {
-    Err(AppError::NotWired("sink"))
+async fn serve_async(config: Config) -> Result<(), AppError> {
+    let registry = prometheus::Registry::new();
+    let health = Health::new();
+    let shutdown_timeout = config.shutdown_timeout;
+    let reporter = AnyReporter::from_config(&config)?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(bind_metrics(addr).await?),
+        None => None,
+    };
+    let server = Server::new(config, &registry)?;
+    let backend = server.start()?;
+    tracing::info!(socket = %server.socket_path().display(), io = %backend, "listening");
+
+    let stop_metrics = CancellationToken::new();
+    let metrics_task = metrics_listener.map(|listener| {
+        let (registry, health, stop) = (registry.clone(), health.clone(), stop_metrics.clone());
+        tokio::spawn(serve_metrics(listener, registry, health, stop.cancelled_owned()))
+    });
+
+    let cancel = CancellationToken::new();
+    let mut forwarder = {
+        let (server, cancel) = (server.clone(), cancel.clone());
+        tokio::spawn(async move { server.run_forwarder(cancel, reporter).await })
+    };
+
+    tokio::select! {
+        signal = wait_for_signal() => signal?,
+        ended = &mut forwarder => {
+            // The forwarder only ends by itself on a fatal error.
+            let error = match ended {
+                Ok(Ok(())) => "the forwarder stopped unexpectedly".to_owned(),
+                Ok(Err(error)) => error.to_string(),
+                Err(error) => error.to_string(),
+            };
+            tokio::task::spawn_blocking(move || server.close()).await.ok();
+            return Err(AppError::Task(error));
+        }
+    }
+    tracing::info!(timeout = ?shutdown_timeout, "shutting down: draining buffered logs");
+    health.set_draining();
+    let deadline = Instant::now() + shutdown_timeout;
+    {
+        let server = server.clone();
+        // Stops accepting, reads what is waiting on open connections, closes the ring.
+        tokio::task::spawn_blocking(move || server.stop_intake(deadline))
+            .await
+            .map_err(|e| AppError::Task(format!("stopping the reader: {e}")))?;
+    }
+    // The forwarder returns once the closed ring is empty and all is delivered.
+    if tokio::time::timeout_at(deadline.into(), &mut forwarder).await.is_err() {
+        cancel.cancel();
+        let _ = forwarder.await;
+    }
+    let metrics = server.metrics().clone();
+    tokio::task::spawn_blocking(move || server.close())
+        .await
+        .map_err(|e| AppError::Task(format!("closing: {e}")))?;
+    stop_metrics.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    let totals = metrics.accounting();
+    tracing::info!(
+        received = totals.received,
+        forwarded = totals.forwarded,
+        dropped_buffer_full = totals.dropped_buffer_full,
+        dropped_forward_failed = totals.dropped_forward_failed,
+        dropped_shutdown = totals.dropped_shutdown,
+        "stopped"
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<(), AppError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Runtime)?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("blp-runtime")
+        .enable_all()
+        .build()
+        .map_err(AppError::Runtime)
+}
+
+/// `boundary-log-proxy sink`: a gRPC Agent server printing what it receives, until
+/// SIGTERM/SIGINT.
+pub fn sink(args: SinkArgs) -> Result<(), AppError> {
+    runtime()?.block_on(async move {
+        let listen = args.listen.to_string();
+        run_sink(&listen, args.quiet, async {
+            let _ = wait_for_signal().await;
+        })
+        .await?;
+        Ok(())
+    })
 }
 
 /// `boundary-log-proxy loadgen`: acts as boundary, then prints frames/s and logs/s.

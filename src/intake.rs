@@ -12,7 +12,7 @@ use crate::events::{
     ForwardDropReason, ForwardDropped, FrameRejected, InternalEvent, LogsReceived, SequenceGap,
     SequenceOutOfOrder,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionRejectReason, Metrics};
 use crate::reader::{CloseCause, ConnInfo, ConnectionHandler, RejectReason};
 use crate::ring::{Producer, PushError};
 use crate::seqgap::SeqTracker;
@@ -59,10 +59,7 @@ impl Intake {
                 batch_full: status.dropped_batch_full,
             }
             .emit(&self.metrics),
-            Err(error) => FrameRejected {
-                reason: error.reason(),
-            }
-            .emit(&self.metrics),
+            Err(error) => FrameRejected::from(&error).emit(&self.metrics),
         }
     }
 
@@ -126,10 +123,7 @@ impl ConnectionHandler for Intake {
                 Ok(None) => return ControlFlow::Continue(()),
                 Err(error) => {
                     conn.failed = true;
-                    FrameRejected {
-                        reason: error.reason(),
-                    }
-                    .emit(&self.metrics);
+                    FrameRejected::from(&error).emit(&self.metrics);
                     return ControlFlow::Break(());
                 }
             }
@@ -139,16 +133,17 @@ impl ConnectionHandler for Intake {
     fn closed(&self, conn: Connection, _cause: CloseCause) {
         if !conn.failed {
             if let Err(error) = conn.decoder.finish() {
-                FrameRejected {
-                    reason: error.reason(),
-                }
-                .emit(&self.metrics);
+                FrameRejected::from(&error).emit(&self.metrics);
             }
         }
         ConnectionClosed.emit(&self.metrics);
     }
 
     fn rejected(&self, reason: RejectReason) {
+        let reason = match reason {
+            RejectReason::Limit => ConnectionRejectReason::Limit,
+            RejectReason::PeerUid => ConnectionRejectReason::PeerUid,
+        };
         ConnectionRejected { reason }.emit(&self.metrics);
     }
 }

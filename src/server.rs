@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, IoMode};
 use crate::forwarder::{self, ForwarderConfig, ForwarderState, Limits};
 use crate::intake::{Intake, QueuedFrame};
 use crate::metrics::{Metrics, MetricsError};
@@ -136,10 +136,10 @@ impl Server {
         }
         let config = &self.inner.config;
         let listener = reader::bind(&config.socket, config.socket_mode)?;
-        let meta = std::fs::symlink_metadata(&config.socket).map_err(|e| {
-            ServerError::Reader(ReaderError::Io {
+        let meta = std::fs::symlink_metadata(&config.socket).map_err(|source| {
+            ServerError::Reader(ReaderError::InspectPath {
                 path: config.socket.clone(),
-                source: e,
+                source,
             })
         })?;
         let socket = BoundSocket {
@@ -148,12 +148,15 @@ impl Server {
             ino: meta.ino(),
         };
         let reader_config = ReaderConfig {
-            socket_path: config.socket.clone(),
+            io: match config.io {
+                IoMode::Auto => reader::IoMode::Auto,
+                IoMode::Uring => reader::IoMode::Uring,
+                IoMode::Epoll => reader::IoMode::Epoll,
+            },
             socket_mode: config.socket_mode,
-            io: config.io.into(),
             max_connections: config.max_connections,
             allow_uids: config.allow_uids.clone(),
-            threads: 1,
+            ..ReaderConfig::new(&config.socket)
         };
         let reader = match reader::start(&reader_config, listener, self.inner.intake.clone()) {
             Ok(reader) => reader,
@@ -185,7 +188,7 @@ impl Server {
         let config = &self.inner.config;
         let forwarder_config = ForwarderConfig {
             limits: Limits {
-                max_logs: config.batch_max_logs,
+                max_logs: config.batch_max_logs as usize,
                 max_bytes: config.batch_max_bytes,
             },
             linger: config.batch_linger,
@@ -232,7 +235,9 @@ impl Server {
         let previous = std::mem::replace(&mut *lifecycle, Lifecycle::Closed);
         *lifecycle = match previous {
             Lifecycle::Started { reader, socket } => {
-                reader.shutdown(deadline);
+                if let Err(error) = reader.shutdown(deadline) {
+                    tracing::error!(%error, "stopping the reader");
+                }
                 Lifecycle::Draining { socket }
             }
             other => other,

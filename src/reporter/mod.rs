@@ -1,5 +1,6 @@
 //! Reporters: where the forwarder's requests go (coderd over gRPC, stdout, or nowhere).
 
+pub mod any;
 pub mod grpc;
 pub mod null;
 pub mod stdout;
