@@ -9,6 +9,10 @@
 //!
 //! Both share the accept policy (`policy.rs`: connection limit, peer uid) and the
 //! shutdown drain (`drain.rs`). `probe.rs` picks the backend, `listener.rs` binds.
+//! `tests/reader_cost.rs` measures what a connection costs under each backend.
+//!
+//! The handler runs on the reader threads: it must not block for long (a blocked
+//! `data` holds up every connection of that thread, and shutdown's deadline).
 
 mod bufring;
 mod drain;
