@@ -64,7 +64,12 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
     let stop_metrics = CancellationToken::new();
     let metrics_task = metrics_listener.map(|listener| {
         let (registry, health, stop) = (registry.clone(), health.clone(), stop_metrics.clone());
-        tokio::spawn(serve_metrics(listener, registry, health, stop.cancelled_owned()))
+        tokio::spawn(serve_metrics(
+            listener,
+            registry,
+            health,
+            stop.cancelled_owned(),
+        ))
     });
 
     let cancel = CancellationToken::new();
@@ -97,7 +102,10 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
             .map_err(|e| AppError::Task(format!("stopping the reader: {e}")))?;
     }
     // The forwarder returns once the closed ring is empty and all is delivered.
-    if tokio::time::timeout_at(deadline.into(), &mut forwarder).await.is_err() {
+    if tokio::time::timeout_at(deadline.into(), &mut forwarder)
+        .await
+        .is_err()
+    {
         cancel.cancel();
         let _ = forwarder.await;
     }

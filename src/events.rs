@@ -383,7 +383,11 @@ impl InternalEvent for SequenceOutOfOrder {
         static LIMIT: LogLimiter = LogLimiter::new();
         metrics.sequence_out_of_order.inc_by(self.logs);
         if let Some(suppressed) = LIMIT.admit() {
-            tracing::debug!(logs = self.logs, suppressed, "sequence number went back or repeated");
+            tracing::debug!(
+                logs = self.logs,
+                suppressed,
+                "sequence number went back or repeated"
+            );
         }
     }
 }

@@ -42,7 +42,11 @@ pub struct Connection {
 }
 
 impl Intake {
-    pub fn new(producer: Producer<QueuedFrame>, metrics: Arc<Metrics>, sequences: SeqTracker) -> Self {
+    pub fn new(
+        producer: Producer<QueuedFrame>,
+        metrics: Arc<Metrics>,
+        sequences: SeqTracker,
+    ) -> Self {
         Self {
             producer,
             metrics,

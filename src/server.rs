@@ -83,7 +83,9 @@ impl BoundSocket {
                     tracing::warn!(path = %self.path.display(), %error, "could not remove the socket file");
                 }
             }
-            _ => tracing::debug!(path = %self.path.display(), "socket file already gone or replaced; left alone"),
+            _ => {
+                tracing::debug!(path = %self.path.display(), "socket file already gone or replaced; left alone")
+            }
         }
     }
 }
@@ -96,7 +98,11 @@ impl Server {
             ring::ring(config.ring_capacity).map_err(|e| ServerError::Config(e.to_string()))?;
         metrics.ring_capacity.set(config.ring_capacity as i64);
         let handle = consumer.handle();
-        let intake = Arc::new(Intake::new(producer, metrics.clone(), SeqTracker::default()));
+        let intake = Arc::new(Intake::new(
+            producer,
+            metrics.clone(),
+            SeqTracker::default(),
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -179,7 +185,11 @@ impl Server {
         reporter: R,
     ) -> Result<(), ServerError> {
         let state = {
-            let mut slot = self.inner.forwarder.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = self
+                .inner
+                .forwarder
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if self.inner.closing.is_cancelled() {
                 return Err(ServerError::Closed);
             }
@@ -196,7 +206,8 @@ impl Server {
         };
         let stop = CancellationToken::new();
         let watcher = {
-            let (stop, cancel, closing) = (stop.clone(), cancel.clone(), self.inner.closing.clone());
+            let (stop, cancel, closing) =
+                (stop.clone(), cancel.clone(), self.inner.closing.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     _ = cancel.cancelled() => {},
@@ -217,7 +228,11 @@ impl Server {
         stop.cancel();
         let _ = watcher.await;
         let mut state = result?;
-        let mut slot = self.inner.forwarder.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self
+            .inner
+            .forwarder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if self.inner.closing.is_cancelled() {
             state.drop_remaining_for_shutdown(&self.inner.metrics);
         }
@@ -254,7 +269,11 @@ impl Server {
         self.stop_intake(Instant::now() + timeout);
         self.inner.closing.cancel();
         {
-            let slot = self.inner.forwarder.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = self
+                .inner
+                .forwarder
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let (mut slot, wait) = self
                 .inner
                 .forwarder_returned
@@ -269,7 +288,9 @@ impl Server {
             }
         }
         let mut lifecycle = self.inner.lifecycle();
-        if let Lifecycle::Draining { socket } = std::mem::replace(&mut *lifecycle, Lifecycle::Closed) {
+        if let Lifecycle::Draining { socket } =
+            std::mem::replace(&mut *lifecycle, Lifecycle::Closed)
+        {
             socket.remove();
         }
     }

@@ -16,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 pub use batch::{coalesce, Limits};
 pub use retry::Backoff;
 
-use crate::events::{ForwardDropReason, ForwardAttemptFailed, ForwardDropped, ForwardSucceeded, InternalEvent, RingOccupancy};
+use crate::events::{
+    ForwardAttemptFailed, ForwardDropReason, ForwardDropped, ForwardSucceeded, InternalEvent,
+    RingOccupancy,
+};
 use crate::intake::QueuedFrame;
 use crate::metrics::Metrics;
 use crate::reporter::{grpc::classify, grpc::Failure, EncodedRequest, Reporter};
@@ -61,7 +64,6 @@ impl ForwarderState {
             pending: VecDeque::new(),
         }
     }
-
 
     /// Counts everything still held, in the ring and pending, as dropped at shutdown.
     pub fn drop_remaining_for_shutdown(&mut self, metrics: &Metrics) {
@@ -219,7 +221,10 @@ struct Drain {
 impl Drain {
     /// Runs until stopped or until the ring is closed and empty; returns the
     /// consumer and any requests it built but could not hand over.
-    fn run(mut self, tx: mpsc::Sender<EncodedRequest>) -> (Consumer<QueuedFrame>, Vec<EncodedRequest>) {
+    fn run(
+        mut self,
+        tx: mpsc::Sender<EncodedRequest>,
+    ) -> (Consumer<QueuedFrame>, Vec<EncodedRequest>) {
         let limits = self.config.limits;
         let mut frames: Vec<QueuedFrame> = Vec::with_capacity(limits.max_logs.min(1 << 16));
         let mut requests = Vec::new();
@@ -246,7 +251,9 @@ impl Drain {
             }
             let stopping = self.stop.load(Ordering::Acquire);
             let lingered = first_at.is_some_and(|t| t.elapsed() >= self.config.linger);
-            let full = logs >= limits.max_logs || bytes >= limits.max_bytes || frames.len() >= limits.max_logs;
+            let full = logs >= limits.max_logs
+                || bytes >= limits.max_bytes
+                || frames.len() >= limits.max_logs;
             let ring_empty = self.consumer.is_empty();
             if !frames.is_empty() && (full || lingered || stopping || (closed && ring_empty)) {
                 coalesce(&frames, limits, &mut requests);

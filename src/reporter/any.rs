@@ -24,8 +24,8 @@ impl AnyReporter {
                 endpoint,
                 auth_token,
             } => {
-                let mut grpc = GrpcReporterConfig::new(endpoint.to_string())
-                    .call_timeout(config.call_timeout);
+                let mut grpc =
+                    GrpcReporterConfig::new(endpoint.to_string()).call_timeout(config.call_timeout);
                 if let Some(token) = auth_token {
                     grpc = grpc.auth_token(token.expose());
                 }
