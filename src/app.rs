@@ -162,7 +162,10 @@ pub fn sink(args: SinkArgs) -> Result<(), AppError> {
     })
 }
 
-/// `boundary-log-proxy loadgen`: acts as boundary, then prints frames/s and logs/s.
-pub fn loadgen(_args: LoadgenArgs) -> Result<(), AppError> {
-    Err(AppError::NotWired("loadgen"))
+/// `boundary-log-proxy loadgen`: acts as boundary (progress on stderr every second),
+/// then prints the summary line (frames/s, logs/s, bytes/s) on stdout.
+pub fn loadgen(args: LoadgenArgs) -> Result<(), AppError> {
+    let summary = crate::loadgen::run(&args).map_err(|e| AppError::Task(e.to_string()))?;
+    println!("{summary}");
+    Ok(())
 }

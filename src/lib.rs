@@ -14,6 +14,7 @@ pub mod config;
 pub mod events;
 pub mod forwarder;
 pub mod intake;
+pub mod loadgen;
 pub mod logging;
 pub mod metrics;
 pub mod proto;

@@ -210,6 +210,22 @@ async fn deliver<R: Reporter>(
     }
 }
 
+/// Most bytes one drain pass takes out of the ring, in requests' worth (`max_bytes`).
+/// Draining many frames at once lets frames of interleaved sessions coalesce into
+/// full requests; bounding the bytes keeps large frames (100 logs, ~14 KB) from
+/// piling up outside the ring, where they are not counted as buffered: by frame
+/// count alone a pass could take `max_logs` frames, 14 MB of them.
+const DRAIN_REQUESTS: usize = 4;
+
+/// Frames to drain next: up to `max_logs` frames in all, and up to
+/// [`DRAIN_REQUESTS`] requests' bytes judging by the last frame drained; at least one.
+fn room(limits: Limits, frames: usize, bytes: usize, frame_bytes: usize) -> usize {
+    let by_count = limits.max_logs.saturating_sub(frames);
+    let budget = limits.max_bytes.saturating_mul(DRAIN_REQUESTS);
+    let by_bytes = budget.saturating_sub(bytes).div_ceil(frame_bytes);
+    by_count.min(by_bytes).max(1)
+}
+
 /// The drain thread's side: ring -> coalesced requests -> channel.
 struct Drain {
     consumer: Consumer<QueuedFrame>,
@@ -234,13 +250,17 @@ impl Drain {
         let mut first_at: Option<Instant> = None;
         let mut closed = false;
 
+        // Size of the last frame drained, to keep a pass within DRAIN_REQUESTS requests' bytes.
+        let mut frame_bytes = 1usize;
+
         loop {
-            let room = limits.max_logs.saturating_sub(frames.len()).max(1);
+            let room = room(limits, frames.len(), bytes, frame_bytes);
             let before = frames.len();
             self.consumer.drain_into(&mut frames, room);
             for queued in &frames[before..] {
+                frame_bytes = queued.frame.encoded_logs().len().max(1);
                 logs += queued.frame.log_count() as usize;
-                bytes += queued.frame.encoded_logs().len();
+                bytes += frame_bytes;
             }
             RingOccupancy {
                 len: self.consumer.len(),
@@ -281,5 +301,34 @@ impl Drain {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_logs: 1000,
+        max_bytes: 1 << 20,
+    };
+
+    #[test]
+    fn room_takes_up_to_max_logs_small_frames() {
+        assert_eq!(room(LIMITS, 0, 0, 1_450), 1000);
+        assert_eq!(room(LIMITS, 600, 870_000, 1_450), 400);
+    }
+
+    #[test]
+    fn room_for_large_frames_is_bounded_by_a_few_requests_bytes() {
+        // 14 KB frames: four 1 MiB requests' worth, not 1000 frames (14 MB).
+        assert_eq!(room(LIMITS, 0, 0, 14_000), (4usize << 20).div_ceil(14_000));
+        assert_eq!(room(LIMITS, 200, 4 << 20, 14_000), 1);
+    }
+
+    #[test]
+    fn room_is_at_least_one_frame() {
+        assert_eq!(room(LIMITS, 1000, 0, 100), 1);
+        assert_eq!(room(LIMITS, 0, usize::MAX, 1), 1);
     }
 }

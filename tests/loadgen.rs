@@ -1,0 +1,136 @@
+//! The load generator against a real `Server` with the null reporter: every frame it
+//! says it sent is received and forwarded, in sequence, with nothing dropped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boundary_log_proxy::config::{FrameTag, LoadgenArgs, LogSettings, SinkKind};
+use boundary_log_proxy::loadgen::{self, LoadgenError, RunOptions};
+use boundary_log_proxy::reporter::null::NullReporter;
+use boundary_log_proxy::{Config, Server};
+use tokio_util::sync::CancellationToken;
+
+fn args(socket: std::path::PathBuf, tag: FrameTag) -> LoadgenArgs {
+    LoadgenArgs {
+        socket,
+        connections: 4,
+        frames: 250,
+        logs_per_frame: 10,
+        rate: None,
+        tag,
+        log: LogSettings::default(),
+    }
+}
+
+async fn wait_for_logs(reporter: &NullReporter, logs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reporter.logs() < logs && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_frame_loadgen_sends_is_received_and_forwarded() {
+    for tag in [FrameTag::V1, FrameTag::V2] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("proxy.sock");
+        let config = Config {
+            socket: socket.clone(),
+            sink: Some(SinkKind::Null),
+            batch_linger: Duration::from_millis(1),
+            ..Config::default()
+        };
+        let server = Server::new(config, &prometheus::Registry::new()).unwrap();
+        server.start().unwrap();
+        let reporter = Arc::new(NullReporter::new());
+        let cancel = CancellationToken::new();
+        let forwarder = {
+            let (server, reporter, cancel) = (server.clone(), reporter.clone(), cancel.clone());
+            tokio::spawn(async move { server.run_forwarder(cancel, reporter).await })
+        };
+
+        let args = args(socket, tag);
+        let options = RunOptions {
+            progress: false,
+            ..RunOptions::default()
+        };
+        let summary = tokio::task::spawn_blocking(move || loadgen::run_with(&args, options))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(summary.connections, 4);
+        assert_eq!(summary.frames, 4 * 250);
+        assert_eq!(summary.logs, 4 * 250 * 10);
+        assert!(summary.bytes > summary.logs * 100, "{summary}");
+        assert!(summary.logs_per_second() > 0.0);
+
+        wait_for_logs(&reporter, summary.logs).await;
+        let metrics = server.metrics().clone();
+        let totals = metrics.accounting();
+        assert_eq!(reporter.logs(), summary.logs, "{tag}: {totals:?}");
+        assert_eq!(totals.received, summary.logs);
+        assert_eq!(totals.forwarded, summary.logs);
+        assert_eq!(
+            totals.dropped_buffer_full + totals.dropped_forward_failed + totals.dropped_shutdown,
+            0
+        );
+        assert_eq!(metrics.sequence_gaps.get(), 0, "sequence numbers run on");
+        assert_eq!(metrics.sequence_out_of_order.get(), 0);
+
+        cancel.cancel();
+        forwarder.await.unwrap().unwrap();
+        tokio::task::spawn_blocking(move || server.close())
+            .await
+            .unwrap();
+    }
+}
+
+#[test]
+fn rate_limit_spreads_the_frames_over_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let config = Config {
+        socket: socket.clone(),
+        sink: Some(SinkKind::Null),
+        ..Config::default()
+    };
+    let server = Server::new(config, &prometheus::Registry::new()).unwrap();
+    server.start().unwrap();
+    let args = LoadgenArgs {
+        connections: 2,
+        frames: 50,
+        logs_per_frame: 1,
+        rate: Some(400),
+        ..args(socket, FrameTag::V2)
+    };
+    let options = RunOptions {
+        progress: false,
+        ..RunOptions::default()
+    };
+    let summary = loadgen::run_with(&args, options).unwrap();
+    // 100 frames at 400 frames/s: the last write is due 0.2 s after the start.
+    assert_eq!(summary.frames, 100);
+    assert!(
+        summary.elapsed >= Duration::from_millis(200),
+        "{:?}",
+        summary.elapsed
+    );
+    server.close();
+}
+
+#[test]
+fn a_missing_socket_is_a_connect_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody-listens.sock");
+    let args = args(socket.clone(), FrameTag::V2);
+    let options = RunOptions {
+        progress: false,
+        ..RunOptions::default()
+    };
+    match loadgen::run_with(&args, options) {
+        Err(error @ LoadgenError::Connect { .. }) => {
+            assert!(error.to_string().contains("nobody-listens.sock"), "{error}");
+        }
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+}
