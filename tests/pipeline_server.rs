@@ -500,3 +500,18 @@ async fn coalesced_requests_respect_batch_max_logs() {
 }
 
 on_io_modes!(one_log_arrives_with_every_field_intact);
+
+/// Closing an io_uring makes the kernel queue teardown work, as a signal, to every
+/// thread that used it; a thread sleeping in a syscall with a timeout then wakes with
+/// EINTR. Starting the server (which probes io_uring) must not do that to the caller.
+#[test]
+fn starting_the_server_does_not_interrupt_the_callers_next_syscall() {
+    use std::io::Read as _;
+    let proxy = TestProxy::start(IoMode::Auto, |_| {});
+    let (mut a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    a.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let err = a.read(&mut [0u8; 1]).expect_err("nothing to read");
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
+    proxy.server.close();
+}
