@@ -348,6 +348,12 @@ async fn with_no_forwarder_the_ring_fills_and_buffer_full_is_counted() {
     proxy.wait_received(30).await;
     let metrics = proxy.metrics();
     assert_eq!(proxy.server.ring_len(), 4);
+    assert_eq!(
+        metrics.ring_occupancy.get(),
+        4,
+        "the gauge shows the full ring"
+    );
+    assert_eq!(metrics.ring_capacity.get(), 4);
     assert_eq!(metrics.batches_dropped_for(BatchDropReason::BufferFull), 6);
     assert_eq!(metrics.logs_dropped_for(LogDropReason::BufferFull), 18);
     assert_accounting(metrics, 12);
