@@ -70,6 +70,8 @@ async fn the_stdout_sink_prints_the_contract_json_lines(io: IoMode) {
         assert_eq!(v["sequence_number"], seq, "order kept: {line}");
         assert_eq!(v["decision"] == "allow", v.get("matched_rule").is_some());
     }
+    let problems = logged_at_least_warn(&exited.stderr);
+    assert!(problems.is_empty(), "warnings or errors: {problems:#?}");
     let totals = assert_clean_exit(&exited, &socket);
     assert_eq!((totals.received, totals.forwarded), (11, 11));
 }
@@ -228,6 +230,9 @@ async fn sigterm_under_load_delivers_everything_buffered_and_exits_zero() {
     );
     let exited = proxy.terminate().await;
 
+    assert!(exited.stdout.is_empty(), "no sink output with --coderd");
+    let problems = logged_at_least_warn(&exited.stderr);
+    assert!(problems.is_empty(), "warnings or errors: {problems:#?}");
     let totals = assert_clean_exit(&exited, &socket);
     assert_eq!(totals.received, total);
     assert_eq!(totals.forwarded, total, "everything buffered was delivered");
@@ -307,7 +312,13 @@ async fn with_coderd_down_the_ring_fills_and_every_log_is_counted() {
     );
     assert_accounting_totals(scrape.accounting(), 100 - full_logs);
 
+    let sigterm = std::time::Instant::now();
     let exited = proxy.terminate().await;
+    assert!(
+        sigterm.elapsed() < Duration::from_secs(3),
+        "exits within --shutdown-timeout 1s (and some slack): {:?}",
+        sigterm.elapsed()
+    );
     let totals = assert_clean_exit(&exited, &socket);
     assert_eq!(totals.forwarded, 0);
     assert_eq!(totals.dropped_buffer_full, full_logs);
@@ -390,6 +401,17 @@ async fn live_metrics_pass_promtool_and_healthz_answers() {
     let exited = proxy.terminate().await;
     let totals = assert_clean_exit(&exited, &socket);
     assert_eq!(totals.forwarded, 17);
+}
+
+/// The JSON log lines at WARN or ERROR.
+fn logged_at_least_warn(stderr: &[String]) -> Vec<&String> {
+    stderr
+        .iter()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .map_or(true, |v| v["level"] == "WARN" || v["level"] == "ERROR")
+        })
+        .collect()
 }
 
 /// `promtool check metrics` on the scrape; skipped with a notice if promtool is absent.

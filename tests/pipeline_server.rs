@@ -521,3 +521,80 @@ fn starting_the_server_does_not_interrupt_the_callers_next_syscall() {
     assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
     proxy.server.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_written_while_coderd_restarts_are_delivered_after_it_is_back() {
+    let mut coderd = FakeCoderd::start().await;
+    let proxy = TestProxy::start(IoMode::Auto, |_| {});
+    let forwarder = proxy.forward(grpc_reporter(&coderd.addr()));
+    let sent: Vec<_> = (0..6)
+        .map(|i| request(SESSION, "codex", i * 2, 2))
+        .collect();
+    let mut client = proxy.connect();
+    client.send_request(Tag::V2, &sent[0]);
+    assert!(coderd.wait_for_logs(2, PATIENCE).await);
+    proxy.wait_forwarded(2).await;
+
+    coderd.stop().await;
+    for r in &sent[1..] {
+        client.send_request(Tag::V2, r);
+    }
+    let metrics = proxy.metrics().clone();
+    eventually("a failed call while coderd is down", || {
+        metrics.forward_requests_for(ForwardResult::RetryableError) >= 1
+    })
+    .await;
+    coderd.restart().await;
+    assert!(coderd.wait_for_logs(12, PATIENCE).await);
+    proxy.wait_forwarded(12).await;
+    assert_eq!(all_logs(&decoded(&coderd)), all_logs(&sent));
+
+    forwarder.stop().await;
+    proxy.close().await;
+    let a = proxy.metrics().accounting();
+    assert_eq!((a.dropped_forward_failed, a.dropped_shutdown), (0, 0));
+    assert_accounting(proxy.metrics(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_with_coderd_down_counts_the_undelivered_logs_as_shutdown_drops() {
+    let coderd = FakeCoderd::start().await;
+    coderd.set_behaviour(Behaviour::fail_all(Code::Unavailable));
+    let proxy = TestProxy::start(IoMode::Auto, |_| {});
+    let forwarder = proxy.forward(grpc_reporter(&coderd.addr()));
+    let mut client = proxy.connect();
+    for i in 0..8 {
+        client.send_request(Tag::V2, &request(SESSION, "codex", i * 3, 3));
+    }
+    proxy.wait_received(24).await;
+    assert!(coderd.wait_for_calls(1, PATIENCE).await);
+    // close stops the running forwarder itself; run_forwarder then returns Ok.
+    proxy.close().await;
+    forwarder.join().await;
+    let metrics = proxy.metrics();
+    assert_eq!(metrics.logs_dropped_for(LogDropReason::Shutdown), 24);
+    assert_eq!(metrics.batches_dropped_for(BatchDropReason::Shutdown), 8);
+    assert_accounting(metrics, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_sequence_numbers_are_counted_as_gaps_and_the_logs_still_forwarded() {
+    let coderd = FakeCoderd::start().await;
+    let proxy = TestProxy::start(IoMode::Auto, |_| {});
+    let forwarder = proxy.forward(grpc_reporter(&coderd.addr()));
+    let sent = [
+        request("gappy", "codex", 0, 5),
+        request("gappy", "codex", 10, 5),
+    ];
+    let mut client = proxy.connect();
+    for r in &sent {
+        client.send_request(Tag::V2, r);
+    }
+    assert!(coderd.wait_for_logs(10, PATIENCE).await);
+    proxy.wait_forwarded(10).await;
+    assert_eq!(all_logs(&decoded(&coderd)), all_logs(&sent));
+    assert_eq!(proxy.metrics().sequence_gaps.get(), 5, "5..=9 are missing");
+    forwarder.stop().await;
+    proxy.close().await;
+    assert_accounting(proxy.metrics(), 0);
+}
