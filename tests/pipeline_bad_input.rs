@@ -249,7 +249,53 @@ async fn frames_split_across_writes_are_reassembled(io: IoMode) {
     finish(&proxy, forwarder).await;
 }
 
+async fn the_largest_frame_is_forwarded_whole(io: IoMode) {
+    let (coderd, proxy, forwarder) = pipeline(io).await;
+    let bytes = vector("v2_max_size.bin");
+    assert_eq!(bytes.len(), 4 + 32768);
+    let expected = match boundary_log_proxy::codec::decode_message(raw_frame(&bytes)) {
+        Ok(boundary_log_proxy::codec::Message::Logs(frame)) => frame.to_request(),
+        other => panic!("v2_max_size.bin decodes to logs: {other:?}"),
+    };
+    let mut client = proxy.connect();
+    for _ in 0..3 {
+        client.send(&bytes);
+    }
+    let logs = 3 * expected.logs.len();
+    assert!(coderd.wait_for_logs(logs, PATIENCE).await);
+    proxy.wait_forwarded(logs as u64).await;
+    let got = decoded(&coderd);
+    assert_eq!(all_logs(&got), all_logs([&expected, &expected, &expected]));
+    assert!(got.iter().all(|r| r.session_id == expected.session_id));
+    finish(&proxy, forwarder).await;
+}
+
+/// Unknown fields are dropped or passed on, but the request coderd decodes is the one
+/// without them.
+async fn unknown_fields_are_ignored(io: IoMode) {
+    let (coderd, proxy, forwarder) = pipeline(io).await;
+    let bytes = vector("v1_unknown_field.bin");
+    let expected = <ReportBoundaryLogsRequest as prost::Message>::decode(&bytes[4..])
+        .expect("prost decodes the vector, skipping the unknown field");
+    proxy.connect().send(&bytes);
+    let logs = expected.logs.len();
+    assert!(coderd.wait_for_logs(logs, PATIENCE).await);
+    proxy.wait_forwarded(logs as u64).await;
+    assert_eq!(decoded(&coderd), vec![expected]);
+    finish(&proxy, forwarder).await;
+}
+
+/// The whole of one frame as the decoder would hand it over.
+fn raw_frame(bytes: &[u8]) -> boundary_log_proxy::codec::RawFrame {
+    let mut decoder = boundary_log_proxy::codec::FrameDecoder::new();
+    let mut input = bytes;
+    let frame = decoder.decode(&mut input).expect("a valid frame");
+    frame.expect("one whole frame")
+}
+
 on_io_modes!(
+    the_largest_frame_is_forwarded_whole,
+    unknown_fields_are_ignored,
     an_oversized_header_closes_the_connection,
     garbage_protobuf_is_skipped_and_the_next_frame_forwarded,
     an_unknown_tag_closes_the_connection,

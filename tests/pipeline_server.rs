@@ -155,6 +155,9 @@ async fn three_concurrent_connections_each_keep_their_order() {
         })
         .collect();
     let sent: Vec<Vec<_>> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    // The writers dropped their connections: the gauge goes back to zero.
+    let metrics = proxy.metrics().clone();
+    eventually("no open connections", || metrics.connections.get() == 0).await;
     assert!(coderd.wait_for_logs(3 * 120, PATIENCE).await);
     proxy.wait_forwarded(360).await;
 
@@ -596,5 +599,38 @@ async fn missing_sequence_numbers_are_counted_as_gaps_and_the_logs_still_forward
     assert_eq!(proxy.metrics().sequence_gaps.get(), 5, "5..=9 are missing");
     forwarder.stop().await;
     proxy.close().await;
+    assert_accounting(proxy.metrics(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_stop_intake_the_forwarder_delivers_everything_and_returns_by_itself() {
+    let coderd = FakeCoderd::start().await;
+    coderd.set_behaviour(Behaviour::normal().with_delay(Duration::from_millis(20)));
+    let proxy = TestProxy::start(IoMode::Auto, |c| c.batch_max_logs = 4);
+    let sent: Vec<_> = (0..20)
+        .map(|i| request(SESSION, "codex", i * 2, 2))
+        .collect();
+    let mut client = proxy.connect();
+    for r in &sent {
+        client.send_request(Tag::V2, r);
+    }
+    proxy.wait_received(40).await;
+    let forwarder = proxy.forward(grpc_reporter(&coderd.addr()));
+    {
+        let server = proxy.server.clone();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        tokio::task::spawn_blocking(move || server.stop_intake(deadline))
+            .await
+            .unwrap();
+    }
+    assert!(
+        client.closed_by_proxy(PATIENCE),
+        "stop_intake closes connections"
+    );
+    forwarder.join().await;
+    assert_eq!(all_logs(&decoded(&coderd)), all_logs(&sent));
+    assert_eq!(proxy.metrics().logs_forwarded.get(), 40);
+    proxy.close().await;
+    assert!(!proxy.server.socket_path().exists());
     assert_accounting(proxy.metrics(), 0);
 }
