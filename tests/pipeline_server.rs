@@ -29,6 +29,7 @@ fn decoded(coderd: &FakeCoderd) -> Vec<ReportBoundaryLogsRequest> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_creates_the_socket_close_removes_it_and_start_twice_is_an_error() {
     let proxy = TestProxy::start(IoMode::Auto, |_| {});
+    eprintln!("--io auto chose {}", proxy.backend);
     let path = proxy.server.socket_path().to_owned();
     let meta = std::fs::symlink_metadata(&path).expect("socket file exists after start");
     assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
