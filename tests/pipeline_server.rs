@@ -29,6 +29,7 @@ fn decoded(coderd: &FakeCoderd) -> Vec<ReportBoundaryLogsRequest> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_creates_the_socket_close_removes_it_and_start_twice_is_an_error() {
     let proxy = TestProxy::start(IoMode::Auto, |_| {});
+    eprintln!("--io auto chose {}", proxy.backend);
     let path = proxy.server.socket_path().to_owned();
     let meta = std::fs::symlink_metadata(&path).expect("socket file exists after start");
     assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
@@ -155,6 +156,9 @@ async fn three_concurrent_connections_each_keep_their_order() {
         })
         .collect();
     let sent: Vec<Vec<_>> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    // The writers dropped their connections: the gauge goes back to zero.
+    let metrics = proxy.metrics().clone();
+    eventually("no open connections", || metrics.connections.get() == 0).await;
     assert!(coderd.wait_for_logs(3 * 120, PATIENCE).await);
     proxy.wait_forwarded(360).await;
 
@@ -348,6 +352,12 @@ async fn with_no_forwarder_the_ring_fills_and_buffer_full_is_counted() {
     proxy.wait_received(30).await;
     let metrics = proxy.metrics();
     assert_eq!(proxy.server.ring_len(), 4);
+    assert_eq!(
+        metrics.ring_occupancy.get(),
+        4,
+        "the gauge shows the full ring"
+    );
+    assert_eq!(metrics.ring_capacity.get(), 4);
     assert_eq!(metrics.batches_dropped_for(BatchDropReason::BufferFull), 6);
     assert_eq!(metrics.logs_dropped_for(LogDropReason::BufferFull), 18);
     assert_accounting(metrics, 12);
@@ -500,3 +510,128 @@ async fn coalesced_requests_respect_batch_max_logs() {
 }
 
 on_io_modes!(one_log_arrives_with_every_field_intact);
+
+/// Closing an io_uring makes the kernel queue teardown work, as a signal, to every
+/// thread that used it; a thread sleeping in a syscall with a timeout then wakes with
+/// EINTR. Starting the server (which probes io_uring) must not do that to the caller.
+#[test]
+fn starting_the_server_does_not_interrupt_the_callers_next_syscall() {
+    use std::io::Read as _;
+    let proxy = TestProxy::start(IoMode::Auto, |_| {});
+    let (mut a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    a.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let err = a.read(&mut [0u8; 1]).expect_err("nothing to read");
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
+    proxy.server.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_written_while_coderd_restarts_are_delivered_after_it_is_back() {
+    let mut coderd = FakeCoderd::start().await;
+    let proxy = TestProxy::start(IoMode::Auto, |_| {});
+    let forwarder = proxy.forward(grpc_reporter(&coderd.addr()));
+    let sent: Vec<_> = (0..6)
+        .map(|i| request(SESSION, "codex", i * 2, 2))
+        .collect();
+    let mut client = proxy.connect();
+    client.send_request(Tag::V2, &sent[0]);
+    assert!(coderd.wait_for_logs(2, PATIENCE).await);
+    proxy.wait_forwarded(2).await;
+
+    coderd.stop().await;
+    for r in &sent[1..] {
+        client.send_request(Tag::V2, r);
+    }
+    let metrics = proxy.metrics().clone();
+    eventually("a failed call while coderd is down", || {
+        metrics.forward_requests_for(ForwardResult::RetryableError) >= 1
+    })
+    .await;
+    coderd.restart().await;
+    assert!(coderd.wait_for_logs(12, PATIENCE).await);
+    proxy.wait_forwarded(12).await;
+    assert_eq!(all_logs(&decoded(&coderd)), all_logs(&sent));
+
+    forwarder.stop().await;
+    proxy.close().await;
+    let a = proxy.metrics().accounting();
+    assert_eq!((a.dropped_forward_failed, a.dropped_shutdown), (0, 0));
+    assert_accounting(proxy.metrics(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_with_coderd_down_counts_the_undelivered_logs_as_shutdown_drops() {
+    let coderd = FakeCoderd::start().await;
+    coderd.set_behaviour(Behaviour::fail_all(Code::Unavailable));
+    let proxy = TestProxy::start(IoMode::Auto, |_| {});
+    let forwarder = proxy.forward(grpc_reporter(&coderd.addr()));
+    let mut client = proxy.connect();
+    for i in 0..8 {
+        client.send_request(Tag::V2, &request(SESSION, "codex", i * 3, 3));
+    }
+    proxy.wait_received(24).await;
+    assert!(coderd.wait_for_calls(1, PATIENCE).await);
+    // close stops the running forwarder itself; run_forwarder then returns Ok.
+    proxy.close().await;
+    forwarder.join().await;
+    let metrics = proxy.metrics();
+    assert_eq!(metrics.logs_dropped_for(LogDropReason::Shutdown), 24);
+    assert_eq!(metrics.batches_dropped_for(BatchDropReason::Shutdown), 8);
+    assert_accounting(metrics, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_sequence_numbers_are_counted_as_gaps_and_the_logs_still_forwarded() {
+    let coderd = FakeCoderd::start().await;
+    let proxy = TestProxy::start(IoMode::Auto, |_| {});
+    let forwarder = proxy.forward(grpc_reporter(&coderd.addr()));
+    let sent = [
+        request("gappy", "codex", 0, 5),
+        request("gappy", "codex", 10, 5),
+    ];
+    let mut client = proxy.connect();
+    for r in &sent {
+        client.send_request(Tag::V2, r);
+    }
+    assert!(coderd.wait_for_logs(10, PATIENCE).await);
+    proxy.wait_forwarded(10).await;
+    assert_eq!(all_logs(&decoded(&coderd)), all_logs(&sent));
+    assert_eq!(proxy.metrics().sequence_gaps.get(), 5, "5..=9 are missing");
+    forwarder.stop().await;
+    proxy.close().await;
+    assert_accounting(proxy.metrics(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_stop_intake_the_forwarder_delivers_everything_and_returns_by_itself() {
+    let coderd = FakeCoderd::start().await;
+    coderd.set_behaviour(Behaviour::normal().with_delay(Duration::from_millis(20)));
+    let proxy = TestProxy::start(IoMode::Auto, |c| c.batch_max_logs = 4);
+    let sent: Vec<_> = (0..20)
+        .map(|i| request(SESSION, "codex", i * 2, 2))
+        .collect();
+    let mut client = proxy.connect();
+    for r in &sent {
+        client.send_request(Tag::V2, r);
+    }
+    proxy.wait_received(40).await;
+    let forwarder = proxy.forward(grpc_reporter(&coderd.addr()));
+    {
+        let server = proxy.server.clone();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        tokio::task::spawn_blocking(move || server.stop_intake(deadline))
+            .await
+            .unwrap();
+    }
+    assert!(
+        client.closed_by_proxy(PATIENCE),
+        "stop_intake closes connections"
+    );
+    forwarder.join().await;
+    assert_eq!(all_logs(&decoded(&coderd)), all_logs(&sent));
+    assert_eq!(proxy.metrics().logs_forwarded.get(), 40);
+    proxy.close().await;
+    assert!(!proxy.server.socket_path().exists());
+    assert_accounting(proxy.metrics(), 0);
+}

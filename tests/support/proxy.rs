@@ -473,11 +473,15 @@ impl Process {
         }
     }
 
-    /// Waits until a socket file exists at `path` (the child has bound it).
-    pub async fn wait_for_socket(&mut self, path: &Path) {
+    /// Waits until a socket file exists at `path` and the child logged `message`
+    /// (`--log-format json`), e.g. `listening`. The file alone is not enough: it
+    /// appears at bind(2), and connecting is refused until listen(2).
+    pub async fn wait_for_socket(&mut self, path: &Path, message: &str) {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+                && self.logged(message)
+            {
                 return;
             }
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -494,6 +498,14 @@ impl Process {
             );
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Whether a JSON line on stderr has `fields.message == message`.
+    pub fn logged(&self, message: &str) -> bool {
+        self.stderr.get().iter().any(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .is_ok_and(|v| v["fields"]["message"] == message)
+        })
     }
 
     /// Waits until `/metrics` on `addr` answers, and returns the scrape.
