@@ -250,11 +250,7 @@ impl<T: Send> Consumer<T> {
                 return true;
             }
             // wake() sets its flag before taking this lock, so we see it here or get its notify.
-            if shared
-                .wake_pending
-                .load(Ordering::Acquire)
-                || deadline.has_passed()
-            {
+            if shared.wake_pending.load(Ordering::Acquire) || deadline.has_passed() {
                 return false;
             }
             token = deadline.wait(&shared.token_ready, token);
@@ -263,9 +259,7 @@ impl<T: Send> Consumer<T> {
 
     /// Consumes a pending `wake`; true if there was one.
     fn take_wake(&self) -> bool {
-        self.shared
-            .wake_pending
-            .swap(false, Ordering::AcqRel)
+        self.shared.wake_pending.swap(false, Ordering::AcqRel)
     }
 
     /// Refuses every later push; items already in the ring stay drainable.
@@ -323,9 +317,7 @@ impl<T: Send> RingHandle<T> {
     pub fn wake(&self) {
         let shared = &*self.shared;
         // Flag first, then lock: a consumer checks the flag under the lock before each sleep.
-        shared
-            .wake_pending
-            .store(true, Ordering::Release);
+        shared.wake_pending.store(true, Ordering::Release);
         drop(
             shared
                 .token

@@ -160,7 +160,9 @@ impl<T> Shared<T> {
                 if current == tail {
                     // Full: count the refusal (both counters, before returning, so drops are exact).
                     self.overflow.items.fetch_add(1, Ordering::Relaxed);
-                    self.overflow.logs.fetch_add(u64::from(logs), Ordering::Relaxed);
+                    self.overflow
+                        .logs
+                        .fetch_add(u64::from(logs), Ordering::Relaxed);
                     return Err(super::PushError::Full(item));
                 }
                 tail = current;
@@ -214,9 +216,7 @@ impl<T> Shared<T> {
             // SAFETY: the stamp says "written" for our position and we are the only
             // consumer (caller's contract), so the cell holds an initialised item
             // that no producer touches until we hand the slot on below.
-            let item = slot
-                .value
-                .with(|cell| unsafe { cell.read().assume_init() });
+            let item = slot.value.with(|cell| unsafe { cell.read().assume_init() });
             // Hand the slot to the next lap: Release pairs with that producer's Acquire stamp load.
             slot.stamp
                 .store(position.wrapping_add(self.lap), Ordering::Release);

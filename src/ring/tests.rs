@@ -8,10 +8,7 @@ use std::sync::Arc as StdArc;
 #[test]
 fn capacity_must_be_a_power_of_two_of_at_least_two() {
     for bad in [0, 1, 3, 6, 1000] {
-        assert_eq!(
-            ring::<u32>(bad).err(),
-            Some(RingError::NotPowerOfTwo(bad))
-        );
+        assert_eq!(ring::<u32>(bad).err(), Some(RingError::NotPowerOfTwo(bad)));
     }
     assert!(matches!(
         ring::<u32>(MAX_CAPACITY * 2),
