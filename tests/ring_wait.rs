@@ -4,10 +4,22 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use boundary_log_proxy::ring::{ring, PushError, WaitOutcome};
+use boundary_log_proxy::ring::{ring, Consumer, PushError, WaitOutcome};
 
 /// Long enough that a lost wake-up fails the test instead of passing slowly.
 const LONG: Duration = Duration::from_secs(20);
+
+/// Waits up to `LONG` and fails if the whole timeout ran out: whatever the
+/// outcome, reaching the timeout means the wake-up was lost.
+fn wait_woken<T: Send>(consumer: &mut Consumer<T>) -> WaitOutcome {
+    let started = Instant::now();
+    let outcome = consumer.wait(LONG);
+    assert!(
+        started.elapsed() < LONG,
+        "wait ran out its timeout: wake-up lost ({outcome:?})"
+    );
+    outcome
+}
 
 #[test]
 fn a_sleeping_consumer_wakes_for_a_push_from_another_thread() {
@@ -16,7 +28,7 @@ fn a_sleeping_consumer_wakes_for_a_push_from_another_thread() {
         thread::sleep(Duration::from_millis(30));
         producer.push(5, 1).unwrap();
     });
-    assert_eq!(consumer.wait(LONG), WaitOutcome::Ready);
+    assert_eq!(wait_woken(&mut consumer), WaitOutcome::Ready);
     assert_eq!(consumer.pop(), Some(5));
     pusher.join().unwrap();
 }
@@ -40,7 +52,7 @@ fn wake_from_another_thread_ends_a_long_wait() {
         thread::sleep(Duration::from_millis(30));
         handle.wake();
     });
-    assert_eq!(consumer.wait(LONG), WaitOutcome::TimedOut);
+    assert_eq!(wait_woken(&mut consumer), WaitOutcome::TimedOut);
     waker.join().unwrap();
 }
 
@@ -52,7 +64,7 @@ fn close_from_another_thread_ends_a_wait_with_closed() {
         thread::sleep(Duration::from_millis(30));
         handle.close();
     });
-    assert_eq!(consumer.wait(LONG), WaitOutcome::Closed);
+    assert_eq!(wait_woken(&mut consumer), WaitOutcome::Closed);
     closer.join().unwrap();
     assert_eq!(producer.push(1, 1), Err(PushError::Closed(1)));
 }
@@ -61,19 +73,23 @@ fn close_from_another_thread_ends_a_wait_with_closed() {
 fn ping_pong_through_two_rings_never_loses_a_wake_up() {
     // Each side sleeps before every item, so each round exercises the
     // SLEEPING handshake; a lost wake-up stalls a wait until LONG passes.
-    const ROUNDS: u32 = if cfg!(debug_assertions) { 20_000 } else { 100_000 };
+    const ROUNDS: u32 = if cfg!(debug_assertions) {
+        20_000
+    } else {
+        100_000
+    };
     let (ping, mut ping_rx) = ring::<u32>(2).unwrap();
     let (pong, mut pong_rx) = ring::<u32>(2).unwrap();
     let echo = thread::spawn(move || {
         for _ in 0..ROUNDS {
-            assert_eq!(ping_rx.wait(LONG), WaitOutcome::Ready);
+            assert_eq!(wait_woken(&mut ping_rx), WaitOutcome::Ready);
             let n = ping_rx.pop().unwrap();
             pong.push(n, 1).unwrap();
         }
     });
     for n in 0..ROUNDS {
         ping.push(n, 1).unwrap();
-        assert_eq!(pong_rx.wait(LONG), WaitOutcome::Ready, "round {n}");
+        assert_eq!(wait_woken(&mut pong_rx), WaitOutcome::Ready, "round {n}");
         assert_eq!(pong_rx.pop(), Some(n));
     }
     echo.join().unwrap();
@@ -83,7 +99,11 @@ fn ping_pong_through_two_rings_never_loses_a_wake_up() {
 fn short_timeouts_racing_pushes_lose_no_item() {
     // Timed-out waits retract SLEEPING while pushes clear it: stale tokens
     // and failed retractions must neither lose nor duplicate an item.
-    const ITEMS: u32 = if cfg!(debug_assertions) { 20_000 } else { 200_000 };
+    const ITEMS: u32 = if cfg!(debug_assertions) {
+        20_000
+    } else {
+        200_000
+    };
     let (producer, mut consumer) = ring::<u32>(8).unwrap();
     let pusher = thread::spawn(move || {
         for n in 0..ITEMS {
@@ -142,7 +162,7 @@ fn close_keeps_pushed_items_drainable_then_reports_closed() {
     });
     let mut drained = Vec::new();
     loop {
-        match consumer.wait(LONG) {
+        match wait_woken(&mut consumer) {
             WaitOutcome::Ready => {
                 consumer.drain_into(&mut drained, usize::MAX);
             }

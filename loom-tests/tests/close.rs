@@ -40,7 +40,10 @@ fn close_racing_pushes_and_drain_loses_nothing() {
             }
         }
         closer.join().unwrap();
-        let mut landed: Vec<u32> = pushers.into_iter().filter_map(|p| p.join().unwrap()).collect();
+        let mut landed: Vec<u32> = pushers
+            .into_iter()
+            .filter_map(|p| p.join().unwrap())
+            .collect();
         drained.sort_unstable();
         landed.sort_unstable();
         assert_eq!(drained, landed);

@@ -42,23 +42,26 @@ fn a_consumer_sleeping_twice_is_woken_by_each_push() {
 fn a_wake_racing_a_push_leaves_the_item_and_no_stuck_flag() {
     // wake() takes the same exit as a timeout: the consumer retracts SLEEPING
     // by CAS, and a push that beat the retraction owes it a (now stale) token.
-    explore("a_wake_racing_a_push_leaves_the_item_and_no_stuck_flag", || {
-        let (producer, mut consumer) = ring::<u32>(2).unwrap();
-        let handle = consumer.handle();
-        let pusher = thread::spawn(move || producer.push(7, 1).unwrap());
-        let waker = thread::spawn(move || handle.wake());
-        let first = consumer.wait(FOREVER);
-        assert!(matches!(first, WaitOutcome::Ready | WaitOutcome::TimedOut));
-        pusher.join().unwrap();
-        waker.join().unwrap();
-        // The wake may still be pending: it ends at most one more wait early.
-        let mut waits = 0;
-        while consumer.wait(FOREVER) != WaitOutcome::Ready {
-            waits += 1;
-            assert!(waits <= 1, "a wake ended more than one wait");
-        }
-        assert_eq!(consumer.pop(), Some(7));
-    });
+    explore(
+        "a_wake_racing_a_push_leaves_the_item_and_no_stuck_flag",
+        || {
+            let (producer, mut consumer) = ring::<u32>(2).unwrap();
+            let handle = consumer.handle();
+            let pusher = thread::spawn(move || producer.push(7, 1).unwrap());
+            let waker = thread::spawn(move || handle.wake());
+            let first = consumer.wait(FOREVER);
+            assert!(matches!(first, WaitOutcome::Ready | WaitOutcome::TimedOut));
+            pusher.join().unwrap();
+            waker.join().unwrap();
+            // The wake may still be pending: it ends at most one more wait early.
+            let mut waits = 0;
+            while consumer.wait(FOREVER) != WaitOutcome::Ready {
+                waits += 1;
+                assert!(waits <= 1, "a wake ended more than one wait");
+            }
+            assert_eq!(consumer.pop(), Some(7));
+        },
+    );
 }
 
 #[test]

@@ -15,27 +15,30 @@ const ITEMS: u32 = 8;
 
 #[test]
 fn batch_drain_racing_pushes_across_laps_keeps_every_item_in_order() {
-    explore("batch_drain_racing_pushes_across_laps_keeps_every_item_in_order", || {
-        let (producer, mut consumer) = ring::<u32>(2).unwrap();
-        let pusher = thread::spawn(move || {
-            for item in 0..ITEMS {
-                let mut item = item;
-                // Full is expected on two slots: yield to the consumer and retry.
-                while let Err(PushError::Full(back)) = producer.push(item, 1) {
-                    item = back;
+    explore(
+        "batch_drain_racing_pushes_across_laps_keeps_every_item_in_order",
+        || {
+            let (producer, mut consumer) = ring::<u32>(2).unwrap();
+            let pusher = thread::spawn(move || {
+                for item in 0..ITEMS {
+                    let mut item = item;
+                    // Full is expected on two slots: yield to the consumer and retry.
+                    while let Err(PushError::Full(back)) = producer.push(item, 1) {
+                        item = back;
+                        thread::yield_now();
+                    }
+                }
+            });
+
+            let mut got = Vec::new();
+            while got.len() < ITEMS as usize {
+                if consumer.drain_into(&mut got, usize::MAX) == 0 {
                     thread::yield_now();
                 }
             }
-        });
-
-        let mut got = Vec::new();
-        while got.len() < ITEMS as usize {
-            if consumer.drain_into(&mut got, usize::MAX) == 0 {
-                thread::yield_now();
-            }
-        }
-        pusher.join().unwrap();
-        assert_eq!(got, (0..ITEMS).collect::<Vec<_>>());
-        assert_eq!(consumer.pop(), None);
-    });
+            pusher.join().unwrap();
+            assert_eq!(got, (0..ITEMS).collect::<Vec<_>>());
+            assert_eq!(consumer.pop(), None);
+        },
+    );
 }
