@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod coderd;
+pub mod faults;
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, PoisonError};
