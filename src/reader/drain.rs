@@ -54,6 +54,36 @@ pub(crate) fn drain_waiting<H: ConnectionHandler>(
     }
 }
 
+/// Reads a just-accepted connection's waiting bytes (at most `max_reads` reads of
+/// `scratch`) before any receive is armed for it: `Some(cause)` when it has already
+/// ended. A peer that connected, wrote and left while queued on the listener is
+/// handled and closed at once, so it does not hold a place under the limit while a
+/// burst of accepts is processed.
+pub(crate) fn read_at_accept<H: ConnectionHandler>(
+    fd: BorrowedFd<'_>,
+    handler: &H,
+    state: &mut H::State,
+    scratch: &mut [u8],
+    max_reads: usize,
+) -> Option<CloseCause> {
+    let mut reads = 0;
+    while reads < max_reads {
+        match sys::recv(fd, scratch, libc::MSG_DONTWAIT) {
+            Ok(0) => return Some(CloseCause::PeerEof),
+            Ok(n) => {
+                reads += 1;
+                if handler.data(state, &scratch[..n]).is_break() {
+                    return Some(CloseCause::Handler);
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(err) => return Some(CloseCause::Error(err)),
+        }
+    }
+    None
+}
+
 /// Accepts what is still queued on the (non-blocking) listener after it stopped
 /// listening, and drains and closes each such connection as [`drain_waiting`] does.
 pub(crate) fn drain_queued<H: ConnectionHandler>(
