@@ -1,12 +1,16 @@
 //! Sequence-gap detection: boundary numbers each session's logs from 0; a jump
 //! forward means logs were lost before they reached the proxy.
 //!
-//! The table is bounded: sessions idle longer than the expiry are forgotten, and
-//! when it is full the least recently seen session is evicted. A session the
-//! tracker does not know (new, expired, or evicted) starts at the first number
-//! it shows, so a proxy restart does not report the whole past as a gap.
+//! The table is bounded: sessions idle for the expiry are forgotten, and when it
+//! is full the least recently seen session is evicted. A session the tracker does
+//! not know (new, expired, or evicted) starts at the first number it shows, so a
+//! proxy restart does not report the whole past as a gap. Sessions are keyed by a
+//! keyed 64-bit hash of their id, so an entry costs the same few dozen bytes
+//! whatever the length of the id a client sends.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use crate::codec::LogFrame;
@@ -34,7 +38,11 @@ struct Session {
 /// Next expected sequence number per session.
 #[derive(Debug)]
 pub struct SeqTracker {
-    sessions: HashMap<Box<str>, Session>,
+    /// By the hash of the session id (see `key`).
+    sessions: HashMap<u64, Session>,
+    /// Keys the session-id hash with this process's random keys, so ids that
+    /// collide cannot be chosen from outside.
+    ids: RandomState,
     max_sessions: usize,
     expiry: Duration,
     last_sweep: Instant,
@@ -51,6 +59,7 @@ impl SeqTracker {
     pub fn new(max_sessions: usize, expiry: Duration) -> Self {
         Self {
             sessions: HashMap::new(),
+            ids: RandomState::new(),
             max_sessions: max_sessions.max(1),
             expiry,
             last_sweep: Instant::now(),
@@ -74,16 +83,23 @@ impl SeqTracker {
         }
         self.sweep(now);
         let summary = frame.seq();
-        let session = match self.sessions.get_mut(frame.session_id()) {
+        let key = self.ids.hash_one(frame.session_id());
+        let fresh = Session {
+            next: i64::from(summary.first),
+            seen: now,
+        };
+        let expiry = self.expiry;
+        let session = match self.sessions.get_mut(&key) {
+            // Idle for the expiry but not swept yet (sweeps are rate-limited):
+            // forgotten all the same.
+            Some(session) if now.saturating_duration_since(session.seen) >= expiry => {
+                *session = fresh;
+                session
+            }
             Some(session) => session,
             None => {
                 self.make_room();
-                self.sessions
-                    .entry(frame.session_id().into())
-                    .or_insert(Session {
-                        next: i64::from(summary.first),
-                        seen: now,
-                    })
+                self.sessions.entry(key).or_insert(fresh)
             }
         };
         session.seen = now;
@@ -95,9 +111,10 @@ impl SeqTracker {
                 // In order from the first log on: the rest of the run follows it.
                 session.next = i64::from(summary.last) + 1;
             } else {
-                // The run started below the expected number: judge each log.
-                for n in summary.first.saturating_add(1)..=summary.last {
-                    step(&mut session.next, n, &mut findings);
+                // The run started below the expected number: judge each later log
+                // (none when the run is one log long).
+                for n in (i64::from(summary.first) + 1)..=i64::from(summary.last) {
+                    step(&mut session.next, n as i32, &mut findings);
                 }
             }
         } else {
@@ -128,7 +145,7 @@ impl SeqTracker {
             .sessions
             .iter()
             .min_by_key(|(_, s)| s.seen)
-            .map(|(k, _)| k.clone())
+            .map(|(&k, _)| k)
         {
             self.sessions.remove(&oldest);
         }

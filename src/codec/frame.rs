@@ -12,8 +12,12 @@ pub const MAX_PAYLOAD_LEN: usize = 1 << 15;
 
 /// Largest arena the decoder reserves at once. Payloads of consecutive frames are
 /// copied into one arena and share its allocation; an arena is sized by the bytes the
-/// caller has at hand, so a lone small frame does not pin a large allocation.
-const MAX_ARENA_LEN: usize = 64 * 1024;
+/// caller has at hand, so a lone small frame does not pin a large allocation. No
+/// larger than one payload of the largest size: a frame kept (in the ring) pins at
+/// most its arena, so this keeps the memory a kept frame can pin, and a decoder
+/// can hold, to one frame's worth (a 64 KiB arena let each small frame kept from
+/// a 64 KiB read pin 64 KiB).
+const MAX_ARENA_LEN: usize = MAX_PAYLOAD_LEN;
 
 /// Which payload a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,5 +1,5 @@
-//! The shutdown drain both backends share: hand over the bytes already waiting on
-//! a connection with non-blocking reads, and take the connections still queued on
+//! The shutdown drain both backends share: hand over every byte a connection's peer
+//! managed to send (its later writes fail), take the connections still queued on
 //! the listener, all bounded by the shutdown deadline.
 
 use std::io;
@@ -13,10 +13,15 @@ use super::{CloseCause, ConnectionHandler};
 /// Size of each thread's scratch buffer for non-blocking reads.
 pub(crate) const SCRATCH_LEN: usize = 64 * 1024;
 
-/// Hands `handler` the bytes waiting on `fd` when called (FIONREAD), reading with
-/// `MSG_DONTWAIT` until they are read, the socket is empty, or `deadline` passes.
-/// Bytes the peer writes after the call started are not waited for. Returns why
-/// the connection is to close: `PeerEof` when the peer had already closed its end.
+/// Hands `handler` every byte the peer managed to send, then reports why the
+/// connection is to close: `PeerEof` when the peer had already closed its end.
+///
+/// The receive side is shut down first (`SHUT_RD`): on a Unix stream socket the
+/// peer's later writes then fail with EPIPE, so boundary knows they were not taken,
+/// while what is already queued stays readable up to an end of stream. Reading a
+/// snapshot and closing instead would throw away, unseen and uncounted, whatever
+/// the peer wrote between the snapshot and the close (a blocked writer refills the
+/// queue as soon as it is read). Bounded by `deadline`.
 pub(crate) fn drain_waiting<H: ConnectionHandler>(
     fd: BorrowedFd<'_>,
     handler: &H,
@@ -24,34 +29,64 @@ pub(crate) fn drain_waiting<H: ConnectionHandler>(
     scratch: &mut [u8],
     deadline: Instant,
 ) -> CloseCause {
-    let mut remaining = match sys::bytes_waiting(fd) {
-        Ok(n) => n,
-        Err(err) => return CloseCause::Error(err),
+    // Asked before our own shutdown, which marks the receive side ended too.
+    let peer_gone = sys::peer_hung_up(fd);
+    let ended = if peer_gone {
+        CloseCause::PeerEof
+    } else {
+        CloseCause::Shutdown
     };
-    while remaining > 0 {
+    if let Err(error) = sys::shutdown(fd, libc::SHUT_RD) {
+        // Then only what is queued now is read: later writes may be lost unseen.
+        tracing::warn!(%error, "shutdown(SHUT_RD) of a connection failed");
+    }
+    loop {
         if Instant::now() >= deadline {
             return CloseCause::Shutdown;
         }
-        let want = remaining.min(scratch.len());
-        match sys::recv(fd, &mut scratch[..want], libc::MSG_DONTWAIT) {
-            Ok(0) => return CloseCause::PeerEof,
+        match sys::recv(fd, scratch, libc::MSG_DONTWAIT) {
+            Ok(0) => return ended,
             Ok(n) => {
-                remaining = remaining.saturating_sub(n);
                 if handler.data(state, &scratch[..n]).is_break() {
                     return CloseCause::Handler;
                 }
             }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            // Only when the shutdown failed: the queue is empty for now.
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return ended,
             Err(err) => return CloseCause::Error(err),
         }
     }
-    // Peek, so a byte written after the snapshot stays unread: zero means EOF.
-    let mut probe = [0u8; 1];
-    match sys::recv(fd, &mut probe, libc::MSG_DONTWAIT | libc::MSG_PEEK) {
-        Ok(0) => CloseCause::PeerEof,
-        _ => CloseCause::Shutdown,
+}
+
+/// Reads a just-accepted connection's waiting bytes (at most `max_reads` reads of
+/// `scratch`) before any receive is armed for it: `Some(cause)` when it has already
+/// ended. A peer that connected, wrote and left while queued on the listener is
+/// handled and closed at once, so it does not hold a place under the limit while a
+/// burst of accepts is processed.
+pub(crate) fn read_at_accept<H: ConnectionHandler>(
+    fd: BorrowedFd<'_>,
+    handler: &H,
+    state: &mut H::State,
+    scratch: &mut [u8],
+    max_reads: usize,
+) -> Option<CloseCause> {
+    let mut reads = 0;
+    while reads < max_reads {
+        match sys::recv(fd, scratch, libc::MSG_DONTWAIT) {
+            Ok(0) => return Some(CloseCause::PeerEof),
+            Ok(n) => {
+                reads += 1;
+                if handler.data(state, &scratch[..n]).is_break() {
+                    return Some(CloseCause::Handler);
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(err) => return Some(CloseCause::Error(err)),
+        }
     }
+    None
 }
 
 /// Accepts what is still queued on the (non-blocking) listener after it stopped

@@ -140,7 +140,10 @@ async fn serve<H: ConnectionHandler>(listener: AsyncFd<UnixListener>, shared: Ar
                 };
                 match accept_some(listener.get_ref().as_fd(), &shared) {
                     Ok(true) => ready.clear_ready(),
-                    Ok(false) => {}
+                    // More are queued: let the connection tasks run first, so the
+                    // ones whose peers already left give back their places under
+                    // the limit before more are accepted.
+                    Ok(false) => tokio::task::yield_now().await,
                     // EINVAL once the listener is shut down: stopping, not failing.
                     Err(_) if shared.stop.requested() => break,
                     Err(err) => {

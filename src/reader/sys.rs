@@ -41,19 +41,22 @@ pub(crate) fn accept(listener: BorrowedFd<'_>, flags: libc::c_int) -> io::Result
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Bytes in a socket's receive queue (FIONREAD).
-pub(crate) fn bytes_waiting(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int through the pointer, which points to a
-    // live local; `fd` is borrowed, so open for this call.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) })?;
-    Ok(usize::try_from(n).unwrap_or(0))
-}
-
 /// `shutdown(2)`; the peer of a stream sees the close at once.
 pub(crate) fn shutdown(fd: BorrowedFd<'_>, how: libc::c_int) -> io::Result<()> {
     // SAFETY: no pointers; `fd` is borrowed, so open for this call.
     check(unsafe { libc::shutdown(fd.as_raw_fd(), how) }).map(drop)
+}
+
+/// Whether the peer has closed its end or shut down its writing (POLLRDHUP).
+pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd, count 1, zero timeout; `fd` is borrowed, so open.
+    let rc = unsafe { libc::poll(&mut poll, 1, 0) };
+    rc > 0 && poll.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
 }
 
 /// The peer's credentials as the kernel recorded them at connect time.

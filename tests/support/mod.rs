@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod coderd;
+pub mod faults;
 pub mod proxy;
 
 use std::io::{self, Write};
