@@ -510,8 +510,9 @@ fn idle_connections(c: &mut Criterion) {
 }
 
 /// Whether the name filter given on the command line (`cargo bench --bench pipeline
-/// -- FILTER`, matched here as a substring of `group/function/parameter`) selects
-/// the benchmark, so a filtered run does not set up servers it will not measure.
+/// -- FILTER`, matched here as a substring of `group/function/parameter`; a regular
+/// expression selects everything here and criterion filters) selects the benchmark,
+/// so a filtered run does not set up servers it will not measure.
 fn selected(name: &str) -> bool {
     // Criterion options that take a value.
     const VALUED: [&str; 12] = [
@@ -537,7 +538,9 @@ fn selected(name: &str) -> bool {
             filters.push(arg);
         }
     }
-    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+    // A regular expression is left to criterion: set everything up.
+    let regex = |f: &String| f.contains(|c: char| "()|[]*+?^$\\.".contains(c));
+    filters.is_empty() || filters.iter().any(|f| regex(f) || name.contains(f.as_str()))
 }
 
 /// A child process holding `count` idle connections open (the clients' descriptors
