@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks of the operator kit: alert rules and their unit tests, the Grafana dashboard,
-# the systemd unit, and that all of them (and docs/operating.md) name only metrics the
+# the systemd unit, and that all of them (and README.md) name only metrics the
 # proxy exports. CI runs it from the repository root; it exits non-zero on any failure.
 # A check whose tool is missing prints a SKIP line (CI installs promtool beforehand).
 set -euo pipefail
@@ -75,7 +75,7 @@ else
   # Without python3, still catch a renamed metric: every prefixed name must be listed.
   skip "python3 not installed: labels, test coverage and dashboard structure NOT checked"
   known=$(grep -v '^#' "$METRICS" | awk 'NF { print $1 } $2 == "histogram" { print $1 "_bucket"; print $1 "_sum"; print $1 "_count" }' | sort -u)
-  used=$(grep -ohE 'agent_boundary_log_proxy_[a-zA-Z0-9_]*' deploy/prometheus/*.yml "$DASHBOARD" docs/operating.md | sort -u)
+  used=$(grep -ohE 'agent_boundary_log_proxy_[a-zA-Z0-9_]*' deploy/prometheus/*.yml "$DASHBOARD" README.md | sort -u)
   unknown=$(comm -23 <(echo "$used") <(echo "$known"))
   if [ -z "$unknown" ]; then pass "every metric name used is exported"; else fail "not exported: $unknown"; fi
 fi

@@ -3,7 +3,7 @@
 
 Run from the repository root (deploy/check.sh does). Standard library only.
 
-- Every metric name the alert rules, their tests, the dashboard and docs/operating.md
+- Every metric name the alert rules, their tests, the dashboard and README.md
   mention is exported by the proxy (deploy/metrics.txt), and every label and label
   value in a selector is one the metric has, so a renamed metric or reason fails here.
 - Every alert has a severity, a summary and a description, and alerts_test.yml has a
@@ -25,7 +25,7 @@ METRICS_FILE = Path("deploy/metrics.txt")
 ALERTS = Path("deploy/prometheus/alerts.yml")
 ALERT_TESTS = Path("deploy/prometheus/alerts_test.yml")
 DASHBOARD = Path("deploy/grafana/boundary-log-proxy.json")
-DOCS = Path("docs/operating.md")
+DOCS = Path("README.md")
 
 PREFIX = "agent_boundary_log_proxy_"
 ALWAYS_ALLOWED_LABELS = {"job", "instance"}

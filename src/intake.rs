@@ -9,8 +9,8 @@ use std::time::Instant;
 use crate::codec::{decode_message, FrameDecoder, LogFrame, Message, RawFrame};
 use crate::events::{
     BoundaryStatusReported, BufferFull, ConnectionClosed, ConnectionOpened, ConnectionRejected,
-    ForwardDropReason, ForwardDropped, FrameRejected, InternalEvent, LogsReceived, SequenceGap,
-    SequenceOutOfOrder,
+    ForwardDropReason, ForwardDropped, FrameRejected, InternalEvent, LogsReceived, RingOccupancy,
+    SequenceGap, SequenceOutOfOrder,
 };
 use crate::metrics::{ConnectionRejectReason, Metrics};
 use crate::reader::{CloseCause, ConnInfo, ConnectionHandler, RejectReason};
@@ -121,17 +121,31 @@ impl ConnectionHandler for Intake {
     }
 
     fn data(&self, conn: &mut Connection, mut bytes: &[u8]) -> ControlFlow<()> {
-        loop {
+        let mut frames = 0usize;
+        let flow = loop {
             match conn.decoder.decode(&mut bytes) {
-                Ok(Some(raw)) => self.frame(conn.id, raw),
-                Ok(None) => return ControlFlow::Continue(()),
+                Ok(Some(raw)) => {
+                    frames += 1;
+                    self.frame(conn.id, raw);
+                }
+                Ok(None) => break ControlFlow::Continue(()),
                 Err(error) => {
                     conn.failed = true;
                     FrameRejected::from(&error).emit(&self.metrics);
-                    return ControlFlow::Break(());
+                    break ControlFlow::Break(());
                 }
             }
+        };
+        if frames > 0 {
+            // Once per read, not per frame: the forwarder's drain thread also sets the
+            // gauge, but it does not run while no forwarder does or while it waits
+            // for coderd, exactly when the ring fills.
+            RingOccupancy {
+                len: self.producer.len(),
+            }
+            .emit(&self.metrics);
         }
+        flow
     }
 
     fn closed(&self, conn: Connection, _cause: CloseCause) {

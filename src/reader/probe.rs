@@ -73,9 +73,27 @@ fn unavailable(step: &'static str, source: io::Error) -> ReaderError {
     ReaderError::UringUnavailable { step, source }
 }
 
+/// Runs [`probe_here`] on a short-lived thread of its own. Closing a ring makes the
+/// kernel queue its teardown work to every thread that used the ring as a signal
+/// (TWA_SIGNAL), so that thread's next sleep in a syscall with a timeout fails with
+/// EINTR; the caller's thread (an embedding application's) must not get that.
+pub(crate) fn probe(forced: Option<i32>) -> Result<(), ReaderError> {
+    std::thread::Builder::new()
+        .name("blp-uring-probe".into())
+        .spawn(move || probe_here(forced))
+        .map_err(|e| unavailable("spawn the probe thread", e))?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(unavailable(
+                "probe",
+                io::Error::other("the probe thread panicked"),
+            ))
+        })
+}
+
 /// Sets up a ring with the flags the reader uses, checks the opcodes it needs, and
 /// runs a multishot receive into a registered buffer ring over a socket pair.
-pub(crate) fn probe(forced: Option<i32>) -> Result<(), ReaderError> {
+fn probe_here(forced: Option<i32>) -> Result<(), ReaderError> {
     if let Some(errno) = forced.or_else(forced_errno) {
         return Err(unavailable(
             "io_uring_setup (failure forced for testing)",

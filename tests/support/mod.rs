@@ -1,9 +1,11 @@
-//! Shared helpers for the integration tests: a fake coderd and a capturable writer.
+//! Shared helpers for the integration tests: a fake coderd, a capturable writer, and
+//! the pipeline harness (library server, binary, frame client, metrics checks).
 //!
 //! Each test binary uses a subset of these, so unused items are allowed here.
 #![allow(dead_code)]
 
 pub mod coderd;
+pub mod proxy;
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, PoisonError};
