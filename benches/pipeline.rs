@@ -2,7 +2,9 @@
 //!
 //! - `pipeline/null`: socket -> reader -> ring -> forwarder -> null reporter;
 //! - `pipeline/sink`: the same, forwarding through tonic to the project's `Sink`
-//!   (quiet, loopback TCP, in-process on its own runtime);
+//!   service (quiet, loopback TCP, in-process on its own runtime, 4 MiB HTTP/2
+//!   windows); `pipeline/sink64k` (8 connections only): the same with h2's default
+//!   64 KiB windows, as `boundary-log-proxy sink` serves today;
 //! - `pipeline/baseline`: coder's design (`baseline/`) forwarding to the same sink;
 //! - `idle_connections/null`: the null pipeline with 0 and 10,000 idle connections open.
 //!
@@ -34,6 +36,7 @@ use boundary_log_proxy::{Config, Server};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 /// Logs each engine iteration sends (rounded up to whole frames on every connection).
 const ENGINE_LOGS: u64 = 200_000;
@@ -92,18 +95,38 @@ struct RunningSink {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// HTTP/2 receive windows of the sink. h2's default (64 KiB) makes every 1000-log
+/// request (~145 KB) wait for window updates from the sink; coderd's grpc-go grows
+/// its windows by bandwidth-delay estimation (up to 16 MiB). `pipeline/sink64k`
+/// measures the default for comparison.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SinkWindow {
+    Large,
+    H2Default,
+}
+
 impl RunningSink {
-    fn start(runtime: &Runtime) -> Self {
+    fn start(runtime: &Runtime, window: SinkWindow) -> Self {
         let sink = Sink::quiet();
         let listener = runtime
             .block_on(SinkListener::bind("127.0.0.1:0"))
             .expect("bind the sink");
         let url = listener.url();
+        let SinkListener::Tcp(listener) = listener else {
+            unreachable!("bound a TCP address")
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = sink.clone();
+        let mut builder = tonic::transport::Server::builder();
+        if window == SinkWindow::Large {
+            builder = builder
+                .initial_stream_window_size(Some(4 << 20))
+                .initial_connection_window_size(Some(8 << 20));
+        }
+        let server = builder.add_service(sink.service());
         runtime.spawn(async move {
-            let _ = serving
-                .serve(listener, async {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let _ = server
+                .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 })
                 .await;
@@ -127,7 +150,7 @@ impl Drop for RunningSink {
 /// Where the engine forwards.
 enum Destination {
     Null,
-    Sink,
+    Sink(SinkWindow),
 }
 
 /// The proxy engine (`Server`) with its forwarder running.
@@ -170,8 +193,8 @@ impl Engine {
                     });
                     (Box::new(move || counted.logs()), None, task)
                 }
-                Destination::Sink => {
-                    let sink = RunningSink::start(&runtimes.sink);
+                Destination::Sink(window) => {
+                    let sink = RunningSink::start(&runtimes.sink, window);
                     let counted = sink.sink.clone();
                     let reporter = {
                         let _guard = runtimes.proxy.enter();
@@ -236,7 +259,7 @@ impl Reference {
     fn start(runtimes: &Runtimes) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("baseline.sock");
-        let sink = RunningSink::start(&runtimes.sink);
+        let sink = RunningSink::start(&runtimes.sink, SinkWindow::Large);
         let baseline = baseline::Baseline::start(&socket, sink.url.clone()).expect("baseline");
         Self {
             baseline,
@@ -438,14 +461,15 @@ fn pipeline(c: &mut Criterion) {
     for logs_per_frame in LOGS_PER_FRAME {
         for connections in CONNECTIONS {
             let param = format!("c{connections}_l{logs_per_frame}");
-            for name in ["null", "sink"] {
+            for name in ["null", "sink", "sink64k"] {
                 let id = format!("{name}/{param}");
-                if !selected(&format!("pipeline/{id}")) {
+                if !selected(&format!("pipeline/{id}")) || (name == "sink64k" && connections != 8) {
                     continue;
                 }
                 let destination = match name {
                     "null" => Destination::Null,
-                    _ => Destination::Sink,
+                    "sink" => Destination::Sink(SinkWindow::Large),
+                    _ => Destination::Sink(SinkWindow::H2Default),
                 };
                 let engine = Engine::start(&runtimes, destination, 1024);
                 measure(
@@ -510,8 +534,9 @@ fn idle_connections(c: &mut Criterion) {
 }
 
 /// Whether the name filter given on the command line (`cargo bench --bench pipeline
-/// -- FILTER`, matched here as a substring of `group/function/parameter`) selects
-/// the benchmark, so a filtered run does not set up servers it will not measure.
+/// -- FILTER`, matched here as a substring of `group/function/parameter`; a regular
+/// expression selects everything here and criterion filters) selects the benchmark,
+/// so a filtered run does not set up servers it will not measure.
 fn selected(name: &str) -> bool {
     // Criterion options that take a value.
     const VALUED: [&str; 12] = [
@@ -537,7 +562,12 @@ fn selected(name: &str) -> bool {
             filters.push(arg);
         }
     }
-    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+    // A regular expression is left to criterion: set everything up.
+    let regex = |f: &String| f.contains(|c: char| "()|[]*+?^$\\.".contains(c));
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| regex(f) || name.contains(f.as_str()))
 }
 
 /// A child process holding `count` idle connections open (the clients' descriptors

@@ -69,6 +69,14 @@ impl LogFrame {
     pub fn confined_process_name(&self) -> &str {
         self.str_at(&self.process_name)
     }
+    /// The `session_id` and `confined_process_name` bytes, for comparing frames
+    /// without checking their UTF-8 again (the forwarder does it for every frame).
+    pub fn request_key(&self) -> (&[u8], &[u8]) {
+        (
+            self.bytes_at(&self.session_id),
+            self.bytes_at(&self.process_name),
+        )
+    }
     /// The encoded field-1 records (tag, length, `BoundaryLog`), ready to be
     /// concatenated with other frames' records into one request.
     pub fn encoded_logs(&self) -> &[u8] {
@@ -113,10 +121,13 @@ impl LogFrame {
         }
     }
 
+    fn bytes_at(&self, range: &Range<u16>) -> &[u8] {
+        &self.bytes[usize::from(range.start)..usize::from(range.end)]
+    }
+
     fn str_at(&self, range: &Range<u16>) -> &str {
-        let bytes = &self.bytes[usize::from(range.start)..usize::from(range.end)];
         // Validated as UTF-8 when the frame was decoded.
-        std::str::from_utf8(bytes).unwrap_or_default()
+        std::str::from_utf8(self.bytes_at(range)).unwrap_or_default()
     }
 }
 

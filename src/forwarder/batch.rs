@@ -48,13 +48,10 @@ pub fn coalesce(frames: &[QueuedFrame], limits: Limits, out: &mut Vec<EncodedReq
             .iter()
             .find(|(c, _)| *c == queued.conn)
             .map(|&(_, g)| g);
-        let joinable = groups.iter().rposition(|g| {
-            g.open && {
-                let first = &frames[g.frames[0]].frame;
-                first.session_id() == frame.session_id()
-                    && first.confined_process_name() == frame.confined_process_name()
-            }
-        });
+        let key = frame.request_key();
+        let joinable = groups
+            .iter()
+            .rposition(|g| g.open && frames[g.frames[0]].frame.request_key() == key);
         let target = match joinable {
             Some(g)
                 if floor.is_none_or(|f| f <= g)
@@ -92,9 +89,7 @@ pub fn coalesce(frames: &[QueuedFrame], limits: Limits, out: &mut Vec<EncodedReq
 /// Writes one request: every frame's log records, then the shared session id and
 /// process name once.
 fn encode(frames: &[QueuedFrame], group: &Group) -> EncodedRequest {
-    let first = &frames[group.frames[0]].frame;
-    let session = first.session_id().as_bytes();
-    let process = first.confined_process_name().as_bytes();
+    let (session, process) = frames[group.frames[0]].frame.request_key();
     let mut buf = BytesMut::with_capacity(group.bytes + session.len() + process.len() + 12);
     for &i in &group.frames {
         buf.put_slice(frames[i].frame.encoded_logs());
@@ -116,4 +111,81 @@ fn put_string_field(buf: &mut BytesMut, key: u8, value: &[u8]) {
     buf.put_u8(key);
     prost::encoding::encode_varint(value.len() as u64, buf);
     buf.put_slice(value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::LogFrame;
+    use crate::proto::agent::ReportBoundaryLogsRequest;
+    use crate::workload;
+
+    const LIMITS: Limits = Limits {
+        max_logs: 1000,
+        max_bytes: 1 << 20,
+    };
+
+    fn queued(session: &str, process: &str, first_seq: i32, logs: usize, conn: u32) -> QueuedFrame {
+        let request = workload::request(session, process, first_seq, logs);
+        QueuedFrame {
+            frame: LogFrame::from_request(&request).unwrap(),
+            conn,
+        }
+    }
+
+    fn decode(request: &EncodedRequest) -> ReportBoundaryLogsRequest {
+        request.decode().unwrap()
+    }
+
+    #[test]
+    fn frames_of_one_session_and_process_merge_into_one_request_in_order() {
+        let frames = [
+            queued("s1", "codex", 0, 3, 1),
+            queued("s2", "codex", 0, 2, 2),
+            queued("s1", "codex", 3, 4, 1),
+            queued("s1", "claude-code", 0, 1, 3),
+        ];
+        let mut out = Vec::new();
+        coalesce(&frames, LIMITS, &mut out);
+        let requests: Vec<_> = out.iter().map(decode).collect();
+        let keys: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                (
+                    r.session_id.as_str(),
+                    r.confined_process_name.as_str(),
+                    r.logs.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("s1", "codex", 7),
+                ("s2", "codex", 2),
+                ("s1", "claude-code", 1)
+            ]
+        );
+        let seqs: Vec<i32> = requests[0].logs.iter().map(|l| l.sequence_number).collect();
+        assert_eq!(seqs, (0..7).collect::<Vec<_>>());
+        assert_eq!((out[0].logs, out[0].frames), (7, 2));
+        assert_eq!(out.iter().map(|r| r.logs).sum::<u32>(), 10);
+    }
+
+    #[test]
+    fn a_full_request_starts_a_new_one() {
+        let frames = [
+            queued("s1", "codex", 0, 6, 1),
+            queued("s1", "codex", 6, 6, 1),
+        ];
+        let limits = Limits {
+            max_logs: 10,
+            ..LIMITS
+        };
+        let mut out = Vec::new();
+        coalesce(&frames, limits, &mut out);
+        let logs: Vec<u32> = out.iter().map(|r| r.logs).collect();
+        assert_eq!(logs, [6, 6]);
+        assert_eq!(decode(&out[1]).logs[0].sequence_number, 6);
+    }
 }

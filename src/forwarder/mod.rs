@@ -27,6 +27,10 @@ use crate::ring::{Consumer, WaitOutcome};
 
 /// Longest the drain thread sleeps before looking at its stop flag again.
 const IDLE_TICK: Duration = Duration::from_millis(100);
+/// While a request waits for more frames (up to the linger), how often the drain
+/// thread looks at the ring. Far below the time a full ring takes to fill (4096
+/// frames in 200 us would be 20 M frames/s), and a small part of any linger.
+const PARTIAL_POLL: Duration = Duration::from_micros(200);
 /// Requests built ahead of the one being delivered. Small, so that while coderd is
 /// slow or down the backlog stays in the ring, where overflow is counted.
 const AHEAD: usize = 2;
@@ -292,12 +296,24 @@ impl Drain {
                 return (self.consumer, leftover);
             }
             if ring_empty {
-                let timeout = match first_at {
-                    Some(t) => self.config.linger.saturating_sub(t.elapsed()),
-                    None => IDLE_TICK,
-                };
-                if self.consumer.wait(timeout) == WaitOutcome::Closed {
-                    closed = true;
+                match first_at {
+                    // A request waits for company: look again every PARTIAL_POLL
+                    // instead of being woken by each push (a wake-up per push cost a
+                    // futex call on the reader and a context switch here, every few frames).
+                    Some(t) => {
+                        if self.consumer.is_closed() {
+                            closed = true;
+                        } else {
+                            let left = self.config.linger.saturating_sub(t.elapsed());
+                            std::thread::sleep(left.min(PARTIAL_POLL));
+                        }
+                    }
+                    // Nothing pending: sleep until the first push (or the idle tick).
+                    None => {
+                        if self.consumer.wait(IDLE_TICK) == WaitOutcome::Closed {
+                            closed = true;
+                        }
+                    }
                 }
             }
         }
