@@ -11,7 +11,6 @@ mod support;
 use std::io::Write as _;
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use boundary_log_proxy::codec::HEADER_LEN;
@@ -20,13 +19,15 @@ use boundary_log_proxy::metrics::{ConnectionRejectReason, FrameRejectReason};
 use support::coderd::FakeCoderd;
 use support::faults::{
     assert_invariant, close_abortively, closed_by_proxy, delivered, eventually, frames, open_fds,
-    write_frames, Proxy, PATIENCE,
+    soak, write_frames, Proxy, PATIENCE,
 };
+use tokio::sync::{Mutex, MutexGuard};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// Each test has its own runtime; tokio's mutex works across them.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
-fn serial() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+async fn serial() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
 }
 
 macro_rules! on_both_backends {
@@ -62,8 +63,8 @@ fn open_connections(proxy: &Proxy) -> i64 {
 
 async fn storm_of_ten_thousand_connects_leaves_no_connection_or_fd_behind(io: IoMode) {
     const THREADS: usize = 4;
-    const EACH: usize = 2500;
-    let _serial = serial();
+    let each = soak("STORM_CONNECTS", 10_000) as usize / THREADS;
+    let _serial = serial().await;
     let coderd = FakeCoderd::start().await;
     let (dir, config) = Proxy::config(io);
     let proxy = Proxy::start_grpc(dir, config, &coderd.addr()).await;
@@ -83,8 +84,8 @@ async fn storm_of_ten_thousand_connects_leaves_no_connection_or_fd_behind(io: Io
         .map(|t| {
             let socket = socket.clone();
             std::thread::spawn(move || {
-                let whole = frames(&format!("storm-{t}"), 0, EACH / 10, 1);
-                for i in 0..EACH {
+                let whole = frames(&format!("storm-{t}"), 0, each.div_ceil(10), 1);
+                for i in 0..each {
                     let mut client = UnixStream::connect(&socket).expect("the proxy accepts");
                     match i % 10 {
                         0 => client.write_all(&whole[i / 10]).unwrap(),
@@ -102,7 +103,7 @@ async fn storm_of_ten_thousand_connects_leaves_no_connection_or_fd_behind(io: Io
         client.join().expect("storm client");
     }
 
-    let frames_sent = (THREADS * EACH / 10) as u64;
+    let frames_sent = (THREADS * each.div_ceil(10)) as u64;
     assert!(
         proxy.wait_settled_at(1 + frames_sent, PATIENCE).await,
         "{:?}, truncated {}, rejected for the limit {}",
@@ -132,7 +133,7 @@ async fn storm_of_ten_thousand_connects_leaves_no_connection_or_fd_behind(io: Io
     for t in 0..THREADS {
         assert_eq!(
             got[&format!("storm-{t}")],
-            (0..(EACH / 10) as i32).collect::<Vec<_>>()
+            (0..each.div_ceil(10) as i32).collect::<Vec<_>>()
         );
     }
 
@@ -149,7 +150,7 @@ async fn storm_of_ten_thousand_connects_leaves_no_connection_or_fd_behind(io: Io
 async fn slowloris_connections_do_not_hold_up_a_live_connection(io: IoMode) {
     const SLOW: usize = 1000;
     const ROUNDS: usize = 4;
-    let _serial = serial();
+    let _serial = serial().await;
     let coderd = FakeCoderd::start().await;
     let (dir, config) = Proxy::config(io);
     let config = Config {
@@ -215,7 +216,7 @@ async fn slowloris_connections_do_not_hold_up_a_live_connection(io: IoMode) {
 }
 
 async fn frames_cut_off_mid_way_are_counted_truncated_and_others_unaffected(io: IoMode) {
-    let _serial = serial();
+    let _serial = serial().await;
     let coderd = FakeCoderd::start().await;
     let (dir, config) = Proxy::config(io);
     let proxy = Proxy::start_grpc(dir, config, &coderd.addr()).await;
@@ -356,7 +357,7 @@ fn connect_as_nobody(socket: &std::path::Path, frame: &[u8]) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_with_a_uid_not_allowed_is_refused_and_counted() {
-    let _serial = serial();
+    let _serial = serial().await;
     let coderd = FakeCoderd::start().await;
     let (dir, config) = Proxy::config(IoMode::Auto);
     let config = Config {
@@ -406,7 +407,7 @@ async fn peer_with_a_uid_not_allowed_is_refused_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_are_closed_and_counted() {
-    let _serial = serial();
+    let _serial = serial().await;
     let coderd = FakeCoderd::start().await;
     let (dir, config) = Proxy::config(IoMode::Auto);
     let config = Config {

@@ -187,6 +187,18 @@ pub fn assert_invariant(a: &Accounting, buffered: u64) {
     );
 }
 
+/// A test's size knob: `BLP_SOAK_<NAME>` from the environment (set by
+/// `scripts/soak.sh` for long runs), else `default` (what CI runs).
+pub fn soak(name: &str, default: u64) -> u64 {
+    let var = format!("BLP_SOAK_{name}");
+    match std::env::var(&var) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={value:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
 /// Polls `done` every 5 ms until it holds; false on timeout.
 pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + timeout;
