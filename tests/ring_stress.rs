@@ -7,7 +7,11 @@ use std::time::Duration;
 use boundary_log_proxy::ring::{ring, Consumer, Producer, PushError, WaitOutcome};
 
 /// Items per producer; fewer in debug builds to keep the run to a few seconds.
-const PER_PRODUCER: u64 = if cfg!(debug_assertions) { 1_000_000 } else { 4_000_000 };
+const PER_PRODUCER: u64 = if cfg!(debug_assertions) {
+    1_000_000
+} else {
+    4_000_000
+};
 const PRODUCERS: u64 = 4;
 
 /// (producer id, sequence number within that producer)
@@ -103,7 +107,10 @@ fn overflowing_producers_account_for_every_item_and_log() {
     let mut tally = |batch: &mut Vec<Item>| {
         for (id, seq) in batch.drain(..) {
             let last = &mut last_seq[id as usize];
-            assert!(last.is_none_or(|l| seq > l), "producer {id}: {seq} after {last:?}");
+            assert!(
+                last.is_none_or(|l| seq > l),
+                "producer {id}: {seq} after {last:?}"
+            );
             *last = Some(seq);
             drained_items += 1;
             drained_logs += seq % 7 + 1;

@@ -61,7 +61,11 @@ fn close_from_another_thread_ends_a_wait_with_closed() {
 fn ping_pong_through_two_rings_never_loses_a_wake_up() {
     // Each side sleeps before every item, so each round exercises the
     // SLEEPING handshake; a lost wake-up stalls a wait until LONG passes.
-    const ROUNDS: u32 = if cfg!(debug_assertions) { 20_000 } else { 100_000 };
+    const ROUNDS: u32 = if cfg!(debug_assertions) {
+        20_000
+    } else {
+        100_000
+    };
     let (ping, mut ping_rx) = ring::<u32>(2).unwrap();
     let (pong, mut pong_rx) = ring::<u32>(2).unwrap();
     let echo = thread::spawn(move || {
@@ -83,7 +87,11 @@ fn ping_pong_through_two_rings_never_loses_a_wake_up() {
 fn short_timeouts_racing_pushes_lose_no_item() {
     // Timed-out waits retract SLEEPING while pushes clear it: stale tokens
     // and failed retractions must neither lose nor duplicate an item.
-    const ITEMS: u32 = if cfg!(debug_assertions) { 20_000 } else { 200_000 };
+    const ITEMS: u32 = if cfg!(debug_assertions) {
+        20_000
+    } else {
+        200_000
+    };
     let (producer, mut consumer) = ring::<u32>(8).unwrap();
     let pusher = thread::spawn(move || {
         for n in 0..ITEMS {
