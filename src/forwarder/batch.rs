@@ -1,6 +1,8 @@
 //! Coalescing: merges drained frames into as few requests as the limits allow,
 //! only frames of the same session and process, keeping each connection's order.
 
+use std::hash::{Hash, Hasher};
+
 use bytes::{BufMut, BytesMut};
 
 use crate::intake::QueuedFrame;
@@ -19,6 +21,35 @@ pub struct Limits {
     pub max_bytes: usize,
 }
 
+/// A request ready to deliver and what orders it against the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub request: EncodedRequest,
+    pub order: OrderKey,
+}
+
+/// What a request's logs must stay in order with: two requests may be in flight at
+/// once only if they share no connection and not their session and process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderKey {
+    /// Connections whose frames the request carries, sorted, without repeats.
+    pub conns: Vec<u32>,
+    /// Hash of its session id and process name.
+    pub session: u64,
+}
+
+impl OrderKey {
+    /// True when a request with this key must wait while one with `other` is in
+    /// flight (a hash collision only costs concurrency).
+    pub fn conflicts(&self, other: &OrderKey) -> bool {
+        self.session == other.session
+            || self
+                .conns
+                .iter()
+                .any(|c| other.conns.binary_search(c).is_ok())
+    }
+}
+
 /// One request under construction: indices of its frames and its running totals.
 struct Group {
     frames: Vec<usize>,
@@ -35,7 +66,7 @@ struct Group {
 /// would put it ahead of an earlier frame of its own connection, or overflow the
 /// limits; then it starts a new group. Groups are emitted in creation order, so
 /// every connection's logs reach the reporter in the order it sent them.
-pub fn coalesce(frames: &[QueuedFrame], limits: Limits, out: &mut Vec<EncodedRequest>) {
+pub fn coalesce(frames: &[QueuedFrame], limits: Limits, out: &mut Vec<Outgoing>) {
     let mut groups: Vec<Group> = Vec::new();
     // Newest group of each connection seen so far in this drain: (conn, group index).
     let mut conn_group: Vec<(u32, usize)> = Vec::new();
@@ -88,18 +119,29 @@ pub fn coalesce(frames: &[QueuedFrame], limits: Limits, out: &mut Vec<EncodedReq
 
 /// Writes one request: every frame's log records, then the shared session id and
 /// process name once.
-fn encode(frames: &[QueuedFrame], group: &Group) -> EncodedRequest {
+fn encode(frames: &[QueuedFrame], group: &Group) -> Outgoing {
     let (session, process) = frames[group.frames[0]].frame.request_key();
+    let mut conns: Vec<u32> = group.frames.iter().map(|&i| frames[i].conn).collect();
+    conns.sort_unstable();
+    conns.dedup();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (session, process).hash(&mut hasher);
     let mut buf = BytesMut::with_capacity(group.bytes + session.len() + process.len() + 12);
     for &i in &group.frames {
         buf.put_slice(frames[i].frame.encoded_logs());
     }
     put_string_field(&mut buf, SESSION_ID_KEY, session);
     put_string_field(&mut buf, PROCESS_NAME_KEY, process);
-    EncodedRequest {
-        bytes: buf.freeze(),
-        logs: group.logs as u32,
-        frames: group.frames.len() as u32,
+    Outgoing {
+        request: EncodedRequest {
+            bytes: buf.freeze(),
+            logs: group.logs as u32,
+            frames: group.frames.len() as u32,
+        },
+        order: OrderKey {
+            conns,
+            session: hasher.finish(),
+        },
     }
 }
 
@@ -133,8 +175,8 @@ mod tests {
         }
     }
 
-    fn decode(request: &EncodedRequest) -> ReportBoundaryLogsRequest {
-        request.decode().unwrap()
+    fn decode(out: &Outgoing) -> ReportBoundaryLogsRequest {
+        out.request.decode().unwrap()
     }
 
     #[test]
@@ -168,8 +210,35 @@ mod tests {
         );
         let seqs: Vec<i32> = requests[0].logs.iter().map(|l| l.sequence_number).collect();
         assert_eq!(seqs, (0..7).collect::<Vec<_>>());
-        assert_eq!((out[0].logs, out[0].frames), (7, 2));
-        assert_eq!(out.iter().map(|r| r.logs).sum::<u32>(), 10);
+        assert_eq!((out[0].request.logs, out[0].request.frames), (7, 2));
+        assert_eq!(out.iter().map(|r| r.request.logs).sum::<u32>(), 10);
+        assert_eq!(out[0].order.conns, [1]);
+        // s1/codex and s1/claude-code share no connection and differ in process.
+        assert!(!out[0].order.conflicts(&out[2].order));
+        assert!(!out[0].order.conflicts(&out[1].order));
+    }
+
+    #[test]
+    fn requests_sharing_a_connection_or_a_session_conflict() {
+        let frames = [
+            queued("s1", "codex", 0, 2, 1),
+            queued("s2", "codex", 0, 2, 1),
+            queued("s3", "codex", 0, 2, 2),
+            queued("s3", "codex", 2, 2, 3),
+        ];
+        let mut out = Vec::new();
+        coalesce(&frames, LIMITS, &mut out);
+        assert_eq!(out.len(), 3);
+        let keys: Vec<&OrderKey> = out.iter().map(|o| &o.order).collect();
+        assert_eq!(keys[2].conns, [2, 3]);
+        assert!(keys[0].conflicts(keys[1]), "one connection, two sessions");
+        assert!(!keys[0].conflicts(keys[2]));
+        assert!(!keys[1].conflicts(keys[2]));
+        let other_conn_same_session = OrderKey {
+            conns: vec![9],
+            session: keys[2].session,
+        };
+        assert!(other_conn_same_session.conflicts(keys[2]));
     }
 
     #[test]
@@ -184,8 +253,12 @@ mod tests {
         };
         let mut out = Vec::new();
         coalesce(&frames, limits, &mut out);
-        let logs: Vec<u32> = out.iter().map(|r| r.logs).collect();
+        let logs: Vec<u32> = out.iter().map(|r| r.request.logs).collect();
         assert_eq!(logs, [6, 6]);
+        assert!(
+            out[0].order.conflicts(&out[1].order),
+            "same session and connection"
+        );
         assert_eq!(decode(&out[1]).logs[0].sequence_number, 6);
     }
 }

@@ -3,6 +3,7 @@
 //! failures and counting every request it has to give up on.
 
 mod batch;
+mod flight;
 mod retry;
 
 use std::collections::VecDeque;
@@ -13,16 +14,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use batch::{coalesce, Limits};
+pub use batch::{coalesce, Limits, OrderKey, Outgoing};
 pub use retry::Backoff;
 
-use crate::events::{
-    ForwardAttemptFailed, ForwardDropReason, ForwardDropped, ForwardSucceeded, InternalEvent,
-    RingOccupancy,
-};
+use crate::events::{ForwardDropReason, ForwardDropped, InternalEvent, RingOccupancy};
 use crate::intake::QueuedFrame;
 use crate::metrics::Metrics;
-use crate::reporter::{grpc::classify, grpc::Failure, EncodedRequest, Reporter};
+use crate::reporter::Reporter;
 use crate::ring::{Consumer, WaitOutcome};
 
 /// Longest the drain thread sleeps before looking at its stop flag again.
@@ -31,7 +29,7 @@ const IDLE_TICK: Duration = Duration::from_millis(100);
 /// thread looks at the ring. Far below the time a full ring takes to fill (4096
 /// frames in 200 us would be 20 M frames/s), and a small part of any linger.
 const PARTIAL_POLL: Duration = Duration::from_micros(200);
-/// Requests built ahead of the one being delivered. Small, so that while coderd is
+/// Requests built ahead of those being delivered. Small, so that while coderd is
 /// slow or down the backlog stays in the ring, where overflow is counted.
 const AHEAD: usize = 2;
 
@@ -48,7 +46,7 @@ pub struct ForwarderConfig {
 /// What outlives one `run`: the ring's consumer and requests not yet delivered.
 pub struct ForwarderState {
     consumer: Consumer<QueuedFrame>,
-    pending: VecDeque<EncodedRequest>,
+    pending: VecDeque<Outgoing>,
 }
 
 /// Errors of the forwarder.
@@ -73,9 +71,9 @@ impl ForwarderState {
     pub fn drop_remaining_for_shutdown(&mut self, metrics: &Metrics) {
         let mut frames = 0u64;
         let mut logs = 0u64;
-        for request in self.pending.drain(..) {
-            frames += u64::from(request.frames);
-            logs += u64::from(request.logs);
+        for out in self.pending.drain(..) {
+            frames += u64::from(out.request.frames);
+            logs += u64::from(out.request.logs);
         }
         while let Some(queued) = self.consumer.pop() {
             frames += 1;
@@ -103,11 +101,11 @@ pub async fn run<R: Reporter>(
     reporter: &R,
     cancel: CancellationToken,
 ) -> Result<ForwarderState, ForwarderError> {
-    let (tx, mut rx) = mpsc::channel::<EncodedRequest>(AHEAD);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(AHEAD);
     let (done_tx, done_rx) = oneshot::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let waker = state.consumer.handle();
-    let mut pending = std::mem::take(&mut state.pending);
+    let pending = std::mem::take(&mut state.pending);
     let drain = Drain {
         consumer: state.consumer,
         config,
@@ -122,25 +120,8 @@ pub async fn run<R: Reporter>(
         })
         .map_err(ForwarderError::Spawn)?;
 
-    let mut rng = fastrand::Rng::new();
-    loop {
-        let request = match pending.pop_front() {
-            Some(request) => request,
-            None => tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                next = rx.recv() => match next {
-                    Some(request) => request,
-                    // The drain thread ended: ring closed and empty.
-                    None => break,
-                },
-            },
-        };
-        if !deliver(&request, &config, &metrics, reporter, &cancel, &mut rng).await {
-            pending.push_front(request);
-            break;
-        }
-    }
+    let mut pending =
+        flight::deliver_all(pending, &mut rx, &config, &metrics, reporter, &cancel).await;
 
     // Stop the drain thread, keep what it already built, then what it built last.
     stop.store(true, Ordering::Release);
@@ -152,66 +133,6 @@ pub async fn run<R: Reporter>(
     let (consumer, leftover) = done_rx.await.map_err(|_| ForwarderError::DrainPanicked)?;
     pending.extend(leftover);
     Ok(ForwarderState { consumer, pending })
-}
-
-/// Sends one request until it is delivered or dropped (true), or until cancelled
-/// (false: the caller keeps it).
-async fn deliver<R: Reporter>(
-    request: &EncodedRequest,
-    config: &ForwarderConfig,
-    metrics: &Metrics,
-    reporter: &R,
-    cancel: &CancellationToken,
-    rng: &mut fastrand::Rng,
-) -> bool {
-    let mut backoff = Backoff::new(config.retry_max_elapsed);
-    loop {
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return false,
-            outcome = reporter.report_encoded(request.clone()) => outcome,
-        };
-        let latency = started.elapsed();
-        let status = match outcome {
-            Ok(()) => {
-                ForwardSucceeded {
-                    frames: u64::from(request.frames),
-                    logs: u64::from(request.logs),
-                    latency,
-                }
-                .emit(metrics);
-                return true;
-            }
-            Err(status) => status,
-        };
-        let retryable = classify(&status) == Failure::Retryable;
-        ForwardAttemptFailed {
-            retryable,
-            latency,
-            status: &status,
-        }
-        .emit(metrics);
-        let pause = if retryable {
-            backoff.next_pause(rng)
-        } else {
-            None
-        };
-        let Some(pause) = pause else {
-            ForwardDropped {
-                frames: u64::from(request.frames),
-                logs: u64::from(request.logs),
-                reason: ForwardDropReason::ForwardFailed,
-            }
-            .emit(metrics);
-            return true;
-        };
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return false,
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
 }
 
 /// Most bytes one drain pass takes out of the ring, in requests' worth (`max_bytes`).
@@ -241,10 +162,7 @@ struct Drain {
 impl Drain {
     /// Runs until stopped or until the ring is closed and empty; returns the
     /// consumer and any requests it built but could not hand over.
-    fn run(
-        mut self,
-        tx: mpsc::Sender<EncodedRequest>,
-    ) -> (Consumer<QueuedFrame>, Vec<EncodedRequest>) {
+    fn run(mut self, tx: mpsc::Sender<Outgoing>) -> (Consumer<QueuedFrame>, Vec<Outgoing>) {
         let limits = self.config.limits;
         let mut frames: Vec<QueuedFrame> = Vec::with_capacity(limits.max_logs.min(1 << 16));
         let mut requests = Vec::new();
