@@ -9,41 +9,50 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use boundary_log_proxy::codec::{decode_message, FrameDecoder, LogFrame, Message, Tag};
+use boundary_log_proxy::intake::QueuedFrame;
 use boundary_log_proxy::ring::{ring, PushError};
-use bytes::Bytes;
+use boundary_log_proxy::workload;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use crossbeam_queue::ArrayQueue;
 
-// LEAD: stand-in for the server's `QueuedFrame`; swap in the real type here.
-/// A received frame as the reader queues it: a slice of the shared receive
-/// buffer plus fixed-size metadata (33 bytes).
-#[allow(dead_code)]
-struct BenchItem {
-    payload: Bytes,
-    /// Byte ranges of the logs inside `payload` (start, end pairs).
-    ranges: [u16; 8],
-    logs: u32,
-    connection: u32,
-    first_sequence: i32,
-    last_sequence: i32,
-    sequence_gap: bool,
-}
+/// What the server really pushes: a validated frame (a slice of the reader's
+/// receive arena plus ranges and counts) and its connection id.
+type BenchItem = QueuedFrame;
 
 const CAPACITY: usize = 1024;
 const ITEMS: u64 = 200_000;
 const BATCH: usize = 256;
 
-/// Makes producer `id`'s `n`th item: a real refcounted slice of `buffer`.
-fn item(buffer: &Bytes, id: u32, n: u64) -> BenchItem {
-    let start = (n % 64) as usize * 64;
-    BenchItem {
-        payload: buffer.slice(start..start + 64),
-        ranges: [0, 16, 16, 32, 32, 48, 48, 64],
-        logs: 4,
-        connection: id,
-        first_sequence: n as i32,
-        last_sequence: n as i32 + 3,
-        sequence_gap: false,
+/// Validated 10-log frames cut from one shared buffer, as the intake makes them.
+fn frames() -> Vec<LogFrame> {
+    let mut wire = Vec::new();
+    for i in 0..64 {
+        let request = workload::request(
+            "7d1f5a7e-3c2b-4f7e-9a51-0c6e2d9b8a41",
+            "claude-code",
+            i * 10,
+            10,
+        );
+        workload::append_frame(Tag::V2, &request, &mut wire).expect("frame fits");
+    }
+    let mut decoder = FrameDecoder::new();
+    let mut input = wire.as_slice();
+    let mut out = Vec::new();
+    while let Some(raw) = decoder.decode(&mut input).expect("valid frames") {
+        match decode_message(raw).expect("valid message") {
+            Message::Logs(frame) => out.push(frame),
+            Message::Status(_) => unreachable!("workload frames carry logs"),
+        }
+    }
+    out
+}
+
+/// Makes producer `id`'s `n`th item: a refcounted clone of a real frame.
+fn item(frames: &[LogFrame], id: u32, n: u64) -> BenchItem {
+    QueuedFrame {
+        frame: frames[(n % frames.len() as u64) as usize].clone(),
+        conn: id,
     }
 }
 
@@ -150,7 +159,7 @@ impl Queue for StdSyncChannel {
 
 /// Moves ITEMS items from `producers` threads through a fresh queue; returns the time taken.
 fn transfer<Q: Queue>(producers: u32, batch: usize) -> Duration {
-    let buffer = Bytes::from(vec![7u8; 64 * 64]);
+    let buffer = frames();
     let (tx, mut rx) = Q::make();
     let per_producer = ITEMS / u64::from(producers);
     let started = Instant::now();
@@ -223,7 +232,7 @@ fn bench_one_thread(c: &mut Criterion) {
     fn round<Q: Queue>(
         tx: &Q::Tx,
         rx: &mut Q::Rx,
-        buffer: &Bytes,
+        buffer: &[LogFrame],
         out: &mut Vec<BenchItem>,
         batch: usize,
     ) {
@@ -243,7 +252,7 @@ fn bench_one_thread(c: &mut Criterion) {
         mode: &str,
         batch: usize,
     ) {
-        let buffer = Bytes::from(vec![7u8; 64 * 64]);
+        let buffer = frames();
         let (tx, mut rx) = Q::make();
         let mut out = Vec::with_capacity(BATCH);
         c.bench_function(BenchmarkId::new(name, mode), |b| {
