@@ -16,7 +16,7 @@ use tokio::io::Interest;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::drain::{drain_queued, drain_waiting, SCRATCH_LEN};
+use super::drain::{drain_queued, drain_waiting, read_at_accept, SCRATCH_LEN};
 use super::policy::Admission;
 use super::sys;
 use super::{spawn_worker, CloseCause, ConnectionHandler, ReaderError, StartArgs, Started, Stop};
@@ -25,6 +25,8 @@ use super::{spawn_worker, CloseCause, ConnectionHandler, ReaderError, StartArgs,
 const READS_PER_WAKE: usize = 4;
 /// Connections accepted per readiness before the accept loop lets others run.
 const ACCEPTS_PER_WAKE: usize = 64;
+/// Reads of a just-accepted connection before its task is spawned.
+const READS_AT_ACCEPT: usize = 4;
 /// Pause after an accept failure such as EMFILE.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -192,9 +194,27 @@ fn accept_some<H: ConnectionHandler>(
             }
             Err(err) => return Err(err),
         };
-        let Some((fd, state)) = shared.policy.admit(&*shared.handler, fd) else {
+        let Some((fd, mut state)) = shared.policy.admit(&*shared.handler, fd) else {
             continue;
         };
+        // A peer that connected, wrote and left while queued is handled and closed
+        // now, so it does not hold a place under the limit while its task waits
+        // for its first turn.
+        let ended = SCRATCH.with_borrow_mut(|scratch| {
+            read_at_accept(
+                fd.as_fd(),
+                &*shared.handler,
+                &mut state,
+                scratch,
+                READS_AT_ACCEPT,
+            )
+        });
+        if let Some(cause) = ended {
+            drop(fd);
+            shared.policy.release();
+            shared.handler.closed(state, cause);
+            continue;
+        }
         shared.live.fetch_add(1, Ordering::AcqRel);
         let guard = ConnGuard {
             shared: shared.clone(),
