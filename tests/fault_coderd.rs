@@ -83,10 +83,12 @@ async fn coderd_down_with_a_small_ring_counts_only_the_overflow_as_buffer_full()
     const CAPACITY: usize = 16;
     const LOGS: usize = 4;
     const FRAMES: usize = 200;
-    // Frames held outside the ring while coderd is down: one being retried, two
-    // queued ahead, and one drained batch (batch_max_logs / LOGS = 1 frame per
-    // request, up to batch_max_logs frames per drain) on the drain thread.
-    const IN_FLIGHT: usize = 1 + 2 + LOGS;
+    // Frames held outside the ring while coderd is down: one being retried, the
+    // next request (taken off the channel, waiting because it shares the retried
+    // one's connection), two queued ahead in the channel, and one drained batch
+    // (batch_max_logs / LOGS = 1 frame per request, up to batch_max_logs frames
+    // per drain) on the drain thread.
+    const IN_FLIGHT: usize = 1 + 1 + 2 + LOGS;
 
     let mut coderd = FakeCoderd::start().await;
     coderd.stop().await;
