@@ -21,8 +21,8 @@ mod baseline;
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use boundary_log_proxy::codec::Tag;
@@ -355,25 +355,35 @@ impl Load {
         let start_delivered = target.delivered();
         let start_dropped = target.dropped();
         let total = self.logs();
-        let window_logs = window.map(|w| w * u64::from(self.logs_per_frame));
-        let sent = AtomicU64::new(0);
+        let window = window.map(|w| Window::new(w * u64::from(self.logs_per_frame)));
+        let settled = || target.delivered() - start_delivered + target.dropped() - start_dropped;
         let started = Instant::now();
         std::thread::scope(|scope| {
-            for (conn, chunks) in self.conns.iter().zip(prepared) {
-                let sent = &sent;
-                let settled =
-                    || target.delivered() - start_delivered + target.dropped() - start_dropped;
-                scope.spawn(move || {
-                    let mut conn = conn;
-                    for (chunk, logs) in chunks {
-                        if let Some(window) = window_logs {
-                            reserve(sent, logs, window, &settled);
-                        } else {
-                            sent.fetch_add(logs, Ordering::Relaxed);
+            let writers: Vec<_> = self
+                .conns
+                .iter()
+                .zip(prepared)
+                .map(|(conn, chunks)| {
+                    let window = window.as_ref();
+                    scope.spawn(move || {
+                        let mut conn = conn;
+                        for (chunk, logs) in chunks {
+                            if let Some(window) = window {
+                                window.acquire(logs);
+                            }
+                            conn.write_all(&chunk).expect("write");
                         }
-                        conn.write_all(&chunk).expect("write");
-                    }
-                });
+                    })
+                })
+                .collect();
+            if let Some(window) = &window {
+                scope.spawn(|| window.watch(&settled));
+            }
+            for writer in writers {
+                writer.join().expect("writer");
+            }
+            if let Some(window) = &window {
+                window.close();
             }
         });
         let deadline = started + ITERATION_TIMEOUT;
@@ -418,20 +428,58 @@ impl Load {
     }
 }
 
-/// Waits until `logs` more fit in the window, then claims them.
-fn reserve(sent: &AtomicU64, logs: u64, window: u64, settled: &dyn Fn() -> u64) {
-    loop {
-        let now = sent.load(Ordering::Acquire);
-        if now + logs <= settled() + window.max(logs) {
-            if sent
-                .compare_exchange(now, now + logs, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                return;
-            }
-            continue;
+/// Flow control of one iteration: at most `limit` logs written but not settled
+/// (delivered or dropped). One watcher thread polls the target and wakes the
+/// writers, so 64 writers do not each poll.
+struct Window {
+    limit: u64,
+    sent: Mutex<u64>,
+    progress: Condvar,
+    settled: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Window {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            sent: Mutex::new(0),
+            progress: Condvar::new(),
+            settled: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         }
-        std::thread::sleep(Duration::from_micros(50));
+    }
+
+    /// Waits until `logs` more fit, then claims them.
+    fn acquire(&self, logs: u64) {
+        let mut sent = self.sent.lock().expect("window");
+        while *sent + logs > self.settled.load(Ordering::Acquire) + self.limit.max(logs) {
+            sent = self
+                .progress
+                .wait_timeout(sent, Duration::from_millis(1))
+                .expect("window")
+                .0;
+        }
+        *sent += logs;
+    }
+
+    /// Publishes the target's progress every 50 us until closed.
+    fn watch(&self, settled: &dyn Fn() -> u64) {
+        let mut last = 0;
+        while !self.closed.load(Ordering::Acquire) {
+            let now = settled();
+            if now != last {
+                last = now;
+                self.settled.store(now, Ordering::Release);
+                drop(self.sent.lock().expect("window"));
+                self.progress.notify_all();
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 }
 

@@ -1,5 +1,6 @@
-//! A gRPC Agent sink that accepts at most `--logs-per-second` logs a second (each
-//! call is answered only after `logs / rate` seconds), for overload measurements:
+//! A gRPC Agent sink that accepts at most `--logs-per-second` logs a second in all
+//! (calls are served one at a time, each answered after `logs / rate` seconds, so
+//! concurrent calls do not add up), for overload measurements:
 //! `scripts/overload_rss.sh` offers the proxy ten times what this sink accepts.
 //!
 //! `cargo run --release --example slow_sink -- --listen 127.0.0.1:0 --logs-per-second 100000`
@@ -19,6 +20,8 @@ use tonic::{Request, Response, Status};
 struct SlowSink {
     logs_per_second: f64,
     logs: Arc<AtomicU64>,
+    /// Held while a call is being "processed": one call at a time.
+    busy: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[tonic::async_trait]
@@ -28,6 +31,7 @@ impl Agent for SlowSink {
         request: Request<ReportBoundaryLogsRequest>,
     ) -> Result<Response<ReportBoundaryLogsResponse>, Status> {
         let logs = request.into_inner().logs.len() as u64;
+        let _busy = self.busy.lock().await;
         tokio::time::sleep(Duration::from_secs_f64(logs as f64 / self.logs_per_second)).await;
         self.logs.fetch_add(logs, Ordering::Relaxed);
         Ok(Response::new(ReportBoundaryLogsResponse {}))
@@ -56,6 +60,7 @@ async fn main() {
     let sink = SlowSink {
         logs_per_second,
         logs: Arc::new(AtomicU64::new(0)),
+        busy: Arc::new(tokio::sync::Mutex::new(())),
     };
     let counts = sink.logs.clone();
     tokio::spawn(async move {

@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Throughput of `benches/pipeline.rs` from criterion's JSON output.
 
-Writes perf/pipeline.csv (one row per benchmark: logs/s from the mean iteration
-time) and perf/pipeline.png (logs/s against connections, one line per path and
+Writes perf/pipeline.csv (one row per benchmark: logs/s as criterion prints it) and perf/pipeline.png (logs/s against connections, one line per path and
 logs per frame), and prints a Markdown table with the ratios of the same run.
 
 Usage: python3 scripts/plot.py [CRITERION_DIR] [OUT_DIR]
@@ -21,11 +20,13 @@ LOGS_PER_FRAME = [10, 100]
 
 
 def throughput(group, function, parameter):
-    """(logs/s from the mean, [low, high] from the mean's confidence interval)."""
+    """(logs/s, low, high): criterion's typical estimate (the slope of its linear
+    sampling, what it prints; the mean otherwise) and its confidence interval."""
     base = CRITERION / group / function / str(parameter) / "new"
     try:
         bench = json.loads((base / "benchmark.json").read_text())
-        est = json.loads((base / "estimates.json").read_text())["mean"]
+        estimates = json.loads((base / "estimates.json").read_text())
+        est = estimates.get("slope") or estimates["mean"]
     except FileNotFoundError:
         return None
     elements = bench["throughput"]["Elements"]
@@ -39,7 +40,7 @@ def main():
     rows = []
     for lpf in LOGS_PER_FRAME:
         for conns in CONNECTIONS:
-            for path in PATHS:
+            for path in PATHS + ["sink64k"]:
                 t = throughput("pipeline", path, f"c{conns}_l{lpf}")
                 if t:
                     rows.append(("pipeline", path, conns, lpf, *t))
@@ -62,6 +63,11 @@ def main():
             fmt = lambda v: f"{v / 1e6:.2f}" if v else "-"
             ratio = lambda a, c: f"{a / c:.2f}" if a and c else "-"
             print(f"| {conns} | {lpf} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} | {fmt(b)} | {ratio(s, b)} | {ratio(n, b)} |")
+    for lpf in LOGS_PER_FRAME:
+        big, small = get.get(("sink", 8, lpf)), get.get(("sink64k", 8, lpf))
+        if big and small:
+            print(f"\nsink with 64 KiB HTTP/2 windows, 8 x {lpf}: {small / 1e6:.2f} M logs/s "
+                  f"({small / big:.2f} of the 4 MiB-window sink)")
     idle = [get.get((f"null+{i}idle", 8, 10)) for i in (0, 10000)]
     if all(idle):
         print(f"\nidle connections (null, 8 x 10): 0 idle {idle[0] / 1e6:.2f} M logs/s, "
