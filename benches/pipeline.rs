@@ -5,7 +5,11 @@
 //!   service (quiet, loopback TCP, in-process on its own runtime, 4 MiB HTTP/2
 //!   windows); `pipeline/sink64k` (8 connections only): the same with h2's default
 //!   64 KiB windows, as `boundary-log-proxy sink` serves today;
+//! - `pipeline/sinkcount`: the same as `pipeline/sink` but the receiver only counts
+//!   each request's logs (`counting_sink/`), standing in for a coderd on other
+//!   cores: the difference to `pipeline/sink` is the sink's own prost decoding;
 //! - `pipeline/baseline`: coder's design (`baseline/`) forwarding to the same sink;
+//!   `pipeline/baselinecount`: the same forwarding to the counting receiver;
 //! - `idle_connections/null`: the null pipeline with 0 and 10,000 idle connections open.
 //!
 //! Writers are `loadgen::SessionStream`s (one session per connection, sequence
@@ -17,6 +21,7 @@
 //! can) reports on stderr what each design drops without that flow control.
 
 mod baseline;
+mod counting_sink;
 
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;
@@ -33,6 +38,7 @@ use boundary_log_proxy::reporter::grpc::{GrpcReporter, GrpcReporterConfig};
 use boundary_log_proxy::reporter::null::NullReporter;
 use boundary_log_proxy::sink::{Sink, SinkListener};
 use boundary_log_proxy::{Config, Server};
+use counting_sink::CountingSink;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
@@ -88,9 +94,9 @@ impl Runtimes {
     }
 }
 
-/// A quiet sink on loopback TCP, served until dropped.
+/// A quiet receiver on loopback TCP, served until dropped.
 struct RunningSink {
-    sink: Sink,
+    logs: Arc<dyn Fn() -> u64 + Send + Sync>,
     url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -105,9 +111,18 @@ enum SinkWindow {
     H2Default,
 }
 
+/// What receives the proxy's calls.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Receiver {
+    /// The project's `Sink`: decodes every request with prost.
+    Decoding,
+    /// `counting_sink::CountingSink`: counts each request's logs without decoding
+    /// them, as a stand-in for a coderd on other cores.
+    Counting,
+}
+
 impl RunningSink {
-    fn start(runtime: &Runtime, window: SinkWindow) -> Self {
-        let sink = Sink::quiet();
+    fn start(runtime: &Runtime, window: SinkWindow, receiver: Receiver) -> Self {
         let listener = runtime
             .block_on(SinkListener::bind("127.0.0.1:0"))
             .expect("bind the sink");
@@ -122,7 +137,18 @@ impl RunningSink {
                 .initial_stream_window_size(Some(4 << 20))
                 .initial_connection_window_size(Some(8 << 20));
         }
-        let server = builder.add_service(sink.service());
+        let (server, logs): (_, Arc<dyn Fn() -> u64 + Send + Sync>) = match receiver {
+            Receiver::Decoding => {
+                let sink = Sink::quiet();
+                let router = builder.add_service(sink.service());
+                (router, Arc::new(move || sink.logs()))
+            }
+            Receiver::Counting => {
+                let sink = CountingSink::default();
+                let router = builder.add_service(sink.clone());
+                (router, Arc::new(move || sink.logs()))
+            }
+        };
         runtime.spawn(async move {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
             let _ = server
@@ -132,7 +158,7 @@ impl RunningSink {
                 .await;
         });
         Self {
-            sink,
+            logs,
             url,
             stop: Some(stop),
         }
@@ -150,7 +176,7 @@ impl Drop for RunningSink {
 /// Where the engine forwards.
 enum Destination {
     Null,
-    Sink(SinkWindow),
+    Sink(SinkWindow, Receiver),
 }
 
 /// The proxy engine (`Server`) with its forwarder running.
@@ -193,9 +219,9 @@ impl Engine {
                     });
                     (Box::new(move || counted.logs()), None, task)
                 }
-                Destination::Sink(window) => {
-                    let sink = RunningSink::start(&runtimes.sink, window);
-                    let counted = sink.sink.clone();
+                Destination::Sink(window, receiver) => {
+                    let sink = RunningSink::start(&runtimes.sink, window, receiver);
+                    let counted = sink.logs.clone();
                     let reporter = {
                         let _guard = runtimes.proxy.enter();
                         GrpcReporter::new(GrpcReporterConfig::new(sink.url.clone()))
@@ -208,7 +234,7 @@ impl Engine {
                             .await
                             .expect("forwarder");
                     });
-                    (Box::new(move || counted.logs()), Some(sink), task)
+                    (Box::new(move || counted()), Some(sink), task)
                 }
             };
         Self {
@@ -256,10 +282,10 @@ struct Reference {
 }
 
 impl Reference {
-    fn start(runtimes: &Runtimes) -> Self {
+    fn start(runtimes: &Runtimes, receiver: Receiver) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("baseline.sock");
-        let sink = RunningSink::start(&runtimes.sink, SinkWindow::Large);
+        let sink = RunningSink::start(&runtimes.sink, SinkWindow::Large, receiver);
         let baseline = baseline::Baseline::start(&socket, sink.url.clone()).expect("baseline");
         Self {
             baseline,
@@ -275,7 +301,7 @@ impl Target for Reference {
         &self.socket
     }
     fn delivered(&self) -> u64 {
-        self.sink.sink.logs()
+        (self.sink.logs)()
     }
     fn dropped(&self) -> u64 {
         self.baseline.counters().dropped_logs()
@@ -509,15 +535,16 @@ fn pipeline(c: &mut Criterion) {
     for logs_per_frame in LOGS_PER_FRAME {
         for connections in CONNECTIONS {
             let param = format!("c{connections}_l{logs_per_frame}");
-            for name in ["null", "sink", "sink64k"] {
+            for name in ["null", "sink", "sinkcount", "sink64k"] {
                 let id = format!("{name}/{param}");
                 if !selected(&format!("pipeline/{id}")) || (name == "sink64k" && connections != 8) {
                     continue;
                 }
                 let destination = match name {
                     "null" => Destination::Null,
-                    "sink" => Destination::Sink(SinkWindow::Large),
-                    _ => Destination::Sink(SinkWindow::H2Default),
+                    "sink" => Destination::Sink(SinkWindow::Large, Receiver::Decoding),
+                    "sinkcount" => Destination::Sink(SinkWindow::Large, Receiver::Counting),
+                    _ => Destination::Sink(SinkWindow::H2Default, Receiver::Decoding),
                 };
                 let engine = Engine::start(&runtimes, destination, 1024);
                 measure(
@@ -530,17 +557,22 @@ fn pipeline(c: &mut Criterion) {
                 );
                 engine.close(&runtimes);
             }
-            let id = format!("baseline/{param}");
-            if selected(&format!("pipeline/{id}")) {
-                let reference = Reference::start(&runtimes);
-                measure(
-                    &mut group,
-                    &id,
-                    &reference,
-                    connections,
-                    logs_per_frame,
-                    BASELINE_LOGS,
-                );
+            for (name, receiver) in [
+                ("baseline", Receiver::Decoding),
+                ("baselinecount", Receiver::Counting),
+            ] {
+                let id = format!("{name}/{param}");
+                if selected(&format!("pipeline/{id}")) {
+                    let reference = Reference::start(&runtimes, receiver);
+                    measure(
+                        &mut group,
+                        &id,
+                        &reference,
+                        connections,
+                        logs_per_frame,
+                        BASELINE_LOGS,
+                    );
+                }
             }
         }
     }

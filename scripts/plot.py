@@ -15,6 +15,8 @@ import sys
 CRITERION = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion")
 OUT = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "perf")
 PATHS = ["null", "sink", "baseline"]
+# The same paths with the receiver that counts logs without decoding them.
+COUNTING = ["sinkcount", "baselinecount"]
 CONNECTIONS = [1, 8, 64]
 LOGS_PER_FRAME = [10, 100]
 
@@ -40,7 +42,7 @@ def main():
     rows = []
     for lpf in LOGS_PER_FRAME:
         for conns in CONNECTIONS:
-            for path in PATHS + ["sink64k"]:
+            for path in PATHS + COUNTING + ["sink64k"]:
                 t = throughput("pipeline", path, f"c{conns}_l{lpf}")
                 if t:
                     rows.append(("pipeline", path, conns, lpf, *t))
@@ -63,6 +65,16 @@ def main():
             fmt = lambda v: f"{v / 1e6:.2f}" if v else "-"
             ratio = lambda a, c: f"{a / c:.2f}" if a and c else "-"
             print(f"| {conns} | {lpf} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} | {fmt(b)} | {ratio(s, b)} | {ratio(n, b)} |")
+    if any(get.get((p, c, l)) for p in COUNTING for c in CONNECTIONS for l in LOGS_PER_FRAME):
+        print("\nWith the counting receiver (no decoding on the receiving side):\n")
+        print("| connections | logs/frame | sinkcount (M logs/s) | sinkcount/null | baselinecount (M logs/s) | sinkcount/baselinecount | sinkcount/sink |")
+        print("|---|---|---|---|---|---|---|")
+        for lpf in LOGS_PER_FRAME:
+            for conns in CONNECTIONS:
+                n, s, sc, bc = (get.get((p, conns, lpf)) for p in ["null", "sink", *COUNTING])
+                fmt = lambda v: f"{v / 1e6:.2f}" if v else "-"
+                ratio = lambda a, c: f"{a / c:.2f}" if a and c else "-"
+                print(f"| {conns} | {lpf} | {fmt(sc)} | {ratio(sc, n)} | {fmt(bc)} | {ratio(sc, bc)} | {ratio(sc, s)} |")
     for lpf in LOGS_PER_FRAME:
         big, small = get.get(("sink", 8, lpf)), get.get(("sink64k", 8, lpf))
         if big and small:
@@ -78,9 +90,10 @@ def main():
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    colours = {"null": "tab:blue", "sink": "tab:green", "baseline": "tab:red"}
+    colours = {"null": "tab:blue", "sink": "tab:green", "baseline": "tab:red",
+               "sinkcount": "tab:olive", "baselinecount": "tab:orange"}
     styles = {10: "-", 100: "--"}
-    for path in PATHS:
+    for path in PATHS + COUNTING:
         for lpf in LOGS_PER_FRAME:
             pts = [(c, get[(path, c, lpf)]) for c in CONNECTIONS if (path, c, lpf) in get]
             if not pts:
