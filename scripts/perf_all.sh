@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure of PERF.md in one go (about 10 minutes on 2 cores; run on a quiet
+# Every figure of PERF.md in one go (about 20 minutes on 2 cores; run on a quiet
 # machine): the criterion pipeline bench, its CSV/table/plot, CPU per log per
 # thread, peak RSS under overload, socket-to-sink latency. Outputs go to perf/.
 set -euo pipefail

@@ -89,7 +89,7 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(8, 6))
     colours = {"null": "tab:blue", "sink": "tab:green", "baseline": "tab:red",
                "sinkcount": "tab:olive", "baselinecount": "tab:orange"}
     styles = {10: "-", 100: "--"}
@@ -109,7 +109,7 @@ def main():
     ax.set_ylabel("million logs/s (log scale)")
     ax.set_title("boundary-log-proxy end to end, 2 cores (benches/pipeline.rs)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, -0.35))
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
     fig.savefig(OUT / "pipeline.png", dpi=110)
     print(f"\nwrote {OUT / 'pipeline.csv'} and {OUT / 'pipeline.png'}")
