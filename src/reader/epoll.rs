@@ -16,8 +16,8 @@ use tokio::io::Interest;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::drain::{drain_queued, drain_waiting, read_at_accept, SCRATCH_LEN};
 use super::policy::Admission;
+use super::reads::{admit_and_read, drain_queued, drain_waiting, read_waiting, Read, SCRATCH_LEN};
 use super::sys;
 use super::{spawn_worker, CloseCause, ConnectionHandler, ReaderError, StartArgs, Started, Stop};
 
@@ -25,8 +25,6 @@ use super::{spawn_worker, CloseCause, ConnectionHandler, ReaderError, StartArgs,
 const READS_PER_WAKE: usize = 4;
 /// Connections accepted per readiness before the accept loop lets others run.
 const ACCEPTS_PER_WAKE: usize = 64;
-/// Reads of a just-accepted connection before its task is spawned.
-const READS_AT_ACCEPT: usize = 4;
 /// Pause after an accept failure such as EMFILE.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -194,27 +192,15 @@ fn accept_some<H: ConnectionHandler>(
             }
             Err(err) => return Err(err),
         };
-        let Some((fd, mut state)) = shared.policy.admit(&*shared.handler, fd) else {
-            continue;
-        };
         // A peer that connected, wrote and left while queued is handled and closed
         // now, so it does not hold a place under the limit while its task waits
         // for its first turn.
-        let ended = SCRATCH.with_borrow_mut(|scratch| {
-            read_at_accept(
-                fd.as_fd(),
-                &*shared.handler,
-                &mut state,
-                scratch,
-                READS_AT_ACCEPT,
-            )
+        let admitted = SCRATCH.with_borrow_mut(|scratch| {
+            admit_and_read(&shared.policy, &*shared.handler, fd, scratch)
         });
-        if let Some(cause) = ended {
-            drop(fd);
-            shared.policy.release();
-            shared.handler.closed(state, cause);
+        let Some((fd, state)) = admitted else {
             continue;
-        }
+        };
         shared.live.fetch_add(1, Ordering::AcqRel);
         let guard = ConnGuard {
             shared: shared.clone(),
@@ -293,7 +279,7 @@ async fn read_until_closed<H: ConnectionHandler>(
                     Err(err) => return CloseCause::Error(err),
                 };
                 match read_ready(fd.get_ref().as_fd(), &*shared.handler, state) {
-                    Read::Emptied => ready.clear_ready(),
+                    Read::TookAll | Read::Empty => ready.clear_ready(),
                     Read::MayHaveMore => {}
                     Read::Closed(cause) => return cause,
                 }
@@ -302,33 +288,6 @@ async fn read_until_closed<H: ConnectionHandler>(
     }
 }
 
-enum Read {
-    /// The socket had no more bytes (a short read or EAGAIN).
-    Emptied,
-    /// Every read filled the buffer; let others run, then read on.
-    MayHaveMore,
-    Closed(CloseCause),
-}
-
 fn read_ready<H: ConnectionHandler>(fd: BorrowedFd<'_>, handler: &H, state: &mut H::State) -> Read {
-    SCRATCH.with_borrow_mut(|buf| {
-        for _ in 0..READS_PER_WAKE {
-            match sys::recv(fd, buf, libc::MSG_DONTWAIT) {
-                Ok(0) => return Read::Closed(CloseCause::PeerEof),
-                Ok(n) => {
-                    if handler.data(state, &buf[..n]).is_break() {
-                        return Read::Closed(CloseCause::Handler);
-                    }
-                    // A stream socket's short read took everything queued.
-                    if n < buf.len() {
-                        return Read::Emptied;
-                    }
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Read::Emptied,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Read::Closed(CloseCause::Error(err)),
-            }
-        }
-        Read::MayHaveMore
-    })
+    SCRATCH.with_borrow_mut(|buf| read_waiting(fd, handler, state, buf, READS_PER_WAKE))
 }

@@ -8,18 +8,19 @@
 //!   per-thread scratch buffer only when a connection is readable.
 //!
 //! Both share the accept policy (`policy.rs`: connection limit, peer uid) and the
-//! shutdown drain (`drain.rs`). `probe.rs` picks the backend, `listener.rs` binds.
+//! non-blocking read loop (`reads.rs`: reads at accept, epoll's reads, the
+//! shutdown drain). `probe.rs` picks the backend, `listener.rs` binds.
 //! `tests/reader_cost.rs` measures what a connection costs under each backend.
 //!
 //! The handler runs on the reader threads: it must not block for long (a blocked
 //! `data` holds up every connection of that thread, and shutdown's deadline).
 
 mod bufring;
-mod drain;
 mod epoll;
 mod listener;
 mod policy;
 mod probe;
+mod reads;
 mod sys;
 mod uring;
 

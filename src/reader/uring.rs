@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::BufRing;
-use super::drain::{drain_queued, drain_waiting, read_at_accept, SCRATCH_LEN};
 use super::policy::Admission;
+use super::reads::{admit_and_read, drain_queued, drain_waiting, SCRATCH_LEN};
 use super::sys;
 use super::{spawn_worker, CloseCause, ConnectionHandler, ReaderError, StartArgs, Started, Stop};
 
@@ -30,8 +30,6 @@ const BUF_LEN: u32 = 16 * 1024;
 const BGID: u16 = 0;
 /// Pause before re-arming an accept that failed (e.g. EMFILE).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-/// Reads of a just-accepted connection before its receive is armed.
-const READS_AT_ACCEPT: usize = 4;
 /// How long closing waits for cancelled receives to report their end.
 const CANCEL_GRACE: Duration = Duration::from_millis(200);
 
@@ -332,27 +330,13 @@ impl<H: ConnectionHandler> RingWorker<H> {
     }
 
     fn on_connection(&mut self, fd: OwnedFd) {
-        let Some((fd, mut state)) = self.policy.admit(&*self.handler, fd) else {
-            return;
-        };
         // Many accepts complete in one batch, before any of their receives runs: a
         // peer that already left is read and closed now, so its place under the
         // limit is free for the next accept of the batch.
-        if !self.draining {
-            let ended = read_at_accept(
-                fd.as_fd(),
-                &*self.handler,
-                &mut state,
-                &mut self.scratch,
-                READS_AT_ACCEPT,
-            );
-            if let Some(cause) = ended {
-                drop(fd);
-                self.policy.release();
-                self.handler.closed(state, cause);
-                return;
-            }
-        }
+        let Some((fd, state)) = admit_and_read(&self.policy, &*self.handler, fd, &mut self.scratch)
+        else {
+            return;
+        };
         let conn = Conn {
             fd,
             state: Some(state),
