@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,9 +26,60 @@ const BIN: &str = env!("CARGO_BIN_EXE_boundary-log-proxy");
 const WRITERS: usize = 6;
 const LOGS_PER_FRAME: usize = 2;
 
+/// `WRITERS` clients, each writing frames of its own session until a write fails
+/// or the load is finished.
+struct Load {
+    writers: Vec<std::thread::JoinHandle<usize>>,
+    stop: Arc<AtomicBool>,
+    /// Writers that have written their first frame.
+    writing: Arc<AtomicUsize>,
+}
+
+impl Load {
+    fn start(socket: &Path) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writing = Arc::new(AtomicUsize::new(0));
+        let writers = (0..WRITERS)
+            .map(|w| {
+                let client = UnixStream::connect(socket).expect("connect");
+                let (stop, writing) = (stop.clone(), writing.clone());
+                std::thread::spawn(move || {
+                    write_until_refused(client, &format!("load-{w}"), &stop, &writing)
+                })
+            })
+            .collect();
+        Self {
+            writers,
+            stop,
+            writing,
+        }
+    }
+
+    /// Until `received()` reaches `logs` and every writer has written: a writer
+    /// still preparing its frames when the stop comes would write nothing.
+    async fn wait_for(&self, logs: f64, received: impl Fn() -> f64) {
+        let until = Instant::now() + PATIENCE;
+        while received() < logs || self.writing.load(Ordering::Relaxed) < WRITERS {
+            assert!(Instant::now() < until, "load did not reach the proxy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the writers; the frames they wrote whole.
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.writers.into_iter().map(|w| w.join().unwrap()).sum()
+    }
+}
+
 /// Writes frames of session `session` on `client` until a write fails or `stop` is
 /// set; returns the frames written whole.
-fn write_until_refused(mut client: UnixStream, session: &str, stop: &AtomicBool) -> usize {
+fn write_until_refused(
+    mut client: UnixStream,
+    session: &str,
+    stop: &AtomicBool,
+    writing: &AtomicUsize,
+) -> usize {
     // The sequence numbers repeat every 2000 frames; nothing here looks at them.
     let batch = frames(session, 0, 2000, LOGS_PER_FRAME);
     let mut written = 0;
@@ -40,20 +91,13 @@ fn write_until_refused(mut client: UnixStream, session: &str, stop: &AtomicBool)
             if client.write_all(frame).is_err() {
                 break 'outer;
             }
+            if written == 0 {
+                writing.fetch_add(1, Ordering::Relaxed);
+            }
             written += 1;
         }
     }
     written
-}
-
-fn spawn_writers(socket: &Path, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<usize>> {
-    (0..WRITERS)
-        .map(|w| {
-            let client = UnixStream::connect(socket).expect("connect");
-            let stop = stop.clone();
-            std::thread::spawn(move || write_until_refused(client, &format!("load-{w}"), &stop))
-        })
-        .collect()
 }
 
 macro_rules! on_both_backends {
@@ -77,16 +121,15 @@ async fn stopping_under_load_receives_every_frame_a_client_wrote(io: IoMode) {
     let coderd = FakeCoderd::start().await;
     let (dir, config) = Proxy::config(io);
     let proxy = Proxy::start_grpc(dir, config, &coderd.addr()).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = spawn_writers(&proxy.socket_path(), &stop);
-    assert!(proxy.wait_received(20_000, PATIENCE).await, "under load");
+    let load = Load::start(&proxy.socket_path());
+    load.wait_for(20_000.0, || proxy.accounting().received as f64)
+        .await;
 
     let server = proxy.server.clone();
     tokio::task::spawn_blocking(move || server.stop_intake(Instant::now() + PATIENCE))
         .await
         .unwrap();
-    let written: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
-    stop.store(true, Ordering::Relaxed);
+    let written = load.finish();
 
     let at_stop = proxy.accounting();
     let truncated = proxy
@@ -232,25 +275,28 @@ fn scrape(addr: std::net::SocketAddr) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }
 
+/// Loads `binary` until it has received `logs` logs from every writer, sends
+/// SIGTERM and waits for the exit: what [`Binary::wait`] reports, and the frames
+/// the writers wrote whole.
+async fn sigterm_under_load(
+    binary: Binary,
+    logs: f64,
+) -> (Option<i32>, Duration, Accounting, Vec<String>, usize) {
+    let load = Load::start(&binary.socket);
+    load.wait_for(logs, || binary.received()).await;
+    binary.sigterm();
+    let (code, took, totals, lines) =
+        tokio::task::spawn_blocking(move || binary.wait(Duration::from_secs(15)))
+            .await
+            .unwrap();
+    (code, took, totals, lines, load.finish())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_with_coderd_up_delivers_everything_buffered_and_exits_0() {
     let coderd = FakeCoderd::start().await;
     let binary = Binary::serve(&coderd.addr(), &["--shutdown-timeout", "10s"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = spawn_writers(&binary.socket, &stop);
-    let until = Instant::now() + PATIENCE;
-    while binary.received() < 20_000.0 {
-        assert!(Instant::now() < until, "load did not reach the proxy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    binary.sigterm();
-    let (code, _, totals, lines) =
-        tokio::task::spawn_blocking(move || binary.wait(Duration::from_secs(15)))
-            .await
-            .unwrap();
-    stop.store(true, Ordering::Relaxed);
-    let written: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    let (code, _, totals, lines, written) = sigterm_under_load(binary, 20_000.0).await;
     assert_eq!(code, Some(0), "{lines:#?}");
     assert_invariant(&totals, 0);
     assert_eq!(totals.dropped_shutdown, 0, "{totals:?}");
@@ -282,21 +328,7 @@ async fn sigterm_with_coderd_down_counts_leftovers_as_shutdown_within_the_deadli
             "1024",
         ],
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = spawn_writers(&binary.socket, &stop);
-    let until = Instant::now() + PATIENCE;
-    while binary.received() < 5_000.0 {
-        assert!(Instant::now() < until, "load did not reach the proxy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    binary.sigterm();
-    let (code, took, totals, lines) =
-        tokio::task::spawn_blocking(move || binary.wait(Duration::from_secs(15)))
-            .await
-            .unwrap();
-    stop.store(true, Ordering::Relaxed);
-    let written: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    let (code, took, totals, lines, written) = sigterm_under_load(binary, 5_000.0).await;
     assert_eq!(code, Some(0), "{lines:#?}");
     assert!(took <= TIMEOUT + SLACK, "exit took {took:?}");
     assert_invariant(&totals, 0);
