@@ -30,21 +30,6 @@ async fn serial() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().await
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn uring() {
-                super::$name(boundary_log_proxy::config::IoMode::Uring).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn epoll() {
-                super::$name(boundary_log_proxy::config::IoMode::Epoll).await
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     storm_of_ten_thousand_connects_leaves_no_connection_or_fd_behind,
     slowloris_connections_do_not_hold_up_a_live_connection,

@@ -100,21 +100,6 @@ fn write_until_refused(
     written
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn uring() {
-                super::$name(boundary_log_proxy::config::IoMode::Uring).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn epoll() {
-                super::$name(boundary_log_proxy::config::IoMode::Epoll).await
-            }
-        }
-    )*};
-}
-
 on_both_backends!(stopping_under_load_receives_every_frame_a_client_wrote);
 
 async fn stopping_under_load_receives_every_frame_a_client_wrote(io: IoMode) {

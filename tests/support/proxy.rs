@@ -41,15 +41,15 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_boundary-log-proxy");
 /// Every metric name starts with this.
 pub const PREFIX: &str = "agent_boundary_log_proxy_";
 
-/// Runs `name(IoMode::Auto)` and `name(IoMode::Epoll)` as two tokio tests,
-/// `name::auto` and `name::epoll`.
+/// Runs `name(IoMode::$mode)` and `name(IoMode::Epoll)` as two tokio tests,
+/// `name::$first` and `name::epoll`. Use [`on_io_modes`] or [`on_both_backends`].
 #[macro_export]
-macro_rules! on_io_modes {
-    ($($name:ident),* $(,)?) => {$(
+macro_rules! io_mode_tests {
+    ($first:ident = $mode:ident; $($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn auto() {
-                super::$name(boundary_log_proxy::config::IoMode::Auto).await
+            async fn $first() {
+                super::$name(boundary_log_proxy::config::IoMode::$mode).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn epoll() {
@@ -57,6 +57,22 @@ macro_rules! on_io_modes {
             }
         }
     )*};
+}
+
+/// `name::auto` and `name::epoll`: the pipeline as `--io auto` picks it, and epoll.
+#[macro_export]
+macro_rules! on_io_modes {
+    ($($name:ident),* $(,)?) => {
+        $crate::io_mode_tests!(auto = Auto; $($name),*);
+    };
+}
+
+/// `name::uring` and `name::epoll`: each reader forced (io_uring must be allowed).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $crate::io_mode_tests!(uring = Uring; $($name),*);
+    };
 }
 
 /// The shared test vectors; a missing vector fails the test.
