@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use boundary_log_proxy::codec::HEADER_LEN;
 use boundary_log_proxy::config::{Config, IoMode};
 use boundary_log_proxy::metrics::{ConnectionRejectReason, FrameRejectReason};
+use support::as_uid::{connect_as_uid, NOBODY};
 use support::coderd::FakeCoderd;
 use support::faults::{
     assert_invariant, close_abortively, closed_by_proxy, delivered, eventually, frames, open_fds,
@@ -282,41 +283,16 @@ async fn frames_cut_off_mid_way_are_counted_truncated_and_others_unaffected(io: 
 }
 
 /// Connects as uid 65534 in a forked child, sends `frame`, and reports how the
-/// connection ended: the child's exit status (0: closed by the proxy).
+/// connection ended: the child's exit status (0: closed by the proxy within 10 s).
 fn connect_as_nobody(socket: &std::path::Path, frame: &[u8]) -> i32 {
-    use std::os::unix::ffi::OsStrExt as _;
-    // Everything the child needs is prepared before the fork: after it, only
-    // async-signal-safe calls are made.
-    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let path = socket.as_os_str().as_bytes();
-    assert!(path.len() < addr.sun_path.len());
-    for (dst, src) in addr.sun_path.iter_mut().zip(path) {
-        *dst = *src as libc::c_char;
-    }
     let timeout = libc::timeval {
         tv_sec: 10,
         tv_usec: 0,
     };
-    // SAFETY: fork in a threaded process: the child only makes raw syscalls on
-    // memory prepared above and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        // SAFETY: plain syscalls on live locals; the child never returns.
+    connect_as_uid(NOBODY, socket, |fd| {
+        // SAFETY: raw syscalls on the child's connected `fd` and on locals prepared
+        // before the fork.
         unsafe {
-            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                libc::_exit(10);
-            }
-            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-            if fd < 0 {
-                libc::_exit(11);
-            }
-            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-            if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
-                libc::_exit(12);
-            }
             libc::setsockopt(
                 fd,
                 libc::SOL_SOCKET,
@@ -329,15 +305,13 @@ fn connect_as_nobody(socket: &std::path::Path, frame: &[u8]) -> i32 {
             let mut byte = 0u8;
             let n = libc::read(fd, (&mut byte as *mut u8).cast(), 1);
             let reset = n < 0 && *libc::__errno_location() == libc::ECONNRESET;
-            libc::_exit(if n == 0 || reset { 0 } else { 13 });
+            if n == 0 || reset {
+                0
+            } else {
+                13
+            }
         }
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child just forked; `status` is a live local.
-    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert_eq!(waited, pid);
-    assert!(libc::WIFEXITED(status), "child status {status:#x}");
-    libc::WEXITSTATUS(status)
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

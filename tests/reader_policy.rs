@@ -3,11 +3,10 @@
 mod reader_common;
 
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use boundary_log_proxy::reader::{IoMode, RejectReason};
+use reader_common::as_uid::{connect_as_uid, open_dir_to_everyone, NOBODY};
 use reader_common::{peer_closed, Closed, Harness, Recorder, PATIENCE};
 
 on_both_backends!(
@@ -50,7 +49,7 @@ fn peer_uid_not_listed_is_refused_and_counted_while_a_listed_one_passes(io: IoMo
     });
     open_dir_to_everyone(h.dir.path());
 
-    let status = connect_as_uid(NOBODY, &h.path, b"from nobody");
+    let status = send_as_uid(NOBODY, &h.path, b"from nobody");
     assert_eq!(
         status, 0,
         "the uid-{NOBODY} child failed (exit status {status})"
@@ -80,7 +79,7 @@ fn listed_non_root_uid_passes_and_root_is_refused(io: IoMode) {
     });
     open_dir_to_everyone(h.dir.path());
 
-    let status = connect_as_uid(NOBODY, &h.path, b"from nobody");
+    let status = send_as_uid(NOBODY, &h.path, b"from nobody");
     assert_eq!(
         status, 0,
         "the uid-{NOBODY} child failed (exit status {status})"
@@ -103,52 +102,13 @@ fn listed_non_root_uid_passes_and_root_is_refused(io: IoMode) {
     assert_eq!(h.rec.seen().opened(), 1);
 }
 
-const NOBODY: u32 = 65534;
-
-fn open_dir_to_everyone(dir: &Path) {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// Forks a child that drops to `uid`, connects to `path`, sends `payload`, ends its
-/// writing side and reads until the reader closes. Returns the child's exit
-/// status (0 = all steps done). The child makes raw syscalls only (the parent is
-/// multi-threaded).
-fn connect_as_uid(uid: u32, path: &Path, payload: &[u8]) -> i32 {
-    assert_eq!(
-        // SAFETY: geteuid takes no arguments and cannot fail.
-        unsafe { libc::geteuid() },
-        0,
-        "the uid tests need root, to switch to uid {uid}"
-    );
-    // SAFETY: sockaddr_un is plain old data; zeroes are valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    assert!(bytes.len() < addr.sun_path.len());
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: the child below calls only async-signal-safe syscalls and `_exit`,
-    // touching memory prepared before the fork.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        // SAFETY: raw syscalls on locals of this (single-threaded) child.
+/// Connects as `uid`, sends `payload`, ends its writing side and reads until the
+/// reader closes: the child's exit status (0 = all steps done).
+fn send_as_uid(uid: u32, path: &Path, payload: &[u8]) -> i32 {
+    connect_as_uid(uid, path, |fd| {
+        // SAFETY: raw syscalls on the child's connected `fd` and on `payload`,
+        // prepared before the fork.
         unsafe {
-            if libc::syscall(libc::SYS_setgid, uid) != 0 {
-                libc::_exit(10);
-            }
-            if libc::syscall(libc::SYS_setuid, uid) != 0 {
-                libc::_exit(11);
-            }
-            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-            if fd < 0 {
-                libc::_exit(12);
-            }
-            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-            if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
-                libc::_exit(13);
-            }
             // A refused connection may already be closed: ignore send errors.
             libc::send(
                 fd,
@@ -159,13 +119,7 @@ fn connect_as_uid(uid: u32, path: &Path, payload: &[u8]) -> i32 {
             libc::shutdown(fd, libc::SHUT_WR);
             let mut buf = [0u8; 64];
             while libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
-            libc::_exit(0);
         }
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child just forked; `status` is a live local.
-    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert_eq!(waited, pid);
-    assert!(libc::WIFEXITED(status), "the child did not exit normally");
-    libc::WEXITSTATUS(status)
+        0
+    })
 }

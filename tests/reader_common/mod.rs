@@ -2,6 +2,9 @@
 //! connection, and a harness that binds a socket in a temp dir and runs a reader.
 #![allow(dead_code)] // each test binary uses a different part
 
+#[path = "../support/as_uid.rs"]
+pub mod as_uid;
+
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::ControlFlow;

@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,9 +94,7 @@ impl Proxy {
 
     /// Lets other users connect (socket dir searchable, socket mode from the config).
     pub fn open_dir_to_everyone(&self) {
-        let dir = self.socket_path().parent().expect("socket dir").to_owned();
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod socket dir");
+        super::as_uid::open_dir_to_everyone(self.socket_path().parent().expect("socket dir"));
     }
 
     pub fn socket_path(&self) -> PathBuf {

@@ -4,6 +4,7 @@
 //! Each test binary uses a subset of these, so unused items are allowed here.
 #![allow(dead_code)]
 
+pub mod as_uid;
 pub mod coderd;
 pub mod faults;
 pub mod proxy;
