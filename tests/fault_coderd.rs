@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use boundary_log_proxy::config::{Config, IoMode};
 use boundary_log_proxy::metrics::{Accounting, BatchDropReason, ForwardResult};
 use support::coderd::{Behaviour, FakeCoderd};
-use support::faults::{assert_invariant, delivered, frames, soak, write_frames, Proxy, PATIENCE};
+use support::faults::{delivered, frames, soak, write_frames, Proxy, PATIENCE};
+use support::proxy::assert_accounting_totals;
 use tonic::Code;
 
 /// Writes `frames` on a fresh connection from a blocking thread; returns how many
@@ -49,7 +50,7 @@ async fn coderd_down_for_three_seconds_then_back_loses_nothing_the_ring_holds() 
         0,
         "nothing settled while down: {during:?}"
     );
-    assert_invariant(&during, 2000);
+    assert_accounting_totals(during, 2000);
     assert!(requests(&proxy, ForwardResult::RetryableError) > 0);
     assert_eq!(requests(&proxy, ForwardResult::PermanentError), 0);
 
@@ -75,7 +76,7 @@ async fn coderd_down_for_three_seconds_then_back_loses_nothing_the_ring_holds() 
             ..Accounting::default()
         }
     );
-    assert_invariant(&totals, 0);
+    assert_accounting_totals(totals, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +123,7 @@ async fn coderd_down_with_a_small_ring_counts_only_the_overflow_as_buffer_full()
         "held {held} logs: a full ring's worth plus what is in flight"
     );
     assert!(in_ring <= held && held - in_ring <= (IN_FLIGHT * LOGS) as u64);
-    assert_invariant(&during, held);
+    assert_accounting_totals(during, held);
 
     coderd.restart().await;
     assert!(
@@ -156,7 +157,7 @@ async fn coderd_down_with_a_small_ring_counts_only_the_overflow_as_buffer_full()
     let totals = proxy.close().await;
     assert_eq!(totals.dropped_forward_failed, 0);
     assert_eq!(totals.dropped_shutdown, 0);
-    assert_invariant(&totals, 0);
+    assert_accounting_totals(totals, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +219,7 @@ async fn coderd_flapping_every_second_delivers_every_log() {
             ..Accounting::default()
         }
     );
-    assert_invariant(&totals, 0);
+    assert_accounting_totals(totals, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +261,7 @@ async fn coderd_slow_overflows_the_ring_and_only_buffer_full_moves() {
 
     let totals = proxy.close().await;
     assert_eq!(totals, settled, "nothing left for shutdown");
-    assert_invariant(&totals, 0);
+    assert_accounting_totals(totals, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,5 +318,5 @@ async fn coderd_refusing_with_permission_denied_drops_at_once_without_retries() 
             ..Accounting::default()
         }
     );
-    assert_invariant(&totals, 0);
+    assert_accounting_totals(totals, 0);
 }

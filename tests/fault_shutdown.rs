@@ -7,22 +7,22 @@
 
 mod support;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boundary_log_proxy::config::IoMode;
 use boundary_log_proxy::metrics::{Accounting, FrameRejectReason};
-use serde_json::Value;
 use support::coderd::FakeCoderd;
-use support::faults::{assert_invariant, delivered, frames, sample, Proxy, PATIENCE};
+use support::faults::{delivered, frames, Proxy, PATIENCE};
+use support::proxy::{
+    assert_accounting_totals, free_addr, http_get, stopped_totals, Process, Scrape,
+};
 
-const BIN: &str = env!("CARGO_BIN_EXE_boundary-log-proxy");
 const WRITERS: usize = 6;
 const LOGS_PER_FRAME: usize = 2;
 
@@ -57,7 +57,7 @@ impl Load {
 
     /// Until `received()` reaches `logs` and every writer has written: a writer
     /// still preparing its frames when the stop comes would write nothing.
-    async fn wait_for(&self, logs: f64, received: impl Fn() -> f64) {
+    async fn wait_for(&self, logs: u64, received: impl Fn() -> u64) {
         let until = Instant::now() + PATIENCE;
         while received() < logs || self.writing.load(Ordering::Relaxed) < WRITERS {
             assert!(Instant::now() < until, "load did not reach the proxy");
@@ -107,8 +107,7 @@ async fn stopping_under_load_receives_every_frame_a_client_wrote(io: IoMode) {
     let (dir, config) = Proxy::config(io);
     let proxy = Proxy::start_grpc(dir, config, &coderd.addr()).await;
     let load = Load::start(&proxy.socket_path());
-    load.wait_for(20_000.0, || proxy.accounting().received as f64)
-        .await;
+    load.wait_for(20_000, || proxy.accounting().received).await;
 
     let server = proxy.server.clone();
     tokio::task::spawn_blocking(move || server.stop_intake(Instant::now() + PATIENCE))
@@ -138,126 +137,69 @@ async fn stopping_under_load_receives_every_frame_a_client_wrote(io: IoMode) {
     );
     assert_eq!(totals.dropped_forward_failed, 0);
     assert_eq!(coderd.logs_received() as u64, totals.forwarded);
-    assert_invariant(&totals, 0);
+    assert_accounting_totals(totals, 0);
 }
 
-/// The binary, serving with the given extra flags and JSON logs on a piped stderr.
+/// The binary, serving with the given extra flags and JSON logs on stderr.
 struct Binary {
-    child: Child,
-    socket: std::path::PathBuf,
-    metrics: std::net::SocketAddr,
-    stderr: std::thread::JoinHandle<Vec<String>>,
+    process: Process,
+    socket: PathBuf,
+    metrics: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl Binary {
-    fn serve(coderd: &str, extra: &[&str]) -> Self {
+    async fn serve(coderd: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("proxy.sock");
-        let metrics = free_port();
-        let mut command = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
-                command.env_remove(key);
-            }
-        }
-        let mut child = command
-            .args(["serve", "--socket"])
-            .arg(&socket)
-            .args(["--coderd", coderd, "--metrics-addr", &metrics.to_string()])
-            .args(["--log-format", "json", "--log-level", "info"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the binary");
-        let stderr = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-                .collect()
-        });
-        let until = Instant::now() + PATIENCE;
-        while !(socket.exists() && scrape(metrics).is_some()) {
-            assert!(Instant::now() < until, "the binary did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let metrics = free_addr();
+        let (socket_arg, metrics_arg) = (socket.to_str().unwrap(), metrics.to_string());
+        let mut args = vec![
+            "serve",
+            "--socket",
+            socket_arg,
+            "--coderd",
+            coderd,
+            "--metrics-addr",
+            &metrics_arg,
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ];
+        args.extend_from_slice(extra);
+        let mut process = Process::spawn(&args);
+        process.wait_for_socket(&socket, "listening").await;
+        process.scrape(metrics).await;
         Self {
-            child,
+            process,
             socket,
             metrics,
-            stderr,
             _dir: dir,
         }
     }
 
-    fn received(&self) -> f64 {
-        scrape(self.metrics)
-            .and_then(|text| sample(&text, "agent_boundary_log_proxy_logs_received_total"))
-            .unwrap_or(0.0)
+    /// `logs_received_total` now (0 while `/metrics` does not answer).
+    fn received(&self) -> u64 {
+        match http_get(self.metrics, "/metrics") {
+            Ok((200, body)) => Scrape::parse(&body).get("logs_received_total", None),
+            _ => 0,
+        }
     }
 
-    fn sigterm(&self) {
-        // SAFETY: plain syscall; the child is ours and not yet reaped.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0);
-    }
-
-    /// Waits for the exit; returns the status code, the time it took and the
-    /// counts of the final "stopped" line.
-    fn wait(mut self, limit: Duration) -> (Option<i32>, Duration, Accounting, Vec<String>) {
+    /// SIGTERM, then waits up to `limit` for the exit: the status code, the time
+    /// it took, the counts of the final "stopped" line and every stderr line.
+    async fn terminate_within(
+        self,
+        limit: Duration,
+    ) -> (Option<i32>, Duration, Accounting, Vec<String>) {
         let started = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if started.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!("the binary did not exit within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        self.process.sigterm();
+        let exited = self.process.wait_within(limit).await;
         let took = started.elapsed();
-        let lines = self.stderr.join().unwrap();
-        let stopped = lines
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["fields"]["message"] == "stopped")
-            .unwrap_or_else(|| panic!("no stopped line in {lines:#?}"));
-        let count = |name: &str| {
-            stopped["fields"][name]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{name} missing: {stopped}"))
-        };
-        let totals = Accounting {
-            received: count("received"),
-            forwarded: count("forwarded"),
-            dropped_buffer_full: count("dropped_buffer_full"),
-            dropped_forward_failed: count("dropped_forward_failed"),
-            dropped_shutdown: count("dropped_shutdown"),
-        };
-        (status.code(), took, totals, lines)
+        let totals = stopped_totals(&exited.stderr);
+        (exited.status.code(), took, totals, exited.stderr)
     }
-}
-
-fn free_port() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// GET /metrics, or `None` while nothing listens.
-fn scrape(addr: std::net::SocketAddr) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }
 
 /// Loads `binary` until it has received `logs` logs from every writer, sends
@@ -265,25 +207,21 @@ fn scrape(addr: std::net::SocketAddr) -> Option<String> {
 /// the writers wrote whole.
 async fn sigterm_under_load(
     binary: Binary,
-    logs: f64,
+    logs: u64,
 ) -> (Option<i32>, Duration, Accounting, Vec<String>, usize) {
     let load = Load::start(&binary.socket);
     load.wait_for(logs, || binary.received()).await;
-    binary.sigterm();
-    let (code, took, totals, lines) =
-        tokio::task::spawn_blocking(move || binary.wait(Duration::from_secs(15)))
-            .await
-            .unwrap();
+    let (code, took, totals, lines) = binary.terminate_within(Duration::from_secs(15)).await;
     (code, took, totals, lines, load.finish())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_with_coderd_up_delivers_everything_buffered_and_exits_0() {
     let coderd = FakeCoderd::start().await;
-    let binary = Binary::serve(&coderd.addr(), &["--shutdown-timeout", "10s"]);
-    let (code, _, totals, lines, written) = sigterm_under_load(binary, 20_000.0).await;
+    let binary = Binary::serve(&coderd.addr(), &["--shutdown-timeout", "10s"]).await;
+    let (code, _, totals, lines, written) = sigterm_under_load(binary, 20_000).await;
     assert_eq!(code, Some(0), "{lines:#?}");
-    assert_invariant(&totals, 0);
+    assert_accounting_totals(totals, 0);
     assert_eq!(totals.dropped_shutdown, 0, "{totals:?}");
     assert_eq!(totals.dropped_forward_failed, 0, "{totals:?}");
     assert_eq!(
@@ -312,11 +250,12 @@ async fn sigterm_with_coderd_down_counts_leftovers_as_shutdown_within_the_deadli
             "--ring-capacity",
             "1024",
         ],
-    );
-    let (code, took, totals, lines, written) = sigterm_under_load(binary, 5_000.0).await;
+    )
+    .await;
+    let (code, took, totals, lines, written) = sigterm_under_load(binary, 5_000).await;
     assert_eq!(code, Some(0), "{lines:#?}");
     assert!(took <= TIMEOUT + SLACK, "exit took {took:?}");
-    assert_invariant(&totals, 0);
+    assert_accounting_totals(totals, 0);
     assert_eq!(totals.forwarded, 0);
     assert_eq!(
         totals.dropped_forward_failed, 0,

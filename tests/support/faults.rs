@@ -1,5 +1,5 @@
 //! Helpers for the fault-injection tests: an in-process proxy (`Server` + forwarder
-//! task) on a socket in a temp dir, frame builders, the accounting invariant, and
+//! task) on a socket in a temp dir, frame builders, and
 //! socket tricks (abortive close, fd counting).
 //!
 //! ```ignore
@@ -9,7 +9,7 @@
 //! client.write_all(&frames("s", 0, 10, 3).concat()).unwrap();
 //! assert!(proxy.wait_settled(PATIENCE).await);
 //! let totals = proxy.close().await;          // Server::close, forwarder joined
-//! assert_invariant(&totals, 0);
+//! assert_accounting_totals(totals, 0);      // support::proxy
 //! ```
 
 use std::collections::BTreeMap;
@@ -167,21 +167,6 @@ impl Proxy {
         );
         self.accounting()
     }
-}
-
-/// CONTRACT §4: `received = forwarded + dropped{buffer_full} + dropped{forward_failed}
-/// + dropped{shutdown} + buffered`, exactly.
-#[track_caller]
-pub fn assert_invariant(a: &Accounting, buffered: u64) {
-    assert_eq!(
-        a.received,
-        a.forwarded
-            + a.dropped_buffer_full
-            + a.dropped_forward_failed
-            + a.dropped_shutdown
-            + buffered,
-        "accounting invariant broken with {buffered} buffered: {a:?}"
-    );
 }
 
 /// A test's size knob: `BLP_SOAK_<NAME>` from the environment (set by

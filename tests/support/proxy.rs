@@ -125,11 +125,13 @@ pub fn logs_by_session<'a>(
 
 /// Checks the accounting invariant exactly:
 /// `received == forwarded + dropped{buffer_full, forward_failed, shutdown} + still_buffered`.
+#[track_caller]
 pub fn assert_accounting(metrics: &Metrics, still_buffered: u64) {
     assert_accounting_totals(metrics.accounting(), still_buffered);
 }
 
 /// [`assert_accounting`] on totals read elsewhere (a scrape, the binary's last log line).
+#[track_caller]
 pub fn assert_accounting_totals(a: Accounting, still_buffered: u64) {
     assert_eq!(
         a.received,
@@ -579,15 +581,20 @@ impl Process {
     }
 
     /// Waits for the child to exit (panics after [`PATIENCE`]) and returns its output.
-    pub async fn wait(mut self) -> Exited {
-        let deadline = Instant::now() + PATIENCE;
+    pub async fn wait(self) -> Exited {
+        self.wait_within(PATIENCE).await
+    }
+
+    /// Waits for the child to exit (panics after `limit`) and returns its output.
+    pub async fn wait_within(mut self, limit: Duration) -> Exited {
+        let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 break status;
             }
             assert!(
                 Instant::now() < deadline,
-                "the binary did not exit; stderr:\n{}",
+                "the binary did not exit within {limit:?}; stderr:\n{}",
                 self.stderr.get().join("\n")
             );
             tokio::time::sleep(POLL).await;
