@@ -19,10 +19,9 @@ use boundary_log_proxy::metrics::{ConnectionRejectReason, FrameRejectReason};
 use support::as_uid::{connect_as_uid, NOBODY};
 use support::coderd::FakeCoderd;
 use support::faults::{
-    close_abortively, closed_by_proxy, delivered, eventually, frames, open_fds, soak, write_frames,
-    Proxy, PATIENCE,
+    close_abortively, delivered, eventually, frames, open_fds, soak, write_frames, Proxy, PATIENCE,
 };
-use support::proxy::assert_accounting_totals;
+use support::proxy::{assert_accounting_totals, closed_by_proxy};
 use tokio::sync::{Mutex, MutexGuard};
 
 /// Each test has its own runtime; tokio's mutex works across them.

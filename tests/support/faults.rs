@@ -13,7 +13,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -249,22 +249,6 @@ pub fn close_abortively(stream: UnixStream) {
     };
     assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
     drop(stream);
-}
-
-/// Whether the proxy closed `stream` within `timeout` (end of stream or reset).
-pub fn closed_by_proxy(stream: &mut UnixStream, timeout: Duration) -> bool {
-    stream
-        .set_read_timeout(Some(timeout))
-        .expect("set read timeout");
-    let mut byte = [0u8; 1];
-    match stream.read(&mut byte) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    }
 }
 
 /// Open file descriptors of this process.

@@ -146,6 +146,29 @@ pub fn grpc_reporter(url: &str) -> GrpcReporter {
         .expect("gRPC reporter")
 }
 
+/// Whether the proxy closed `stream` within `timeout` (end of stream or reset).
+/// The proxy never writes to boundary: bytes read are a failure too.
+pub fn closed_by_proxy(stream: &mut UnixStream, timeout: Duration) -> bool {
+    stream
+        .set_read_timeout(Some(timeout))
+        .expect("set read timeout");
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => true,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        Err(e) => panic!("reading from the proxy: {e}"),
+    }
+}
+
 /// A connection to the proxy's socket, written to as boundary does.
 pub struct Client {
     stream: UnixStream,
@@ -179,26 +202,7 @@ impl Client {
 
     /// Whether the proxy closed the connection within `timeout` (EOF or reset).
     pub fn closed_by_proxy(&mut self, timeout: Duration) -> bool {
-        self.stream
-            .set_read_timeout(Some(timeout))
-            .expect("set read timeout");
-        let mut buf = [0u8; 64];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return false
-                }
-                Err(e) => panic!("reading from the proxy: {e}"),
-            }
-        }
+        closed_by_proxy(&mut self.stream, timeout)
     }
 }
 
