@@ -43,7 +43,7 @@ done
 
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
   if cargo fuzz --version >/dev/null 2>&1; then
-    vectors=$(readlink -f ../shared/vectors)
+    vectors=$(readlink -f tests/vectors)
     for target in frame_stream message; do
       step "fuzz $target for ${FUZZ_SECONDS}s"
       mkdir -p "fuzz/corpus/$target"

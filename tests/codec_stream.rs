@@ -12,7 +12,7 @@ use boundary_log_proxy::workload::{self, Workload};
 use bytes::Bytes;
 use prost::Message as _;
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors");
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors");
 
 fn stream_mixed() -> Vec<u8> {
     let path = format!("{VECTORS}/stream_mixed.bin");

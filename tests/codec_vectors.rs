@@ -13,7 +13,7 @@ use boundary_log_proxy::proto::agent::{BoundaryLog, ReportBoundaryLogsRequest};
 use boundary_log_proxy::proto::envelope::BoundaryStatus;
 use serde_json::Value;
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors");
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors");
 
 struct Vector {
     file: String,

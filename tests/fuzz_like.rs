@@ -11,7 +11,7 @@ use boundary_log_proxy::codec::{encode_frame, Tag, MAX_PAYLOAD_LEN};
 use boundary_log_proxy::workload;
 use proptest::prelude::*;
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors");
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors");
 
 /// Every `.bin` test vector (whole frames or streams of them).
 fn vectors() -> Vec<Vec<u8>> {

@@ -199,7 +199,7 @@ async fn a_mixed_stream_forwards_its_three_requests_in_order(io: IoMode) {
 fn expected_stream_mixed() -> Vec<(String, String, i32)> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/vectors/manifest.json"
+        "/tests/vectors/manifest.json"
     );
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let manifest: serde_json::Value = serde_json::from_str(&text).expect("manifest is JSON");

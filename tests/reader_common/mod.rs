@@ -320,7 +320,7 @@ pub fn expected_backend(io: IoMode) -> Backend {
 
 /// The shared test vectors; missing vectors fail the test.
 pub fn vector(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors")).join(name);
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors")).join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("test vector {}: {e}", path.display()))
 }
 

@@ -77,7 +77,7 @@ macro_rules! on_both_backends {
 
 /// The shared test vectors; a missing vector fails the test.
 pub fn vector(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors")).join(name);
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors")).join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("test vector {}: {e}", path.display()))
 }
 
