@@ -239,6 +239,9 @@ impl Spool {
         let mut end: Option<Position> = saved.map(|s| s.appended);
         // Segments with no record to replay: deleted once the state is saved.
         let mut useless = Vec::new();
+        // A gap between live records: they are rewritten with contiguous numbers,
+        // so that the next start does not count the same loss again.
+        let mut renumber = false;
         for (id, path) in segment::list(&dir)? {
             let mut seg = Segment::open(id, path)?;
             let bytes = seg.read_all()?;
@@ -258,10 +261,14 @@ impl Spool {
                         recovery
                             .corrupt
                             .add(header.frames.into(), header.logs.into());
+                        renumber = true;
                         continue;
                     }
                     let lost = Counts::between(c, header.at);
-                    recovery.corrupt.add(lost.frames, lost.logs);
+                    if lost != Counts::default() || header.at.seq != c.seq {
+                        recovery.corrupt.add(lost.frames, lost.logs);
+                        renumber = true;
+                    }
                 }
                 cursor = Some(header.next());
                 recovery
@@ -293,19 +300,41 @@ impl Spool {
             let lost = Counts::between(c, e);
             recovery.corrupt.add(lost.frames, lost.logs);
         }
-        let next = match (cursor, end) {
-            (Some(c), e) => furthest(e, c),
-            (None, Some(e)) => e,
-            (None, None) => Position::default(),
-        };
-        self.next = next;
+        // Numbers of lost records are reused: their bytes are gone (truncated) or
+        // skipped for good (renumbering below).
+        self.next = cursor.or(end).unwrap_or_default();
         self.held = recovery.intact;
         self.save_state()?;
         for seg in useless {
             seg.remove()?;
         }
         state::sync_dir(&self.config.dir)?;
+        if renumber {
+            self.renumber()?;
+        }
         Ok(recovery)
+    }
+
+    /// Copies every live record into new segments, numbered on from the last
+    /// intact one, deleting each old segment once its records are copied (disk use
+    /// stays within the limit plus one segment). A crash half-way only duplicates.
+    fn renumber(&mut self) -> io::Result<()> {
+        let old_segments = std::mem::take(&mut self.segments);
+        let mut old_entries = std::mem::take(&mut self.entries);
+        self.writable = false;
+        self.held = Counts::default();
+        for seg in old_segments {
+            while let Some(entry) = old_entries.front().filter(|e| e.segment == seg.id).copied() {
+                old_entries.pop_front();
+                let h = entry.header;
+                let bytes = seg.read_at(entry.offset, h.record_len())?;
+                self.write(h.frames, h.logs, &bytes[HEADER_LEN..])?;
+            }
+            self.disk_bytes -= seg.len;
+            seg.remove()?;
+        }
+        self.sync()?;
+        self.save_state()
     }
 
     /// The directory this spool owns.
@@ -346,6 +375,16 @@ impl Spool {
         {
             return Err(AppendError::Full);
         }
+        self.write(frames, logs, payload)?;
+        if self.config.fsync == Fsync::Always {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Writes one record at the end, starting a segment if needed.
+    fn write(&mut self, frames: u32, logs: u32, payload: &[u8]) -> io::Result<()> {
+        let len = (HEADER_LEN + payload.len()) as u64;
         let rotate = match self.segments.back() {
             Some(seg) if self.writable => seg.len >= self.config.segment_bytes,
             _ => true,
@@ -373,9 +412,6 @@ impl Spool {
         self.disk_bytes += len;
         self.held.add(frames.into(), logs.into());
         self.state_dirty = true;
-        if self.config.fsync == Fsync::Always {
-            self.sync()?;
-        }
         Ok(())
     }
 
