@@ -114,7 +114,17 @@ macro_rules! display_as_value_enum {
         }
     )*};
 }
-display_as_value_enum!(IoMode, SinkKind, LogFormat, FrameTag);
+/// When the disk spool makes what it writes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SpoolFsync {
+    /// fsync every record before it counts as spooled.
+    Always,
+    /// fsync what was written at most 100 ms later.
+    #[default]
+    Interval,
+}
+
+display_as_value_enum!(IoMode, SinkKind, LogFormat, FrameTag, SpoolFsync);
 
 /// The session token sent as `coder-session-token`. Never printed: `Debug` and the
 /// effective-config dump show `<redacted>`.
@@ -200,6 +210,12 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `--log-format`, `--log-level`: default `text`, `info`.
     pub log: LogSettings,
+    /// `--spool-dir`: where undeliverable requests are kept on disk. Default none (off).
+    pub spool_dir: Option<PathBuf>,
+    /// `--spool-max-bytes`: most bytes the spool's files take. Default 256 MiB.
+    pub spool_max_bytes: u64,
+    /// `--spool-fsync`: when spooled records are made durable. Default `interval`.
+    pub spool_fsync: SpoolFsync,
 }
 
 impl Default for Config {
@@ -222,6 +238,9 @@ impl Default for Config {
             allow_uids: Vec::new(),
             shutdown_timeout: Duration::from_secs(5),
             log: LogSettings::default(),
+            spool_dir: None,
+            spool_max_bytes: crate::spool::DEFAULT_MAX_BYTES,
+            spool_fsync: SpoolFsync::Interval,
         }
     }
 }
@@ -261,6 +280,7 @@ impl Config {
         check_batch_max_bytes(self.batch_max_bytes)?;
         check_positive("--max-connections", self.max_connections as u64)?;
         check_positive_duration("--call-timeout", self.call_timeout)?;
+        check_positive("--spool-max-bytes", self.spool_max_bytes)?;
         if self.coderd.is_some() && self.sink.is_some() {
             return Err(ConfigError::invalid(
                 "--sink",
@@ -291,6 +311,9 @@ impl Config {
             "allow_uids": self.allow_uids,
             "shutdown_timeout": format_duration(self.shutdown_timeout),
             "log": self.log.to_json(),
+            "spool_dir": self.spool_dir.as_ref().map(|d| d.display().to_string()),
+            "spool_max_bytes": self.spool_max_bytes,
+            "spool_fsync": self.spool_fsync.to_string(),
         })
     }
 }
