@@ -548,7 +548,8 @@ impl Spool {
         self.flush()
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    /// Syncs everything and saves the state now.
+    pub fn flush(&mut self) -> io::Result<()> {
         self.sync()?;
         self.save_state()
     }
