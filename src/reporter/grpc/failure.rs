@@ -58,8 +58,8 @@ pub fn classify(status: &Status) -> Failure {
 pub fn oversize(status: &Status) -> Option<Oversize> {
     let text = status.message();
     if let Some(rest) = after(text, "batch size ") {
-        if let Some(max) = after(rest, " exceeds maximum ") {
-            return Some(Oversize::Logs(leading_number(max)));
+        if let Some(max) = after(rest, " exceeds maximum") {
+            return Some(Oversize::Logs(leading_number(max.trim_start())));
         }
     }
     if !matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange) {
