@@ -42,7 +42,7 @@ pub enum AppError {
 }
 
 /// `boundary-log-proxy serve`: runs the proxy until SIGTERM/SIGINT, then shuts down
-/// as CONTRACT.md section 2 says and returns `Ok` (exit 0).
+/// as docs/command-line.md (`--shutdown-timeout`) says and returns `Ok` (exit 0).
 pub fn serve(config: Config) -> Result<(), AppError> {
     config.validate()?;
     runtime()?.block_on(serve_async(config))

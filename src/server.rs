@@ -1,5 +1,5 @@
 //! The embeddable engine: binds the socket, runs the reader, owns the ring, and lends
-//! the ring's consumer to `run_forwarder` (CONTRACT.md section 5).
+//! the ring's consumer to `run_forwarder` (the embedding API the README shows).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

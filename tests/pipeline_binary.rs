@@ -18,7 +18,7 @@ use tonic::Code;
 
 const VECTOR_SESSION: &str = "7d1f5a7e-3c2b-4f7e-9a51-0c6e2d9b8a41";
 
-/// The stdout sink's line for `v1_single.bin`'s log, as CONTRACT §2 spells it.
+/// The stdout sink's line for `v1_single.bin`'s log, as docs/command-line.md spells it.
 const V1_SINGLE_LINE: &str = r#"{"msg":"boundary_request","decision":"allow","http_method":"POST","http_url":"https://api.github.com/repos/coder/coder/pulls?page=0&per_page=100","matched_rule":"domain=*.github.com","event_time":"2025-11-26T00:00:00.123456789Z","sequence_number":0,"session_id":"7d1f5a7e-3c2b-4f7e-9a51-0c6e2d9b8a41","confined_process_name":"claude-code"}"#;
 /// The line for the fourth log of `v2_logs.bin`: denied, so no `matched_rule`.
 const V2_LOGS_DENIED_LINE: &str = r#"{"msg":"boundary_request","decision":"deny","http_method":"POST","http_url":"https://api.github.com/repos/coder/coder/pulls?page=3&per_page=100","event_time":"2025-11-26T00:00:03.123456789Z","sequence_number":3,"session_id":"7d1f5a7e-3c2b-4f7e-9a51-0c6e2d9b8a41","confined_process_name":"claude-code"}"#;

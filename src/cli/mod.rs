@@ -1,6 +1,6 @@
 //! The command line: clap definitions for `serve` (the default), `sink` and
 //! `loadgen`, every flag also read from `BOUNDARY_LOG_PROXY_<FLAG>`, and clap's
-//! errors turned into the one-line messages CONTRACT §2 promises (see [`render`]).
+//! errors turned into the one-line messages docs/command-line.md promises (see [`render`]).
 
 mod render;
 

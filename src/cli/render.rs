@@ -1,4 +1,4 @@
-//! Turns any clap error into the single line CONTRACT §2 promises:
+//! Turns any clap error into the single line docs/command-line.md promises:
 //! `error: invalid value 'x' for --flag: what it takes`.
 
 use std::ffi::{OsStr, OsString};
@@ -79,7 +79,7 @@ fn config_error_of(error: &clap::Error) -> Option<&ConfigError> {
     std::error::Error::source(error)?.downcast_ref::<ConfigError>()
 }
 
-/// Renders any clap error as the single line CONTRACT §2 promises.
+/// Renders any clap error as the single line docs/command-line.md promises.
 pub(super) fn one_line(error: &clap::Error, args: &[OsString]) -> String {
     let arg = context_str(error, ContextKind::InvalidArg).unwrap_or_default();
     let flag = flag_of(&arg);

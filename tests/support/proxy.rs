@@ -1,7 +1,7 @@
 //! Pipeline test helpers: a library `Server` bound in a temp dir with its forwarder
 //! in a task, the `boundary-log-proxy` binary as a child process, a client that
 //! writes frames like boundary does, `/metrics` scraping and parsing, and the exact
-//! accounting check of CONTRACT §4.
+//! accounting check of docs/metrics.md.
 //!
 //! ```ignore
 //! let proxy = TestProxy::start(IoMode::Auto, |c| c.ring_capacity = 8);
