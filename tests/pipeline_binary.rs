@@ -361,6 +361,69 @@ async fn the_sink_subcommand_receives_what_serve_forwards() {
     assert_eq!(sunk.stdout[4], V2_LOGS_DENIED_LINE);
 }
 
+/// The README's "whole pipeline on one machine" block in its worst order: `loadgen`
+/// runs before `serve` has bound the socket. It says it waits, connects once the
+/// proxy listens, and all 30 logs reach the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_started_before_serve_waits_for_the_socket_and_every_log_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink_socket = dir.path().join("sink.sock");
+    let listen = format!("unix:{}", sink_socket.display());
+    let mut sink = Process::spawn(&[
+        "sink",
+        "--listen",
+        &listen,
+        "--quiet",
+        "--log-format",
+        "json",
+    ]);
+    sink.wait_for_socket(&sink_socket, "sink listening").await;
+    let socket = dir.path().join("boundary.sock");
+    let socket_arg = socket.to_str().expect("UTF-8 temp path").to_owned();
+    let loadgen = Process::spawn(&[
+        "loadgen",
+        "--socket",
+        &socket_arg,
+        "--connections",
+        "2",
+        "--frames",
+        "5",
+        "--logs-per-frame",
+        "3",
+    ]);
+    support::proxy::eventually("loadgen saying it waits for the socket", || {
+        loadgen
+            .stderr
+            .get()
+            .iter()
+            .any(|line| line.contains("waiting up to 10s for"))
+    })
+    .await;
+
+    let metrics = free_addr();
+    let metrics_arg = metrics.to_string();
+    let (proxy, socket) = serve(
+        dir.path(),
+        &["--coderd", &listen, "--metrics-addr", &metrics_arg],
+    )
+    .await;
+    let loaded = loadgen.wait().await;
+    assert!(
+        loaded.status.success(),
+        "loadgen: {:?}\n{}",
+        loaded.status,
+        loaded.stderr.join("\n")
+    );
+    proxy
+        .scrape_until(metrics, "30 logs forwarded", |s| {
+            s.get("logs_forwarded_total", None) == 30
+        })
+        .await;
+    let exited = proxy.terminate().await;
+    assert_eq!(assert_clean_exit(&exited, &socket).forwarded, 30);
+    assert!(sink.terminate().await.status.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_metrics_pass_promtool_and_healthz_answers() {
     let coderd = FakeCoderd::start().await;
