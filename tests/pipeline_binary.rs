@@ -500,7 +500,10 @@ fn promtool_check(scrape: &Scrape) {
         {
             Some(found) => found,
             None => {
-                eprintln!("NOTICE: promtool not found; skipping `promtool check metrics`");
+                support::as_uid::skip(
+                    "promtool check metrics of a live scrape",
+                    "promtool is not installed (apt-get install prometheus)",
+                );
                 return;
             }
         }
