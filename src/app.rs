@@ -166,6 +166,17 @@ pub fn sink(args: SinkArgs) -> Result<(), AppError> {
 /// then prints the summary line (frames/s, logs/s, bytes/s) on stdout.
 pub fn loadgen(args: LoadgenArgs) -> Result<(), AppError> {
     let summary = crate::loadgen::run(&args).map_err(|e| AppError::Task(e.to_string()))?;
-    println!("{summary}");
-    Ok(())
+    print_line(summary)
+}
+
+/// Writes `text` and a newline on stdout. A reader that has gone away (`| head -1`)
+/// is not a failure: the output was not wanted any more.
+pub fn print_line(text: impl std::fmt::Display) -> Result<(), AppError> {
+    use std::io::Write as _;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(AppError::Task(format!("writing to stdout: {error}")))
+        }
+        _ => Ok(()),
+    }
 }

@@ -15,10 +15,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match invocation {
-        Invocation::PrintConfig(config) => {
-            println!("{:#}", config.to_json());
-            Ok(())
-        }
+        Invocation::PrintConfig(config) => app::print_line(format_args!("{:#}", config.to_json())),
         Invocation::Serve(config) => app::serve(config),
         Invocation::Sink(args) => app::sink(args),
         Invocation::Loadgen(args) => app::loadgen(args),

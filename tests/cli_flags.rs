@@ -627,3 +627,25 @@ fn serve_help_lists_every_serve_flag_including_print_config() {
     let loadgen = String::from_utf8_lossy(&proxy(&["loadgen", "--help"], &[]).stdout).into_owned();
     assert!(loadgen.contains("--wait-for-socket"), "{loadgen}");
 }
+
+#[test]
+fn print_config_into_a_closed_pipe_exits_quietly_instead_of_panicking() {
+    // `serve --print-config | head -1`: the reader goes away before the JSON is written.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let mut command = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
+            command.env_remove(key);
+        }
+    }
+    let output = command
+        .args(["serve", "--print-config"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running the binary");
+    let err = stderr(&output);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(output.status.code(), Some(0), "{err}");
+}
