@@ -140,7 +140,7 @@ struct ServeArgs {
     #[arg(long = "allow-uid", value_name = "UID", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_ALLOW_UID",
           value_delimiter = ',', value_parser = config::parse_uid)]
     allow_uid: Vec<u32>,
-    /// On SIGTERM/SIGINT, how long draining may take before what is unsent is counted as dropped.
+    /// On SIGTERM/SIGINT/SIGHUP, how long draining may take before what is unsent is counted as dropped.
     #[arg(long, value_name = "DURATION", env = "BOUNDARY_LOG_PROXY_SHUTDOWN_TIMEOUT", default_value = "5s",
           value_parser = |s: &str| config::parse_duration("--shutdown-timeout", s))]
     shutdown_timeout: Duration,
