@@ -68,6 +68,8 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// `forward_latency_seconds`: duration of each `ReportBoundaryLogs` call.
     pub forward_latency_seconds: Histogram,
+    /// `requests_split_total`: requests cut in two for their size.
+    pub requests_split: IntCounter,
 }
 
 /// The counts in the accounting invariant (docs/metrics.md):
@@ -233,6 +235,10 @@ impl Metrics {
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
                 ),
+            )?,
+            requests_split: r.counter(
+                "requests_split_total",
+                "Requests cut in two at a log boundary because the destination refused them for their size, or they were over the size it was found to take.",
             )?,
         }))
     }

@@ -15,7 +15,7 @@ use tonic::Status;
 
 use self::codec::{Outbound, RawCodec};
 use self::failure::deadline_from_local_timeout;
-pub use self::failure::{classify, Failure};
+pub use self::failure::{classify, oversize, Failure, Oversize};
 use super::{EncodedRequest, Reporter};
 use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
 
@@ -75,8 +75,8 @@ pub struct GrpcReporterConfig {
     pub call_timeout: Duration,
     /// Longest a connection attempt may take.
     pub connect_timeout: Duration,
-    /// Largest encoded request sent; a larger one fails with OUT_OF_RANGE (permanent)
-    /// without being sent.
+    /// Largest encoded request sent; a larger one fails with OUT_OF_RANGE without
+    /// being sent, which [`classify`] reads as `TooLarge` (the forwarder splits it).
     pub max_message_bytes: usize,
     /// HTTP/2 keepalive, only while calls are open (no pings on an idle connection,
     /// which grpc-go servers punish): after this long without a frame from coderd, a
