@@ -312,9 +312,15 @@ async fn bad_urls_and_settings_are_construction_errors() {
             "{url:?}: {err}"
         );
     }
-    let err = GrpcReporter::new(GrpcReporterConfig::new("http://127.0.0.1:1").auth_token("a\nb"))
-        .unwrap_err();
-    assert!(matches!(err, ReporterError::InvalidAuthToken), "{err}");
+    for token in ["a\nb", "t\u{f6}ken", "two words", ""] {
+        let err =
+            GrpcReporter::new(GrpcReporterConfig::new("http://127.0.0.1:1").auth_token(token))
+                .unwrap_err();
+        assert!(
+            matches!(err, ReporterError::InvalidAuthToken),
+            "{token:?}: {err}"
+        );
+    }
     let err = GrpcReporter::new(
         GrpcReporterConfig::new("http://127.0.0.1:1").call_timeout(Duration::ZERO),
     )

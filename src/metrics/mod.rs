@@ -1,4 +1,4 @@
-//! The proxy's Prometheus metrics (names per CONTRACT §4), registered on a caller's
+//! The proxy's Prometheus metrics (names and labels in docs/metrics.md), registered on a caller's
 //! registry with every label value exported at zero from the start, plus readers
 //! for tests and the accounting invariant.
 
@@ -72,7 +72,7 @@ pub struct Metrics {
     pub requests_split: IntCounter,
 }
 
-/// The counts in the accounting invariant (CONTRACT §4):
+/// The counts in the accounting invariant (docs/metrics.md):
 /// `received = forwarded + dropped_buffer_full + dropped_forward_failed + dropped_shutdown + pending`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Accounting {

@@ -53,7 +53,7 @@ pub enum ReporterError {
         reason: String,
     },
     /// The auth token cannot be sent as gRPC metadata.
-    #[error("the auth token is not a valid gRPC metadata value (visible ASCII only)")]
+    #[error("the auth token is not a valid gRPC metadata value (visible ASCII only, no spaces)")]
     InvalidAuthToken,
     /// A zero call timeout would fail every call.
     #[error("the call timeout must be above zero")]
@@ -174,6 +174,10 @@ impl GrpcReporter {
             .auth_token
             .as_deref()
             .map(|t| {
+                // The header parser also takes spaces, tabs and bytes above 0x7f.
+                if crate::config::token_problem(t).is_some() {
+                    return Err(ReporterError::InvalidAuthToken);
+                }
                 t.parse::<AsciiMetadataValue>()
                     .map_err(|_| ReporterError::InvalidAuthToken)
             })
