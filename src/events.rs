@@ -99,7 +99,8 @@ impl From<&CodecError> for FrameRejected {
 
 impl InternalEvent for FrameRejected {
     fn emit(self, metrics: &Metrics) {
-        static LIMITS: [LogLimiter; 5] = [const { LogLimiter::new() }; 5];
+        static LIMITS: [LogLimiter; FrameRejectReason::ALL.len()] =
+            [const { LogLimiter::new() }; FrameRejectReason::ALL.len()];
         metrics
             .frames_rejected
             .with_label_values(&[self.reason.as_str()])
@@ -200,28 +201,28 @@ impl InternalEvent for BufferFull {
     }
 }
 
-/// boundary reported logs it dropped on its side (a TagV2 `BoundaryStatus`).
+/// boundary reported logs it dropped on its side (a TagV2 `BoundaryStatus` whose
+/// counts the intake checked: neither negative nor absurd).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BoundaryStatusReported {
-    /// `dropped_channel_full`; negative values are ignored.
-    pub channel_full: i64,
-    /// `dropped_batch_full`; negative values are ignored.
-    pub batch_full: i64,
+    /// `dropped_channel_full`.
+    pub channel_full: u64,
+    /// `dropped_batch_full`.
+    pub batch_full: u64,
 }
 
 impl InternalEvent for BoundaryStatusReported {
     fn emit(self, metrics: &Metrics) {
         static LIMIT: LogLimiter = LogLimiter::new();
-        let channel_full = u64::try_from(self.channel_full).unwrap_or(0);
-        let batch_full = u64::try_from(self.batch_full).unwrap_or(0);
+        let (channel_full, batch_full) = (self.channel_full, self.batch_full);
         for (reason, n) in [
             (LogDropReason::BoundaryChannelFull, channel_full),
             (LogDropReason::BoundaryBatchFull, batch_full),
         ] {
-            metrics
-                .logs_dropped
-                .with_label_values(&[reason.as_str()])
-                .inc_by(n);
+            inc_saturating(
+                &metrics.logs_dropped.with_label_values(&[reason.as_str()]),
+                n,
+            );
         }
         if channel_full == 0 && batch_full == 0 {
             tracing::debug!("boundary reported no drops");
@@ -234,6 +235,15 @@ impl InternalEvent for BoundaryStatusReported {
             );
         }
     }
+}
+
+/// Adds `n` to `counter`, stopping at `u64::MAX` instead of wrapping to a small
+/// value (which Prometheus would read as a reset). Counts that could get there come
+/// from outside (boundary's reports); the intake's callers are the only writers of
+/// such counters, and a race between two of them can only stop short of the maximum.
+fn inc_saturating(counter: &prometheus::IntCounter, n: u64) {
+    let room = u64::MAX - counter.get();
+    counter.inc_by(n.min(room));
 }
 
 /// A `ReportBoundaryLogs` call succeeded.
@@ -291,6 +301,64 @@ impl InternalEvent for ForwardAttemptFailed<'_> {
         } else {
             tracing::error!(?code, message, suppressed, "forwarding failed permanently");
         }
+    }
+}
+
+/// The destination refused a request for its size: the forwarder splits it and
+/// builds later requests within the limits it now knows.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardRefusedTooLarge<'a> {
+    /// How long the call took.
+    pub latency: Duration,
+    /// What the destination said.
+    pub status: &'a tonic::Status,
+    /// Logs in the refused request.
+    pub logs: u64,
+    /// Its encoded bytes.
+    pub bytes: u64,
+    /// Most logs a request carries from now on.
+    pub max_logs: usize,
+    /// Most bytes a request carries from now on.
+    pub max_bytes: usize,
+}
+
+impl InternalEvent for ForwardRefusedTooLarge<'_> {
+    fn emit(self, metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        count_call(metrics, ForwardResult::PermanentError, self.latency);
+        if let Some(suppressed) = LIMIT.admit() {
+            tracing::warn!(
+                code = ?self.status.code(),
+                message = self.status.message(),
+                logs = self.logs,
+                bytes = self.bytes,
+                max_logs = self.max_logs,
+                max_bytes = self.max_bytes,
+                suppressed,
+                "the destination refused a request as too large; splitting it, and sending at most max_logs logs and max_bytes bytes a request from now on"
+            );
+        }
+    }
+}
+
+/// A request was cut in two at a log boundary (refused for its size, or over the
+/// size the destination was found to take).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSplit {
+    /// Logs in the request cut.
+    pub logs: u64,
+    /// Its encoded bytes.
+    pub bytes: u64,
+}
+
+impl InternalEvent for RequestSplit {
+    fn emit(self, metrics: &Metrics) {
+        metrics.requests_split.inc();
+        tracing::debug!(
+            logs = self.logs,
+            bytes = self.bytes,
+            "split a request in two"
+        );
     }
 }
 
@@ -663,7 +731,7 @@ mod tests {
     }
 
     #[test]
-    fn boundary_status_adds_its_two_counts_and_ignores_negatives() {
+    fn boundary_status_adds_its_two_counts() {
         let m = metrics();
         BoundaryStatusReported {
             channel_full: 4,
@@ -671,13 +739,29 @@ mod tests {
         }
         .emit(&m);
         BoundaryStatusReported {
-            channel_full: -9,
+            channel_full: 0,
             batch_full: 1,
         }
         .emit(&m);
         assert_eq!(m.logs_dropped_for(LogDropReason::BoundaryChannelFull), 4);
         assert_eq!(m.logs_dropped_for(LogDropReason::BoundaryBatchFull), 3);
         assert_eq!(m.accounting().settled(), 0, "boundary's drops are not ours");
+    }
+
+    #[test]
+    fn boundary_status_counts_stop_at_the_maximum_instead_of_wrapping() {
+        let m = metrics();
+        for n in [u64::MAX / 2 + 1, u64::MAX / 2 + 1, 2] {
+            BoundaryStatusReported {
+                channel_full: n,
+                batch_full: 0,
+            }
+            .emit(&m);
+        }
+        assert_eq!(
+            m.logs_dropped_for(LogDropReason::BoundaryChannelFull),
+            u64::MAX
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod batch;
 mod flight;
 mod retry;
+mod split;
 mod spooling;
 
 use std::collections::VecDeque;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use batch::{coalesce, Limits, OrderKey, Outgoing};
 pub use retry::Backoff;
+pub use split::Learned;
 pub use spooling::{Replay, Spooler};
 
 use crate::events::{ForwardDropReason, ForwardDropped, InternalEvent, RingOccupancy};
@@ -84,7 +86,7 @@ impl ForwarderState {
     pub fn drop_remaining_for_shutdown(&mut self, metrics: &Metrics) {
         if let Some(spooler) = self.spooler.as_mut() {
             for out in self.pending.drain(..) {
-                spooler.append(&out.request, metrics);
+                spooler.append(&out, metrics);
             }
             let mut frames = Vec::new();
             while let Some(queued) = self.consumer.pop() {
@@ -93,7 +95,7 @@ impl ForwarderState {
             let mut requests = Vec::new();
             coalesce(&frames, spooler.limits, &mut requests);
             for out in &requests {
-                spooler.append(&out.request, metrics);
+                spooler.append(out, metrics);
             }
             spooler.sync();
             RingOccupancy { len: 0 }.emit(metrics);
@@ -136,9 +138,12 @@ pub async fn run<R: Reporter>(
     let stop = Arc::new(AtomicBool::new(false));
     let waker = state.consumer.handle();
     let pending = std::mem::take(&mut state.pending);
+    // What this destination takes, learned afresh by each run (it may be a new one).
+    let learned = Arc::new(Learned::new(config.limits));
     let drain = Drain {
         consumer: state.consumer,
         config,
+        learned: learned.clone(),
         metrics: metrics.clone(),
         stop: stop.clone(),
     };
@@ -155,7 +160,7 @@ pub async fn run<R: Reporter>(
         ring: &waker,
     });
     let mut pending = flight::deliver_all(
-        pending, &mut rx, &config, &metrics, reporter, &cancel, spool,
+        pending, &mut rx, &config, &learned, &metrics, reporter, &cancel, spool,
     )
     .await;
 
@@ -195,6 +200,9 @@ fn room(limits: Limits, frames: usize, bytes: usize, frame_bytes: usize) -> usiz
 struct Drain {
     consumer: Consumer<QueuedFrame>,
     config: ForwarderConfig,
+    /// The limits requests are built within (the configured ones, or lower once the
+    /// destination refused a request for its size).
+    learned: Arc<Learned>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 }
@@ -238,7 +246,7 @@ impl Drain {
                 || frames.len() >= limits.max_logs;
             let ring_empty = self.consumer.is_empty();
             if !frames.is_empty() && (full || lingered || stopping || (closed && ring_empty)) {
-                coalesce(&frames, limits, &mut requests);
+                coalesce(&frames, self.learned.limits(), &mut requests);
                 frames.clear();
                 (logs, bytes, first_at) = (0, 0, None);
                 for request in requests.drain(..) {

@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::reporter::EncodedRequest;
 use crate::spool::{AppendError, Spool};
 
-use super::batch::Limits;
+use super::batch::{Limits, OrderKey, Outgoing};
 
 /// A request read back from the spool, and the record to acknowledge once the
 /// destination took it.
@@ -19,12 +19,63 @@ use super::batch::Limits;
 pub struct Replay {
     pub seq: u64,
     pub request: EncodedRequest,
+    /// Where the request's frames end, as in [`Outgoing::frame_ends`].
+    pub frame_ends: Vec<u32>,
+}
+
+impl Replay {
+    /// The request as the delivery loop sends it (it may be split like any other).
+    pub fn outgoing(&self) -> Outgoing {
+        Outgoing {
+            request: self.request.clone(),
+            // Replays go one at a time: nothing to order against.
+            order: OrderKey {
+                conns: Vec::new(),
+                session: 0,
+            },
+            frame_ends: self.frame_ends.clone(),
+        }
+    }
+}
+
+/// A record's payload: the request's `frame_ends` (one little-endian u32 per frame,
+/// `frames` of them), then the encoded request.
+fn encode_payload(out: &Outgoing, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.reserve(out.frame_ends.len() * 4 + out.request.bytes.len());
+    for end in &out.frame_ends {
+        buf.extend_from_slice(&end.to_le_bytes());
+    }
+    buf.extend_from_slice(&out.request.bytes);
+}
+
+/// Splits a record's payload back; `None` if it is too short for its frame count.
+fn decode_payload(
+    frames: u32,
+    logs: u32,
+    payload: bytes::Bytes,
+) -> Option<(Vec<u32>, EncodedRequest)> {
+    let prefix = frames as usize * 4;
+    if payload.len() < prefix {
+        return None;
+    }
+    let frame_ends = payload[..prefix]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    let request = EncodedRequest {
+        bytes: payload.slice(prefix..),
+        logs,
+        frames,
+    };
+    Some((frame_ends, request))
 }
 
 /// The spool as the forwarder uses it.
 #[derive(Debug)]
 pub struct Spooler {
     spool: Spool,
+    buf: Vec<u8>,
     /// How frames still in the ring at shutdown are merged before they are written.
     pub(super) limits: Limits,
 }
@@ -32,7 +83,11 @@ pub struct Spooler {
 impl Spooler {
     /// Wraps an open spool; sets the spool gauges.
     pub fn new(spool: Spool, limits: Limits, metrics: &Metrics) -> Self {
-        let spooler = Self { spool, limits };
+        let spooler = Self {
+            spool,
+            buf: Vec::new(),
+            limits,
+        };
         spooler.occupancy(metrics);
         spooler
     }
@@ -44,11 +99,10 @@ impl Spooler {
 
     /// Writes `request`, or counts it as `spool_full` when there is no room (or the
     /// write failed). Returns whether it was written.
-    pub fn append(&mut self, request: &EncodedRequest, metrics: &Metrics) -> bool {
-        let written = match self
-            .spool
-            .append(request.frames, request.logs, &request.bytes)
-        {
+    pub fn append(&mut self, out: &Outgoing, metrics: &Metrics) -> bool {
+        let request = &out.request;
+        encode_payload(out, &mut self.buf);
+        let written = match self.spool.append(request.frames, request.logs, &self.buf) {
             Ok(()) => true,
             Err(AppendError::Full) => false,
             Err(AppendError::Io(error)) => {
@@ -86,14 +140,30 @@ impl Spooler {
             self.occupancy(metrics);
         }
         match read {
-            Ok(record) => record.map(|r| Replay {
-                seq: r.seq,
-                request: EncodedRequest {
-                    bytes: r.payload,
-                    logs: r.logs,
-                    frames: r.frames,
-                },
-            }),
+            Ok(Some(r)) => match decode_payload(r.frames, r.logs, r.payload) {
+                Some((frame_ends, request)) => Some(Replay {
+                    seq: r.seq,
+                    request,
+                    frame_ends,
+                }),
+                None => {
+                    // Intact by its CRC but not what this proxy writes: skip it, counted.
+                    tracing::error!(
+                        seq = r.seq,
+                        "a spooled record too short for its frame count"
+                    );
+                    let _ = self.spool.ack(r.seq);
+                    ForwardDropped {
+                        frames: u64::from(r.frames),
+                        logs: u64::from(r.logs),
+                        reason: ForwardDropReason::SpoolCorrupt,
+                    }
+                    .emit(metrics);
+                    self.occupancy(metrics);
+                    None
+                }
+            },
+            Ok(None) => None,
             Err(error) => {
                 tracing::error!(dir = %self.spool.dir().display(), %error, "reading the disk spool");
                 None
@@ -101,16 +171,14 @@ impl Spooler {
         }
     }
 
-    /// The destination took `replay` (`delivered`) or refused it for good (already
-    /// counted as `forward_failed`): it leaves the spool.
-    pub fn ack(&mut self, replay: &Replay, delivered: bool, metrics: &Metrics) {
+    /// Every part of `replay` was settled: `delivered` of its logs were delivered,
+    /// the rest refused for good (already counted as `forward_failed`). It leaves
+    /// the spool.
+    pub fn ack(&mut self, replay: &Replay, delivered: u64, metrics: &Metrics) {
         match self.spool.ack(replay.seq) {
             Ok(true) => {
-                if delivered {
-                    SpoolReplayed {
-                        logs: u64::from(replay.request.logs),
-                    }
-                    .emit(metrics);
+                if delivered > 0 {
+                    SpoolReplayed { logs: delivered }.emit(metrics);
                 }
             }
             Ok(false) => tracing::error!(

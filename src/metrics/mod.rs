@@ -1,4 +1,4 @@
-//! The proxy's Prometheus metrics (names per CONTRACT §4), registered on a caller's
+//! The proxy's Prometheus metrics (names and labels in docs/metrics.md), registered on a caller's
 //! registry with every label value exported at zero from the start, plus readers
 //! for tests and the accounting invariant.
 
@@ -68,6 +68,8 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// `forward_latency_seconds`: duration of each `ReportBoundaryLogs` call.
     pub forward_latency_seconds: Histogram,
+    /// `requests_split_total`: requests cut in two for their size.
+    pub requests_split: IntCounter,
     /// The disk spool's metrics, on the registry only with `--spool-dir`
     /// ([`Metrics::register_spool`]).
     pub spool: SpoolMetrics,
@@ -312,6 +314,10 @@ impl Metrics {
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
                 ),
+            )?,
+            requests_split: r.counter(
+                "requests_split_total",
+                "Requests cut in two at a log boundary because the destination refused them for their size, or they were over the size it was found to take.",
             )?,
             spool: SpoolMetrics::new()?,
         }))
