@@ -12,7 +12,7 @@
 #     with it on but idle, RUNS times each, alternating.
 #
 # Usage: scripts/spool_perf.sh [DIR]   (default: a temp dir under $TMPDIR)
-#   env: RECORDS (2000), LOGS_PER_RECORD (1000), ALWAYS_RECORDS (500), LOGS (500000),
+#   env: PROFILE (release), RECORDS (2000), LOGS_PER_RECORD (1000), ALWAYS_RECORDS (500), LOGS (500000),
 #        RUNS (3), FRAMES (200000 per connection), CONNECTIONS (8), LOGS_PER_FRAME (10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,15 +26,21 @@ RUNS=${RUNS:-3}
 FRAMES=${FRAMES:-200000}
 CONNS=${CONNECTIONS:-8}
 LPF=${LOGS_PER_FRAME:-10}
-cargo build --release --quiet --bin boundary-log-proxy --example spool_throughput
-BIN=target/release/boundary-log-proxy
+PROFILE=${PROFILE:-release}  # PROFILE=debug only to try the script out
+if [[ $PROFILE == release ]]; then
+  cargo build --release --quiet --bin boundary-log-proxy --example spool_throughput
+else
+  cargo build --quiet --bin boundary-log-proxy --example spool_throughput
+fi
+BIN=target/$PROFILE/boundary-log-proxy
+EX=target/$PROFILE/examples/spool_throughput
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
 
 echo "# filesystem of $DIR"
 df -hT "$DIR" | tail -1
 # A record of LPR logs as the example writes it (48-byte header + request).
-REC=$(target/release/examples/spool_throughput "$DIR/probe" --records 1 --logs-per-record "$LPR" | awk -F, '/^write/ { print $5 }')
+REC=$("$EX" "$DIR/probe" --records 1 --logs-per-record "$LPR" | awk -F, '/^write/ { print $5 }')
 echo "# record size: $REC bytes ($LPR logs)"
 
 echo "# dd: phase,fsync,records,bytes,seconds,MB_per_s"
@@ -50,8 +56,8 @@ dd_run interval "$RECORDS" conv=fdatasync
 dd_run always "$ALWAYS_RECORDS" oflag=dsync
 
 echo "# spool: phase,fsync,records,logs,bytes,seconds,MB_per_s,logs_per_s"
-target/release/examples/spool_throughput "$DIR/spool" --fsync interval --records "$RECORDS" --logs-per-record "$LPR"
-target/release/examples/spool_throughput "$DIR/spool" --fsync always --records "$ALWAYS_RECORDS" --logs-per-record "$LPR"
+"$EX" "$DIR/spool" --fsync interval --records "$RECORDS" --logs-per-record "$LPR"
+"$EX" "$DIR/spool" --fsync always --records "$ALWAYS_RECORDS" --logs-per-record "$LPR"
 
 scrape() { # port metric -> value
   curl -s "http://127.0.0.1:$1/metrics" | awk -v m="agent_boundary_log_proxy_$2" '$1 == m { print $2 }'
