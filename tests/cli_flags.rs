@@ -624,6 +624,11 @@ fn serve_help_lists_every_serve_flag_including_print_config() {
     ] {
         assert!(help.contains(flag), "serve --help lacks {flag}:\n{help}");
     }
+    let top = String::from_utf8_lossy(&proxy(&["--help"], &[]).stdout).into_owned();
+    assert!(
+        top.contains("boundary-log-proxy serve --help"),
+        "the top-level help lists no flags, so it says where they are:\n{top}"
+    );
     let loadgen = String::from_utf8_lossy(&proxy(&["loadgen", "--help"], &[]).stdout).into_owned();
     assert!(loadgen.contains("--wait-for-socket"), "{loadgen}");
 }
