@@ -345,6 +345,20 @@ const BAD_VALUES: &[Bad] = &[
     bad("serve", "--coderd", "unix:", "unix:/path"),
     bad(
         "serve",
+        "--coderd",
+        "http://127.0.0.1:99999",
+        "http://HOST:PORT",
+    ),
+    bad("serve", "--coderd", "http://127.0.0.1:", "http://HOST:PORT"),
+    bad(
+        "serve",
+        "--coderd",
+        "http://user@127.0.0.1:1",
+        "http://HOST:PORT",
+    ),
+    bad("serve", "--coderd", "http://-bad-:1", "http://HOST:PORT"),
+    bad(
+        "serve",
         "--auth-token",
         "s3cret\n",
         "a newline (0x0a) at its end",

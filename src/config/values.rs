@@ -84,7 +84,7 @@ impl FromStr for CoderdEndpoint {
         let uri: http::Uri = s.parse().map_err(|_| invalid())?;
         let path_is_root = matches!(uri.path(), "" | "/") && uri.query().is_none();
         match (uri.scheme_str(), uri.authority()) {
-            (Some("http"), Some(authority)) if !authority.host().is_empty() && path_is_root => {
+            (Some("http"), Some(authority)) if is_host_and_port(authority) && path_is_root => {
                 Ok(Self::Http(uri))
             }
             _ => Err(invalid()),
@@ -129,6 +129,35 @@ impl fmt::Display for ListenAddr {
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
+}
+
+/// `HOST:PORT` and nothing else: no user info, a port from 1 to 65535 (the URI parser
+/// takes `h:`, `h:99999` and `user@h:1`, which would fail only at the first call).
+fn is_host_and_port(authority: &http::uri::Authority) -> bool {
+    let port_ok = authority.port_u16().is_some_and(|port| port != 0);
+    port_ok && !authority.as_str().contains('@') && is_valid_host(authority.host())
+}
+
+/// An IPv4 address, a bracketed IPv6 address, or a DNS name (labels of letters,
+/// digits and inner hyphens, at most 63 bytes each, 253 in all).
+pub fn is_valid_host(host: &str) -> bool {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// `unix:/path`, `unix:relative` or `unix:///path` (the gRPC name forms) without the scheme.
@@ -534,8 +563,24 @@ mod tests {
             "unix:",
             "http://h:1/api",
             "ftp://h:1",
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:0",
+            "http://127.0.0.1:",
+            "http://127.0.0.1",
+            "http://user@127.0.0.1:1",
+            "http://-bad-:1",
+            "http://a..b:1",
+            "http://[::1:1",
+            "http://[zz]:1",
         ] {
             assert!(s.parse::<CoderdEndpoint>().is_err(), "{s} accepted");
+        }
+        for s in [
+            "http://[::1]:3000",
+            "http://coder.internal:3000",
+            "http://localhost:1",
+        ] {
+            assert!(s.parse::<CoderdEndpoint>().is_ok(), "{s} refused");
         }
     }
 
