@@ -14,6 +14,11 @@ pub const GRPC_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// The largest ring the proxy will allocate: 2^24 slots.
 pub const MAX_RING_CAPACITY: usize = 1 << 24;
 
+/// The longest duration any flag takes: far beyond any sensible setting, and far
+/// from where adding it to a clock reading could overflow (a 500000000000y shutdown
+/// timeout made the process panic at SIGTERM).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// The longest Unix socket path the kernel takes (`sun_path` less its NUL).
 pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 
@@ -39,16 +44,16 @@ pub mod takes {
     pub const BATCH_MAX_BYTES: &str =
         "a byte count from 1 to 4194303 (below gRPC's 4 MiB message limit)";
     /// Durations that may be zero.
-    pub const DURATION: &str = "a duration with a unit, such as 0s, 250ms, 5s or 2m";
+    pub const DURATION: &str = "a duration with a unit, such as 0s, 250ms, 5s or 2m, at most 365d";
     /// Durations that may be zero, given a negative value.
     pub const NEGATIVE_DURATION: &str =
-        "a duration of zero or more with a unit, such as 0s, 250ms, 5s or 2m; a negative duration is not allowed";
+        "a duration of zero or more with a unit, such as 0s, 250ms, 5s or 2m, at most 365d; a negative duration is not allowed";
     /// Durations that must be above zero.
     pub const POSITIVE_DURATION: &str =
-        "a duration above zero with a unit, such as 250ms, 5s or 2m";
+        "a duration above zero with a unit, such as 250ms, 5s or 2m, at most 365d";
     /// Durations that must be above zero, given a negative value.
     pub const NEGATIVE_POSITIVE_DURATION: &str =
-        "a duration above zero with a unit, such as 250ms, 5s or 2m; a negative duration is not allowed";
+        "a duration above zero with a unit, such as 250ms, 5s or 2m, at most 365d; a negative duration is not allowed";
     /// `--auth-token` and other tokens sent as a request header.
     pub const TOKEN: &str =
         "a token of visible ASCII characters (no spaces, control characters such as a trailing newline, or non-ASCII text)";
@@ -293,6 +298,19 @@ pub(super) fn check_positive(setting: &'static str, n: u64) -> Result<u64, Confi
     }
 }
 
+/// Any duration setting: at most [`MAX_DURATION`].
+pub(super) fn check_duration(setting: &'static str, d: Duration) -> Result<Duration, ConfigError> {
+    if d <= MAX_DURATION {
+        Ok(d)
+    } else {
+        Err(ConfigError::invalid(
+            setting,
+            format_duration(d),
+            takes::DURATION,
+        ))
+    }
+}
+
 pub(super) fn check_positive_duration(
     setting: &'static str,
     d: Duration,
@@ -379,7 +397,9 @@ pub fn parse_duration(setting: &'static str, s: &str) -> Result<Duration, Config
         return Err(ConfigError::invalid(setting, s, takes::NEGATIVE_DURATION));
     }
     humantime::parse_duration(s.trim())
-        .map_err(|_| ConfigError::invalid(setting, s, takes::DURATION))
+        .ok()
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| ConfigError::invalid(setting, s, takes::DURATION))
 }
 
 /// A duration with a unit, above zero.
@@ -393,7 +413,7 @@ pub fn parse_positive_duration(setting: &'static str, s: &str) -> Result<Duratio
     }
     humantime::parse_duration(s.trim())
         .ok()
-        .filter(|d| !d.is_zero())
+        .filter(|d| !d.is_zero() && *d <= MAX_DURATION)
         .ok_or_else(|| ConfigError::invalid(setting, s, takes::POSITIVE_DURATION))
 }
 
@@ -538,6 +558,9 @@ mod tests {
         assert!(parse_duration("--x", "5").is_err());
         assert!(parse_duration("--x", "soon").is_err());
         assert!(parse_positive_duration("--x", "0s").is_err());
+        assert_eq!(parse_duration("--x", "365d"), Ok(MAX_DURATION));
+        assert!(parse_duration("--x", "366d").is_err());
+        assert!(parse_positive_duration("--x", "500000000000y").is_err());
         assert_eq!(
             parse_positive_duration("--x", "10s"),
             Ok(Duration::from_secs(10))
