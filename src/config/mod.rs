@@ -19,7 +19,9 @@ pub use values::{
     MAX_RING_CAPACITY, MAX_SOCKET_PATH_BYTES,
 };
 use values::{check_duration, check_positive, check_positive_duration};
-pub use values::{check_token, parse_readable_file, parse_token, token_problem};
+pub use values::{
+    check_token, parse_readable_file, parse_token, parse_writable_dir, token_problem,
+};
 
 /// One thing wrong with a setting. `Display` says what the value must be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -59,6 +59,9 @@ pub mod takes {
         "a token of visible ASCII characters (no spaces, control characters such as a trailing newline, or non-ASCII text)";
     /// Files the proxy reads at start-up.
     pub const READABLE_FILE: &str = "the path of a file this user can read";
+    /// Directories the proxy writes in (created when missing).
+    pub const WRITABLE_DIR: &str =
+        "the path of a directory this user can write in, or of one it can create";
     /// `--allow-uid`.
     pub const UID: &str =
         "a numeric user id such as 1000 (repeat the flag, or separate with commas)";
@@ -226,6 +229,57 @@ impl fmt::Display for LogFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// A directory the proxy will write in (and create, with its parents, when missing):
+/// empty, a path whose existing part is not a directory, or a directory this user
+/// cannot write in is a flag error naming the flag.
+pub fn parse_writable_dir(setting: &'static str, s: &str) -> Result<PathBuf, ConfigError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let unusable = |problem: String| ConfigError::Unusable {
+        setting,
+        value: s.to_owned(),
+        takes: takes::WRITABLE_DIR,
+        problem,
+    };
+    if s.is_empty() {
+        return Err(ConfigError::invalid(setting, s, takes::WRITABLE_DIR));
+    }
+    let path = PathBuf::from(s);
+    // The nearest part of the path that exists must be a directory we may write in.
+    let mut existing = path.as_path();
+    let meta = loop {
+        match std::fs::metadata(existing) {
+            Ok(meta) => break meta,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                existing = match existing.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => parent,
+                    _ => std::path::Path::new("."),
+                };
+            }
+            Err(e) => return Err(unusable(format!("{}: {e}", existing.display()))),
+        }
+    };
+    if !meta.is_dir() {
+        return Err(unusable(format!(
+            "{} is not a directory",
+            existing.display()
+        )));
+    }
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_bytes())
+        .map_err(|_| ConfigError::invalid(setting, s, takes::WRITABLE_DIR))?;
+    // SAFETY: access(2) reads the NUL-terminated path and nothing else.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(unusable(format!(
+            "cannot write in {}: {e}",
+            existing.display()
+        )));
+    }
+    Ok(path)
 }
 
 // ---- checks shared by the CLI parsers and `Config::validate` ----
@@ -624,6 +678,47 @@ mod tests {
             ":9100",
         ] {
             assert!(parse_metrics_addr(s).is_err(), "{s} accepted");
+        }
+    }
+
+    #[test]
+    fn writable_dirs_and_readable_files_are_checked_where_they_are_named() {
+        let dir = std::env::temp_dir().join(format!("blp-values-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "t").unwrap();
+        let (dir_s, file_s) = (dir.to_str().unwrap(), file.to_str().unwrap());
+
+        assert!(parse_writable_dir("--d", dir_s).is_ok());
+        let missing = format!("{dir_s}/not/yet/there");
+        assert!(parse_writable_dir("--d", &missing).is_ok(), "created later");
+        assert!(parse_writable_dir("--d", "").is_err());
+        let err = parse_writable_dir("--d", &format!("{file_s}/sub")).unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+
+        assert_eq!(parse_readable_file("--f", file_s), Ok(file.clone()));
+        let err = parse_readable_file("--f", &format!("{dir_s}/absent")).unwrap_err();
+        assert!(err.to_string().contains("cannot open it"), "{err}");
+        let err = parse_readable_file("--f", dir_s).unwrap_err();
+        assert!(err.to_string().contains("directory"), "{err}");
+        assert!(parse_readable_file("--f", "").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tokens_are_visible_ascii_and_the_problem_never_quotes_them() {
+        assert_eq!(token_problem("s3cret-Tok.en_~!"), None);
+        for (token, says) in [
+            ("", "empty"),
+            ("s3cret\n", "a newline (0x0a) at its end"),
+            ("s3 cret", "a space at byte 3 of 7"),
+            ("s3cr\u{e9}t", "a non-ASCII character"),
+            ("s3\x7fx", "a control character (0x7f)"),
+            ("s3\tx", "a tab"),
+        ] {
+            let problem = token_problem(token).unwrap_or_default();
+            assert!(problem.contains(says), "{token:?}: {problem}");
+            assert!(!problem.contains("s3"), "{problem}");
         }
     }
 
