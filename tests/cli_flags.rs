@@ -415,6 +415,7 @@ const BAD_VALUES: &[Bad] = &[
     bad("serve", "--max-connections", "0", ">= 1"),
     bad("serve", "--max-connections", "-1", ">= 1"),
     bad("serve", "--allow-uid", "root", "numeric user id"),
+    bad("serve", "--allow-uid", "1000,root", "numeric user id"),
     bad("serve", "--allow-uid", "-1", "numeric user id"),
     bad("serve", "--allow-uid", "4294967296", "numeric user id"),
     bad(
