@@ -32,7 +32,8 @@ const BIN: &str = "boundary-log-proxy";
     about,
     propagate_version = true,
     override_usage = "boundary-log-proxy [serve] [OPTIONS]\n       boundary-log-proxy <COMMAND> [OPTIONS]",
-    after_help = "Every flag also reads BOUNDARY_LOG_PROXY_<FLAG> (e.g. BOUNDARY_LOG_PROXY_RING_CAPACITY); the flag wins."
+    after_help = "Each command's flags: boundary-log-proxy <COMMAND> --help (the proxy's: boundary-log-proxy serve --help).\n\
+                  Every flag also reads BOUNDARY_LOG_PROXY_<FLAG> (e.g. BOUNDARY_LOG_PROXY_RING_CAPACITY); the flag wins."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -18,8 +18,10 @@ pub use values::{
     parse_uid, takes, CoderdEndpoint, ListenAddr, LogFilter, GRPC_MAX_MESSAGE_BYTES,
     MAX_RING_CAPACITY, MAX_SOCKET_PATH_BYTES,
 };
-use values::{check_positive, check_positive_duration};
-pub use values::{check_token, parse_readable_file, parse_token, token_problem};
+use values::{check_duration, check_positive, check_positive_duration};
+pub use values::{
+    check_token, parse_readable_file, parse_token, parse_writable_dir, token_problem,
+};
 
 /// One thing wrong with a setting. `Display` says what the value must be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -317,6 +319,10 @@ impl Config {
         check_batch_max_bytes(self.batch_max_bytes)?;
         check_positive("--max-connections", self.max_connections as u64)?;
         check_positive_duration("--call-timeout", self.call_timeout)?;
+        check_duration("--call-timeout", self.call_timeout)?;
+        check_duration("--batch-linger", self.batch_linger)?;
+        check_duration("--retry-max-elapsed", self.retry_max_elapsed)?;
+        check_duration("--shutdown-timeout", self.shutdown_timeout)?;
         if let Some(token) = &self.auth_token {
             check_token("--auth-token", token.expose())?;
         }
@@ -429,6 +435,10 @@ mod tests {
             },
             Config {
                 max_connections: 0,
+                ..Config::default()
+            },
+            Config {
+                shutdown_timeout: Duration::from_secs(u64::MAX),
                 ..Config::default()
             },
             Config {
