@@ -45,8 +45,15 @@ pub enum AppError {
 /// as CONTRACT.md section 2 says and returns `Ok` (exit 0).
 pub fn serve(config: Config) -> Result<(), AppError> {
     config.validate()?;
-    runtime()?.block_on(serve_async(config))
+    let runtime = runtime()?;
+    let result = runtime.block_on(serve_async(config));
+    // Whatever is still blocked (a write nobody reads) does not hold up the exit.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
 }
+
+/// Longest the exit waits for runtime threads after the shutdown is done.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 async fn serve_async(config: Config) -> Result<(), AppError> {
     let registry = prometheus::Registry::new();

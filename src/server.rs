@@ -195,6 +195,10 @@ impl Server {
         cancel: CancellationToken,
         reporter: R,
     ) -> Result<(), ServerError> {
+        // Calls run on their own thread, so a reporter that blocks cannot hold
+        // up cancellation (the shutdown deadline).
+        let reporter = forwarder::Isolated::new(reporter)
+            .map_err(|e| ServerError::Forwarder(forwarder::ForwarderError::Spawn(e)))?;
         let state = {
             let mut slot = self
                 .inner

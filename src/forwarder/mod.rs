@@ -4,6 +4,7 @@
 
 mod batch;
 mod flight;
+mod isolate;
 mod retry;
 
 use std::collections::VecDeque;
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use batch::{coalesce, Limits, OrderKey, Outgoing};
+pub use isolate::Isolated;
 pub use retry::Backoff;
 
 use crate::events::{ForwardDropReason, ForwardDropped, InternalEvent, RingOccupancy};
