@@ -66,6 +66,7 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
     };
     let server = Server::new(config, &registry)?;
     let backend = server.start()?;
+    health.watch_socket(server.metrics().socket_bound.clone());
     tracing::info!(socket = %server.socket_path().display(), io = %backend, "listening");
 
     let stop_metrics = CancellationToken::new();

@@ -68,6 +68,10 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// `forward_latency_seconds`: duration of each `ReportBoundaryLogs` call.
     pub forward_latency_seconds: Histogram,
+    /// `socket_bound`: 1 while the socket file at the path is the proxy's own.
+    pub socket_bound: IntGauge,
+    /// `socket_lost_total`: times the socket file was found deleted or replaced.
+    pub socket_lost: IntCounter,
 }
 
 /// The counts in the accounting invariant (CONTRACT §4):
@@ -233,6 +237,14 @@ impl Metrics {
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
                 ),
+            )?,
+            socket_bound: r.gauge(
+                "socket_bound",
+                "1 while the socket file at the socket path is the proxy's own and accepts connections, else 0.",
+            )?,
+            socket_lost: r.counter(
+                "socket_lost_total",
+                "Times the socket file was found deleted or replaced by another file while the proxy ran.",
             )?,
         }))
     }
