@@ -287,7 +287,7 @@ impl Server {
         // Calls run on their own thread, so a reporter that blocks cannot hold
         // up cancellation (the shutdown deadline).
         let reporter = forwarder::Isolated::new(reporter)
-            .map_err(|e| ServerError::Forwarder(forwarder::ForwarderError::Spawn(e)))?;
+            .map_err(|e| ServerError::Forwarder(forwarder::ForwarderError::CallsThread(e)))?;
         let state = {
             let mut slot = self
                 .inner

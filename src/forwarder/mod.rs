@@ -58,6 +58,8 @@ pub enum ForwarderError {
     Spawn(#[source] std::io::Error),
     #[error("the forwarder's drain thread panicked; buffered logs were lost")]
     DrainPanicked,
+    #[error("the thread running the reporter's calls could not be started: {0}")]
+    CallsThread(#[source] std::io::Error),
 }
 
 impl ForwarderState {
