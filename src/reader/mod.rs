@@ -9,7 +9,13 @@
 //!
 //! Both share the accept policy (`policy.rs`: connection limit, peer uid) and the
 //! non-blocking read loop (`reads.rs`: reads at accept, epoll's reads, the
-//! shutdown drain). `probe.rs` picks the backend, `listener.rs` binds.
+//! shutdown drain). `probe.rs` picks the backend, `listener.rs` binds, `lock.rs`
+//! holds the lock file that makes the socket path ours.
+//!
+//! A running reader can be handed a new listening socket
+//! ([`Reader::replace_listener`], when the socket file was deleted and the path is
+//! bound again): each thread takes what is queued on its old listener and accepts
+//! on the new one; open connections are not touched.
 //! `tests/reader_cost.rs` measures what a connection costs under each backend.
 //!
 //! The handler runs on the reader threads: it must not block for long (a blocked
