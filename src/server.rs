@@ -416,6 +416,20 @@ impl Inner {
         let Lifecycle::Started { reader, socket } = &mut *lifecycle else {
             return;
         };
+        if !socket.lock.is_current() {
+            // The lock file was deleted (a tmp cleaner): lock a new one, so that a
+            // start that comes later still finds the path taken. If another
+            // process got it first, the path is no longer ours to bind again.
+            match PathLock::acquire(&socket.path) {
+                Ok(lock) => socket.lock = lock,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot lock the socket path again");
+                    if !socket.bound {
+                        return;
+                    }
+                }
+            }
+        }
         if socket.bound {
             let Some(what) = socket.lost() else {
                 return;
@@ -426,6 +440,9 @@ impl Inner {
             }
             .emit(&self.metrics);
             socket.bound = false;
+        }
+        if !socket.lock.is_current() {
+            return;
         }
         let listener = match reader::bind_if_free(&socket.path, self.config.socket_mode) {
             Ok(listener) => listener,

@@ -297,3 +297,36 @@ async fn a_lost_socket_is_logged_and_healthz_says_so_until_the_path_is_served_ag
     assert_eq!(exited.status.code(), Some(0), "{:#?}", exited.stderr);
     assert!(!socket.exists());
 }
+
+/// A tmp cleaner deleting the socket and its lock file: the proxy locks a new lock
+/// file and serves the path again, so a later start still finds it taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lock_file_is_locked_again_and_a_later_start_still_exits_1() {
+    let (dir, config) = Proxy::config(IoMode::Auto);
+    let proxy = Proxy::start(dir, config, NullReporter::new()).await;
+    let socket = proxy.socket_path();
+    let lock = lock_file(&socket);
+    assert!(lock.exists());
+
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::remove_file(&socket).unwrap();
+    assert!(
+        eventually(NOTICE, || lock.exists() && connects(&socket)).await,
+        "the lock file is back and the path served again"
+    );
+    let later = spawn(&serve_args(&socket, None))
+        .wait_within(PATIENCE)
+        .await;
+    assert_eq!(later.status.code(), Some(1), "{:#?}", later.stderr);
+    assert!(
+        later
+            .stderr
+            .join("\n")
+            .contains("another process serves it"),
+        "{:#?}",
+        later.stderr
+    );
+    assert!(connects(&socket), "the first proxy still serves its path");
+    proxy.close().await;
+    assert!(!lock.exists(), "close removes the lock file");
+}
