@@ -4,6 +4,7 @@
 
 mod batch;
 mod flight;
+mod isolate;
 mod retry;
 mod split;
 
@@ -16,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use batch::{coalesce, Limits, OrderKey, Outgoing};
+pub use isolate::Isolated;
 pub use retry::Backoff;
 pub use split::Learned;
 
@@ -58,6 +60,8 @@ pub enum ForwarderError {
     Spawn(#[source] std::io::Error),
     #[error("the forwarder's drain thread panicked; buffered logs were lost")]
     DrainPanicked,
+    #[error("the thread running the reporter's calls could not be started: {0}")]
+    CallsThread(#[source] std::io::Error),
 }
 
 impl ForwarderState {

@@ -70,6 +70,10 @@ pub struct Metrics {
     pub forward_latency_seconds: Histogram,
     /// `requests_split_total`: requests cut in two for their size.
     pub requests_split: IntCounter,
+    /// `socket_bound`: 1 while the socket file at the path is the proxy's own.
+    pub socket_bound: IntGauge,
+    /// `socket_lost_total`: times the socket file was found deleted or replaced.
+    pub socket_lost: IntCounter,
 }
 
 /// The counts in the accounting invariant (docs/metrics.md):
@@ -239,6 +243,14 @@ impl Metrics {
             requests_split: r.counter(
                 "requests_split_total",
                 "Requests cut in two at a log boundary because the destination refused them for their size, or they were over the size it was found to take.",
+            )?,
+            socket_bound: r.gauge(
+                "socket_bound",
+                "1 while the socket file at the socket path is the proxy's own and accepts connections, else 0.",
+            )?,
+            socket_lost: r.counter(
+                "socket_lost_total",
+                "Times the socket file was found deleted or replaced by another file while the proxy ran.",
             )?,
         }))
     }
