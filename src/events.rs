@@ -238,10 +238,12 @@ impl InternalEvent for BoundaryStatusReported {
 }
 
 /// Adds `n` to `counter`, stopping at `u64::MAX` instead of wrapping to a small
-/// value (which Prometheus would read as a reset). Counts that could get there come
-/// from outside (boundary's reports); the intake's callers are the only writers of
-/// such counters, and a race between two of them can only stop short of the maximum.
+/// value (which Prometheus would read as a reset). For counts from outside
+/// (boundary's reports), which are rare: one lock serialises the read and the add,
+/// so two readers adding at once cannot together pass the maximum.
 fn inc_saturating(counter: &prometheus::IntCounter, n: u64) {
+    static ADDING: crate::sync::Mutex<()> = crate::sync::Mutex::new(());
+    let _adding = ADDING.lock().unwrap_or_else(|p| p.into_inner());
     let room = u64::MAX - counter.get();
     counter.inc_by(n.min(room));
 }
