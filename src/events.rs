@@ -99,7 +99,8 @@ impl From<&CodecError> for FrameRejected {
 
 impl InternalEvent for FrameRejected {
     fn emit(self, metrics: &Metrics) {
-        static LIMITS: [LogLimiter; 5] = [const { LogLimiter::new() }; 5];
+        static LIMITS: [LogLimiter; FrameRejectReason::ALL.len()] =
+            [const { LogLimiter::new() }; FrameRejectReason::ALL.len()];
         metrics
             .frames_rejected
             .with_label_values(&[self.reason.as_str()])
@@ -200,28 +201,28 @@ impl InternalEvent for BufferFull {
     }
 }
 
-/// boundary reported logs it dropped on its side (a TagV2 `BoundaryStatus`).
+/// boundary reported logs it dropped on its side (a TagV2 `BoundaryStatus` whose
+/// counts the intake checked: neither negative nor absurd).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BoundaryStatusReported {
-    /// `dropped_channel_full`; negative values are ignored.
-    pub channel_full: i64,
-    /// `dropped_batch_full`; negative values are ignored.
-    pub batch_full: i64,
+    /// `dropped_channel_full`.
+    pub channel_full: u64,
+    /// `dropped_batch_full`.
+    pub batch_full: u64,
 }
 
 impl InternalEvent for BoundaryStatusReported {
     fn emit(self, metrics: &Metrics) {
         static LIMIT: LogLimiter = LogLimiter::new();
-        let channel_full = u64::try_from(self.channel_full).unwrap_or(0);
-        let batch_full = u64::try_from(self.batch_full).unwrap_or(0);
+        let (channel_full, batch_full) = (self.channel_full, self.batch_full);
         for (reason, n) in [
             (LogDropReason::BoundaryChannelFull, channel_full),
             (LogDropReason::BoundaryBatchFull, batch_full),
         ] {
-            metrics
-                .logs_dropped
-                .with_label_values(&[reason.as_str()])
-                .inc_by(n);
+            inc_saturating(
+                &metrics.logs_dropped.with_label_values(&[reason.as_str()]),
+                n,
+            );
         }
         if channel_full == 0 && batch_full == 0 {
             tracing::debug!("boundary reported no drops");
@@ -234,6 +235,17 @@ impl InternalEvent for BoundaryStatusReported {
             );
         }
     }
+}
+
+/// Adds `n` to `counter`, stopping at `u64::MAX` instead of wrapping to a small
+/// value (which Prometheus would read as a reset). For counts from outside
+/// (boundary's reports), which are rare: one lock serialises the read and the add,
+/// so two readers adding at once cannot together pass the maximum.
+fn inc_saturating(counter: &prometheus::IntCounter, n: u64) {
+    static ADDING: crate::sync::Mutex<()> = crate::sync::Mutex::new(());
+    let _adding = ADDING.lock().unwrap_or_else(|p| p.into_inner());
+    let room = u64::MAX - counter.get();
+    counter.inc_by(n.min(room));
 }
 
 /// A `ReportBoundaryLogs` call succeeded.
@@ -661,7 +673,7 @@ mod tests {
     }
 
     #[test]
-    fn boundary_status_adds_its_two_counts_and_ignores_negatives() {
+    fn boundary_status_adds_its_two_counts() {
         let m = metrics();
         BoundaryStatusReported {
             channel_full: 4,
@@ -669,13 +681,29 @@ mod tests {
         }
         .emit(&m);
         BoundaryStatusReported {
-            channel_full: -9,
+            channel_full: 0,
             batch_full: 1,
         }
         .emit(&m);
         assert_eq!(m.logs_dropped_for(LogDropReason::BoundaryChannelFull), 4);
         assert_eq!(m.logs_dropped_for(LogDropReason::BoundaryBatchFull), 3);
         assert_eq!(m.accounting().settled(), 0, "boundary's drops are not ours");
+    }
+
+    #[test]
+    fn boundary_status_counts_stop_at_the_maximum_instead_of_wrapping() {
+        let m = metrics();
+        for n in [u64::MAX / 2 + 1, u64::MAX / 2 + 1, 2] {
+            BoundaryStatusReported {
+                channel_full: n,
+                batch_full: 0,
+            }
+            .emit(&m);
+        }
+        assert_eq!(
+            m.logs_dropped_for(LogDropReason::BoundaryChannelFull),
+            u64::MAX
+        );
     }
 
     #[test]

@@ -63,6 +63,8 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
             "decode_error",
             "unknown_variant",
             "truncated",
+            "empty",
+            "bad_status",
         ],
     ),
     (
@@ -102,6 +104,12 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
     (
         "agent_boundary_log_proxy_forward_latency_seconds",
         "histogram",
+        "",
+        &[],
+    ),
+    (
+        "agent_boundary_log_proxy_requests_split_total",
+        "counter",
         "",
         &[],
     ),

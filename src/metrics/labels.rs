@@ -74,6 +74,10 @@ label_enum! {
         UnknownVariant => "unknown_variant",
         /// Stream ended inside a frame.
         Truncated => "truncated",
+        /// A request (TagV1, or TagV2 logs) with no logs: nothing to forward, no call made.
+        Empty => "empty",
+        /// A `BoundaryStatus` with a count that is negative or over 2^53.
+        BadStatus => "bad_status",
     }
 }
 
