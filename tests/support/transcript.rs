@@ -16,21 +16,21 @@ const TRANSCRIPT: &str = concat!(
 );
 
 /// The whole recording.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Transcript {
     pub http_upgrade: HttpUpgrade,
     pub variants: Vec<Variant>,
 }
 
 /// The first dial's HTTP upgrade, as text (lines end in `\n`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct HttpUpgrade {
     pub request: String,
     pub response: String,
 }
 
 /// One kind of call (calls whose DRPC bytes match both ways).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Variant {
     pub variant: String,
     pub calls: Vec<u32>,
@@ -47,7 +47,7 @@ pub struct Variant {
 }
 
 /// Bytes given whole (`hex`) or, over 8192 bytes, by length and sha256 only.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Blob {
     pub len: usize,
     #[serde(default)]
@@ -57,7 +57,7 @@ pub struct Blob {
 }
 
 /// The DRPC bytes one side wrote on the call's yamux stream.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Side {
     pub bytes: Blob,
     /// Sizes of the individual writes (or reads).
@@ -66,7 +66,7 @@ pub struct Side {
 }
 
 /// One DRPC frame as recorded.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct DrpcFrame {
     pub offset: usize,
     pub header_hex: String,
@@ -85,7 +85,7 @@ pub struct DrpcFrame {
 }
 
 /// One yamux frame on the websocket, in recorded order.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct YamuxFrame {
     /// `c->s` or `s->c`.
     pub dir: String,
