@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, IoMode};
+use crate::events::{InternalEvent, SocketBound, SocketLost, SocketReleased};
 use crate::forwarder::{self, ForwarderConfig, ForwarderState, Limits};
 use crate::intake::{Intake, QueuedFrame};
 use crate::metrics::{Metrics, MetricsError};
@@ -55,6 +56,18 @@ struct Inner {
     forwarder_returned: Condvar,
     /// Fired by `close` to stop a running forwarder.
     closing: CancellationToken,
+    /// The socket watcher thread, while the reader runs.
+    watch: Mutex<Option<Watch>>,
+}
+
+/// How often the running server checks that its socket file is still its own.
+const SOCKET_CHECK: Duration = Duration::from_secs(1);
+
+/// The thread that checks the socket file every [`SOCKET_CHECK`]; dropping the
+/// sender stops it.
+struct Watch {
+    stop: std::sync::mpsc::Sender<()>,
+    handle: std::thread::JoinHandle<()>,
 }
 
 enum Lifecycle {
@@ -77,6 +90,8 @@ struct BoundSocket {
     dev: u64,
     ino: u64,
     lock: PathLock,
+    /// False from when the file was found deleted or replaced until it is bound again.
+    bound: bool,
 }
 
 impl BoundSocket {
@@ -86,9 +101,30 @@ impl BoundSocket {
         drop(self.lock);
     }
 
+    /// What is at the path now, if it is not our socket: `None` while it is.
+    fn lost(&self) -> Option<String> {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if self.is_ours(&meta) => None,
+            Ok(meta) => Some(format!(
+                "replaced by {}",
+                reader::describe(meta.file_type())
+            )),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Some("deleted".into()),
+            Err(error) => Some(format!("cannot be inspected: {error}")),
+        }
+    }
+
+    fn is_ours(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.bound
+            && meta.file_type().is_socket()
+            && meta.dev() == self.dev
+            && meta.ino() == self.ino
+    }
+
     fn remove_file(&self) {
         match std::fs::symlink_metadata(&self.path) {
-            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
+            Ok(meta) if self.is_ours(&meta) => {
                 if let Err(error) = std::fs::remove_file(&self.path) {
                     tracing::warn!(path = %self.path.display(), %error, "could not remove the socket file");
                 }
@@ -127,6 +163,7 @@ impl Server {
                 forwarder: Mutex::new(Some(state)),
                 forwarder_returned: Condvar::new(),
                 closing: CancellationToken::new(),
+                watch: Mutex::new(None),
             }),
         })
     }
@@ -169,6 +206,7 @@ impl Server {
             dev: meta.dev(),
             ino: meta.ino(),
             lock,
+            bound: true,
         };
         let reader_config = ReaderConfig {
             io: match config.io {
@@ -189,8 +227,59 @@ impl Server {
             }
         };
         let backend = reader.backend();
+        SocketBound {
+            path: &socket.path,
+            again: false,
+        }
+        .emit(&self.inner.metrics);
         *lifecycle = Lifecycle::Started { reader, socket };
+        drop(lifecycle);
+        self.start_watch();
         Ok(backend)
+    }
+
+    /// Starts the thread that notices a deleted or replaced socket file and serves
+    /// the path again once it is free (see [`Inner::check_socket`]).
+    fn start_watch(&self) {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let inner = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("blp-socket-watch".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(SOCKET_CHECK)
+                {
+                    match inner.upgrade() {
+                        Some(inner) => inner.check_socket(),
+                        None => return,
+                    }
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                *self.inner.watch.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Watch { stop, handle })
+            }
+            Err(error) => tracing::error!(
+                %error,
+                "cannot start the socket watcher; a deleted socket file will not be noticed"
+            ),
+        }
+    }
+
+    fn stop_watch(&self) {
+        let watch = self
+            .inner
+            .watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(Watch { stop, handle }) = watch {
+            drop(stop);
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
     }
 
     /// Drains the ring through `reporter` until `cancel` fires, `close` is called, or
@@ -201,6 +290,10 @@ impl Server {
         cancel: CancellationToken,
         reporter: R,
     ) -> Result<(), ServerError> {
+        // Calls run on their own thread, so a reporter that blocks cannot hold
+        // up cancellation (the shutdown deadline).
+        let reporter = forwarder::Isolated::new(reporter)
+            .map_err(|e| ServerError::Forwarder(forwarder::ForwarderError::CallsThread(e)))?;
         let state = {
             let mut slot = self
                 .inner
@@ -215,7 +308,7 @@ impl Server {
         let config = &self.inner.config;
         let forwarder_config = ForwarderConfig {
             limits: Limits {
-                max_logs: config.batch_max_logs as usize,
+                max_logs: config.max_logs_per_request() as usize,
                 max_bytes: config.batch_max_bytes,
             },
             linger: config.batch_linger,
@@ -263,6 +356,7 @@ impl Server {
     /// forwarder then delivers what is buffered and returns once the ring is empty.
     /// Blocks until the reader's threads have ended.
     pub fn stop_intake(&self, deadline: Instant) {
+        self.stop_watch();
         let mut lifecycle = self.inner.lifecycle();
         let previous = std::mem::replace(&mut *lifecycle, Lifecycle::Closed);
         *lifecycle = match previous {
@@ -270,6 +364,7 @@ impl Server {
                 if let Err(error) = reader.shutdown(deadline) {
                     tracing::error!(%error, "stopping the reader");
                 }
+                SocketReleased.emit(&self.inner.metrics);
                 Lifecycle::Draining { socket }
             }
             other => other,
@@ -341,6 +436,70 @@ fn open_spool(
 impl Inner {
     fn lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
         self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One look at the socket file (every [`SOCKET_CHECK`]): if it is no longer
+    /// ours, count and log the loss; while lost, bind the path again as soon as
+    /// nothing is there, and hand the new listener to the running reader. Whatever
+    /// is at the path and is not ours is left alone.
+    fn check_socket(&self) {
+        let mut lifecycle = self.lifecycle();
+        let Lifecycle::Started { reader, socket } = &mut *lifecycle else {
+            return;
+        };
+        if !socket.lock.is_current() {
+            // The lock file was deleted (a tmp cleaner): lock a new one, so that a
+            // start that comes later still finds the path taken. If another
+            // process got it first, the path is no longer ours to bind again.
+            match PathLock::acquire(&socket.path) {
+                Ok(lock) => socket.lock = lock,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot lock the socket path again");
+                    if !socket.bound {
+                        return;
+                    }
+                }
+            }
+        }
+        if socket.bound {
+            let Some(what) = socket.lost() else {
+                return;
+            };
+            SocketLost {
+                path: &socket.path,
+                what: &what,
+            }
+            .emit(&self.metrics);
+            socket.bound = false;
+        }
+        if !socket.lock.is_current() {
+            return;
+        }
+        let listener = match reader::bind_if_free(&socket.path, self.config.socket_mode) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::debug!(%error, "socket path not free yet");
+                return;
+            }
+        };
+        let meta = match std::fs::symlink_metadata(&socket.path) {
+            Ok(meta) => meta,
+            Err(error) => {
+                tracing::warn!(%error, "the socket file bound again is gone already");
+                return;
+            }
+        };
+        if let Err(error) = reader.replace_listener(listener) {
+            tracing::error!(%error, "cannot hand the new socket to the reader");
+            let _ = std::fs::remove_file(&socket.path);
+            return;
+        }
+        (socket.dev, socket.ino, socket.bound) = (meta.dev(), meta.ino(), true);
+        SocketBound {
+            path: &socket.path,
+            again: true,
+        }
+        .emit(&self.metrics);
     }
 }
 

@@ -94,6 +94,13 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
     ("agent_boundary_log_proxy_ring_capacity", "gauge", "", &[]),
     ("agent_boundary_log_proxy_ring_occupancy", "gauge", "", &[]),
     ("agent_boundary_log_proxy_connections", "gauge", "", &[]),
+    ("agent_boundary_log_proxy_socket_bound", "gauge", "", &[]),
+    (
+        "agent_boundary_log_proxy_socket_lost_total",
+        "counter",
+        "",
+        &[],
+    ),
     (
         "agent_boundary_log_proxy_forward_latency_seconds",
         "histogram",

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use boundary_log_proxy::codec::{Tag, MAX_PAYLOAD_LEN};
 use boundary_log_proxy::config::{Config, IoMode};
-use boundary_log_proxy::metrics::LogDropReason;
+use boundary_log_proxy::metrics::{ForwardResult, LogDropReason};
 use boundary_log_proxy::proto::agent::{BoundaryLog, ReportBoundaryLogsRequest};
+use boundary_log_proxy::reporter::grpc::{GrpcReporter, GrpcReporterConfig};
 use prost::Message as _;
 use support::coderd::{Behaviour, FakeCoderd, Received};
 use support::proxy::{
@@ -99,6 +100,39 @@ async fn a_receiver_refusing_more_logs_than_its_maximum_gets_them_all_in_smaller
         "the stated maximum is kept: one refusal"
     );
     assert_eq!(proxy.metrics().batches_forwarded.get(), 6);
+    finish(&proxy, forwarder).await;
+}
+
+#[tokio::test]
+async fn a_reporter_with_a_smaller_message_limit_gets_every_log_in_requests_within_it() {
+    // The transport's own limit (here 16 KiB, below --batch-max-bytes' 1 MiB): the
+    // reporter refuses larger requests without sending them, and they are cut to it.
+    let coderd = FakeCoderd::start().await;
+    let proxy = TestProxy::start(IoMode::Auto, |c| {
+        c.batch_linger = Duration::from_millis(500);
+    });
+    let reporter =
+        GrpcReporter::new(GrpcReporterConfig::new(coderd.addr()).max_message_bytes(16 << 10))
+            .unwrap();
+    let forwarder = proxy.forward(reporter);
+    let mut client = proxy.connect();
+    for i in 0..10 {
+        client.send_request(Tag::V2, &request(SESSION, "codex", i * 60, 60));
+    }
+    assert!(coderd.wait_for_logs(600, PATIENCE).await);
+    proxy.wait_forwarded(600).await;
+
+    let received = coderd.requests();
+    assert_eq!(seqs(&received), (0..600).collect::<Vec<_>>());
+    assert!(received.iter().all(|r| r.raw.len() <= 16 << 10));
+    assert!(proxy.metrics().requests_split.get() >= 1);
+    assert_eq!(
+        proxy
+            .metrics()
+            .forward_requests_for(ForwardResult::PermanentError),
+        1,
+        "refused once; the stated limit is kept"
+    );
     finish(&proxy, forwarder).await;
 }
 

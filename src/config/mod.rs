@@ -2,6 +2,7 @@
 //! defaults. The values' forms and checks (shared by the CLI's parsers and by library
 //! users who build a [`Config`] by hand) live in [`values`].
 
+pub mod coder;
 pub mod values;
 
 use std::fmt;
@@ -18,8 +19,10 @@ pub use values::{
     parse_uid, takes, CoderdEndpoint, ListenAddr, LogFilter, GRPC_MAX_MESSAGE_BYTES,
     MAX_RING_CAPACITY, MAX_SOCKET_PATH_BYTES,
 };
-use values::{check_positive, check_positive_duration};
-pub use values::{check_token, parse_readable_file, parse_token, token_problem};
+use values::{check_duration, check_positive, check_positive_duration};
+pub use values::{
+    check_token, parse_readable_file, parse_token, parse_writable_dir, token_problem,
+};
 
 /// One thing wrong with a setting. `Display` says what the value must be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -272,6 +275,9 @@ pub struct Config {
     pub spool_max_bytes: u64,
     /// `--spool-fsync`: when spooled records are made durable. Default `interval`.
     pub spool_fsync: SpoolFsync,
+    /// `--coder-url` and what goes with it: coderd's Agent API over the coder transport
+    /// (docs/coder-transport.md). Default none.
+    pub coder: Option<coder::CoderSettings>,
 }
 
 impl Default for Config {
@@ -297,6 +303,7 @@ impl Default for Config {
             spool_dir: None,
             spool_max_bytes: crate::spool::DEFAULT_MAX_BYTES,
             spool_fsync: SpoolFsync::Interval,
+            coder: None,
         }
     }
 }
@@ -313,17 +320,31 @@ pub enum Destination<'a> {
     },
     /// An embedded sink.
     Sink(SinkKind),
+    /// coderd's Agent API over the coder transport (DRPC over yamux over a websocket).
+    Coder(&'a coder::CoderSettings),
 }
 
 impl Config {
     /// Where forwarded requests go: coderd when set, else the sink (stdout by default).
     pub fn destination(&self) -> Destination<'_> {
+        if let Some(coder) = &self.coder {
+            return Destination::Coder(coder);
+        }
         match &self.coderd {
             Some(endpoint) => Destination::Coderd {
                 endpoint,
                 auth_token: self.auth_token.as_ref(),
             },
             None => Destination::Sink(self.sink.unwrap_or_default()),
+        }
+    }
+
+    /// Most logs the forwarder puts in one request: `--batch-max-logs`, and at most 1000
+    /// over the coder transport (coderd refuses more).
+    pub fn max_logs_per_request(&self) -> u32 {
+        match self.coder {
+            Some(_) => self.batch_max_logs.min(coder::CODER_MAX_LOGS_PER_REQUEST),
+            None => self.batch_max_logs,
         }
     }
 
@@ -337,8 +358,27 @@ impl Config {
         check_positive("--max-connections", self.max_connections as u64)?;
         check_positive_duration("--call-timeout", self.call_timeout)?;
         check_positive("--spool-max-bytes", self.spool_max_bytes)?;
+        check_duration("--call-timeout", self.call_timeout)?;
+        check_duration("--batch-linger", self.batch_linger)?;
+        check_duration("--retry-max-elapsed", self.retry_max_elapsed)?;
+        check_duration("--shutdown-timeout", self.shutdown_timeout)?;
         if let Some(token) = &self.auth_token {
             check_token("--auth-token", token.expose())?;
+        }
+        if let Some(coder) = &self.coder {
+            check_token("--agent-token", coder.token.expose())?;
+            let other = match (&self.coderd, self.sink) {
+                (Some(coderd), _) => Some(("--coderd", coderd.to_string())),
+                (None, Some(sink)) => Some(("--sink", sink.to_string())),
+                (None, None) => None,
+            };
+            if let Some((setting, value)) = other {
+                return Err(ConfigError::invalid(
+                    setting,
+                    value,
+                    "not allowed together with --coder-url: give one destination",
+                ));
+            }
         }
         if self.coderd.is_some() && self.sink.is_some() {
             return Err(ConfigError::invalid(
@@ -373,6 +413,12 @@ impl Config {
             "spool_dir": self.spool_dir.as_ref().map(|d| d.display().to_string()),
             "spool_max_bytes": self.spool_max_bytes,
             "spool_fsync": self.spool_fsync.to_string(),
+            "coder": self.coder.as_ref().map(|c| json!({
+                "url": c.url.to_string(),
+                "agent_token": "<redacted>",
+                "ca_file": c.ca_file.as_ref().map(|p| p.display().to_string()),
+                "allow_agent_role": c.allow_agent_role,
+            })),
         })
     }
 }
@@ -452,6 +498,10 @@ mod tests {
             },
             Config {
                 max_connections: 0,
+                ..Config::default()
+            },
+            Config {
+                shutdown_timeout: Duration::from_secs(u64::MAX),
                 ..Config::default()
             },
             Config {

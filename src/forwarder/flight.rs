@@ -710,4 +710,70 @@ mod tests {
             0
         );
     }
+
+    /// Refuses more than 150 logs (not saying its maximum) and never answers a request
+    /// holding log 150 or later.
+    struct StallsOnTheSecondHalf(Picky);
+
+    impl Reporter for StallsOnTheSecondHalf {
+        async fn report_boundary_logs(
+            &self,
+            request: ReportBoundaryLogsRequest,
+        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
+            if request.logs.len() <= 150 && request.logs[0].sequence_number >= 150 {
+                std::future::pending::<()>().await;
+            }
+            self.0.report_boundary_logs(request).await
+        }
+    }
+
+    #[tokio::test]
+    async fn cancelled_while_split_it_hands_back_the_parts_not_delivered_with_their_frames() {
+        fn over_150_logs(request: &ReportBoundaryLogsRequest, _: usize) -> Option<tonic::Status> {
+            (request.logs.len() > 150).then(|| {
+                tonic::Status::unknown(format!("batch size {} exceeds maximum", request.logs.len()))
+            })
+        }
+        let frames = frames(6, 50, 0);
+        let mut requests = Vec::new();
+        coalesce(&frames, WIDE, &mut requests);
+        let reporter = StallsOnTheSecondHalf(Picky::new(over_150_logs));
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let config = ForwarderConfig {
+            limits: WIDE,
+            linger: Duration::ZERO,
+            retry_max_elapsed: Duration::ZERO,
+        };
+        let learned = Learned::new(WIDE);
+        let cancel = CancellationToken::new();
+        let (_tx, mut rx) = mpsc::channel(1);
+        let deliver = deliver_all(
+            requests.into(),
+            &mut rx,
+            &config,
+            &learned,
+            &metrics,
+            &reporter,
+            &cancel,
+        );
+        let stop = async {
+            while metrics.logs_forwarded.get() < 150 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            cancel.cancel();
+        };
+        let (left, ()) = tokio::join!(deliver, stop);
+
+        assert_eq!(reporter.0.seqs(), (0..150).collect::<Vec<_>>());
+        assert_eq!(metrics.batches_forwarded.get(), 3);
+        let left: Vec<Outgoing> = left.into_iter().collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!((left[0].request.logs, left[0].request.frames), (150, 3));
+        assert_eq!(left[0].frame_ends, [50, 100, 150]);
+        assert_eq!(
+            left[0].request.decode().unwrap().logs[0].sequence_number,
+            150
+        );
+    }
 }

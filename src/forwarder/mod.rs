@@ -4,6 +4,7 @@
 
 mod batch;
 mod flight;
+mod isolate;
 mod retry;
 mod split;
 mod spooling;
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use batch::{coalesce, Limits, OrderKey, Outgoing};
+pub use isolate::Isolated;
 pub use retry::Backoff;
 pub use split::Learned;
 pub use spooling::{Replay, Spooler};
@@ -62,6 +64,8 @@ pub enum ForwarderError {
     Spawn(#[source] std::io::Error),
     #[error("the forwarder's drain thread panicked; buffered logs were lost")]
     DrainPanicked,
+    #[error("the thread running the reporter's calls could not be started: {0}")]
+    CallsThread(#[source] std::io::Error),
 }
 
 impl ForwarderState {

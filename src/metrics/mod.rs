@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+pub use labels::CoderdConnectResult;
 pub use labels::{
     BatchDropReason, ConnectionRejectReason, ForwardResult, FrameRejectReason, LogDropReason,
 };
@@ -68,8 +69,19 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// `forward_latency_seconds`: duration of each `ReportBoundaryLogs` call.
     pub forward_latency_seconds: Histogram,
+    /// `coderd_connected`: 1 while the coder transport's session to coderd is up.
+    pub coderd_connected: IntGauge,
+    /// `coderd_connects_total{result}`: connection attempts of the coder transport.
+    pub coderd_connects: IntCounterVec,
+    /// `logs_non_uuid_session_total`: logs forwarded whose session_id is not a UUID
+    /// (coderd does not store them).
+    pub logs_non_uuid_session: IntCounter,
     /// `requests_split_total`: requests cut in two for their size.
     pub requests_split: IntCounter,
+    /// `socket_bound`: 1 while the socket file at the path is the proxy's own.
+    pub socket_bound: IntGauge,
+    /// `socket_lost_total`: times the socket file was found deleted or replaced.
+    pub socket_lost: IntCounter,
     /// The disk spool's metrics, on the registry only with `--spool-dir`
     /// ([`Metrics::register_spool`]).
     pub spool: SpoolMetrics,
@@ -315,9 +327,32 @@ impl Metrics {
                     .buckets(LATENCY_BUCKETS.to_vec()),
                 ),
             )?,
+            coderd_connected: r.gauge(
+                "coderd_connected",
+                "1 while the coder transport is connected to coderd's Agent API, else 0.",
+            )?,
+            coderd_connects: r.counter_vec(
+                "coderd_connects_total",
+                "Connection attempts to coderd's Agent API (coder transport), by result.",
+                "result",
+                CoderdConnectResult::ALL,
+                CoderdConnectResult::as_str,
+            )?,
+            logs_non_uuid_session: r.counter(
+                "logs_non_uuid_session_total",
+                "Audit logs forwarded whose session_id is not a UUID (coderd does not store them).",
+            )?,
             requests_split: r.counter(
                 "requests_split_total",
                 "Requests cut in two at a log boundary because the destination refused them for their size, or they were over the size it was found to take.",
+            )?,
+            socket_bound: r.gauge(
+                "socket_bound",
+                "1 while the socket file at the socket path is the proxy's own and accepts connections, else 0.",
+            )?,
+            socket_lost: r.counter(
+                "socket_lost_total",
+                "Times the socket file was found deleted or replaced by another file while the proxy ran.",
             )?,
             spool: SpoolMetrics::new()?,
         }))
@@ -384,6 +419,13 @@ impl Metrics {
     pub fn connections_rejected_for(&self, reason: ConnectionRejectReason) -> u64 {
         self.connections_rejected
             .with_label_values(&[reason.as_str()])
+            .get()
+    }
+
+    /// `coderd_connects_total{result}`.
+    pub fn coderd_connects_for(&self, result: CoderdConnectResult) -> u64 {
+        self.coderd_connects
+            .with_label_values(&[result.as_str()])
             .get()
     }
 
