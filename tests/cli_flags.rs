@@ -478,6 +478,26 @@ const BAD_VALUES: &[Bad] = &[
         "/nonexistent/ca.pem",
         "a file this user can read",
     ),
+    bad(
+        "serve",
+        "--spool-dir",
+        "",
+        "a directory this user can write in",
+    ),
+    bad(
+        "serve",
+        "--spool-dir",
+        "/dev/null/spool",
+        "a directory this user can write in",
+    ),
+    bad("serve", "--spool-max-bytes", "0", "a whole number >= 1"),
+    bad(
+        "serve",
+        "--spool-max-bytes",
+        "256MiB",
+        "a whole number >= 1",
+    ),
+    bad("serve", "--spool-fsync", "sometimes", "always, interval"),
 ];
 
 /// Switches (no value on the command line) whose variable can still be bad.
