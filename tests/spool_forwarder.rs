@@ -118,7 +118,7 @@ async fn a_ring_filling_while_coderd_fails_moves_to_the_spool_instead_of_overflo
     // Bursts well below the ring's size, faster than coderd (down) takes them.
     for chunk in 0..100 {
         let first = 1 + chunk * 20;
-        sent += send(&proxy, frames("s", first as i32, 20, 1)).await;
+        sent += send(&proxy, frames("s", first, 20, 1)).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(sent, 2001);

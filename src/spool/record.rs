@@ -233,7 +233,13 @@ mod tests {
         let scan = scan(&bytes);
         let seqs: Vec<u64> = scan.records.iter().map(|(_, h)| h.at.seq).collect();
         assert_eq!(seqs, [0, 2]);
-        assert_eq!(scan.damaged, [second..third]);
+        assert_eq!(
+            scan.damaged,
+            vec![std::ops::Range {
+                start: second,
+                end: third
+            }]
+        );
         assert_eq!(scan.broken.len(), 1, "its header still checks");
         assert_eq!(scan.valid_end, bytes.len());
     }
@@ -246,7 +252,13 @@ mod tests {
         let scan = scan(&bytes);
         assert_eq!(scan.records.len(), 1);
         assert_eq!(scan.valid_end, end);
-        assert_eq!(scan.damaged, [end..bytes.len()]);
+        assert_eq!(
+            scan.damaged,
+            vec![std::ops::Range {
+                start: end,
+                end: bytes.len()
+            }]
+        );
         assert_eq!(scan.broken[0].at.seq, 1);
     }
 }
