@@ -203,3 +203,103 @@ async fn what_is_held_at_shutdown_is_spooled_and_replayed_by_the_next_server() {
         }
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_spool_at_start_replays_every_intact_record_and_counts_the_rest() {
+    let mut coderd = FakeCoderd::start().await;
+    coderd.stop().await;
+    let spool_dir = tempfile::tempdir().unwrap();
+    let (dir, mut config) = spool_config(IoMode::Auto, |c| {
+        c.shutdown_timeout = Duration::from_millis(300);
+        c.batch_max_logs = 100;
+    });
+    config.spool_dir = Some(spool_dir.path().to_owned());
+    let proxy = Proxy::start_grpc(dir, config, &coderd.addr()).await;
+    assert_eq!(send(&proxy, frames("s", 0, 100, 10)).await, 100);
+    assert!(proxy.wait_received(1000, PATIENCE).await);
+    assert_eq!(proxy.close().await.spooled, 1000);
+
+    // One byte flipped in the middle of the first segment: the record holding it is lost.
+    let segment = std::fs::read_dir(spool_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .min()
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    coderd.restart().await;
+    let (dir, mut config) = spool_config(IoMode::Auto, |_| {});
+    config.spool_dir = Some(spool_dir.path().to_owned());
+    let proxy = Proxy::start_grpc(dir, config, &coderd.addr()).await;
+    let at_start = proxy.accounting();
+    assert_eq!(at_start.recovered, 1000);
+    let lost = at_start.dropped_spool_corrupt;
+    assert!((1..=100).contains(&lost), "one request's logs: {lost}");
+    assert!(
+        wait_all_forwarded(&proxy, 1000 - lost).await,
+        "{:?}",
+        proxy.accounting()
+    );
+    let seqs = &delivered(&coderd.requests())["s"];
+    assert_eq!(seqs.len() as u64, 1000 - lost, "every intact log, once");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in order, around the gap"
+    );
+    let totals = proxy.close().await;
+    assert_eq!(
+        totals,
+        Accounting {
+            recovered: 1000,
+            forwarded: 1000 - lost,
+            dropped_spool_corrupt: lost,
+            ..Accounting::default()
+        }
+    );
+    assert_accounting_totals(totals, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_counts_exactly_the_logs_it_could_not_take() {
+    let mut coderd = FakeCoderd::start().await;
+    coderd.stop().await;
+    let (dir, config) = spool_config(IoMode::Auto, |c| {
+        c.retry_max_elapsed = Duration::from_millis(100);
+        c.batch_max_logs = 50;
+        c.spool_max_bytes = 64 << 10;
+    });
+    let proxy = Proxy::start_grpc(dir, config, &coderd.addr()).await;
+    assert_eq!(send(&proxy, frames("s", 0, 400, 5)).await, 400);
+    assert!(proxy.wait_received(2000, PATIENCE).await);
+    assert!(
+        eventually(PATIENCE, || {
+            let a = proxy.accounting();
+            a.spooled + a.dropped_spool_full == 2000
+        })
+        .await,
+        "{:?}",
+        proxy.accounting()
+    );
+    let a = proxy.accounting();
+    assert!(a.dropped_spool_full > 0 && a.spooled > 0, "{a:?}");
+    let bytes = proxy.metrics().spool.bytes.get() as u64;
+    assert!(bytes <= 64 << 10, "{bytes} bytes on disk");
+    assert_eq!(
+        proxy.metrics().spool.logs_spooled.get() + a.dropped_spool_full,
+        2000,
+        "each log spooled or counted spool_full, once"
+    );
+    coderd.restart().await;
+    assert!(
+        wait_all_forwarded(&proxy, a.spooled).await,
+        "{:?}",
+        proxy.accounting()
+    );
+    let totals = proxy.close().await;
+    assert_eq!(totals.forwarded, a.spooled);
+    assert_accounting_totals(totals, 0);
+}

@@ -216,3 +216,94 @@ impl Spooler {
         .emit(metrics);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prometheus::Registry;
+
+    use super::*;
+    use crate::codec::LogFrame;
+    use crate::forwarder::coalesce;
+    use crate::intake::QueuedFrame;
+    use crate::metrics::LogDropReason;
+    use crate::spool::{Fsync, SpoolConfig};
+    use crate::workload;
+
+    fn requests() -> Vec<Outgoing> {
+        // 2 frames of 60 logs cut into requests of 50: the first request carries no
+        // frame's end, the second the first frame's, the third the second frame's.
+        let frames: Vec<QueuedFrame> = (0..2)
+            .map(|i| QueuedFrame {
+                frame: LogFrame::from_request(&workload::request("s", "p", i * 60, 60)).unwrap(),
+                conn: 1,
+            })
+            .collect();
+        let mut out = Vec::new();
+        let limits = Limits {
+            max_logs: 50,
+            max_bytes: 1 << 20,
+        };
+        coalesce(&frames, limits, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_spooled_request_comes_back_with_its_frame_ends_and_its_replayed_logs_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let (spool, _) =
+            Spool::open(SpoolConfig::new(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+        let limits = Limits {
+            max_logs: 50,
+            max_bytes: 1 << 20,
+        };
+        let mut spooler = Spooler::new(spool, limits, &metrics);
+        let sent = requests();
+        assert!(sent.len() >= 3 && sent.iter().any(|o| o.frame_ends.is_empty()));
+        for out in &sent {
+            assert!(spooler.append(out, &metrics));
+        }
+        assert_eq!(metrics.spool.logs_spooled.get(), 120);
+        assert_eq!(metrics.spool.logs.get(), 120);
+        assert_eq!(metrics.spool.frames.get(), 2);
+        for out in &sent {
+            let replay = spooler.peek(&metrics).unwrap();
+            assert_eq!(replay.outgoing().request, out.request);
+            assert_eq!(replay.frame_ends, out.frame_ends);
+            spooler.ack(&replay, u64::from(out.request.logs), &metrics);
+        }
+        assert!(spooler.peek(&metrics).is_none());
+        assert_eq!(metrics.spool.logs_replayed.get(), 120);
+        assert_eq!(
+            (metrics.spool.logs.get(), metrics.spool.bytes.get()),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn a_request_that_does_not_fit_is_counted_spool_full_in_frames_and_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let sent = requests();
+        let first = (crate::spool::HEADER_LEN
+            + sent[0].frame_ends.len() * 4
+            + sent[0].request.bytes.len()) as u64;
+        let (spool, _) = Spool::open(SpoolConfig::new(dir.path(), first, Fsync::Interval)).unwrap();
+        let limits = Limits {
+            max_logs: 50,
+            max_bytes: 1 << 20,
+        };
+        let mut spooler = Spooler::new(spool, limits, &metrics);
+        assert!(spooler.append(&sent[0], &metrics), "exactly the limit fits");
+        assert!(!spooler.append(&sent[1], &metrics));
+        assert_eq!(
+            metrics.logs_dropped_for(LogDropReason::SpoolFull),
+            u64::from(sent[1].request.logs)
+        );
+        assert_eq!(
+            metrics.batches_dropped_for(crate::metrics::BatchDropReason::SpoolFull),
+            u64::from(sent[1].request.frames)
+        );
+        assert_eq!(metrics.spool.bytes.get() as u64, first);
+    }
+}
