@@ -153,9 +153,8 @@ pub(super) async fn deliver_all<R: Reporter>(
                 }
                 in_flight.clear();
                 to_spool.sort_by_key(|(o, _)| *o);
-                for out in to_spool.into_iter().flat_map(|(_, left)| left) {
-                    link.spooler.append(&out, metrics);
-                }
+                let outs: Vec<Outgoing> = to_spool.into_iter().flat_map(|(_, left)| left).collect();
+                link.spooler.append_all(&outs, metrics);
                 flight_cancel = cancel.child_token();
                 spooling = true;
             }

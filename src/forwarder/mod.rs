@@ -89,18 +89,13 @@ impl ForwarderState {
     /// it as dropped for shutdown.
     pub fn drop_remaining_for_shutdown(&mut self, metrics: &Metrics) {
         if let Some(spooler) = self.spooler.as_mut() {
-            for out in self.pending.drain(..) {
-                spooler.append(&out, metrics);
-            }
             let mut frames = Vec::new();
             while let Some(queued) = self.consumer.pop() {
                 frames.push(queued);
             }
-            let mut requests = Vec::new();
+            let mut requests: Vec<Outgoing> = self.pending.drain(..).collect();
             coalesce(&frames, spooler.limits, &mut requests);
-            for out in &requests {
-                spooler.append(out, metrics);
-            }
+            spooler.append_all(&requests, metrics);
             spooler.sync();
             RingOccupancy { len: 0 }.emit(metrics);
             return;

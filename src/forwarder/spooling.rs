@@ -9,7 +9,7 @@ use crate::events::{
 };
 use crate::metrics::Metrics;
 use crate::reporter::EncodedRequest;
-use crate::spool::{AppendError, Spool};
+use crate::spool::{AppendError, Fsync, Spool};
 
 use super::batch::{Limits, OrderKey, Outgoing};
 
@@ -100,20 +100,38 @@ impl Spooler {
     /// Writes `request`, or counts it as `spool_full` when there is no room (or the
     /// write failed). Returns whether it was written.
     pub fn append(&mut self, out: &Outgoing, metrics: &Metrics) -> bool {
-        let request = &out.request;
-        encode_payload(out, &mut self.buf);
-        let written = match self.spool.append(request.frames, request.logs, &self.buf) {
-            Ok(()) => true,
-            Err(AppendError::Full) => false,
-            Err(AppendError::Io(error)) => {
-                tracing::error!(dir = %self.spool.dir().display(), %error, "writing to the disk spool");
-                false
+        self.append_all(std::iter::once(out), metrics) == 1
+    }
+
+    /// Writes `outs` in order and makes them durable together (one sync for the
+    /// batch with `--spool-fsync always`) before counting them as spooled; what does
+    /// not fit is counted as `spool_full`. Returns how many were written.
+    pub fn append_all<'o>(
+        &mut self,
+        outs: impl IntoIterator<Item = &'o Outgoing>,
+        metrics: &Metrics,
+    ) -> usize {
+        let mut written = Spooled { frames: 0, logs: 0 };
+        let mut count = 0;
+        for out in outs {
+            let request = &out.request;
+            encode_payload(out, &mut self.buf);
+            let (frames, logs) = (u64::from(request.frames), u64::from(request.logs));
+            match self
+                .spool
+                .append_unsynced(request.frames, request.logs, &self.buf)
+            {
+                Ok(()) => {
+                    written.frames += frames;
+                    written.logs += logs;
+                    count += 1;
+                    continue;
+                }
+                Err(AppendError::Full) => {}
+                Err(AppendError::Io(error)) => {
+                    tracing::error!(dir = %self.spool.dir().display(), %error, "writing to the disk spool");
+                }
             }
-        };
-        let (frames, logs) = (u64::from(request.frames), u64::from(request.logs));
-        if written {
-            Spooled { frames, logs }.emit(metrics);
-        } else {
             ForwardDropped {
                 frames,
                 logs,
@@ -121,8 +139,18 @@ impl Spooler {
             }
             .emit(metrics);
         }
+        if count > 0 {
+            if self.spool.fsync() == Fsync::Always {
+                if let Err(error) = self.spool.sync() {
+                    // Written but perhaps not durable: still held (and replayed) by
+                    // this process, so still counted as spooled.
+                    tracing::error!(dir = %self.spool.dir().display(), %error, "syncing the disk spool");
+                }
+            }
+            written.emit(metrics);
+        }
         self.occupancy(metrics);
-        written
+        count
     }
 
     /// The oldest record, for replay. Records found damaged are counted as

@@ -366,9 +366,30 @@ impl Spool {
         self.config.max_bytes
     }
 
+    /// The sync policy.
+    pub fn fsync(&self) -> Fsync {
+        self.config.fsync
+    }
+
     /// Appends one request of `frames` frames and `logs` logs. Durable on return
     /// with [`Fsync::Always`], within [`SYNC_INTERVAL`] with [`Fsync::Interval`].
     pub fn append(&mut self, frames: u32, logs: u32, payload: &[u8]) -> Result<(), AppendError> {
+        self.append_unsynced(frames, logs, payload)?;
+        if self.config.fsync == Fsync::Always {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::append`] without the sync `Fsync::Always` asks for: for a batch of
+    /// records made durable together by one [`Self::sync`] before any of them is
+    /// reported as spooled.
+    pub fn append_unsynced(
+        &mut self,
+        frames: u32,
+        logs: u32,
+        payload: &[u8],
+    ) -> Result<(), AppendError> {
         let len = (HEADER_LEN + payload.len()) as u64;
         if payload.len() > record::MAX_PAYLOAD_LEN as usize
             || self.disk_bytes + len > self.config.max_bytes
@@ -376,9 +397,6 @@ impl Spool {
             return Err(AppendError::Full);
         }
         self.write(frames, logs, payload)?;
-        if self.config.fsync == Fsync::Always {
-            self.sync()?;
-        }
         Ok(())
     }
 
