@@ -245,7 +245,8 @@ pub(super) async fn deliver_all<R: Reporter>(
                     link.spooler.tick();
                 }
             }
-            _ = tokio::time::sleep(BACKLOG_POLL),
+            // An async block: the timer is only made (and the clock read) when polled.
+            _ = async { tokio::time::sleep(BACKLOG_POLL).await },
                 if ctx.spooled && !spooling && failing.load(Ordering::Relaxed) => {}
         }
     }
