@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 /// The lock file's name in the spool directory.
@@ -38,6 +39,7 @@ impl DirLock {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|source| LockError::Io {
                 path: shown.clone(),

@@ -16,6 +16,7 @@ mod state;
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -183,10 +184,15 @@ impl Spool {
     pub fn open(config: SpoolConfig) -> Result<(Spool, Recovery), SpoolError> {
         let dir = config.dir.clone();
         let shown = dir.display().to_string();
-        std::fs::create_dir_all(&dir).map_err(|source| SpoolError::Dir {
-            dir: shown.clone(),
-            source,
-        })?;
+        // Audit logs: only the proxy's user may read them (0700 directory, 0600 files).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| SpoolError::Dir {
+                dir: shown.clone(),
+                source,
+            })?;
         let lock = DirLock::acquire(&dir).map_err(|source| match source {
             LockError::Held { .. } => SpoolError::Locked {
                 dir: shown.clone(),

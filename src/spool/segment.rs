@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 /// Segment file names end with this.
@@ -54,6 +54,7 @@ impl Segment {
             .read(true)
             .append(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)?;
         Ok(Segment {
             id,

@@ -13,8 +13,9 @@
 //! Integers are little-endian. The file is replaced atomically: written to
 //! `state.tmp`, synced, renamed over `state`, and the directory synced.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use super::record::Position;
@@ -103,7 +104,12 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
 /// Replaces `dir/state` with `state`, durably.
 pub fn save(dir: &Path, state: &State) -> io::Result<()> {
     let tmp: PathBuf = dir.join("state.tmp");
-    let mut file = File::create(&tmp)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     file.write_all(&state.encode())?;
     file.sync_data()?;
     drop(file);

@@ -216,3 +216,18 @@ fn interval_sync_happens_on_tick_once_the_interval_passed() {
     assert!(!spool.segments.back().unwrap().is_dirty());
     assert!(!spool.state_dirty);
 }
+
+#[test]
+fn the_directory_and_its_files_are_the_proxy_users_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("a/spool");
+    let (mut spool, _) = Spool::open(config(&dir, 1 << 20, Fsync::Always)).unwrap();
+    fill(&mut spool, 0..1);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+}
