@@ -1,5 +1,8 @@
-//! The `sink` subcommand: a gRPC server implementing `Agent.ReportBoundaryLogs` that
-//! prints what it receives as the stdout reporter does, or only counts it.
+//! The `sink` subcommand, standing in for coderd: what every protocol shares (the
+//! [`Sink`] that prints or counts what arrives, the listen address, the count line)
+//! and the choice of protocol. `grpc` serves `Agent.ReportBoundaryLogs` over h2c.
+
+mod grpc;
 
 use std::future::Future;
 use std::io::{self, Write};
@@ -10,12 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
 
-use crate::proto::agent::agent_server::{Agent, AgentServer};
-use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
+use crate::proto::agent::ReportBoundaryLogsRequest;
 use crate::reporter::stdout::StdoutReporter;
 
 /// Largest request the sink accepts: generous, so a proxy configured for large
@@ -98,54 +97,16 @@ impl Sink {
         self.inner.requests.load(Ordering::Relaxed)
     }
 
-    /// The tonic service to mount on a server.
-    pub fn service(&self) -> AgentServer<Sink> {
-        AgentServer::new(self.clone()).max_decoding_message_size(MAX_REQUEST_BYTES)
-    }
-
-    /// Serves on `listener` until `shutdown` completes, then removes a Unix socket file.
-    pub async fn serve(
-        &self,
-        listener: SinkListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), SinkError> {
-        let server = tonic::transport::Server::builder().add_service(self.service());
-        match listener {
-            SinkListener::Tcp(listener) => {
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                server
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await?;
-            }
-            SinkListener::Unix { listener, path } => {
-                let served = server
-                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-                    .await;
-                remove_socket(&path);
-                served?;
-            }
-        }
-        Ok(())
-    }
-}
-
-#[tonic::async_trait]
-impl Agent for Sink {
-    async fn report_boundary_logs(
-        &self,
-        request: Request<ReportBoundaryLogsRequest>,
-    ) -> Result<Response<ReportBoundaryLogsResponse>, Status> {
-        let request = request.into_inner();
+    /// Prints `request`'s logs (unless quiet) and counts it with its logs.
+    pub fn record(&self, request: &ReportBoundaryLogsRequest) -> io::Result<()> {
         if let Some(printer) = &self.inner.printer {
-            printer
-                .write_request(&request)
-                .map_err(|e| Status::internal(format!("sink: writing log lines: {e}")))?;
+            printer.write_request(request)?;
         }
         self.inner
             .logs
             .fetch_add(request.logs.len() as u64, Ordering::Relaxed);
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
-        Ok(Response::new(ReportBoundaryLogsResponse {}))
+        Ok(())
     }
 }
 
@@ -216,7 +177,7 @@ fn clear_stale_socket(path: &Path) -> Result<(), SinkError> {
 }
 
 /// Removes our socket file on the way out, if it is still a socket.
-fn remove_socket(path: &Path) {
+pub(crate) fn remove_socket(path: &Path) {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
             if let Err(e) = std::fs::remove_file(path) {
