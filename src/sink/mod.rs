@@ -1,7 +1,9 @@
 //! The `sink` subcommand, standing in for coderd: what every protocol shares (the
 //! [`Sink`] that prints or counts what arrives, the listen address, the count line)
-//! and the choice of protocol. `grpc` serves `Agent.ReportBoundaryLogs` over h2c.
+//! and the choice of protocol. `grpc` serves `Agent.ReportBoundaryLogs` over h2c; `coder`
+//! serves coderd's own transport (websocket + yamux + DRPC).
 
+pub mod coder;
 mod grpc;
 
 use std::future::Future;
@@ -14,6 +16,8 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 
+use self::coder::{CoderSink, CoderSinkConfig};
+use crate::config::SinkProtocol;
 use crate::proto::agent::ReportBoundaryLogsRequest;
 use crate::reporter::stdout::StdoutReporter;
 
@@ -50,6 +54,12 @@ pub enum SinkError {
     /// The server failed while running.
     #[error("sink: serving failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// A setting that only the coder protocol has was given with another protocol.
+    #[error("sink: {0} is only for --protocol coder")]
+    CoderOnly(&'static str),
+    /// The coder protocol listens on TCP only.
+    #[error("sink: --protocol coder listens on HOST:PORT, not on {0}")]
+    CoderNeedsTcp(String),
 }
 
 /// The service: counts every request and log, and prints their JSON lines unless quiet.
@@ -213,29 +223,96 @@ pub async fn print_counts(sink: Sink, every: Duration, mut out: Box<dyn Write + 
     }
 }
 
+/// What the `sink` subcommand runs with.
+#[derive(Debug, Clone, Default)]
+pub struct SinkOptions {
+    /// `HOST:PORT`, or `unix:/PATH` (gRPC only).
+    pub listen: String,
+    /// Print a count line every second instead of every log.
+    pub quiet: bool,
+    /// The protocol served.
+    pub protocol: SinkProtocol,
+    /// Coder protocol: the only session token accepted (default any).
+    pub token: Option<String>,
+    /// Coder protocol: the version `/api/v2/buildinfo` reports.
+    pub coder_version: Option<String>,
+}
+
 /// The `sink` subcommand: binds `listen` (`HOST:PORT` or `unix:/PATH`), prints each
 /// received log's JSON line on stdout (or, if `quiet`, a count line every second when
-/// it changes, and the final count at the end) until `shutdown` completes.
+/// it changes, and the final count at the end) until `shutdown` completes. Serves gRPC;
+/// [`run`] serves either protocol.
 pub async fn run_sink(
     listen: &str,
     quiet: bool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SinkError> {
-    let listener = SinkListener::bind(listen).await?;
-    tracing::info!(url = %listener.url(), quiet, "sink listening");
-    if !quiet {
-        return Sink::printing(StdoutReporter::new())
-            .serve(listener, shutdown)
-            .await;
+    let options = SinkOptions {
+        listen: listen.to_owned(),
+        quiet,
+        ..SinkOptions::default()
+    };
+    run(options, shutdown).await
+}
+
+/// The `sink` subcommand with its protocol: as [`run_sink`] describes, serving
+/// `options.protocol`.
+pub async fn run(
+    options: SinkOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SinkError> {
+    let SinkOptions {
+        listen,
+        quiet,
+        protocol,
+        token,
+        coder_version,
+    } = options;
+    if protocol == SinkProtocol::Grpc {
+        if token.is_some() {
+            return Err(SinkError::CoderOnly("--token"));
+        }
+        if coder_version.is_some() {
+            return Err(SinkError::CoderOnly("--coder-version"));
+        }
     }
-    let sink = Sink::quiet();
-    let counts = tokio::spawn(print_counts(
-        sink.clone(),
-        COUNT_INTERVAL,
-        Box::new(io::stdout()),
-    ));
-    let served = sink.serve(listener, shutdown).await;
-    counts.abort();
-    println!("{}", count_line(sink.logs(), sink.requests()));
+    if protocol == SinkProtocol::Coder && listen.starts_with("unix:") {
+        return Err(SinkError::CoderNeedsTcp(listen));
+    }
+    let listener = SinkListener::bind(&listen).await?;
+    tracing::info!(url = %listener.url(), quiet, %protocol, "sink listening");
+    let sink = if quiet {
+        Sink::quiet()
+    } else {
+        Sink::printing(StdoutReporter::new())
+    };
+    let counts = quiet.then(|| {
+        tokio::spawn(print_counts(
+            sink.clone(),
+            COUNT_INTERVAL,
+            Box::new(io::stdout()),
+        ))
+    });
+    let served = match (protocol, listener) {
+        (SinkProtocol::Grpc, listener) => sink.serve(listener, shutdown).await,
+        (SinkProtocol::Coder, SinkListener::Tcp(listener)) => {
+            let mut config = CoderSinkConfig {
+                token,
+                ..CoderSinkConfig::default()
+            };
+            if let Some(version) = coder_version {
+                config.version = version;
+            }
+            CoderSink::new(sink.clone(), config)
+                .serve(listener, shutdown)
+                .await;
+            Ok(())
+        }
+        (SinkProtocol::Coder, listener) => Err(SinkError::CoderNeedsTcp(listener.url())),
+    };
+    if let Some(counts) = counts {
+        counts.abort();
+        println!("{}", count_line(sink.logs(), sink.requests()));
+    }
     served
 }
