@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::codec::CodecError;
+use crate::metrics::CoderdConnectResult;
 use crate::metrics::{
     BatchDropReason, ConnectionRejectReason, ForwardResult, FrameRejectReason, LogDropReason,
     Metrics,
@@ -619,5 +620,128 @@ mod tests {
         assert_eq!(m.sequence_out_of_order.get(), 2);
         assert_eq!(m.ring_capacity.get(), 4096);
         assert_eq!(m.ring_occupancy.get(), 17);
+    }
+}
+
+/// The last connect failure logged, so a failure repeated on every retry (a wrong token,
+/// an old coderd, coderd down) is logged once, not once per attempt; cleared on success.
+static LAST_CODERD_CONNECT_FAILURE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// The coder transport connected to coderd's Agent API.
+#[derive(Debug, Clone, Copy)]
+pub struct CoderdConnected<'a> {
+    /// coderd's base URL.
+    pub url: &'a str,
+    /// The version coderd reported.
+    pub version: &'a str,
+}
+
+impl InternalEvent for CoderdConnected<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .coderd_connects
+            .with_label_values(&[CoderdConnectResult::Ok.as_str()])
+            .inc();
+        metrics.coderd_connected.set(1);
+        LAST_CODERD_CONNECT_FAILURE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        tracing::info!(
+            url = self.url,
+            version = self.version,
+            "connected to coderd"
+        );
+    }
+}
+
+/// A connection attempt to coderd's Agent API failed.
+#[derive(Debug, Clone, Copy)]
+pub struct CoderdConnectFailed<'a> {
+    /// How, as counted.
+    pub result: CoderdConnectResult,
+    /// coderd's base URL.
+    pub url: &'a str,
+    /// What went wrong (for an HTTP error: the status and coderd's message).
+    pub error: &'a str,
+}
+
+impl InternalEvent for CoderdConnectFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .coderd_connects
+            .with_label_values(&[self.result.as_str()])
+            .inc();
+        let new = {
+            let mut last = LAST_CODERD_CONNECT_FAILURE
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let new = last.as_deref() != Some(self.error);
+            if new {
+                *last = Some(self.error.to_owned());
+            }
+            new
+        };
+        let result = self.result.as_str();
+        if !new {
+            tracing::debug!(
+                url = self.url,
+                result,
+                error = self.error,
+                "connecting to coderd failed again"
+            );
+        } else if self.result == CoderdConnectResult::NetworkError {
+            tracing::warn!(
+                url = self.url,
+                result,
+                error = self.error,
+                "connecting to coderd failed; will retry"
+            );
+        } else {
+            tracing::error!(
+                url = self.url,
+                result,
+                error = self.error,
+                "coderd refused the connection"
+            );
+        }
+    }
+}
+
+/// The coder transport's connection to coderd ended; the next call reconnects.
+#[derive(Debug, Clone, Copy)]
+pub struct CoderdDisconnected<'a> {
+    /// Why.
+    pub reason: &'a str,
+}
+
+impl InternalEvent for CoderdDisconnected<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics.coderd_connected.set(0);
+        tracing::warn!(reason = self.reason, "disconnected from coderd");
+    }
+}
+
+/// Logs were forwarded whose session_id is not a UUID: coderd logs and does not store them.
+#[derive(Debug, Clone, Copy)]
+pub struct NonUuidSessionForwarded<'a> {
+    /// Logs in the request.
+    pub logs: u64,
+    /// The session id.
+    pub session_id: &'a str,
+}
+
+impl InternalEvent for NonUuidSessionForwarded<'_> {
+    fn emit(self, metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        metrics.logs_non_uuid_session.inc_by(self.logs);
+        if let Some(suppressed) = LIMIT.admit() {
+            tracing::warn!(
+                logs = self.logs,
+                session_id = self.session_id,
+                suppressed,
+                "forwarded logs whose session_id is not a UUID; coderd does not store them"
+            );
+        }
     }
 }

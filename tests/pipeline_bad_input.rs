@@ -197,10 +197,7 @@ async fn a_mixed_stream_forwards_its_three_requests_in_order(io: IoMode) {
 /// (session, process, sequence number) of every log the manifest expects from
 /// `stream_mixed.bin`, in order.
 fn expected_stream_mixed() -> Vec<(String, String, i32)> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/vectors/manifest.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/manifest.json");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let manifest: serde_json::Value = serde_json::from_str(&text).expect("manifest is JSON");
     let vector = manifest["vectors"]

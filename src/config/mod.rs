@@ -2,6 +2,7 @@
 //! defaults. The values' forms and checks (shared by the CLI's parsers and by library
 //! users who build a [`Config`] by hand) live in [`values`].
 
+pub mod coder;
 pub mod values;
 
 use std::fmt;

@@ -110,3 +110,18 @@ impl From<&CodecError> for FrameRejectReason {
         }
     }
 }
+
+label_enum! {
+    /// `result` of `coderd_connects_total`: how a connection attempt to coderd's Agent API
+    /// (buildinfo, websocket upgrade, yamux) ended.
+    CoderdConnectResult {
+        /// Connected.
+        Ok => "ok",
+        /// coderd answered an HTTP error (a wrong token: 401).
+        HttpError => "http_error",
+        /// coderd is older than v2.31.0 and `--coder-allow-agent-role` is not set.
+        RefusedVersion => "refused_version",
+        /// TCP, TLS, a timeout, or a broken upgrade.
+        NetworkError => "network_error",
+    }
+}

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+pub use labels::CoderdConnectResult;
 pub use labels::{
     BatchDropReason, ConnectionRejectReason, ForwardResult, FrameRejectReason, LogDropReason,
 };
@@ -68,6 +69,13 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// `forward_latency_seconds`: duration of each `ReportBoundaryLogs` call.
     pub forward_latency_seconds: Histogram,
+    /// `coderd_connected`: 1 while the coder transport's session to coderd is up.
+    pub coderd_connected: IntGauge,
+    /// `coderd_connects_total{result}`: connection attempts of the coder transport.
+    pub coderd_connects: IntCounterVec,
+    /// `logs_non_uuid_session_total`: logs forwarded whose session_id is not a UUID
+    /// (coderd does not store them).
+    pub logs_non_uuid_session: IntCounter,
 }
 
 /// The counts in the accounting invariant (CONTRACT §4):
@@ -234,6 +242,21 @@ impl Metrics {
                     .buckets(LATENCY_BUCKETS.to_vec()),
                 ),
             )?,
+            coderd_connected: r.gauge(
+                "coderd_connected",
+                "1 while the coder transport is connected to coderd's Agent API, else 0.",
+            )?,
+            coderd_connects: r.counter_vec(
+                "coderd_connects_total",
+                "Connection attempts to coderd's Agent API (coder transport), by result.",
+                "result",
+                CoderdConnectResult::ALL,
+                CoderdConnectResult::as_str,
+            )?,
+            logs_non_uuid_session: r.counter(
+                "logs_non_uuid_session_total",
+                "Audit logs forwarded whose session_id is not a UUID (coderd does not store them).",
+            )?,
         }))
     }
 
@@ -269,6 +292,13 @@ impl Metrics {
     pub fn connections_rejected_for(&self, reason: ConnectionRejectReason) -> u64 {
         self.connections_rejected
             .with_label_values(&[reason.as_str()])
+            .get()
+    }
+
+    /// `coderd_connects_total{result}`.
+    pub fn coderd_connects_for(&self, result: CoderdConnectResult) -> u64 {
+        self.coderd_connects
+            .with_label_values(&[result.as_str()])
             .get()
     }
 

@@ -8,6 +8,7 @@ pub mod as_uid;
 pub mod coderd;
 pub mod faults;
 pub mod proxy;
+pub mod transcript;
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, PoisonError};
