@@ -41,8 +41,8 @@ pub enum AppError {
     Task(String),
 }
 
-/// `boundary-log-proxy serve`: runs the proxy until SIGTERM/SIGINT, then shuts down
-/// as CONTRACT.md section 2 says and returns `Ok` (exit 0).
+/// `boundary-log-proxy serve`: runs the proxy until SIGTERM/SIGINT/SIGHUP, then shuts down
+/// as docs/command-line.md (`--shutdown-timeout`) says and returns `Ok` (exit 0).
 pub fn serve(config: Config) -> Result<(), AppError> {
     config.validate()?;
     runtime()?.block_on(serve_async(config))
@@ -129,15 +129,38 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
     Ok(())
 }
 
+/// Waits for a signal that stops the process gracefully: SIGTERM, SIGINT or SIGHUP
+/// (a terminal, ssh session or tmux pane closing). SIGUSR1 and SIGUSR2 mean nothing
+/// here and are logged and ignored (their default action would kill the process,
+/// buffered logs lost uncounted). SIGPIPE is ignored by the Rust runtime before
+/// `main` (a write to a closed pipe fails with EPIPE instead). SIGQUIT keeps its
+/// default on purpose: the operator's way to stop at once, with a core dump, no
+/// drain. README "Signals" says the same.
 async fn wait_for_signal() -> Result<(), AppError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(AppError::Runtime)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Runtime)?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    let listen = |kind| signal(kind).map_err(AppError::Runtime);
+    let mut term = listen(SignalKind::terminate())?;
+    let mut int = listen(SignalKind::interrupt())?;
+    let mut hup = listen(SignalKind::hangup())?;
+    let mut usr1 = listen(SignalKind::user_defined1())?;
+    let mut usr2 = listen(SignalKind::user_defined2())?;
+    loop {
+        let (name, stops) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", true),
+            _ = int.recv() => ("SIGINT", true),
+            _ = hup.recv() => ("SIGHUP", true),
+            _ = usr1.recv() => ("SIGUSR1", false),
+            _ = usr2.recv() => ("SIGUSR2", false),
+        };
+        if stops {
+            tracing::info!(signal = name, "stop requested");
+            return Ok(());
+        }
+        tracing::info!(
+            signal = name,
+            "signal has no meaning for the proxy; ignored"
+        );
     }
-    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
@@ -149,8 +172,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
         .map_err(AppError::Runtime)
 }
 
-/// `boundary-log-proxy sink`: a gRPC or coder-protocol server printing what it receives, until
-/// SIGTERM/SIGINT.
+/// `boundary-log-proxy sink`: a gRPC or coder-protocol server printing what it receives,
+/// until SIGTERM/SIGINT/SIGHUP.
 pub fn sink(args: SinkArgs) -> Result<(), AppError> {
     runtime()?.block_on(async move {
         let options = SinkOptions {
@@ -172,6 +195,17 @@ pub fn sink(args: SinkArgs) -> Result<(), AppError> {
 /// then prints the summary line (frames/s, logs/s, bytes/s) on stdout.
 pub fn loadgen(args: LoadgenArgs) -> Result<(), AppError> {
     let summary = crate::loadgen::run(&args).map_err(|e| AppError::Task(e.to_string()))?;
-    println!("{summary}");
-    Ok(())
+    print_line(summary)
+}
+
+/// Writes `text` and a newline on stdout. A reader that has gone away (`| head -1`)
+/// is not a failure: the output was not wanted any more.
+pub fn print_line(text: impl std::fmt::Display) -> Result<(), AppError> {
+    use std::io::Write as _;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(AppError::Task(format!("writing to stdout: {error}")))
+        }
+        _ => Ok(()),
+    }
 }

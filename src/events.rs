@@ -295,6 +295,64 @@ impl InternalEvent for ForwardAttemptFailed<'_> {
     }
 }
 
+/// The destination refused a request for its size: the forwarder splits it and
+/// builds later requests within the limits it now knows.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardRefusedTooLarge<'a> {
+    /// How long the call took.
+    pub latency: Duration,
+    /// What the destination said.
+    pub status: &'a tonic::Status,
+    /// Logs in the refused request.
+    pub logs: u64,
+    /// Its encoded bytes.
+    pub bytes: u64,
+    /// Most logs a request carries from now on.
+    pub max_logs: usize,
+    /// Most bytes a request carries from now on.
+    pub max_bytes: usize,
+}
+
+impl InternalEvent for ForwardRefusedTooLarge<'_> {
+    fn emit(self, metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        count_call(metrics, ForwardResult::PermanentError, self.latency);
+        if let Some(suppressed) = LIMIT.admit() {
+            tracing::warn!(
+                code = ?self.status.code(),
+                message = self.status.message(),
+                logs = self.logs,
+                bytes = self.bytes,
+                max_logs = self.max_logs,
+                max_bytes = self.max_bytes,
+                suppressed,
+                "the destination refused a request as too large; splitting it, and sending at most max_logs logs and max_bytes bytes a request from now on"
+            );
+        }
+    }
+}
+
+/// A request was cut in two at a log boundary (refused for its size, or over the
+/// size the destination was found to take).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSplit {
+    /// Logs in the request cut.
+    pub logs: u64,
+    /// Its encoded bytes.
+    pub bytes: u64,
+}
+
+impl InternalEvent for RequestSplit {
+    fn emit(self, metrics: &Metrics) {
+        metrics.requests_split.inc();
+        tracing::debug!(
+            logs = self.logs,
+            bytes = self.bytes,
+            "split a request in two"
+        );
+    }
+}
+
 /// Why the forwarder gave up on a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardDropReason {

@@ -1,5 +1,5 @@
 //! The embeddable engine: binds the socket, runs the reader, owns the ring, and lends
-//! the ring's consumer to `run_forwarder` (CONTRACT.md section 5).
+//! the ring's consumer to `run_forwarder` (the embedding API the README shows).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use crate::config::{Config, IoMode};
 use crate::forwarder::{self, ForwarderConfig, ForwarderState, Limits};
 use crate::intake::{Intake, QueuedFrame};
 use crate::metrics::{Metrics, MetricsError};
-use crate::reader::{self, Backend, Reader, ReaderConfig, ReaderError};
+use crate::reader::{self, Backend, PathLock, Reader, ReaderConfig, ReaderError};
 use crate::reporter::Reporter;
 use crate::ring::{self, RingHandle};
 use crate::seqgap::SeqTracker;
@@ -68,15 +68,23 @@ enum Lifecycle {
     Closed,
 }
 
-/// The socket file we created, to remove it only if it is still ours.
+/// The socket file we created, to remove it only if it is still ours, and the lock
+/// on the path (`<socket>.lock`), held until then.
 struct BoundSocket {
     path: PathBuf,
     dev: u64,
     ino: u64,
+    lock: PathLock,
 }
 
 impl BoundSocket {
-    fn remove(&self) {
+    /// Removes the socket file if it is still ours, then releases the lock.
+    fn remove(self) {
+        self.remove_file();
+        drop(self.lock);
+    }
+
+    fn remove_file(&self) {
         match std::fs::symlink_metadata(&self.path) {
             Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
                 if let Err(error) = std::fs::remove_file(&self.path) {
@@ -141,6 +149,8 @@ impl Server {
             _ => return Err(ServerError::AlreadyStarted),
         }
         let config = &self.inner.config;
+        // Held before the path is looked at: two starts cannot both find a leftover.
+        let lock = PathLock::acquire(&config.socket)?;
         let listener = reader::bind(&config.socket, config.socket_mode)?;
         let meta = std::fs::symlink_metadata(&config.socket).map_err(|source| {
             ServerError::Reader(ReaderError::InspectPath {
@@ -152,6 +162,7 @@ impl Server {
             path: config.socket.clone(),
             dev: meta.dev(),
             ino: meta.ino(),
+            lock,
         };
         let reader_config = ReaderConfig {
             io: match config.io {

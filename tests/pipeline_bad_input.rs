@@ -1,4 +1,4 @@
-//! Bad input through the whole pipeline (CONTRACT §1's table): what closes a
+//! Bad input through the whole pipeline (docs/wire-format.md's table): what closes a
 //! connection, what is skipped, and that good frames around it still reach coderd.
 //! Each test runs under `--io auto` and `--io epoll`.
 

@@ -1,6 +1,6 @@
 //! The command line: clap definitions for `serve` (the default), `sink` and
 //! `loadgen`, every flag also read from `BOUNDARY_LOG_PROXY_<FLAG>`, and clap's
-//! errors turned into the one-line messages CONTRACT §2 promises (see [`render`]).
+//! errors turned into the one-line messages docs/command-line.md promises (see [`render`]).
 
 mod render;
 
@@ -90,12 +90,8 @@ struct ServeArgs {
           value_parser = |s: &str| s.parse::<CoderdEndpoint>())]
     coderd: Option<CoderdEndpoint>,
     /// Sent as the coder-session-token metadata on every call.
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "BOUNDARY_LOG_PROXY_AUTH_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "TOKEN", env = "BOUNDARY_LOG_PROXY_AUTH_TOKEN", hide_env_values = true,
+          value_parser = |s: &str| config::parse_token("--auth-token", s))]
     auth_token: Option<String>,
     /// Embedded reporter used instead of coderd [default: stdout when --coderd is absent].
     #[arg(
@@ -144,14 +140,14 @@ struct ServeArgs {
     #[arg(long = "allow-uid", value_name = "UID", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_ALLOW_UID",
           value_delimiter = ',', value_parser = config::parse_uid)]
     allow_uid: Vec<u32>,
-    /// On SIGTERM/SIGINT, how long draining may take before what is unsent is counted as dropped.
+    /// On SIGTERM/SIGINT/SIGHUP, how long draining may take before what is unsent is counted as dropped.
     #[arg(long, value_name = "DURATION", env = "BOUNDARY_LOG_PROXY_SHUTDOWN_TIMEOUT", default_value = "5s",
           value_parser = |s: &str| config::parse_duration("--shutdown-timeout", s))]
     shutdown_timeout: Duration,
     #[command(flatten)]
     log: LogArgs,
-    /// Print the effective configuration as JSON and exit.
-    #[arg(long, hide = true)]
+    /// Print the effective settings as JSON (the token redacted) and exit.
+    #[arg(long)]
     print_config: bool,
 }
 
@@ -244,6 +240,10 @@ struct LoadgenCmd {
     /// Frame tag to write.
     #[arg(long, env = "BOUNDARY_LOG_PROXY_TAG", value_enum, default_value_t)]
     tag: FrameTag,
+    /// How long to wait for the proxy to listen on the socket before giving up; 0s tries once.
+    #[arg(long, value_name = "DURATION", env = "BOUNDARY_LOG_PROXY_WAIT_FOR_SOCKET", default_value = "10s",
+          value_parser = |s: &str| config::parse_duration("--wait-for-socket", s))]
+    wait_for_socket: Duration,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -270,6 +270,7 @@ impl From<LoadgenCmd> for LoadgenArgs {
             logs_per_frame: cmd.logs_per_frame,
             rate: cmd.rate,
             tag: cmd.tag,
+            wait_for_socket: cmd.wait_for_socket,
             log: cmd.log.into(),
         }
     }
@@ -289,6 +290,14 @@ pub enum Invocation {
 }
 
 impl Invocation {
+    /// The checks made once every value is parsed ([`Config::validate`] for `serve`).
+    fn validate(&self) -> Result<(), config::ConfigError> {
+        match self {
+            Self::Serve(config) | Self::PrintConfig(config) => config.validate(),
+            Self::Sink(_) | Self::Loadgen(_) => Ok(()),
+        }
+    }
+
     /// The logging settings of whichever command runs.
     pub fn log_settings(&self) -> &LogSettings {
         match self {
@@ -337,12 +346,22 @@ where
 {
     let args = with_default_subcommand(args.into_iter().map(Into::into).collect());
     match Cli::try_parse_from(&args) {
-        Ok(cli) => Ok(match cli.command {
-            Command::Serve(serve) if serve.print_config => Invocation::PrintConfig((*serve).into()),
-            Command::Serve(serve) => Invocation::Serve((*serve).into()),
-            Command::Sink(sink) => Invocation::Sink(sink.into()),
-            Command::Loadgen(loadgen) => Invocation::Loadgen(loadgen.into()),
-        }),
+        Ok(cli) => {
+            let invocation = match cli.command {
+                Command::Serve(serve) if serve.print_config => {
+                    Invocation::PrintConfig((*serve).into())
+                }
+                Command::Serve(serve) => Invocation::Serve((*serve).into()),
+                Command::Sink(sink) => Invocation::Sink(sink.into()),
+                Command::Loadgen(loadgen) => Invocation::Loadgen(loadgen.into()),
+            };
+            // Checks that need more than one value, or the whole settings, are flag
+            // errors too: they exit 2 naming the flag (and its variable) like the rest.
+            invocation
+                .validate()
+                .map_err(|error| CliExit::Usage(render::config_error(&error, &args)))?;
+            Ok(invocation)
+        }
         Err(error)
             if matches!(
                 error.kind(),

@@ -20,6 +20,7 @@ pub use values::{
     MAX_RING_CAPACITY, MAX_SOCKET_PATH_BYTES,
 };
 use values::{check_positive, check_positive_duration};
+pub use values::{check_token, parse_readable_file, parse_token, token_problem};
 
 /// One thing wrong with a setting. `Display` says what the value must be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +34,28 @@ pub enum ConfigError {
         value: String,
         /// What the setting takes.
         takes: &'static str,
+    },
+    /// A secret (a token) that cannot be used; the message never shows the value.
+    #[error("invalid value for {setting}: {takes}; {problem}")]
+    Secret {
+        /// The flag it came from, e.g. `--auth-token`.
+        setting: &'static str,
+        /// What the setting takes.
+        takes: &'static str,
+        /// What is wrong with this value, without quoting it.
+        problem: String,
+    },
+    /// A value of the right form that cannot be used, such as a file that cannot be read.
+    #[error("invalid value '{value}' for {setting}: {takes}; {problem}")]
+    Unusable {
+        /// The flag it came from.
+        setting: &'static str,
+        /// The value as given.
+        value: String,
+        /// What the setting takes.
+        takes: &'static str,
+        /// What went wrong, e.g. the I/O error.
+        problem: String,
     },
 }
 
@@ -52,7 +75,40 @@ impl ConfigError {
     /// What the setting takes, without the flag or value (the CLI's error line ends with it).
     pub fn takes(&self) -> &'static str {
         match self {
-            Self::Invalid { takes, .. } => takes,
+            Self::Invalid { takes, .. }
+            | Self::Secret { takes, .. }
+            | Self::Unusable { takes, .. } => takes,
+        }
+    }
+
+    /// The flag the value belongs to, e.g. `--auth-token`.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Self::Invalid { setting, .. }
+            | Self::Secret { setting, .. }
+            | Self::Unusable { setting, .. } => setting,
+        }
+    }
+
+    /// The message with `note` (such as ` (from BOUNDARY_LOG_PROXY_X)`) after the flag.
+    pub fn with_note(&self, note: &str) -> String {
+        match self {
+            Self::Invalid {
+                setting,
+                value,
+                takes,
+            } => format!("invalid value '{value}' for {setting}{note}: {takes}"),
+            Self::Secret {
+                setting,
+                takes,
+                problem,
+            } => format!("invalid value for {setting}{note}: {takes}; {problem}"),
+            Self::Unusable {
+                setting,
+                value,
+                takes,
+                problem,
+            } => format!("invalid value '{value}' for {setting}{note}: {takes}; {problem}"),
         }
     }
 }
@@ -262,6 +318,9 @@ impl Config {
         check_batch_max_bytes(self.batch_max_bytes)?;
         check_positive("--max-connections", self.max_connections as u64)?;
         check_positive_duration("--call-timeout", self.call_timeout)?;
+        if let Some(token) = &self.auth_token {
+            check_token("--auth-token", token.expose())?;
+        }
         if self.coderd.is_some() && self.sink.is_some() {
             return Err(ConfigError::invalid(
                 "--sink",
@@ -339,9 +398,16 @@ pub struct LoadgenArgs {
     pub rate: Option<u64>,
     /// `--tag`: frame tag written. Default `v2`.
     pub tag: FrameTag,
+    /// `--wait-for-socket`: how long to wait for the proxy to listen before giving
+    /// up. Default [`DEFAULT_WAIT_FOR_SOCKET`]; zero tries once.
+    pub wait_for_socket: Duration,
     /// `--log-format`, `--log-level`.
     pub log: LogSettings,
 }
+
+/// `loadgen --wait-for-socket`'s default: long enough for a proxy started a moment
+/// before to bind its socket.
+pub const DEFAULT_WAIT_FOR_SOCKET: Duration = Duration::from_secs(10);
 
 pub(super) fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()

@@ -40,9 +40,20 @@ pub mod takes {
         "a byte count from 1 to 4194303 (below gRPC's 4 MiB message limit)";
     /// Durations that may be zero.
     pub const DURATION: &str = "a duration with a unit, such as 0s, 250ms, 5s or 2m";
+    /// Durations that may be zero, given a negative value.
+    pub const NEGATIVE_DURATION: &str =
+        "a duration of zero or more with a unit, such as 0s, 250ms, 5s or 2m; a negative duration is not allowed";
     /// Durations that must be above zero.
     pub const POSITIVE_DURATION: &str =
         "a duration above zero with a unit, such as 250ms, 5s or 2m";
+    /// Durations that must be above zero, given a negative value.
+    pub const NEGATIVE_POSITIVE_DURATION: &str =
+        "a duration above zero with a unit, such as 250ms, 5s or 2m; a negative duration is not allowed";
+    /// `--auth-token` and other tokens sent as a request header.
+    pub const TOKEN: &str =
+        "a token of visible ASCII characters (no spaces, control characters such as a trailing newline, or non-ASCII text)";
+    /// Files the proxy reads at start-up.
+    pub const READABLE_FILE: &str = "the path of a file this user can read";
     /// `--allow-uid`.
     pub const UID: &str =
         "a numeric user id such as 1000 (repeat the flag, or separate with commas)";
@@ -328,18 +339,99 @@ pub fn parse_uid(s: &str) -> Result<u32, ConfigError> {
         .ok_or_else(|| ConfigError::invalid("--allow-uid", s, takes::UID))
 }
 
+/// `-1s`, `- 5m`: a sign the duration parser would only call "invalid".
+fn is_negative(s: &str) -> bool {
+    s.trim_start().starts_with('-')
+}
+
 /// A duration with a unit; zero allowed.
 pub fn parse_duration(setting: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    if is_negative(s) {
+        return Err(ConfigError::invalid(setting, s, takes::NEGATIVE_DURATION));
+    }
     humantime::parse_duration(s.trim())
         .map_err(|_| ConfigError::invalid(setting, s, takes::DURATION))
 }
 
 /// A duration with a unit, above zero.
 pub fn parse_positive_duration(setting: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    if is_negative(s) {
+        return Err(ConfigError::invalid(
+            setting,
+            s,
+            takes::NEGATIVE_POSITIVE_DURATION,
+        ));
+    }
     humantime::parse_duration(s.trim())
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| ConfigError::invalid(setting, s, takes::POSITIVE_DURATION))
+}
+
+/// What is wrong with a token, without showing it: `None` when it is one or more
+/// visible ASCII characters (`0x21..=0x7e`), what HTTP/2 and gRPC carry in a header
+/// value unchanged.
+pub fn token_problem(token: &str) -> Option<String> {
+    if token.is_empty() {
+        return Some("this one is empty".to_owned());
+    }
+    let (at, byte) = token
+        .bytes()
+        .enumerate()
+        .find(|&(_, b)| !(0x21..=0x7e).contains(&b))?;
+    let what = match byte {
+        b'\n' => "a newline (0x0a)".to_owned(),
+        b'\r' => "a carriage return (0x0d)".to_owned(),
+        b'\t' => "a tab (0x09)".to_owned(),
+        b' ' => "a space".to_owned(),
+        0x80.. => "a non-ASCII character".to_owned(),
+        control => format!("a control character (0x{control:02x})"),
+    };
+    let place = if at + 1 == token.len() {
+        "at its end".to_owned()
+    } else {
+        format!("at byte {} of {}", at + 1, token.len())
+    };
+    Some(format!("this one has {what} {place}"))
+}
+
+/// A token sent as a request header (`--auth-token`); the error never shows it.
+pub fn check_token(setting: &'static str, token: &str) -> Result<(), ConfigError> {
+    match token_problem(token) {
+        None => Ok(()),
+        Some(problem) => Err(ConfigError::Secret {
+            setting,
+            takes: takes::TOKEN,
+            problem,
+        }),
+    }
+}
+
+/// A token given as a flag's value.
+pub fn parse_token(setting: &'static str, s: &str) -> Result<String, ConfigError> {
+    check_token(setting, s)?;
+    Ok(s.to_owned())
+}
+
+/// A file that must be readable when the proxy starts: opening it is the check, so
+/// a missing file, a directory or a permission problem is a flag error naming the flag.
+pub fn parse_readable_file(setting: &'static str, s: &str) -> Result<PathBuf, ConfigError> {
+    let path = PathBuf::from(s);
+    let unusable = |problem: String| ConfigError::Unusable {
+        setting,
+        value: s.to_owned(),
+        takes: takes::READABLE_FILE,
+        problem,
+    };
+    if s.is_empty() {
+        return Err(ConfigError::invalid(setting, s, takes::READABLE_FILE));
+    }
+    let file = std::fs::File::open(&path).map_err(|e| unusable(format!("cannot open it: {e}")))?;
+    match file.metadata() {
+        Ok(meta) if meta.is_dir() => Err(unusable("it is a directory".to_owned())),
+        Ok(_) => Ok(path),
+        Err(e) => Err(unusable(format!("cannot read it: {e}"))),
+    }
 }
 
 /// `--metrics-addr`: `IP:PORT` or `localhost:PORT`.

@@ -5,6 +5,7 @@
 mod batch;
 mod flight;
 mod retry;
+mod split;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use batch::{coalesce, Limits, OrderKey, Outgoing};
 pub use retry::Backoff;
+pub use split::Learned;
 
 use crate::events::{ForwardDropReason, ForwardDropped, InternalEvent, RingOccupancy};
 use crate::intake::QueuedFrame;
@@ -106,9 +108,12 @@ pub async fn run<R: Reporter>(
     let stop = Arc::new(AtomicBool::new(false));
     let waker = state.consumer.handle();
     let pending = std::mem::take(&mut state.pending);
+    // What this destination takes, learned afresh by each run (it may be a new one).
+    let learned = Arc::new(Learned::new(config.limits));
     let drain = Drain {
         consumer: state.consumer,
         config,
+        learned: learned.clone(),
         metrics: metrics.clone(),
         stop: stop.clone(),
     };
@@ -120,8 +125,10 @@ pub async fn run<R: Reporter>(
         })
         .map_err(ForwarderError::Spawn)?;
 
-    let mut pending =
-        flight::deliver_all(pending, &mut rx, &config, &metrics, reporter, &cancel).await;
+    let mut pending = flight::deliver_all(
+        pending, &mut rx, &config, &learned, &metrics, reporter, &cancel,
+    )
+    .await;
 
     // Stop the drain thread, keep what it already built, then what it built last.
     stop.store(true, Ordering::Release);
@@ -155,6 +162,9 @@ fn room(limits: Limits, frames: usize, bytes: usize, frame_bytes: usize) -> usiz
 struct Drain {
     consumer: Consumer<QueuedFrame>,
     config: ForwarderConfig,
+    /// The limits requests are built within (the configured ones, or lower once the
+    /// destination refused a request for its size).
+    learned: Arc<Learned>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 }
@@ -198,7 +208,7 @@ impl Drain {
                 || frames.len() >= limits.max_logs;
             let ring_empty = self.consumer.is_empty();
             if !frames.is_empty() && (full || lingered || stopping || (closed && ring_empty)) {
-                coalesce(&frames, limits, &mut requests);
+                coalesce(&frames, self.learned.limits(), &mut requests);
                 frames.clear();
                 (logs, bytes, first_at) = (0, 0, None);
                 for request in requests.drain(..) {

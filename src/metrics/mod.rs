@@ -1,4 +1,4 @@
-//! The proxy's Prometheus metrics (names per CONTRACT §4), registered on a caller's
+//! The proxy's Prometheus metrics (names and labels in docs/metrics.md), registered on a caller's
 //! registry with every label value exported at zero from the start, plus readers
 //! for tests and the accounting invariant.
 
@@ -76,9 +76,11 @@ pub struct Metrics {
     /// `logs_non_uuid_session_total`: logs forwarded whose session_id is not a UUID
     /// (coderd does not store them).
     pub logs_non_uuid_session: IntCounter,
+    /// `requests_split_total`: requests cut in two for their size.
+    pub requests_split: IntCounter,
 }
 
-/// The counts in the accounting invariant (CONTRACT §4):
+/// The counts in the accounting invariant (docs/metrics.md):
 /// `received = forwarded + dropped_buffer_full + dropped_forward_failed + dropped_shutdown + pending`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Accounting {
@@ -256,6 +258,10 @@ impl Metrics {
             logs_non_uuid_session: r.counter(
                 "logs_non_uuid_session_total",
                 "Audit logs forwarded whose session_id is not a UUID (coderd does not store them).",
+            )?,
+            requests_split: r.counter(
+                "requests_split_total",
+                "Requests cut in two at a log boundary because the destination refused them for their size, or they were over the size it was found to take.",
             )?,
         }))
     }

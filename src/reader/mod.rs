@@ -18,6 +18,7 @@
 mod bufring;
 mod epoll;
 mod listener;
+mod lock;
 mod policy;
 mod probe;
 mod reads;
@@ -35,6 +36,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 pub use listener::bind;
+pub use lock::{lock_path, PathLock};
 pub use probe::FORCE_URING_ERRNO_ENV;
 
 /// Which reader the command line asks for (`--io`).
@@ -204,6 +206,16 @@ pub trait ConnectionHandler: Send + Sync + 'static {
 pub enum ReaderError {
     #[error("socket path {path}: {kind} is in the way; refusing to replace it (only a leftover socket is replaced)")]
     PathOccupied { path: PathBuf, kind: &'static str },
+    #[error("socket path {path}: another process serves it (a process accepts connections on the socket there); refusing to replace it")]
+    PathServed { path: PathBuf },
+    #[error("socket path {path}: another process serves it (it holds the lock file {lock})")]
+    PathLocked { path: PathBuf, lock: PathBuf },
+    #[error("socket lock file {path}: {step} failed: {source}")]
+    Lock {
+        path: PathBuf,
+        step: &'static str,
+        source: io::Error,
+    },
     #[error("socket path {path}: cannot inspect it: {source}")]
     InspectPath { path: PathBuf, source: io::Error },
     #[error("socket path {path}: cannot remove the leftover socket: {source}")]

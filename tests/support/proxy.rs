@@ -1,7 +1,7 @@
 //! Pipeline test helpers: a library `Server` bound in a temp dir with its forwarder
 //! in a task, the `boundary-log-proxy` binary as a child process, a client that
 //! writes frames like boundary does, `/metrics` scraping and parsing, and the exact
-//! accounting check of CONTRACT §4.
+//! accounting check of docs/metrics.md.
 //!
 //! ```ignore
 //! let proxy = TestProxy::start(IoMode::Auto, |c| c.ring_capacity = 8);
@@ -473,11 +473,16 @@ pub struct Exited {
 impl Process {
     /// Starts the binary with `args`, with no `BOUNDARY_LOG_PROXY_*` variables inherited.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with_stdout(args, Stdio::piped())
+    }
+
+    /// [`Process::spawn`] with stdout going to `stdout` (collected only when piped).
+    pub fn spawn_with_stdout(args: &[&str], stdout: Stdio) -> Self {
         let mut command = Command::new(BINARY);
         command
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped());
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
@@ -485,13 +490,21 @@ impl Process {
             }
         }
         let mut child = command.spawn().expect("spawning the binary");
-        let (stdout, out_thread) = Lines::collect(child.stdout.take().expect("piped stdout"));
         let (stderr, err_thread) = Lines::collect(child.stderr.take().expect("piped stderr"));
+        let mut readers = vec![err_thread];
+        let stdout = match child.stdout.take() {
+            Some(out) => {
+                let (stdout, out_thread) = Lines::collect(out);
+                readers.push(out_thread);
+                stdout
+            }
+            None => Lines::default(),
+        };
         Self {
             child,
             stdout,
             stderr,
-            readers: vec![out_thread, err_thread],
+            readers,
         }
     }
 
@@ -578,10 +591,20 @@ impl Process {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal` (a `libc::SIG*` number).
+    pub fn signal(&self, signal: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM): {}", io::Error::last_os_error());
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({signal}): {}", io::Error::last_os_error());
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for the child to exit (panics after [`PATIENCE`]) and returns its output.
