@@ -201,6 +201,8 @@ struct Inner {
     connects: Mutex<Vec<Connect>>,
     buildinfo_requests: AtomicU64,
     keepalive: KeepaliveCounters,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -229,6 +231,8 @@ impl CoderSink {
                 connects: Mutex::default(),
                 buildinfo_requests: AtomicU64::new(0),
                 keepalive: KeepaliveCounters::default(),
+                in_flight: AtomicU64::new(0),
+                max_in_flight: AtomicU64::new(0),
             }),
         }
     }
@@ -271,6 +275,11 @@ impl CoderSink {
     /// How many times `/api/v2/buildinfo` was asked.
     pub fn buildinfo_requests(&self) -> u64 {
         self.inner.buildinfo_requests.load(Ordering::Relaxed)
+    }
+
+    /// The most calls that were being answered at the same time (latency included).
+    pub fn max_calls_in_flight(&self) -> u64 {
+        self.inner.max_in_flight.load(Ordering::Relaxed)
     }
 
     /// The keep-alive counts so far.
@@ -322,6 +331,13 @@ impl CoderSink {
         http::serve_connection(self.clone(), io, None).await;
     }
 
+    /// Counts a call in flight until the guard drops.
+    fn call_in_flight(&self) -> InFlight<'_> {
+        let now = self.inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.inner.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(&self.inner.in_flight)
+    }
+
     fn next_call_fault(&self) -> Option<CallFault> {
         lock(&self.inner.call_faults).pop_front()
     }
@@ -351,5 +367,14 @@ impl CoderSink {
             api_version,
         });
         id
+    }
+}
+
+/// One call in flight; dropping it ends the call.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

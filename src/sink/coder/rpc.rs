@@ -142,6 +142,7 @@ impl CallContext<'_> {
         data: Bytes,
         cut: &mpsc::UnboundedSender<Cut>,
     ) -> Next {
+        let _in_flight = self.sink.call_in_flight();
         let config = self.sink.config();
         let decoded = ReportBoundaryLogsRequest::decode(&data[..]);
         let logs = decoded.as_ref().map_or(0, |r| r.logs.len());
