@@ -7,8 +7,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{bind_metrics, serve_metrics, Health, MetricsServerError};
-use crate::reporter::any::AnyReporter;
-use crate::reporter::grpc::ReporterError;
+use crate::reporter::any::{AnyReporter, AnyReporterError};
 use crate::server::{Server, ServerError};
 use crate::sink::{run, SinkError, SinkOptions};
 
@@ -29,7 +28,7 @@ pub enum AppError {
     NotWired(&'static str),
     /// The reporter could not be built from the flags.
     #[error(transparent)]
-    Reporter(#[from] ReporterError),
+    Reporter(#[from] AnyReporterError),
     /// The server could not start (socket path, reader).
     #[error(transparent)]
     Server(#[from] ServerError),
@@ -52,12 +51,12 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
     let registry = prometheus::Registry::new();
     let health = Health::new();
     let shutdown_timeout = config.shutdown_timeout;
-    let reporter = AnyReporter::from_config(&config)?;
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(bind_metrics(addr).await?),
         None => None,
     };
-    let server = Server::new(config, &registry)?;
+    let server = Server::new(config.clone(), &registry)?;
+    let reporter = AnyReporter::from_config(&config, server.metrics())?;
     let backend = server.start()?;
     tracing::info!(socket = %server.socket_path().display(), io = %backend, "listening");
 

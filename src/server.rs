@@ -209,7 +209,7 @@ impl Server {
         let config = &self.inner.config;
         let forwarder_config = ForwarderConfig {
             limits: Limits {
-                max_logs: config.batch_max_logs as usize,
+                max_logs: config.max_logs_per_request() as usize,
                 max_bytes: config.batch_max_bytes,
             },
             linger: config.batch_linger,

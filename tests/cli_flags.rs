@@ -433,10 +433,38 @@ const BAD_VALUES: &[Bad] = &[
     bad("loadgen", "--wait-for-socket", "10", "duration with a unit"),
     bad("loadgen", "--log-format", "xml", "text, json"),
     bad("loadgen", "--log-level", "loud", "level"),
+    bad("serve", "--coder-url", "coder.example.com", "http://HOST"),
+    bad(
+        "serve",
+        "--coder-url",
+        "ftp://coder.example.com",
+        "https://HOST",
+    ),
+    bad("serve", "--agent-token", "s3cr et", "a space"),
+    bad(
+        "serve",
+        "--agent-token-file",
+        "/nonexistent/token",
+        "a file this user can read",
+    ),
+    bad(
+        "serve",
+        "--coder-ca-file",
+        "/nonexistent/ca.pem",
+        "a file this user can read",
+    ),
 ];
 
 /// Switches (no value on the command line) whose variable can still be bad.
-const BAD_SWITCH_VARIABLES: &[Bad] = &[bad("sink", "--quiet", "maybe", "--quiet")];
+const BAD_SWITCH_VARIABLES: &[Bad] = &[
+    bad("sink", "--quiet", "maybe", "--quiet"),
+    bad(
+        "serve",
+        "--coder-allow-agent-role",
+        "maybe",
+        "--coder-allow-agent-role",
+    ),
+];
 
 /// Flags with nothing that can be bad: no value and no variable.
 const NOTHING_TO_BE_BAD: &[&str] = &["--print-config", "--help", "--version"];

@@ -2,6 +2,7 @@
 //! `loadgen`, every flag also read from `BOUNDARY_LOG_PROXY_<FLAG>`, and clap's
 //! errors turned into the one-line messages docs/command-line.md promises (see [`render`]).
 
+mod coder;
 mod render;
 
 use std::ffi::OsString;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::error::ErrorKind;
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::config::{
     self, default_socket_path, AuthToken, CoderdEndpoint, Config, FrameTag, IoMode, ListenAddr,
@@ -77,7 +78,7 @@ impl From<LogArgs> for LogSettings {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Unix socket boundary connects to.
+    /// Unix socket boundary connects to [fallback: CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH, the variable boundary reads].
     #[arg(long, value_name = "PATH", env = "BOUNDARY_LOG_PROXY_SOCKET",
           default_value_os_t = default_socket_path(), value_parser = config::parse_socket_path)]
     socket: PathBuf,
@@ -145,6 +146,8 @@ struct ServeArgs {
           value_parser = |s: &str| config::parse_duration("--shutdown-timeout", s))]
     shutdown_timeout: Duration,
     #[command(flatten)]
+    coder: coder::CoderArgs,
+    #[command(flatten)]
     log: LogArgs,
     /// Print the effective settings as JSON (the token redacted) and exit.
     #[arg(long)]
@@ -175,8 +178,37 @@ impl From<ServeArgs> for Config {
             allow_uids: args.allow_uid,
             shutdown_timeout: args.shutdown_timeout,
             log: args.log.into(),
+            coder: None,
         }
     }
+}
+
+/// `serve`'s settings: the flags, then the coder transport's fallbacks.
+fn serve_config(
+    mut args: ServeArgs,
+    matches: Option<&clap::ArgMatches>,
+) -> Result<Config, config::ConfigError> {
+    let given = |id: &str| {
+        matches.is_some_and(|m| {
+            matches!(
+                m.value_source(id),
+                Some(
+                    clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable
+                )
+            )
+        })
+    };
+    let given = coder::Given {
+        coderd: args.coderd.is_some(),
+        sink: args.sink.is_some(),
+        socket: given("socket"),
+    };
+    let coder_args = std::mem::replace(&mut args.coder, coder::CoderArgs::none());
+    let mut config = Config::from(args);
+    coder::apply(&mut config, coder_args, given, |name| {
+        std::env::var(name).ok()
+    })?;
+    Ok(config)
 }
 
 #[derive(Debug, Args)]
@@ -345,13 +377,21 @@ where
     T: Into<OsString>,
 {
     let args = with_default_subcommand(args.into_iter().map(Into::into).collect());
-    match Cli::try_parse_from(&args) {
-        Ok(cli) => {
+    let parsed = Cli::command()
+        .try_get_matches_from(&args)
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    match parsed {
+        Ok((cli, matches)) => {
+            let usage =
+                |error: config::ConfigError| CliExit::Usage(render::config_error(&error, &args));
+            let serve_matches = matches.subcommand_matches("serve");
             let invocation = match cli.command {
                 Command::Serve(serve) if serve.print_config => {
-                    Invocation::PrintConfig((*serve).into())
+                    Invocation::PrintConfig(serve_config(*serve, serve_matches).map_err(usage)?)
                 }
-                Command::Serve(serve) => Invocation::Serve((*serve).into()),
+                Command::Serve(serve) => {
+                    Invocation::Serve(serve_config(*serve, serve_matches).map_err(usage)?)
+                }
                 Command::Sink(sink) => Invocation::Sink(sink.into()),
                 Command::Loadgen(loadgen) => Invocation::Loadgen(loadgen.into()),
             };

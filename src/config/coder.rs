@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use super::{AuthToken, ConfigError};
+use super::{check_token, parse_readable_file, AuthToken, ConfigError};
 
 /// What `--coder-url` takes.
 pub const TAKES_CODER_URL: &str =
@@ -120,6 +120,55 @@ pub struct CoderSettings {
     pub allow_agent_role: bool,
 }
 
+/// What `--coder-ca-file` takes.
+pub const TAKES_CA_FILE: &str = "a readable PEM file holding one or more CA certificates";
+/// What `--agent-token-file` takes.
+pub const TAKES_TOKEN_FILE: &str =
+    "a readable file holding the agent token (surrounding whitespace is trimmed)";
+/// Why a `--coder-url` without a token cannot be used.
+pub const NO_CODER_TOKEN: &str = "no agent token: give --agent-token or --agent-token-file \
+     (or set CODER_AGENT_TOKEN or CODER_AGENT_TOKEN_FILE)";
+
+/// A `--coder-ca-file`: readable, and holding at least one PEM certificate.
+pub fn parse_ca_file(setting: &'static str, s: &str) -> Result<PathBuf, ConfigError> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::CertificateDer;
+    let path = parse_readable_file(setting, s)?;
+    let unusable = |problem: String| ConfigError::Unusable {
+        setting,
+        value: s.to_owned(),
+        takes: TAKES_CA_FILE,
+        problem,
+    };
+    let certs = CertificateDer::pem_file_iter(&path)
+        .map_err(|e| unusable(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unusable(format!("not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(unusable("no CERTIFICATE block in it".to_owned()));
+    }
+    Ok(path)
+}
+
+/// The token in a `--agent-token-file`, whitespace trimmed.
+pub fn read_token_file(setting: &'static str, s: &str) -> Result<AuthToken, ConfigError> {
+    let path = parse_readable_file(setting, s)?;
+    let unusable = |problem: String| ConfigError::Unusable {
+        setting,
+        value: s.to_owned(),
+        takes: TAKES_TOKEN_FILE,
+        problem,
+    };
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| unusable(format!("cannot read it: {e}")))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(unusable("it is empty".to_owned()));
+    }
+    check_token(setting, token)?;
+    Ok(AuthToken::new(token))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +196,27 @@ mod tests {
             .parse::<CoderUrl>()
             .unwrap()
             .is_loopback());
+    }
+
+    #[test]
+    fn a_token_file_is_trimmed_and_an_empty_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  s3cret-token\n").unwrap();
+        let token = read_token_file("--agent-token-file", path.to_str().unwrap()).unwrap();
+        assert_eq!(token.expose(), "s3cret-token");
+        std::fs::write(&path, " \n").unwrap();
+        let err = read_token_file("--agent-token-file", path.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let err = parse_ca_file("--coder-ca-file", path.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("--coder-ca-file"), "{err}");
     }
 
     #[test]

@@ -257,6 +257,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `--log-format`, `--log-level`: default `text`, `info`.
     pub log: LogSettings,
+    /// `--coder-url` and what goes with it: coderd's Agent API over the coder transport
+    /// (docs/coder-transport.md). Default none.
+    pub coder: Option<coder::CoderSettings>,
 }
 
 impl Default for Config {
@@ -279,6 +282,7 @@ impl Default for Config {
             allow_uids: Vec::new(),
             shutdown_timeout: Duration::from_secs(5),
             log: LogSettings::default(),
+            coder: None,
         }
     }
 }
@@ -295,17 +299,31 @@ pub enum Destination<'a> {
     },
     /// An embedded sink.
     Sink(SinkKind),
+    /// coderd's Agent API over the coder transport (DRPC over yamux over a websocket).
+    Coder(&'a coder::CoderSettings),
 }
 
 impl Config {
     /// Where forwarded requests go: coderd when set, else the sink (stdout by default).
     pub fn destination(&self) -> Destination<'_> {
+        if let Some(coder) = &self.coder {
+            return Destination::Coder(coder);
+        }
         match &self.coderd {
             Some(endpoint) => Destination::Coderd {
                 endpoint,
                 auth_token: self.auth_token.as_ref(),
             },
             None => Destination::Sink(self.sink.unwrap_or_default()),
+        }
+    }
+
+    /// Most logs the forwarder puts in one request: `--batch-max-logs`, and at most 1000
+    /// over the coder transport (coderd refuses more).
+    pub fn max_logs_per_request(&self) -> u32 {
+        match self.coder {
+            Some(_) => self.batch_max_logs.min(coder::CODER_MAX_LOGS_PER_REQUEST),
+            None => self.batch_max_logs,
         }
     }
 
@@ -320,6 +338,21 @@ impl Config {
         check_positive_duration("--call-timeout", self.call_timeout)?;
         if let Some(token) = &self.auth_token {
             check_token("--auth-token", token.expose())?;
+        }
+        if let Some(coder) = &self.coder {
+            check_token("--agent-token", coder.token.expose())?;
+            let other = match (&self.coderd, self.sink) {
+                (Some(coderd), _) => Some(("--coderd", coderd.to_string())),
+                (None, Some(sink)) => Some(("--sink", sink.to_string())),
+                (None, None) => None,
+            };
+            if let Some((setting, value)) = other {
+                return Err(ConfigError::invalid(
+                    setting,
+                    value,
+                    "not allowed together with --coder-url: give one destination",
+                ));
+            }
         }
         if self.coderd.is_some() && self.sink.is_some() {
             return Err(ConfigError::invalid(
@@ -351,6 +384,12 @@ impl Config {
             "allow_uids": self.allow_uids,
             "shutdown_timeout": format_duration(self.shutdown_timeout),
             "log": self.log.to_json(),
+            "coder": self.coder.as_ref().map(|c| json!({
+                "url": c.url.to_string(),
+                "agent_token": "<redacted>",
+                "ca_file": c.ca_file.as_ref().map(|p| p.display().to_string()),
+                "allow_agent_role": c.allow_agent_role,
+            })),
         })
     }
 }
