@@ -409,7 +409,24 @@ pub struct SinkArgs {
     pub quiet: bool,
     /// `--log-format`, `--log-level`.
     pub log: LogSettings,
+    /// `--protocol`: gRPC (default) or coderd's own transport.
+    pub protocol: SinkProtocol,
+    /// `--token`: with the coder protocol, the only session token accepted. Default: any.
+    pub token: Option<AuthToken>,
+    /// `--coder-version` (hidden): the version `/api/v2/buildinfo` reports.
+    pub coder_version: Option<String>,
 }
+
+/// The protocol `boundary-log-proxy sink` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SinkProtocol {
+    /// `Agent.ReportBoundaryLogs` over gRPC (h2c), as `serve --coderd` speaks it.
+    #[default]
+    Grpc,
+    /// coderd's Agent API: websocket + yamux + DRPC, as `serve --coder-url` speaks it.
+    Coder,
+}
+display_as_value_enum!(SinkProtocol);
 
 /// What `boundary-log-proxy loadgen` runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
