@@ -602,6 +602,8 @@ impl InternalEvent for SpoolRecovered<'_> {
             logs = r.intact.logs,
             "disk spool open; its logs are sent before newer ones"
         );
+    }
+}
 
 /// The proxy's socket file is at the socket path and accepts connections: at
 /// start, and again after it was lost.

@@ -755,6 +755,7 @@ mod tests {
             &metrics,
             &reporter,
             &cancel,
+            None,
         );
         let stop = async {
             while metrics.logs_forwarded.get() < 150 {
