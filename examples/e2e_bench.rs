@@ -124,6 +124,13 @@ struct RunArgs {
     /// Append one CSV row per measured run to this file.
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// Record a profile of the proxy during each measured run with `perf record`
+    /// into this file (`.N` appended per run), e.g. `--perf-record /tmp/p.data`.
+    #[arg(long)]
+    perf_record: Option<PathBuf>,
+    /// Arguments of `perf record` before `-p PID -o FILE`.
+    #[arg(long, default_value = "-F 4999 -g", allow_hyphen_values = true)]
+    perf_args: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -656,7 +663,43 @@ impl Row {
     }
 }
 
-fn measure(args: &RunArgs, bin: &Path, reporter: ReporterKind) -> io::Result<Row> {
+/// `perf record` attached to the proxy; stopped (SIGINT, so it writes its file) when dropped.
+struct Profiler(Option<Proc>);
+
+impl Profiler {
+    fn start(args: &RunArgs, pid: u32, run: u32) -> io::Result<Self> {
+        let Some(path) = &args.perf_record else {
+            return Ok(Self(None));
+        };
+        let mut out = path.clone().into_os_string();
+        out.push(format!(".{run}"));
+        let mut command = Command::new("perf");
+        command
+            .arg("record")
+            .args(args.perf_args.split_whitespace())
+            .args(["-p", &pid.to_string(), "-o"])
+            .arg(out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let proc = Proc::spawn("perf", &mut command)?;
+        // perf needs a moment to attach to every thread.
+        thread::sleep(Duration::from_millis(300));
+        Ok(Self(Some(proc)))
+    }
+}
+
+impl Drop for Profiler {
+    fn drop(&mut self) {
+        if let Some(mut proc) = self.0.take() {
+            // SAFETY: signals only our own child, which is not reaped yet.
+            unsafe { libc::kill(proc.pid() as libc::pid_t, libc::SIGINT) };
+            let _ = proc.child.wait();
+        }
+    }
+}
+
+fn measure(args: &RunArgs, bin: &Path, reporter: ReporterKind, run: u32) -> io::Result<Row> {
     let mut stage = start_stage(args, bin, reporter)?;
     let per_conn_logs = args.logs / u64::from(args.connections);
     let frames = (per_conn_logs / u64::from(args.logs_per_frame)).max(1);
@@ -680,6 +723,7 @@ fn measure(args: &RunArgs, bin: &Path, reporter: ReporterKind) -> io::Result<Row
             frames * u64::from(args.connections) * u64::from(args.logs_per_frame),
         ),
     };
+    let profiler = Profiler::start(args, stage.proxy.pid(), run)?;
     let load_before = loadavg();
     let proxy_before = proc_cpu_ns(stage.proxy.pid())?;
     let threads_before = thread_cpu(stage.proxy.pid());
@@ -727,6 +771,7 @@ fn measure(args: &RunArgs, bin: &Path, reporter: ReporterKind) -> io::Result<Row
         None => None,
     };
     let load_after = loadavg();
+    drop(profiler);
     if let Some(w) = writer {
         w.finish()?;
     }
@@ -865,7 +910,7 @@ fn harness(args: &RunArgs) -> io::Result<()> {
             loadavg()
         );
         for &reporter in &args.reporter {
-            let row = measure(args, &bin, reporter)?;
+            let row = measure(args, &bin, reporter, round)?;
             let proxy = row.per_log(row.proxy_cpu_ns);
             let sink = row.sink_cpu_ns.map(|ns| row.per_log(ns));
             println!(
