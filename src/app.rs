@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::{bind_metrics, serve_metrics, Health, MetricsServerError};
 use crate::reporter::any::{AnyReporter, AnyReporterError};
 use crate::server::{Server, ServerError};
-use crate::sink::{run_sink, SinkError};
+use crate::sink::{run, SinkError, SinkOptions};
 
 /// A command could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
@@ -183,12 +183,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
         .map_err(AppError::Runtime)
 }
 
-/// `boundary-log-proxy sink`: a gRPC Agent server printing what it receives, until
-/// SIGTERM/SIGINT/SIGHUP.
+/// `boundary-log-proxy sink`: a gRPC or coder-protocol server printing what it receives,
+/// until SIGTERM/SIGINT/SIGHUP.
 pub fn sink(args: SinkArgs) -> Result<(), AppError> {
     runtime()?.block_on(async move {
-        let listen = args.listen.to_string();
-        run_sink(&listen, args.quiet, async {
+        let options = SinkOptions {
+            listen: args.listen.to_string(),
+            quiet: args.quiet,
+            protocol: args.protocol,
+            token: args.token.map(|t| t.expose().to_owned()),
+            coder_version: args.coder_version,
+        };
+        run(options, async {
             let _ = wait_for_signal().await;
         })
         .await?;

@@ -503,58 +503,6 @@ impl InternalEvent for RingOccupancy {
     }
 }
 
-/// The proxy's socket file is at the socket path and accepts connections: at
-/// start, and again after it was lost.
-#[derive(Debug, Clone, Copy)]
-pub struct SocketBound<'a> {
-    /// The socket path.
-    pub path: &'a std::path::Path,
-    /// Bound again after a loss.
-    pub again: bool,
-}
-
-impl InternalEvent for SocketBound<'_> {
-    fn emit(self, metrics: &Metrics) {
-        metrics.socket_bound.set(1);
-        if self.again {
-            tracing::info!(socket = %self.path.display(), "socket served again");
-        }
-    }
-}
-
-/// The socket file at the socket path is no longer the proxy's own: deleted (a
-/// tmp cleaner) or replaced by another file. New connections cannot reach the
-/// proxy until the path is free and bound again.
-#[derive(Debug, Clone, Copy)]
-pub struct SocketLost<'a> {
-    /// The socket path.
-    pub path: &'a std::path::Path,
-    /// What is there now: `deleted`, `replaced by a regular file`, ...
-    pub what: &'a str,
-}
-
-impl InternalEvent for SocketLost<'_> {
-    fn emit(self, metrics: &Metrics) {
-        metrics.socket_lost.inc();
-        metrics.socket_bound.set(0);
-        tracing::warn!(
-            socket = %self.path.display(),
-            what = self.what,
-            "socket file lost"
-        );
-    }
-}
-
-/// The proxy stopped serving its socket (shutdown).
-#[derive(Debug, Clone, Copy)]
-pub struct SocketReleased;
-
-impl InternalEvent for SocketReleased {
-    fn emit(self, metrics: &Metrics) {
-        metrics.socket_bound.set(0);
-    }
-}
-
 /// Requests were written to the disk spool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spooled {
@@ -654,6 +602,58 @@ impl InternalEvent for SpoolRecovered<'_> {
             logs = r.intact.logs,
             "disk spool open; its logs are sent before newer ones"
         );
+    }
+}
+
+/// The proxy's socket file is at the socket path and accepts connections: at
+/// start, and again after it was lost.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketBound<'a> {
+    /// The socket path.
+    pub path: &'a std::path::Path,
+    /// Bound again after a loss.
+    pub again: bool,
+}
+
+impl InternalEvent for SocketBound<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics.socket_bound.set(1);
+        if self.again {
+            tracing::info!(socket = %self.path.display(), "socket served again");
+        }
+    }
+}
+
+/// The socket file at the socket path is no longer the proxy's own: deleted (a
+/// tmp cleaner) or replaced by another file. New connections cannot reach the
+/// proxy until the path is free and bound again.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketLost<'a> {
+    /// The socket path.
+    pub path: &'a std::path::Path,
+    /// What is there now: `deleted`, `replaced by a regular file`, ...
+    pub what: &'a str,
+}
+
+impl InternalEvent for SocketLost<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics.socket_lost.inc();
+        metrics.socket_bound.set(0);
+        tracing::warn!(
+            socket = %self.path.display(),
+            what = self.what,
+            "socket file lost"
+        );
+    }
+}
+
+/// The proxy stopped serving its socket (shutdown).
+#[derive(Debug, Clone, Copy)]
+pub struct SocketReleased;
+
+impl InternalEvent for SocketReleased {
+    fn emit(self, metrics: &Metrics) {
+        metrics.socket_bound.set(0);
     }
 }
 

@@ -16,7 +16,7 @@ use clap::{ArgAction, Args, CommandFactory as _, FromArgMatches as _, Parser, Su
 
 use crate::config::{
     self, default_socket_path, AuthToken, CoderdEndpoint, Config, FrameTag, IoMode, ListenAddr,
-    LoadgenArgs, LogFilter, LogFormat, LogSettings, SinkArgs, SinkKind, SpoolFsync,
+    LoadgenArgs, LogFilter, LogFormat, LogSettings, SinkArgs, SinkKind, SinkProtocol, SpoolFsync,
 };
 
 /// Prefix of every flag's environment variable.
@@ -45,7 +45,7 @@ pub struct Cli {
 enum Command {
     /// Receive boundary's audit logs on a Unix socket and forward them (the default).
     Serve(Box<ServeArgs>),
-    /// Run a gRPC Agent server that prints what it receives, standing in for coderd.
+    /// Stand in for coderd (gRPC, or coderd's own transport): print what arrives.
     Sink(SinkCmd),
     /// Act as boundary: write frames of audit logs to the proxy's socket.
     Loadgen(LoadgenCmd),
@@ -195,10 +195,10 @@ impl From<ServeArgs> for Config {
             allow_uids: args.allow_uid,
             shutdown_timeout: args.shutdown_timeout,
             log: args.log.into(),
+            coder: None,
             spool_dir: args.spool_dir,
             spool_max_bytes: args.spool_max_bytes,
             spool_fsync: args.spool_fsync,
-            coder: None,
         }
     }
 }
@@ -243,6 +243,28 @@ struct SinkCmd {
     quiet: bool,
     #[command(flatten)]
     log: LogArgs,
+    /// What to serve: grpc (as --coderd speaks it) or coder (coderd's websocket + yamux +
+    /// DRPC transport, as --coder-url speaks it).
+    #[arg(long, env = "BOUNDARY_LOG_PROXY_PROTOCOL", value_enum, default_value_t)]
+    protocol: SinkProtocol,
+    /// With --protocol coder: accept only this session token; others get coderd's 401
+    /// [default: any token].
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "BOUNDARY_LOG_PROXY_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// With --protocol coder: the version /api/v2/buildinfo reports (to try the proxy's
+    /// version gate).
+    #[arg(
+        long,
+        value_name = "VERSION",
+        env = "BOUNDARY_LOG_PROXY_CODER_VERSION",
+        hide = true
+    )]
+    coder_version: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -284,6 +306,9 @@ impl From<SinkCmd> for SinkArgs {
             listen: cmd.listen,
             quiet: cmd.quiet,
             log: cmd.log.into(),
+            protocol: cmd.protocol,
+            token: cmd.token.map(AuthToken::new),
+            coder_version: cmd.coder_version,
         }
     }
 }

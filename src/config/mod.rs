@@ -269,15 +269,15 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `--log-format`, `--log-level`: default `text`, `info`.
     pub log: LogSettings,
+    /// `--coder-url` and what goes with it: coderd's Agent API over the coder transport
+    /// (docs/coder-transport.md). Default none.
+    pub coder: Option<coder::CoderSettings>,
     /// `--spool-dir`: where undeliverable requests are kept on disk. Default none (off).
     pub spool_dir: Option<PathBuf>,
     /// `--spool-max-bytes`: most bytes the spool's files take. Default 256 MiB.
     pub spool_max_bytes: u64,
     /// `--spool-fsync`: when spooled records are made durable. Default `interval`.
     pub spool_fsync: SpoolFsync,
-    /// `--coder-url` and what goes with it: coderd's Agent API over the coder transport
-    /// (docs/coder-transport.md). Default none.
-    pub coder: Option<coder::CoderSettings>,
 }
 
 impl Default for Config {
@@ -300,10 +300,10 @@ impl Default for Config {
             allow_uids: Vec::new(),
             shutdown_timeout: Duration::from_secs(5),
             log: LogSettings::default(),
+            coder: None,
             spool_dir: None,
             spool_max_bytes: crate::spool::DEFAULT_MAX_BYTES,
             spool_fsync: SpoolFsync::Interval,
-            coder: None,
         }
     }
 }
@@ -357,11 +357,11 @@ impl Config {
         check_batch_max_bytes(self.batch_max_bytes)?;
         check_positive("--max-connections", self.max_connections as u64)?;
         check_positive_duration("--call-timeout", self.call_timeout)?;
-        check_positive("--spool-max-bytes", self.spool_max_bytes)?;
         check_duration("--call-timeout", self.call_timeout)?;
         check_duration("--batch-linger", self.batch_linger)?;
         check_duration("--retry-max-elapsed", self.retry_max_elapsed)?;
         check_duration("--shutdown-timeout", self.shutdown_timeout)?;
+        check_positive("--spool-max-bytes", self.spool_max_bytes)?;
         if let Some(token) = &self.auth_token {
             check_token("--auth-token", token.expose())?;
         }
@@ -410,15 +410,15 @@ impl Config {
             "allow_uids": self.allow_uids,
             "shutdown_timeout": format_duration(self.shutdown_timeout),
             "log": self.log.to_json(),
-            "spool_dir": self.spool_dir.as_ref().map(|d| d.display().to_string()),
-            "spool_max_bytes": self.spool_max_bytes,
-            "spool_fsync": self.spool_fsync.to_string(),
             "coder": self.coder.as_ref().map(|c| json!({
                 "url": c.url.to_string(),
                 "agent_token": "<redacted>",
                 "ca_file": c.ca_file.as_ref().map(|p| p.display().to_string()),
                 "allow_agent_role": c.allow_agent_role,
             })),
+            "spool_dir": self.spool_dir.as_ref().map(|d| d.display().to_string()),
+            "spool_max_bytes": self.spool_max_bytes,
+            "spool_fsync": self.spool_fsync.to_string(),
         })
     }
 }
@@ -432,7 +432,24 @@ pub struct SinkArgs {
     pub quiet: bool,
     /// `--log-format`, `--log-level`.
     pub log: LogSettings,
+    /// `--protocol`: gRPC (default) or coderd's own transport.
+    pub protocol: SinkProtocol,
+    /// `--token`: with the coder protocol, the only session token accepted. Default: any.
+    pub token: Option<AuthToken>,
+    /// `--coder-version` (hidden): the version `/api/v2/buildinfo` reports.
+    pub coder_version: Option<String>,
 }
+
+/// The protocol `boundary-log-proxy sink` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SinkProtocol {
+    /// `Agent.ReportBoundaryLogs` over gRPC (h2c), as `serve --coderd` speaks it.
+    #[default]
+    Grpc,
+    /// coderd's Agent API: websocket + yamux + DRPC, as `serve --coder-url` speaks it.
+    Coder,
+}
+display_as_value_enum!(SinkProtocol);
 
 /// What `boundary-log-proxy loadgen` runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
