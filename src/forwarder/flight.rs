@@ -219,6 +219,7 @@ pub(super) async fn deliver_all<R: Reporter>(
         let room = rx_open
             && next.is_none()
             && (spooling || (flights.len() < MAX_IN_FLIGHT && exhausted.is_empty()));
+        let ticking = spool.as_ref().is_some_and(|s| s.spooler.needs_tick());
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
@@ -240,7 +241,7 @@ pub(super) async fn deliver_all<R: Reporter>(
                 Some(out) => next = Some(out),
                 None => rx_open = false,
             },
-            _ = tick.tick(), if ctx.spooled => {
+            _ = tick.tick(), if ticking => {
                 if let Some(link) = spool.as_mut() {
                     link.spooler.tick();
                 }

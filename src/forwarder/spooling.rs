@@ -220,6 +220,12 @@ impl Spooler {
         self.occupancy(metrics);
     }
 
+    /// True while records are held or something waits to be synced: the delivery
+    /// loop then ticks (an idle spool costs the loop nothing).
+    pub fn needs_tick(&self) -> bool {
+        !self.spool.is_empty() || self.spool.is_dirty()
+    }
+
     /// Syncs what is due (see [`Spool::tick`]).
     pub fn tick(&mut self) {
         if let Err(error) = self.spool.tick(Instant::now()) {

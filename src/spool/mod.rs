@@ -551,14 +551,18 @@ impl Spool {
         Ok(())
     }
 
+    /// True while something written or acknowledged waits for [`Self::tick`].
+    pub fn is_dirty(&self) -> bool {
+        self.state_dirty
+            || self.dir_dirty
+            || (self.writable && self.segments.back().is_some_and(Segment::is_dirty))
+    }
+
     /// Called at least every [`SYNC_INTERVAL`] / 2 while the spool is in use: syncs
     /// appended data, and saves how far records were acknowledged, at most once
     /// per interval.
     pub fn tick(&mut self, now: Instant) -> io::Result<()> {
-        let dirty = self.state_dirty
-            || self.dir_dirty
-            || (self.writable && self.segments.back().is_some_and(Segment::is_dirty));
-        if dirty && now.duration_since(self.last_sync) >= SYNC_INTERVAL / 2 {
+        if self.is_dirty() && now.duration_since(self.last_sync) >= SYNC_INTERVAL / 2 {
             self.sync()?;
             if self.state_dirty {
                 self.save_state()?;
