@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use boundary_log_proxy::metrics::BatchDropReason;
 use boundary_log_proxy::spool::{AppendError, Counts, Fsync, Spool, SpoolConfig, HEADER_LEN};
 use proptest::prelude::*;
 
@@ -98,6 +99,65 @@ fn drain(spool: &mut Spool) -> Vec<Vec<u8>> {
     out
 }
 
+/// Writes records of `sizes` into `dir`, applies `damages` to its segment files, and
+/// returns the records whose bytes are untouched, in order, and how many there were
+/// and how many logs they held in all.
+fn write_and_damage(
+    dir: &Path,
+    sizes: &[(usize, u32)],
+    damages: &[Damage],
+) -> (Vec<Written>, usize, u64) {
+    let written = write_records(dir, sizes);
+    let files = segments(dir);
+    // Per file: the bytes still there (cut) and the offsets flipped.
+    let mut kept: Vec<usize> = files
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len() as usize)
+        .collect();
+    let mut flipped: Vec<Vec<usize>> = vec![Vec::new(); files.len()];
+    for d in damages {
+        match *d {
+            Damage::Flip { file, at, mask } => {
+                let file = file % files.len();
+                if kept[file] == 0 {
+                    continue;
+                }
+                let at = at % kept[file];
+                let mut bytes = std::fs::read(&files[file]).unwrap();
+                bytes[at] ^= mask;
+                std::fs::write(&files[file], &bytes).unwrap();
+                flipped[file].push(at);
+            }
+            Damage::Cut { file, per_mille } => {
+                let file = file % files.len();
+                let len = kept[file] * per_mille / 1000;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&files[file])
+                    .unwrap();
+                f.set_len(len as u64).unwrap();
+                kept[file] = len;
+            }
+        }
+    }
+    let records = written.len();
+    let total_logs: u64 = written.iter().map(|w| u64::from(w.logs)).sum();
+    let intact = written
+        .into_iter()
+        .filter(|w| {
+            w.start + w.len <= kept[w.file]
+                && !flipped[w.file]
+                    .iter()
+                    .any(|&at| (w.start..w.start + w.len).contains(&at))
+        })
+        .collect();
+    (intact, records, total_logs)
+}
+
+fn logs_of(records: &[Written]) -> u64 {
+    records.iter().map(|w| u64::from(w.logs)).sum()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -107,45 +167,13 @@ proptest! {
         damages in prop::collection::vec(damage(), 1..6),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let written = write_records(dir.path(), &sizes);
-        let files = segments(dir.path());
-        // Per file: the bytes still there (cut) and the offsets flipped.
-        let mut kept: Vec<usize> = files.iter().map(|p| std::fs::metadata(p).unwrap().len() as usize).collect();
-        let mut flipped: Vec<Vec<usize>> = vec![Vec::new(); files.len()];
-        for d in &damages {
-            match *d {
-                Damage::Flip { file, at, mask } => {
-                    let file = file % files.len();
-                    if kept[file] == 0 { continue; }
-                    let at = at % kept[file];
-                    let mut bytes = std::fs::read(&files[file]).unwrap();
-                    bytes[at] ^= mask;
-                    std::fs::write(&files[file], &bytes).unwrap();
-                    flipped[file].push(at);
-                }
-                Damage::Cut { file, per_mille } => {
-                    let file = file % files.len();
-                    let len = kept[file] * per_mille / 1000;
-                    let f = std::fs::OpenOptions::new().write(true).open(&files[file]).unwrap();
-                    f.set_len(len as u64).unwrap();
-                    kept[file] = len;
-                }
-            }
-        }
-        let intact: Vec<&Written> = written
-            .iter()
-            .filter(|w| {
-                w.start + w.len <= kept[w.file]
-                    && !flipped[w.file].iter().any(|&at| (w.start..w.start + w.len).contains(&at))
-            })
-            .collect();
-        let total_logs: u64 = written.iter().map(|w| u64::from(w.logs)).sum();
-        let intact_logs: u64 = intact.iter().map(|w| u64::from(w.logs)).sum();
+        let (intact, records, total_logs) = write_and_damage(dir.path(), &sizes, &damages);
+        let intact_logs = logs_of(&intact);
 
         let (spool, recovery) = Spool::open(config(dir.path(), 1 << 30)).unwrap();
         prop_assert_eq!(recovery.intact, Counts { frames: intact.len() as u64, logs: intact_logs });
         prop_assert_eq!(recovery.corrupt, Counts {
-            frames: (written.len() - intact.len()) as u64,
+            frames: (records - intact.len()) as u64,
             logs: total_logs - intact_logs,
         });
         drop(spool);
@@ -157,6 +185,41 @@ proptest! {
         let replayed = drain(&mut spool);
         let expected: Vec<Vec<u8>> = intact.iter().map(|w| w.payload.clone()).collect();
         prop_assert_eq!(replayed, expected);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// The same through the proxy's engine: `Server::new` on the damaged directory
+    /// starts, and its metrics say what was found and what was lost.
+    #[test]
+    fn the_proxy_starts_on_damaged_segments_and_counts_what_it_lost(
+        sizes in prop::collection::vec((1usize..600, 0u32..20), 1..40),
+        damages in prop::collection::vec(damage(), 1..6),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        std::fs::create_dir(&spool_dir).unwrap();
+        let (intact, records, total_logs) = write_and_damage(&spool_dir, &sizes, &damages);
+        let config = boundary_log_proxy::Config {
+            socket: dir.path().join("proxy.sock"),
+            spool_dir: Some(spool_dir.clone()),
+            ..boundary_log_proxy::Config::default()
+        };
+        let registry = prometheus::Registry::new();
+        let server = boundary_log_proxy::Server::new(config, &registry).unwrap();
+        let m = server.metrics();
+        let a = m.accounting();
+        prop_assert_eq!(a.recovered, total_logs);
+        prop_assert_eq!(a.dropped_spool_corrupt, total_logs - logs_of(&intact));
+        prop_assert_eq!(a.spooled, logs_of(&intact));
+        prop_assert_eq!(
+            m.batches_dropped_for(BatchDropReason::SpoolCorrupt),
+            (records - intact.len()) as u64
+        );
+        prop_assert_eq!(m.spool.frames.get() as usize, intact.len());
+        prop_assert_eq!(a.pending(), Some(0));
     }
 }
 
