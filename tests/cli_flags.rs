@@ -441,6 +441,10 @@ const BAD_VALUES: &[Bad] = &[
     bad("sink", "--listen", "somewhere", "HOST:PORT"),
     bad("sink", "--listen", "unix:", "unix:/path"),
     bad("sink", "--log-format", "xml", "text, json"),
+    bad("sink", "--protocol", "http", "grpc, coder"),
+    bad("sink", "--token", "s3cret\n", "a newline (0x0a) at its end"),
+    bad("sink", "--token", "s3cr\u{e9}t", "non-ASCII"),
+    bad("sink", "--token", "", "empty"),
     bad("sink", "--log-level", "loud", "level"),
     bad("loadgen", "--socket", "", "107 bytes"),
     bad("loadgen", "--connections", "0", ">= 1"),
@@ -491,8 +495,73 @@ const BAD_SWITCH_VARIABLES: &[Bad] = &[
     ),
 ];
 
-/// Flags with nothing that can be bad: no value and no variable.
-const NOTHING_TO_BE_BAD: &[&str] = &["--print-config", "--help", "--version"];
+/// Flags with nothing that can be bad: no value and no variable, or (`sink
+/// --coder-version`, a hidden test knob) any text on purpose, so that a test can make
+/// the stand-in coderd report a version the proxy cannot read.
+const NOTHING_TO_BE_BAD: &[&str] = &["--print-config", "--help", "--version", "--coder-version"];
+
+/// Flags that are fine alone but not together: (arguments, variables, what the one
+/// line must name, what it must say).
+type Combination = (
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    &'static [&'static str],
+    &'static str,
+);
+
+const BAD_COMBINATIONS: &[Combination] = &[
+    (
+        &["sink", "--listen", "127.0.0.1:1", "--token", "t0ken"],
+        &[],
+        &["--token", "--protocol coder"],
+        "needs",
+    ),
+    (
+        &["sink", "--listen", "127.0.0.1:1"],
+        &[("BOUNDARY_LOG_PROXY_TOKEN", "t0ken")],
+        &["--token", "BOUNDARY_LOG_PROXY_TOKEN", "--protocol coder"],
+        "needs",
+    ),
+    (
+        &[
+            "sink",
+            "--listen",
+            "127.0.0.1:1",
+            "--coder-version",
+            "v2.30.0",
+        ],
+        &[],
+        &["--coder-version", "--protocol coder"],
+        "needs",
+    ),
+    (
+        &["sink", "--protocol", "coder"],
+        &[("BOUNDARY_LOG_PROXY_LISTEN", "unix:/tmp/never.sock")],
+        &["--listen", "BOUNDARY_LOG_PROXY_LISTEN", "--protocol coder"],
+        "HOST:PORT",
+    ),
+];
+
+#[test]
+fn flags_that_do_not_go_together_exit_2_naming_both() {
+    for (args, env, names, says) in BAD_COMBINATIONS {
+        let output = proxy_bounded(args, env);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: not one line:\n{err}");
+        for name in *names {
+            assert!(
+                err.contains(name),
+                "{args:?} {env:?}: {err:?} does not name {name}"
+            );
+        }
+        assert!(
+            err.contains(says),
+            "{args:?}: {err:?} does not say {says:?}"
+        );
+        assert!(!err.contains("t0ken"), "{err:?} shows the token");
+    }
+}
 
 /// Settings every run of `sub` needs besides the flag under test, so the run would
 /// reach the point of binding if the bad value were accepted; `socket` must not appear.

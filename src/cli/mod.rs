@@ -230,12 +230,8 @@ struct SinkCmd {
     protocol: SinkProtocol,
     /// With --protocol coder: accept only this session token; others get coderd's 401
     /// [default: any token].
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "BOUNDARY_LOG_PROXY_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "TOKEN", env = "BOUNDARY_LOG_PROXY_TOKEN", hide_env_values = true,
+          value_parser = |s: &str| config::parse_token("--token", s))]
     token: Option<String>,
     /// With --protocol coder: the version /api/v2/buildinfo reports (to try the proxy's
     /// version gate).
@@ -327,7 +323,8 @@ impl Invocation {
     fn validate(&self) -> Result<(), config::ConfigError> {
         match self {
             Self::Serve(config) | Self::PrintConfig(config) => config.validate(),
-            Self::Sink(_) | Self::Loadgen(_) => Ok(()),
+            Self::Sink(args) => args.validate(),
+            Self::Loadgen(_) => Ok(()),
         }
     }
 
