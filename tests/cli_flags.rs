@@ -10,14 +10,22 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_boundary-log-proxy");
 
-/// The binary with no `BOUNDARY_LOG_PROXY_*` inherited from the test's environment.
-fn proxy(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// The binary with none of its variables inherited from the test's environment:
+/// `BOUNDARY_LOG_PROXY_*`, nor the `CODER_AGENT_*` a Coder workspace sets.
+fn command() -> Command {
     let mut command = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
+        let name = key.to_string_lossy();
+        if name.starts_with("BOUNDARY_LOG_PROXY_") || name.starts_with("CODER_AGENT_") {
             command.env_remove(key);
         }
     }
+    command
+}
+
+/// The binary run to completion with `args` and `env`.
+fn proxy(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = command();
     command.args(args).envs(env.iter().copied());
     command.output().expect("running the binary")
 }
@@ -275,12 +283,7 @@ fn coderd_from_the_environment_replaces_the_sink_and_hides_the_token() {
 /// The binary run with a bound on its time: a value wrongly accepted would start a
 /// server that never exits; that fails the test instead of hanging it.
 fn proxy_bounded(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
-            command.env_remove(key);
-        }
-    }
+    let mut command = command();
     command
         .args(args)
         .envs(env.iter().copied())
@@ -760,13 +763,7 @@ fn print_config_into_a_closed_pipe_exits_quietly_instead_of_panicking() {
     // `serve --print-config | head -1`: the reader goes away before the JSON is written.
     let (reader, writer) = std::io::pipe().expect("a pipe");
     drop(reader);
-    let mut command = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
-            command.env_remove(key);
-        }
-    }
-    let output = command
+    let output = command()
         .args(["serve", "--print-config"])
         .stdout(writer)
         .stderr(Stdio::piped())

@@ -482,7 +482,8 @@ pub struct Exited {
 }
 
 impl Process {
-    /// Starts the binary with `args`, with no `BOUNDARY_LOG_PROXY_*` variables inherited.
+    /// Starts the binary with `args`, with no `BOUNDARY_LOG_PROXY_*` or `CODER_AGENT_*`
+    /// variables inherited.
     pub fn spawn(args: &[&str]) -> Self {
         Self::spawn_with_stdout(args, Stdio::piped())
     }
@@ -496,7 +497,9 @@ impl Process {
             .stdout(stdout)
             .stderr(Stdio::piped());
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
+            let name = key.to_string_lossy();
+            // Nor what a Coder workspace sets, which would pick coderd as the destination.
+            if name.starts_with("BOUNDARY_LOG_PROXY_") || name.starts_with("CODER_AGENT_") {
                 command.env_remove(key);
             }
         }
