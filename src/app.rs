@@ -131,6 +131,10 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
         dropped_buffer_full = totals.dropped_buffer_full,
         dropped_forward_failed = totals.dropped_forward_failed,
         dropped_shutdown = totals.dropped_shutdown,
+        recovered = totals.recovered,
+        dropped_spool_corrupt = totals.dropped_spool_corrupt,
+        dropped_spool_full = totals.dropped_spool_full,
+        spooled = totals.spooled,
         "stopped"
     );
     Ok(())

@@ -372,6 +372,10 @@ pub enum ForwardDropReason {
     ForwardFailed,
     /// Shutdown timeout ran out.
     Shutdown,
+    /// The disk spool had no room (or could not be written).
+    SpoolFull,
+    /// Found damaged in the disk spool.
+    SpoolCorrupt,
 }
 
 /// The forwarder gave up on frames: counted as dropped.
@@ -393,6 +397,10 @@ impl InternalEvent for ForwardDropped {
                 (BatchDropReason::ForwardFailed, LogDropReason::ForwardFailed)
             }
             ForwardDropReason::Shutdown => (BatchDropReason::Shutdown, LogDropReason::Shutdown),
+            ForwardDropReason::SpoolFull => (BatchDropReason::SpoolFull, LogDropReason::SpoolFull),
+            ForwardDropReason::SpoolCorrupt => {
+                (BatchDropReason::SpoolCorrupt, LogDropReason::SpoolCorrupt)
+            }
         };
         drop_counts(metrics, batch, log, self.frames, self.logs);
         let reason = log.as_str();
@@ -406,7 +414,9 @@ impl InternalEvent for ForwardDropped {
                     "dropped logs"
                 );
             }
-            ForwardDropReason::ForwardFailed => {
+            ForwardDropReason::ForwardFailed
+            | ForwardDropReason::SpoolFull
+            | ForwardDropReason::SpoolCorrupt => {
                 if let Some(suppressed) = LIMIT.admit() {
                     tracing::error!(
                         frames = self.frames,
@@ -490,6 +500,108 @@ impl InternalEvent for RingOccupancy {
         metrics
             .ring_occupancy
             .set(i64::try_from(self.len).unwrap_or(i64::MAX));
+    }
+}
+
+/// Requests were written to the disk spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spooled {
+    /// Received frames in them.
+    pub frames: u64,
+    /// Logs in them.
+    pub logs: u64,
+}
+
+impl InternalEvent for Spooled {
+    fn emit(self, metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        metrics.spool.logs_spooled.inc_by(self.logs);
+        if let Some(suppressed) = LIMIT.admit() {
+            tracing::warn!(
+                frames = self.frames,
+                logs = self.logs,
+                suppressed,
+                "destination failing: wrote logs to the disk spool"
+            );
+        }
+    }
+}
+
+/// A spooled request was acknowledged by the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolReplayed {
+    /// Logs in it.
+    pub logs: u64,
+}
+
+impl InternalEvent for SpoolReplayed {
+    fn emit(self, metrics: &Metrics) {
+        metrics.spool.logs_replayed.inc_by(self.logs);
+        tracing::debug!(logs = self.logs, "replayed logs from the disk spool");
+    }
+}
+
+/// What the disk spool holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolOccupancy {
+    /// Bytes of its segment files.
+    pub bytes: u64,
+    /// Received frames held.
+    pub frames: u64,
+    /// Logs held.
+    pub logs: u64,
+}
+
+impl InternalEvent for SpoolOccupancy {
+    fn emit(self, metrics: &Metrics) {
+        let set = |g: &prometheus::IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        set(&metrics.spool.bytes, self.bytes);
+        set(&metrics.spool.frames, self.frames);
+        set(&metrics.spool.logs, self.logs);
+    }
+}
+
+/// The disk spool was opened and what it held recovered.
+#[derive(Debug, Clone)]
+pub struct SpoolRecovered<'a> {
+    /// The spool directory.
+    pub dir: &'a std::path::Path,
+    /// What recovery found.
+    pub recovery: crate::spool::Recovery,
+}
+
+impl InternalEvent for SpoolRecovered<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let r = self.recovery;
+        metrics
+            .spool
+            .logs_recovered
+            .inc_by(r.intact.logs + r.corrupt.logs);
+        if r.corrupt.frames > 0 || r.corrupt.logs > 0 {
+            ForwardDropped {
+                frames: r.corrupt.frames,
+                logs: r.corrupt.logs,
+                reason: ForwardDropReason::SpoolCorrupt,
+            }
+            .emit(metrics);
+        }
+        if r.damaged_bytes > 0 || r.state_damaged {
+            tracing::error!(
+                dir = %self.dir.display(),
+                corrupt_frames = r.corrupt.frames,
+                corrupt_logs = r.corrupt.logs,
+                damaged_bytes = r.damaged_bytes,
+                truncated_bytes = r.truncated_bytes,
+                state_damaged = r.state_damaged,
+                "the disk spool was damaged; what could not be read is counted as spool_corrupt"
+            );
+        }
+        tracing::info!(
+            dir = %self.dir.display(),
+            frames = r.intact.frames,
+            logs = r.intact.logs,
+            "disk spool open; its logs are sent before newer ones"
+        );
     }
 }
 

@@ -3,7 +3,7 @@
 //! into the ring, counting every frame it cannot keep.
 
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::codec::{decode_message, FrameDecoder, LogFrame, Message, RawFrame};
@@ -15,7 +15,7 @@ use crate::events::{
 use crate::metrics::{ConnectionRejectReason, FrameRejectReason, Metrics};
 use crate::reader::{CloseCause, ConnInfo, ConnectionHandler, RejectReason};
 use crate::ring::{Producer, PushError};
-use crate::seqgap::SeqTracker;
+use crate::seqgap::{KeyCache, SeqTracker};
 
 /// Largest drop count one `BoundaryStatus` may carry: 2^53, the largest integer a
 /// Prometheus sample (a float64) holds exactly. boundary would have to drop 100 M
@@ -44,6 +44,8 @@ pub struct Intake {
 pub struct Connection {
     id: u32,
     decoder: FrameDecoder,
+    /// The sequence tracker's key of this connection's session id.
+    session: KeyCache,
     /// Set once a fatal framing error was counted, so the close counts nothing more.
     failed: bool,
 }
@@ -62,9 +64,9 @@ impl Intake {
     }
 
     /// Handles one complete frame: frame-local errors are counted and skipped.
-    fn frame(&self, conn: u32, raw: RawFrame) {
+    fn frame<'a>(&'a self, read: &mut Read<'a>, raw: RawFrame) {
         match decode_message(raw) {
-            Ok(Message::Logs(frame)) => self.logs(conn, frame),
+            Ok(Message::Logs(frame)) => self.logs(read, frame),
             Ok(Message::Status(status)) => {
                 let count = |n: i64| {
                     u64::try_from(n)
@@ -90,7 +92,7 @@ impl Intake {
         }
     }
 
-    fn logs(&self, conn: u32, frame: LogFrame) {
+    fn logs<'a>(&'a self, read: &mut Read<'a>, frame: LogFrame) {
         let logs = frame.log_count();
         if logs == 0 {
             // Nothing to deliver: no ring slot, no call.
@@ -105,11 +107,13 @@ impl Intake {
             logs: u64::from(logs),
         }
         .emit(&self.metrics);
-        let findings = self
-            .sequences
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .observe(&frame, Instant::now());
+        let sequences = read.sequences.get_or_insert_with(|| {
+            self.sequences
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        });
+        let key = read.session.key(sequences, frame.request_key().0);
+        let findings = sequences.observe_as(key, &frame, read.now);
         if findings.missing > 0 {
             SequenceGap {
                 missing: findings.missing,
@@ -122,7 +126,13 @@ impl Intake {
             }
             .emit(&self.metrics);
         }
-        match self.producer.push(QueuedFrame { frame, conn }, logs) {
+        match self.producer.push(
+            QueuedFrame {
+                frame,
+                conn: read.conn,
+            },
+            logs,
+        ) {
             Ok(()) => {}
             Err(PushError::Full(_)) => BufferFull {
                 logs: u64::from(logs),
@@ -138,6 +148,15 @@ impl Intake {
     }
 }
 
+/// What the frames of one read share: the connection, one clock reading, and the
+/// sequence tracker, locked at the first frame of logs and held to the read's end.
+struct Read<'a> {
+    conn: u32,
+    now: Instant,
+    session: &'a mut KeyCache,
+    sequences: Option<MutexGuard<'a, SeqTracker>>,
+}
+
 impl ConnectionHandler for Intake {
     type State = Connection;
 
@@ -147,17 +166,25 @@ impl ConnectionHandler for Intake {
             // Ids only need to tell live connections apart within one drain.
             id: info.id as u32,
             decoder: FrameDecoder::new(),
+            session: KeyCache::default(),
             failed: false,
         }
     }
 
     fn data(&self, conn: &mut Connection, mut bytes: &[u8]) -> ControlFlow<()> {
         let mut frames = 0usize;
+        // One clock reading per read: the frames of one read arrived together.
+        let mut read = Read {
+            conn: conn.id,
+            now: Instant::now(),
+            session: &mut conn.session,
+            sequences: None,
+        };
         let flow = loop {
             match conn.decoder.decode(&mut bytes) {
                 Ok(Some(raw)) => {
                     frames += 1;
-                    self.frame(conn.id, raw);
+                    self.frame(&mut read, raw);
                 }
                 Ok(None) => break ControlFlow::Continue(()),
                 Err(error) => {
@@ -167,6 +194,7 @@ impl ConnectionHandler for Intake {
                 }
             }
         };
+        drop(read);
         if frames > 0 {
             // Once per read, not per frame: the forwarder's drain thread also sets the
             // gauge, but it does not run while no forwarder does or while it waits
