@@ -147,7 +147,8 @@ struct ServeArgs {
           value_parser = |s: &str| config::parse_duration("--shutdown-timeout", s))]
     shutdown_timeout: Duration,
     /// Keep requests that cannot be delivered in this directory, and send them later [default: off].
-    #[arg(long, value_name = "DIR", env = "BOUNDARY_LOG_PROXY_SPOOL_DIR")]
+    #[arg(long, value_name = "DIR", env = "BOUNDARY_LOG_PROXY_SPOOL_DIR",
+          value_parser = |s: &str| config::parse_writable_dir("--spool-dir", s))]
     spool_dir: Option<PathBuf>,
     /// Most bytes the spool's files take; beyond it logs are dropped as spool_full.
     #[arg(long, value_name = "N", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_SPOOL_MAX_BYTES", default_value = "268435456",
