@@ -113,6 +113,24 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
         "",
         &[],
     ),
+    (
+        "agent_boundary_log_proxy_coderd_connected",
+        "gauge",
+        "",
+        &[],
+    ),
+    (
+        "agent_boundary_log_proxy_coderd_connects_total",
+        "counter",
+        "result",
+        &["ok", "http_error", "refused_version", "network_error"],
+    ),
+    (
+        "agent_boundary_log_proxy_logs_non_uuid_session_total",
+        "counter",
+        "",
+        &[],
+    ),
 ];
 
 fn exposition(registry: &Registry) -> String {

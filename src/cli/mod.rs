@@ -552,7 +552,7 @@ mod tests {
             ),
             (
                 &["--batch-linger", "5"],
-                "error: invalid value '5' for --batch-linger: a duration with a unit, such as 0s, 250ms, 5s or 2m",
+                "error: invalid value '5' for --batch-linger: a duration with a unit, such as 0s, 250ms, 5s or 2m, at most 365d",
             ),
             (
                 &["--ring-capacity"],
