@@ -258,3 +258,41 @@ async fn logs_forwarded_with_a_session_id_that_is_not_a_uuid_are_counted() {
         .unwrap();
     assert_eq!(metrics.logs_non_uuid_session.get(), 3);
 }
+
+#[tokio::test]
+async fn a_request_of_a_mebibyte_keeps_to_the_256_kib_stream_window_and_arrives_whole() {
+    let mut peer = CoderPeer::start(PeerConfig::default()).await;
+    let (reporter, _) = reporter(&peer);
+    peer.script(Answer::Replay(variant("B")));
+    let request = ReportBoundaryLogsRequest {
+        logs: (0..1000)
+            .map(|i| BoundaryLog {
+                sequence_number: i,
+                ..BoundaryLog::default()
+            })
+            .collect(),
+        session_id: "6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f".into(),
+        confined_process_name: "x".repeat(1 << 20),
+    }
+    .encode_to_vec();
+    assert!(request.len() > 4 * support::coder_peer::WINDOW as usize);
+    // The peer asserts the window on every Data frame and credits it back as it reads.
+    reporter
+        .send(&request)
+        .await
+        .expect("delivered under flow control");
+    expect_connection(&mut peer).await;
+    let record = peer.next_stream().await;
+    let mut reader = boundary_log_proxy::reporter::coder::drpc::PacketReader::new();
+    reader.push(&record.drpc);
+    let invoke = reader.next_packet().unwrap().unwrap();
+    let message = reader.next_packet().unwrap().unwrap();
+    assert_eq!(
+        invoke.data,
+        "/coder.agent.v2.Agent/ReportBoundaryLogs".as_bytes()
+    );
+    assert_eq!(
+        message.data, request,
+        "the request's bytes as they were given"
+    );
+}

@@ -18,7 +18,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use boundary_log_proxy::metrics::{CoderdConnectResult, Metrics};
 use boundary_log_proxy::reporter::coder::{CoderConfig, CoderReporter};
