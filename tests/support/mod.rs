@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod as_uid;
+pub mod coder_peer;
 pub mod coder_sink;
 pub mod coderd;
 pub mod faults;
