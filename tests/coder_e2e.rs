@@ -545,3 +545,49 @@ async fn tls_to_a_coderd_with_a_private_ca_needs_coder_ca_file() {
     assert!(!delivered_raw(&coderd).contains_key(&session(2)));
     doubting.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_binary_serves_the_coder_protocol_to_the_proxy_binary() {
+    let listen = free_addr().to_string();
+    let sink = Process::spawn(&[
+        "sink",
+        "--listen",
+        &listen,
+        "--protocol",
+        "coder",
+        "--token",
+        "T",
+        "--log-format",
+        "json",
+    ]);
+    eventually("the sink listening", || sink.logged("sink listening")).await;
+    let url = format!("http://{listen}");
+
+    let refused = Proxy::start(&url, "not-T", &["--retry-max-elapsed", "1s"]).await;
+    write_session(&refused, 1, 0, 1, 2);
+    refused
+        .scrape_until("a 401 counted", |s| {
+            s.get("coderd_connects_total", Some("result=\"http_error\"")) >= 1
+        })
+        .await;
+    assert!(refused.logged_with(&["401", "Workspace agent not authorized."]));
+    refused.stop().await;
+
+    let proxy = Proxy::start(&url, "T", &[]).await;
+    let sent = request(&session(1), PROCESS, 0, 3);
+    let mut client = proxy.connect();
+    client.send(&workload::frame(Tag::V2, &sent));
+    client.finish();
+    proxy.forwarded(3).await;
+    proxy.stop().await;
+    eventually("three JSON lines printed", || sink.stdout.len() == 3).await;
+    let lines = sink.stdout.get();
+    for (line, log) in lines.iter().zip(&sent.logs) {
+        let printed: serde_json::Value = serde_json::from_str(line).expect("a JSON line per log");
+        assert_eq!(printed["msg"], "boundary_request");
+        assert_eq!(printed["session_id"], session(1));
+        assert_eq!(printed["sequence_number"], log.sequence_number);
+    }
+    let exited = sink.terminate().await;
+    assert!(exited.status.success(), "{:?}", exited.stderr);
+}
