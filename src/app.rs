@@ -44,8 +44,15 @@ pub enum AppError {
 /// as docs/command-line.md (`--shutdown-timeout`) says and returns `Ok` (exit 0).
 pub fn serve(config: Config) -> Result<(), AppError> {
     config.validate()?;
-    runtime()?.block_on(serve_async(config))
+    let runtime = runtime()?;
+    let result = runtime.block_on(serve_async(config));
+    // Whatever is still blocked (a write nobody reads) does not hold up the exit.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
 }
+
+/// Longest the exit waits for runtime threads after the shutdown is done.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 async fn serve_async(config: Config) -> Result<(), AppError> {
     let registry = prometheus::Registry::new();
@@ -58,6 +65,7 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
     let server = Server::new(config.clone(), &registry)?;
     let reporter = AnyReporter::from_config(&config, server.metrics())?;
     let backend = server.start()?;
+    health.watch_socket(server.metrics().socket_bound.clone());
     tracing::info!(socket = %server.socket_path().display(), io = %backend, "listening");
 
     let stop_metrics = CancellationToken::new();
@@ -123,6 +131,10 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
         dropped_buffer_full = totals.dropped_buffer_full,
         dropped_forward_failed = totals.dropped_forward_failed,
         dropped_shutdown = totals.dropped_shutdown,
+        recovered = totals.recovered,
+        dropped_spool_corrupt = totals.dropped_spool_corrupt,
+        dropped_spool_full = totals.dropped_spool_full,
+        spooled = totals.spooled,
         "stopped"
     );
     Ok(())
