@@ -14,7 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_boundary-log-proxy");
 fn proxy(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
+        if is_proxy_variable(&key.to_string_lossy()) {
             command.env_remove(key);
         }
     }
@@ -277,7 +277,7 @@ fn coderd_from_the_environment_replaces_the_sink_and_hides_the_token() {
 fn proxy_bounded(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
+        if is_proxy_variable(&key.to_string_lossy()) {
             command.env_remove(key);
         }
     }
@@ -693,7 +693,7 @@ fn print_config_into_a_closed_pipe_exits_quietly_instead_of_panicking() {
     drop(reader);
     let mut command = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
+        if is_proxy_variable(&key.to_string_lossy()) {
             command.env_remove(key);
         }
     }
@@ -706,4 +706,10 @@ fn print_config_into_a_closed_pipe_exits_quietly_instead_of_panicking() {
     let err = stderr(&output);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(output.status.code(), Some(0), "{err}");
+}
+
+/// The binary's own variables and the `CODER_AGENT_*` ones coder's agent sets in a
+/// workspace (`CODER_AGENT_URL` alone switches `serve` to the coder transport).
+fn is_proxy_variable(name: &str) -> bool {
+    name.starts_with("BOUNDARY_LOG_PROXY_") || name.starts_with("CODER_AGENT_")
 }

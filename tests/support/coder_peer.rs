@@ -512,7 +512,7 @@ impl YamuxServer {
         for recorded in variant
             .yamux_frames_in_order
             .iter()
-            .filter(|f| !f.from_client() && f.kind == "Data")
+            .filter(|f| !f.sent_by_client() && f.kind == "Data")
         {
             let mut header = Header::parse(&unhex(&recorded.header_hex));
             header.stream = stream;
