@@ -248,21 +248,13 @@ struct SinkCmd {
     protocol: SinkProtocol,
     /// With --protocol coder: accept only this session token; others get coderd's 401
     /// [default: any token].
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "BOUNDARY_LOG_PROXY_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "TOKEN", env = "BOUNDARY_LOG_PROXY_TOKEN", hide_env_values = true,
+          value_parser = |s: &str| config::parse_token("--token", s))]
     token: Option<String>,
     /// With --protocol coder: the version /api/v2/buildinfo reports (to try the proxy's
     /// version gate).
-    #[arg(
-        long,
-        value_name = "VERSION",
-        env = "BOUNDARY_LOG_PROXY_CODER_VERSION",
-        hide = true
-    )]
+    #[arg(long, value_name = "VERSION", env = "BOUNDARY_LOG_PROXY_CODER_VERSION", hide = true,
+          value_parser = crate::sink::coder::parse_version)]
     coder_version: Option<String>,
 }
 
