@@ -235,29 +235,6 @@ struct KeepaliveCounters {
     timeouts: AtomicU64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_as_coderd_reports_them_parse_and_others_do_not() {
-        for good in ["v2.31.0", "2.30.2", "v2.31.0-rc.1", "v2.31.0+abc123"] {
-            assert_eq!(parse_version(good).as_deref(), Ok(good));
-        }
-        for bad in [
-            "",
-            "latest",
-            "v2.31",
-            "v2.31.0.1",
-            "v2..0",
-            "v2.31.0 ",
-            "vx.1.2",
-        ] {
-            assert!(parse_version(bad).is_err(), "{bad:?}");
-        }
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -420,5 +397,28 @@ struct InFlight<'a>(&'a AtomicU64);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_as_coderd_reports_them_parse_and_others_do_not() {
+        for good in ["v2.31.0", "2.30.2", "v2.31.0-rc.1", "v2.31.0+abc123"] {
+            assert_eq!(parse_version(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "",
+            "latest",
+            "v2.31",
+            "v2.31.0.1",
+            "v2..0",
+            "v2.31.0 ",
+            "vx.1.2",
+        ] {
+            assert!(parse_version(bad).is_err(), "{bad:?}");
+        }
     }
 }
