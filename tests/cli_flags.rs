@@ -15,8 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_boundary-log-proxy");
 fn command() -> Command {
     let mut command = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
-        let name = key.to_string_lossy();
-        if name.starts_with("BOUNDARY_LOG_PROXY_") || name.starts_with("CODER_AGENT_") {
+        if is_proxy_variable(&key.to_string_lossy()) {
             command.env_remove(key);
         }
     }
@@ -460,6 +459,7 @@ const BAD_VALUES: &[Bad] = &[
     bad("sink", "--token", "s3cr\u{e9}t", "non-ASCII"),
     bad("sink", "--token", "", "empty"),
     bad("sink", "--log-level", "loud", "level"),
+    bad("sink", "--coder-version", "latest", "v2.31.0"),
     bad("loadgen", "--socket", "", "107 bytes"),
     bad("loadgen", "--connections", "0", ">= 1"),
     bad("loadgen", "--frames", "-1", ">= 0"),
@@ -509,10 +509,8 @@ const BAD_SWITCH_VARIABLES: &[Bad] = &[
     ),
 ];
 
-/// Flags with nothing that can be bad: no value and no variable, or (`sink
-/// --coder-version`, a hidden test knob) any text on purpose, so that a test can make
-/// the stand-in coderd report a version the proxy cannot read.
-const NOTHING_TO_BE_BAD: &[&str] = &["--print-config", "--help", "--version", "--coder-version"];
+/// Flags with nothing that can be bad: no value and no variable.
+const NOTHING_TO_BE_BAD: &[&str] = &["--print-config", "--help", "--version"];
 
 /// Flags that are fine alone but not together: (arguments, variables, what the one
 /// line must name, what it must say).
@@ -783,4 +781,10 @@ fn print_config_into_a_closed_pipe_exits_quietly_instead_of_panicking() {
     let err = stderr(&output);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(output.status.code(), Some(0), "{err}");
+}
+
+/// The binary's own variables and the `CODER_AGENT_*` ones coder's agent sets in a
+/// workspace (`CODER_AGENT_URL` alone switches `serve` to the coder transport).
+fn is_proxy_variable(name: &str) -> bool {
+    name.starts_with("BOUNDARY_LOG_PROXY_") || name.starts_with("CODER_AGENT_")
 }

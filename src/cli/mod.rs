@@ -254,12 +254,8 @@ struct SinkCmd {
     token: Option<String>,
     /// With --protocol coder: the version /api/v2/buildinfo reports (to try the proxy's
     /// version gate).
-    #[arg(
-        long,
-        value_name = "VERSION",
-        env = "BOUNDARY_LOG_PROXY_CODER_VERSION",
-        hide = true
-    )]
+    #[arg(long, value_name = "VERSION", env = "BOUNDARY_LOG_PROXY_CODER_VERSION", hide = true,
+          value_parser = crate::sink::coder::parse_version)]
     coder_version: Option<String>,
 }
 

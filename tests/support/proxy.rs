@@ -513,9 +513,8 @@ impl Process {
             .stdout(stdout)
             .stderr(Stdio::piped());
         for (key, _) in std::env::vars_os() {
-            let name = key.to_string_lossy();
             // Nor what a Coder workspace sets, which would pick coderd as the destination.
-            if name.starts_with("BOUNDARY_LOG_PROXY_") || name.starts_with("CODER_AGENT_") {
+            if is_proxy_variable(&key.to_string_lossy()) {
                 command.env_remove(key);
             }
         }
@@ -709,4 +708,11 @@ pub fn stopped_totals(stderr: &[String]) -> Accounting {
         dropped_spool_full: spool_field("dropped_spool_full"),
         spooled: spool_field("spooled"),
     }
+}
+
+/// Variables the binary reads unless told otherwise: its own `BOUNDARY_LOG_PROXY_*`, and
+/// the `CODER_AGENT_*` ones coder's agent sets in a workspace (`CODER_AGENT_URL` alone
+/// would switch `serve` to the coder transport). Tests start the binary without them.
+pub fn is_proxy_variable(name: &str) -> bool {
+    name.starts_with("BOUNDARY_LOG_PROXY_") || name.starts_with("CODER_AGENT_")
 }
