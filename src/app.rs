@@ -7,10 +7,9 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{bind_metrics, serve_metrics, Health, MetricsServerError};
-use crate::reporter::any::AnyReporter;
-use crate::reporter::grpc::ReporterError;
+use crate::reporter::any::{AnyReporter, AnyReporterError};
 use crate::server::{Server, ServerError};
-use crate::sink::{run_sink, SinkError};
+use crate::sink::{run, SinkError, SinkOptions};
 
 /// A command could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +28,7 @@ pub enum AppError {
     NotWired(&'static str),
     /// The reporter could not be built from the flags.
     #[error(transparent)]
-    Reporter(#[from] ReporterError),
+    Reporter(#[from] AnyReporterError),
     /// The server could not start (socket path, reader).
     #[error(transparent)]
     Server(#[from] ServerError),
@@ -42,7 +41,7 @@ pub enum AppError {
 }
 
 /// `boundary-log-proxy serve`: runs the proxy until SIGTERM/SIGINT/SIGHUP, then shuts down
-/// as CONTRACT.md section 2 says and returns `Ok` (exit 0).
+/// as docs/command-line.md (`--shutdown-timeout`) says and returns `Ok` (exit 0).
 pub fn serve(config: Config) -> Result<(), AppError> {
     config.validate()?;
     let runtime = runtime()?;
@@ -59,12 +58,12 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
     let registry = prometheus::Registry::new();
     let health = Health::new();
     let shutdown_timeout = config.shutdown_timeout;
-    let reporter = AnyReporter::from_config(&config)?;
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(bind_metrics(addr).await?),
         None => None,
     };
-    let server = Server::new(config, &registry)?;
+    let server = Server::new(config.clone(), &registry)?;
+    let reporter = AnyReporter::from_config(&config, server.metrics())?;
     let backend = server.start()?;
     health.watch_socket(server.metrics().socket_bound.clone());
     tracing::info!(socket = %server.socket_path().display(), io = %backend, "listening");
@@ -132,6 +131,10 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
         dropped_buffer_full = totals.dropped_buffer_full,
         dropped_forward_failed = totals.dropped_forward_failed,
         dropped_shutdown = totals.dropped_shutdown,
+        recovered = totals.recovered,
+        dropped_spool_corrupt = totals.dropped_spool_corrupt,
+        dropped_spool_full = totals.dropped_spool_full,
+        spooled = totals.spooled,
         "stopped"
     );
     Ok(())
@@ -180,12 +183,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
         .map_err(AppError::Runtime)
 }
 
-/// `boundary-log-proxy sink`: a gRPC Agent server printing what it receives, until
-/// SIGTERM/SIGINT/SIGHUP.
+/// `boundary-log-proxy sink`: a gRPC or coder-protocol server printing what it receives,
+/// until SIGTERM/SIGINT/SIGHUP.
 pub fn sink(args: SinkArgs) -> Result<(), AppError> {
     runtime()?.block_on(async move {
-        let listen = args.listen.to_string();
-        run_sink(&listen, args.quiet, async {
+        let options = SinkOptions {
+            listen: args.listen.to_string(),
+            quiet: args.quiet,
+            protocol: args.protocol,
+            token: args.token.map(|t| t.expose().to_owned()),
+            coder_version: args.coder_version,
+        };
+        run(options, async {
             let _ = wait_for_signal().await;
         })
         .await?;
@@ -197,6 +206,17 @@ pub fn sink(args: SinkArgs) -> Result<(), AppError> {
 /// then prints the summary line (frames/s, logs/s, bytes/s) on stdout.
 pub fn loadgen(args: LoadgenArgs) -> Result<(), AppError> {
     let summary = crate::loadgen::run(&args).map_err(|e| AppError::Task(e.to_string()))?;
-    println!("{summary}");
-    Ok(())
+    print_line(summary)
+}
+
+/// Writes `text` and a newline on stdout. A reader that has gone away (`| head -1`)
+/// is not a failure: the output was not wanted any more.
+pub fn print_line(text: impl std::fmt::Display) -> Result<(), AppError> {
+    use std::io::Write as _;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(AppError::Task(format!("writing to stdout: {error}")))
+        }
+        _ => Ok(()),
+    }
 }

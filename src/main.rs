@@ -19,16 +19,18 @@ fn main() -> ExitCode {
         }
     };
     let result = match invocation {
-        Invocation::PrintConfig(config) => {
-            println!("{:#}", config.to_json());
-            Ok(())
-        }
+        Invocation::PrintConfig(config) => app::print_line(format_args!("{:#}", config.to_json())),
         Invocation::Serve(config) => app::serve(config),
         Invocation::Sink(args) => app::sink(args),
         Invocation::Loadgen(args) => app::loadgen(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A bad value is a flag error wherever it is found (the CLI checks first).
+        Err(app::AppError::Config(error)) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE

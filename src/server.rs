@@ -1,5 +1,5 @@
 //! The embeddable engine: binds the socket, runs the reader, owns the ring, and lends
-//! the ring's consumer to `run_forwarder` (CONTRACT.md section 5).
+//! the ring's consumer to `run_forwarder` (the embedding API the README shows).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,8 @@ pub enum ServerError {
     ForwarderRunning,
     #[error(transparent)]
     Forwarder(#[from] forwarder::ForwarderError),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
 }
 
 /// The proxy engine. Cheap to clone; every clone is the same server.
@@ -142,6 +144,10 @@ impl Server {
             ring::ring(config.ring_capacity).map_err(|e| ServerError::Config(e.to_string()))?;
         metrics.ring_capacity.set(config.ring_capacity as i64);
         let handle = consumer.handle();
+        let mut state = ForwarderState::new(consumer);
+        if let Some(dir) = &config.spool_dir {
+            state = state.with_spool(open_spool(dir, &config, &metrics, registry)?);
+        }
         let intake = Arc::new(Intake::new(
             producer,
             metrics.clone(),
@@ -154,7 +160,7 @@ impl Server {
                 intake,
                 ring: handle,
                 lifecycle: Mutex::new(Lifecycle::New),
-                forwarder: Mutex::new(Some(ForwarderState::new(consumer))),
+                forwarder: Mutex::new(Some(state)),
                 forwarder_returned: Condvar::new(),
                 closing: CancellationToken::new(),
                 watch: Mutex::new(None),
@@ -302,7 +308,7 @@ impl Server {
         let config = &self.inner.config;
         let forwarder_config = ForwarderConfig {
             limits: Limits {
-                max_logs: config.batch_max_logs as usize,
+                max_logs: config.max_logs_per_request() as usize,
                 max_bytes: config.batch_max_bytes,
             },
             linger: config.batch_linger,
@@ -400,6 +406,31 @@ impl Server {
             socket.remove();
         }
     }
+}
+
+/// Opens and locks the spool directory, exports the spool's metrics and counts
+/// what recovery found (docs/spool.md).
+fn open_spool(
+    dir: &Path,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    registry: &prometheus::Registry,
+) -> Result<forwarder::Spooler, ServerError> {
+    use crate::config::SpoolFsync;
+    use crate::events::{InternalEvent, SpoolRecovered};
+    use crate::spool::{Fsync, Spool, SpoolConfig};
+    let fsync = match config.spool_fsync {
+        SpoolFsync::Always => Fsync::Always,
+        SpoolFsync::Interval => Fsync::Interval,
+    };
+    let (spool, recovery) = Spool::open(SpoolConfig::new(dir, config.spool_max_bytes, fsync))?;
+    metrics.register_spool(registry)?;
+    SpoolRecovered { dir, recovery }.emit(metrics);
+    let limits = Limits {
+        max_logs: config.batch_max_logs as usize,
+        max_bytes: config.batch_max_bytes,
+    };
+    Ok(forwarder::Spooler::new(spool, limits, metrics))
 }
 
 impl Inner {

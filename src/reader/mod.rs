@@ -45,6 +45,13 @@ pub use listener::{bind, bind_if_free, describe};
 pub use lock::{lock_path, PathLock};
 pub use probe::FORCE_URING_ERRNO_ENV;
 
+/// Why io_uring cannot be used here (the probe `--io auto` runs at start-up,
+/// [`FORCE_URING_ERRNO_ENV`] included), or `None` when it can: for callers that must
+/// know beforehand, such as tests that need the io_uring reader and skip without it.
+pub fn uring_unavailable() -> Option<String> {
+    probe::probe(None).err().map(|error| error.to_string())
+}
+
 /// Which reader the command line asks for (`--io`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IoMode {
