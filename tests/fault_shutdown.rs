@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use boundary_log_proxy::config::IoMode;
 use boundary_log_proxy::metrics::{Accounting, FrameRejectReason};
+use support::coder_peer::{Answer, CoderPeer, PeerConfig};
 use support::coderd::{Behaviour, FakeCoderd};
 use support::faults::{delivered, frames, Proxy, PATIENCE};
 use support::proxy::{
@@ -524,4 +525,36 @@ async fn sigterm_with_stderr_a_pipe_nobody_reads_exits_within_the_deadline() {
         "the pipe filled up: {} bytes",
         logged.len()
     );
+}
+
+/// The coder transport (websocket, yamux, DRPC) to a coderd that takes each call and
+/// never answers it: the deadline holds, the held logs are counted `shutdown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_coder_calls_never_answered_exits_within_the_deadline() {
+    let peer = CoderPeer::start(PeerConfig::default()).await;
+    for _ in 0..16 {
+        peer.script(Answer::Silent);
+    }
+    let url = peer.url.to_string();
+    let binary = Binary::start(
+        &["--coder-url", &url, "--agent-token", "t0ken"],
+        &["--shutdown-timeout", "1s", "--call-timeout", "60s"],
+        Stdio::piped(),
+    )
+    .await;
+    let _client = held_logs(&binary, "coder", 50).await;
+    let stopped = binary
+        .stop_with(libc::SIGTERM, Duration::from_secs(15))
+        .await;
+    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.stderr);
+    assert!(
+        stopped.took <= Duration::from_secs(1) + EXIT_SLACK,
+        "exit took {:?}",
+        stopped.took
+    );
+    assert_eq!(stopped.totals.received, 100, "{:?}", stopped.totals);
+    assert_eq!(stopped.totals.forwarded, 0, "{:?}", stopped.totals);
+    assert_eq!(stopped.totals.dropped_shutdown, 100, "{:?}", stopped.totals);
+    assert_accounting_totals(stopped.totals, 0);
+    assert!(!stopped.socket_left, "the socket file is removed");
 }
