@@ -249,10 +249,11 @@ async fn latency_holds_each_call_but_not_the_others_on_the_connection() {
     assert_eq!(coderd.sink.connects().len(), 1);
 }
 
+/// Pings often, with room for a busy machine to answer each.
 fn quick_keepalive() -> Option<Keepalive> {
     Some(Keepalive {
         interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(1500),
+        timeout: Duration::from_secs(5),
     })
 }
 
