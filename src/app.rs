@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::{bind_metrics, serve_metrics, Health, MetricsServerError};
 use crate::reporter::any::{AnyReporter, AnyReporterError};
 use crate::server::{Server, ServerError};
-use crate::sink::{run_sink, SinkError};
+use crate::sink::{run, SinkError, SinkOptions};
 
 /// A command could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +44,15 @@ pub enum AppError {
 /// as docs/command-line.md (`--shutdown-timeout`) says and returns `Ok` (exit 0).
 pub fn serve(config: Config) -> Result<(), AppError> {
     config.validate()?;
-    runtime()?.block_on(serve_async(config))
+    let runtime = runtime()?;
+    let result = runtime.block_on(serve_async(config));
+    // Whatever is still blocked (a write nobody reads) does not hold up the exit.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
 }
+
+/// Longest the exit waits for runtime threads after the shutdown is done.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 async fn serve_async(config: Config) -> Result<(), AppError> {
     let registry = prometheus::Registry::new();
@@ -58,6 +65,7 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
     let server = Server::new(config.clone(), &registry)?;
     let reporter = AnyReporter::from_config(&config, server.metrics())?;
     let backend = server.start()?;
+    health.watch_socket(server.metrics().socket_bound.clone());
     tracing::info!(socket = %server.socket_path().display(), io = %backend, "listening");
 
     let stop_metrics = CancellationToken::new();
@@ -123,6 +131,10 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
         dropped_buffer_full = totals.dropped_buffer_full,
         dropped_forward_failed = totals.dropped_forward_failed,
         dropped_shutdown = totals.dropped_shutdown,
+        recovered = totals.recovered,
+        dropped_spool_corrupt = totals.dropped_spool_corrupt,
+        dropped_spool_full = totals.dropped_spool_full,
+        spooled = totals.spooled,
         "stopped"
     );
     Ok(())
@@ -171,12 +183,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
         .map_err(AppError::Runtime)
 }
 
-/// `boundary-log-proxy sink`: a gRPC Agent server printing what it receives, until
-/// SIGTERM/SIGINT/SIGHUP.
+/// `boundary-log-proxy sink`: a gRPC or coder-protocol server printing what it receives,
+/// until SIGTERM/SIGINT/SIGHUP.
 pub fn sink(args: SinkArgs) -> Result<(), AppError> {
     runtime()?.block_on(async move {
-        let listen = args.listen.to_string();
-        run_sink(&listen, args.quiet, async {
+        let options = SinkOptions {
+            listen: args.listen.to_string(),
+            quiet: args.quiet,
+            protocol: args.protocol,
+            token: args.token.map(|t| t.expose().to_owned()),
+            coder_version: args.coder_version,
+        };
+        run(options, async {
             let _ = wait_for_signal().await;
         })
         .await?;

@@ -3,7 +3,7 @@
 //! into the ring, counting every frame it cannot keep.
 
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::codec::{decode_message, FrameDecoder, LogFrame, Message, RawFrame};
@@ -12,10 +12,17 @@ use crate::events::{
     ForwardDropReason, ForwardDropped, FrameRejected, InternalEvent, LogsReceived, RingOccupancy,
     SequenceGap, SequenceOutOfOrder,
 };
-use crate::metrics::{ConnectionRejectReason, Metrics};
+use crate::metrics::{ConnectionRejectReason, FrameRejectReason, Metrics};
 use crate::reader::{CloseCause, ConnInfo, ConnectionHandler, RejectReason};
 use crate::ring::{Producer, PushError};
-use crate::seqgap::SeqTracker;
+use crate::seqgap::{KeyCache, SeqTracker};
+
+/// Largest drop count one `BoundaryStatus` may carry: 2^53, the largest integer a
+/// Prometheus sample (a float64) holds exactly. boundary would have to drop 100 M
+/// logs a second for almost three years to reach it, so a count over it (or a
+/// negative one) is not a count: the frame is refused
+/// (`frames_rejected_total{reason="bad_status"}`) and adds nothing.
+pub const MAX_STATUS_COUNT: i64 = 1 << 53;
 
 /// What travels through the ring: one validated log frame and the connection it came
 /// from (the forwarder keeps each connection's order by it).
@@ -37,6 +44,8 @@ pub struct Intake {
 pub struct Connection {
     id: u32,
     decoder: FrameDecoder,
+    /// The sequence tracker's key of this connection's session id.
+    session: KeyCache,
     /// Set once a fatal framing error was counted, so the close counts nothing more.
     failed: bool,
 }
@@ -55,30 +64,56 @@ impl Intake {
     }
 
     /// Handles one complete frame: frame-local errors are counted and skipped.
-    fn frame(&self, conn: u32, raw: RawFrame) {
+    fn frame<'a>(&'a self, read: &mut Read<'a>, raw: RawFrame) {
         match decode_message(raw) {
-            Ok(Message::Logs(frame)) => self.logs(conn, frame),
-            Ok(Message::Status(status)) => BoundaryStatusReported {
-                channel_full: status.dropped_channel_full,
-                batch_full: status.dropped_batch_full,
+            Ok(Message::Logs(frame)) => self.logs(read, frame),
+            Ok(Message::Status(status)) => {
+                let count = |n: i64| {
+                    u64::try_from(n)
+                        .ok()
+                        .filter(|&n| n <= MAX_STATUS_COUNT as u64)
+                };
+                match (
+                    count(status.dropped_channel_full),
+                    count(status.dropped_batch_full),
+                ) {
+                    (Some(channel_full), Some(batch_full)) => BoundaryStatusReported {
+                        channel_full,
+                        batch_full,
+                    }
+                    .emit(&self.metrics),
+                    _ => FrameRejected {
+                        reason: FrameRejectReason::BadStatus,
+                    }
+                    .emit(&self.metrics),
+                }
             }
-            .emit(&self.metrics),
             Err(error) => FrameRejected::from(&error).emit(&self.metrics),
         }
     }
 
-    fn logs(&self, conn: u32, frame: LogFrame) {
+    fn logs<'a>(&'a self, read: &mut Read<'a>, frame: LogFrame) {
         let logs = frame.log_count();
+        if logs == 0 {
+            // Nothing to deliver: no ring slot, no call.
+            FrameRejected {
+                reason: FrameRejectReason::Empty,
+            }
+            .emit(&self.metrics);
+            return;
+        }
         LogsReceived {
             frames: 1,
             logs: u64::from(logs),
         }
         .emit(&self.metrics);
-        let findings = self
-            .sequences
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .observe(&frame, Instant::now());
+        let sequences = read.sequences.get_or_insert_with(|| {
+            self.sequences
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        });
+        let key = read.session.key(sequences, frame.request_key().0);
+        let findings = sequences.observe_as(key, &frame, read.now);
         if findings.missing > 0 {
             SequenceGap {
                 missing: findings.missing,
@@ -91,7 +126,13 @@ impl Intake {
             }
             .emit(&self.metrics);
         }
-        match self.producer.push(QueuedFrame { frame, conn }, logs) {
+        match self.producer.push(
+            QueuedFrame {
+                frame,
+                conn: read.conn,
+            },
+            logs,
+        ) {
             Ok(()) => {}
             Err(PushError::Full(_)) => BufferFull {
                 logs: u64::from(logs),
@@ -107,6 +148,15 @@ impl Intake {
     }
 }
 
+/// What the frames of one read share: the connection, one clock reading, and the
+/// sequence tracker, locked at the first frame of logs and held to the read's end.
+struct Read<'a> {
+    conn: u32,
+    now: Instant,
+    session: &'a mut KeyCache,
+    sequences: Option<MutexGuard<'a, SeqTracker>>,
+}
+
 impl ConnectionHandler for Intake {
     type State = Connection;
 
@@ -116,17 +166,25 @@ impl ConnectionHandler for Intake {
             // Ids only need to tell live connections apart within one drain.
             id: info.id as u32,
             decoder: FrameDecoder::new(),
+            session: KeyCache::default(),
             failed: false,
         }
     }
 
     fn data(&self, conn: &mut Connection, mut bytes: &[u8]) -> ControlFlow<()> {
         let mut frames = 0usize;
+        // One clock reading per read: the frames of one read arrived together.
+        let mut read = Read {
+            conn: conn.id,
+            now: Instant::now(),
+            session: &mut conn.session,
+            sequences: None,
+        };
         let flow = loop {
             match conn.decoder.decode(&mut bytes) {
                 Ok(Some(raw)) => {
                     frames += 1;
-                    self.frame(conn.id, raw);
+                    self.frame(&mut read, raw);
                 }
                 Ok(None) => break ControlFlow::Continue(()),
                 Err(error) => {
@@ -136,6 +194,7 @@ impl ConnectionHandler for Intake {
                 }
             }
         };
+        drop(read);
         if frames > 0 {
             // Once per read, not per frame: the forwarder's drain thread also sets the
             // gauge, but it does not run while no forwarder does or while it waits

@@ -2,7 +2,8 @@
 //! forward means logs were lost before they reached the proxy.
 //!
 //! The table is bounded: sessions idle for the expiry are forgotten, and when it
-//! is full the least recently seen session is evicted. A session the tracker does
+//! is full the least recently seen session is evicted, both in O(1) per frame
+//! (a recency list, not a scan of the table). A session the tracker does
 //! not know (new, expired, or evicted) starts at the first number it shows, so a
 //! proxy restart does not report the whole past as a gap. Sessions are keyed by a
 //! keyed 64-bit hash of their id, so an entry costs the same few dozen bytes
@@ -10,7 +11,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use crate::codec::LogFrame;
@@ -19,6 +20,11 @@ use crate::codec::LogFrame;
 pub const DEFAULT_MAX_SESSIONS: usize = 4096;
 /// Idle time after which a session is forgotten, by default.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);
+/// Session ids up to this long are remembered by a [`KeyCache`]; longer ones are
+/// hashed every time (a cache holds at most this much per connection).
+const CACHED_ID_MAX: usize = 256;
+/// No entry: the end of the recency list.
+const NIL: u32 = u32::MAX;
 
 /// What one observation found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,23 +35,61 @@ pub struct SeqFindings {
     pub out_of_order: u64,
 }
 
+/// A session's place in the table: a keyed 64-bit hash of its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionKey(u64);
+
+/// One tracked session, linked into the recency list (newest first).
 #[derive(Debug)]
-struct Session {
+struct Entry {
+    key: u64,
     next: i64,
     seen: Instant,
+    /// Neighbour seen more recently, or `NIL`.
+    newer: u32,
+    /// Neighbour seen less recently, or `NIL`.
+    older: u32,
+}
+
+/// The table's keys are already keyed hashes: the map uses them as they are
+/// instead of hashing them again.
+#[derive(Debug, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; fold anything else in all the same.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// Next expected sequence number per session.
+///
+/// Entries live in a slab, indexed by key, and are linked in the order they were
+/// last seen, so finding, refreshing, expiring and evicting a session each cost
+/// O(1) whatever the churn of session ids.
 #[derive(Debug)]
 pub struct SeqTracker {
-    /// By the hash of the session id (see `key`).
-    sessions: HashMap<u64, Session>,
+    /// Slab index of each tracked session, by key.
+    index: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
+    entries: Vec<Entry>,
+    /// Slab slots no session uses.
+    free: Vec<u32>,
+    newest: u32,
+    oldest: u32,
     /// Keys the session-id hash with this process's random keys, so ids that
     /// collide cannot be chosen from outside.
     ids: RandomState,
     max_sessions: usize,
     expiry: Duration,
-    last_sweep: Instant,
 }
 
 impl Default for SeqTracker {
@@ -58,22 +102,30 @@ impl SeqTracker {
     /// A tracker holding at most `max_sessions` (>= 1), forgetting sessions idle for `expiry`.
     pub fn new(max_sessions: usize, expiry: Duration) -> Self {
         Self {
-            sessions: HashMap::new(),
+            index: HashMap::default(),
+            entries: Vec::new(),
+            free: Vec::new(),
+            newest: NIL,
+            oldest: NIL,
             ids: RandomState::new(),
-            max_sessions: max_sessions.max(1),
+            max_sessions: max_sessions.clamp(1, NIL as usize - 1),
             expiry,
-            last_sweep: Instant::now(),
         }
     }
 
     /// Sessions currently tracked.
     pub fn len(&self) -> usize {
-        self.sessions.len()
+        self.index.len()
     }
 
     /// True when no session is tracked.
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
+        self.index.is_empty()
+    }
+
+    /// The key of a session id (its bytes, as `LogFrame::request_key` gives them).
+    pub fn key(&self, session_id: &[u8]) -> SessionKey {
+        SessionKey(self.ids.hash_one(session_id))
     }
 
     /// Accounts one frame's logs, at `now`.
@@ -81,39 +133,55 @@ impl SeqTracker {
         if frame.log_count() == 0 {
             return SeqFindings::default();
         }
-        self.sweep(now);
+        let key = self.key(frame.request_key().0);
+        self.observe_as(key, frame, now)
+    }
+
+    /// Accounts one frame's logs, at `now`, for the session of `key` (which must be
+    /// this tracker's key of the frame's session id).
+    pub fn observe_as(&mut self, key: SessionKey, frame: &LogFrame, now: Instant) -> SeqFindings {
+        if frame.log_count() == 0 {
+            return SeqFindings::default();
+        }
+        self.expire(now);
         let summary = frame.seq();
-        let key = self.ids.hash_one(frame.session_id());
-        let fresh = Session {
-            next: i64::from(summary.first),
-            seen: now,
-        };
-        let expiry = self.expiry;
-        let session = match self.sessions.get_mut(&key) {
-            // Idle for the expiry but not swept yet (sweeps are rate-limited):
-            // forgotten all the same.
-            Some(session) if now.saturating_duration_since(session.seen) >= expiry => {
-                *session = fresh;
-                session
+        let first = i64::from(summary.first);
+        let slot = match self.index.get(&key.0) {
+            Some(&slot) => {
+                if slot != self.newest {
+                    self.unlink(slot);
+                    self.link_newest(slot);
+                }
+                let entry = &mut self.entries[slot as usize];
+                // Idle for the expiry but not expired yet (the recency list is only
+                // looked at from its old end): forgotten all the same.
+                if now.saturating_duration_since(entry.seen) >= self.expiry {
+                    entry.next = first;
+                }
+                slot
             }
-            Some(session) => session,
             None => {
-                self.make_room();
-                self.sessions.entry(key).or_insert(fresh)
+                if self.index.len() >= self.max_sessions {
+                    self.remove(self.oldest);
+                }
+                let slot = self.insert(key.0, first, now);
+                self.link_newest(slot);
+                slot
             }
         };
+        let session = &mut self.entries[slot as usize];
         session.seen = now;
         let mut findings = SeqFindings::default();
         if summary.contiguous {
             let expected = session.next;
             step(&mut session.next, summary.first, &mut findings);
-            if i64::from(summary.first) >= expected {
+            if first >= expected {
                 // In order from the first log on: the rest of the run follows it.
                 session.next = i64::from(summary.last) + 1;
             } else {
                 // The run started below the expected number: judge each later log
                 // (none when the run is one log long).
-                for n in (i64::from(summary.first) + 1)..=i64::from(summary.last) {
+                for n in (first + 1)..=i64::from(summary.last) {
                     step(&mut session.next, n as i32, &mut findings);
                 }
             }
@@ -125,29 +193,108 @@ impl SeqTracker {
         findings
     }
 
-    /// Forgets idle sessions, at most once per second of calls.
-    fn sweep(&mut self, now: Instant) {
-        if now.duration_since(self.last_sweep) < Duration::from_secs(1) {
-            return;
+    /// Forgets the sessions idle for the expiry, oldest first: each is removed
+    /// once, so this costs O(1) per frame amortised.
+    fn expire(&mut self, now: Instant) {
+        while self.oldest != NIL {
+            let seen = self.entries[self.oldest as usize].seen;
+            if now.saturating_duration_since(seen) < self.expiry {
+                return;
+            }
+            self.remove(self.oldest);
         }
-        self.last_sweep = now;
-        let expiry = self.expiry;
-        self.sessions
-            .retain(|_, s| now.duration_since(s.seen) < expiry);
     }
 
-    /// Evicts the least recently seen session when the table is full.
-    fn make_room(&mut self) {
-        if self.sessions.len() < self.max_sessions {
+    fn insert(&mut self, key: u64, next: i64, now: Instant) -> u32 {
+        let entry = Entry {
+            key,
+            next,
+            seen: now,
+            newer: NIL,
+            older: NIL,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.entries[slot as usize] = entry;
+                slot
+            }
+            None => {
+                self.entries.push(entry);
+                (self.entries.len() - 1) as u32
+            }
+        };
+        self.index.insert(key, slot);
+        slot
+    }
+
+    fn remove(&mut self, slot: u32) {
+        if slot == NIL {
             return;
         }
-        if let Some(oldest) = self
-            .sessions
-            .iter()
-            .min_by_key(|(_, s)| s.seen)
-            .map(|(&k, _)| k)
+        self.unlink(slot);
+        self.index.remove(&self.entries[slot as usize].key);
+        self.free.push(slot);
+    }
+
+    /// Takes `slot` out of the recency list.
+    fn unlink(&mut self, slot: u32) {
+        let (newer, older) = {
+            let e = &self.entries[slot as usize];
+            (e.newer, e.older)
+        };
+        match newer {
+            NIL => self.newest = older,
+            n => self.entries[n as usize].older = older,
+        }
+        match older {
+            NIL => self.oldest = newer,
+            o => self.entries[o as usize].newer = newer,
+        }
+        let e = &mut self.entries[slot as usize];
+        (e.newer, e.older) = (NIL, NIL);
+    }
+
+    /// Puts an unlinked `slot` at the newest end of the recency list.
+    fn link_newest(&mut self, slot: u32) {
+        let old_newest = self.newest;
         {
-            self.sessions.remove(&oldest);
+            let e = &mut self.entries[slot as usize];
+            e.newer = NIL;
+            e.older = old_newest;
+        }
+        match old_newest {
+            NIL => self.oldest = slot,
+            n => self.entries[n as usize].newer = slot,
+        }
+        self.newest = slot;
+    }
+}
+
+/// Remembers the key of the last session id seen on one connection (boundary
+/// writes one session per connection), so a connection's session id is hashed
+/// once rather than once per frame.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    id: Vec<u8>,
+    key: Option<SessionKey>,
+}
+
+impl KeyCache {
+    /// The key of `session_id` in `tracker` (the same tracker every time).
+    pub fn key(&mut self, tracker: &SeqTracker, session_id: &[u8]) -> SessionKey {
+        match self.key {
+            Some(key) if self.id == session_id => key,
+            _ => {
+                let key = tracker.key(session_id);
+                if session_id.len() <= CACHED_ID_MAX {
+                    self.id.clear();
+                    self.id.extend_from_slice(session_id);
+                    self.key = Some(key);
+                } else {
+                    self.key = None;
+                }
+                key
+            }
         }
     }
 }

@@ -345,6 +345,20 @@ const BAD_VALUES: &[Bad] = &[
     bad("serve", "--coderd", "unix:", "unix:/path"),
     bad(
         "serve",
+        "--coderd",
+        "http://127.0.0.1:99999",
+        "http://HOST:PORT",
+    ),
+    bad("serve", "--coderd", "http://127.0.0.1:", "http://HOST:PORT"),
+    bad(
+        "serve",
+        "--coderd",
+        "http://user@127.0.0.1:1",
+        "http://HOST:PORT",
+    ),
+    bad("serve", "--coderd", "http://-bad-:1", "http://HOST:PORT"),
+    bad(
+        "serve",
         "--auth-token",
         "s3cret\n",
         "a newline (0x0a) at its end",
@@ -401,6 +415,7 @@ const BAD_VALUES: &[Bad] = &[
     bad("serve", "--max-connections", "0", ">= 1"),
     bad("serve", "--max-connections", "-1", ">= 1"),
     bad("serve", "--allow-uid", "root", "numeric user id"),
+    bad("serve", "--allow-uid", "1000,root", "numeric user id"),
     bad("serve", "--allow-uid", "-1", "numeric user id"),
     bad("serve", "--allow-uid", "4294967296", "numeric user id"),
     bad(
@@ -410,6 +425,16 @@ const BAD_VALUES: &[Bad] = &[
         "negative duration is not allowed",
     ),
     bad("serve", "--shutdown-timeout", "5", "duration with a unit"),
+    bad(
+        "serve",
+        "--shutdown-timeout",
+        "500000000000y",
+        "at most 365d",
+    ),
+    bad("serve", "--batch-linger", "366d", "at most 365d"),
+    bad("serve", "--retry-max-elapsed", "400d", "at most 365d"),
+    bad("serve", "--call-timeout", "2y", "at most 365d"),
+    bad("loadgen", "--wait-for-socket", "1000y", "at most 365d"),
     bad("serve", "--log-format", "xml", "text, json"),
     bad("serve", "--log-level", "loud", "level"),
     bad("serve", "--log-level", "info,", "level"),
@@ -652,6 +677,11 @@ fn serve_help_lists_every_serve_flag_including_print_config() {
     ] {
         assert!(help.contains(flag), "serve --help lacks {flag}:\n{help}");
     }
+    let top = String::from_utf8_lossy(&proxy(&["--help"], &[]).stdout).into_owned();
+    assert!(
+        top.contains("boundary-log-proxy serve --help"),
+        "the top-level help lists no flags, so it says where they are:\n{top}"
+    );
     let loadgen = String::from_utf8_lossy(&proxy(&["loadgen", "--help"], &[]).stdout).into_owned();
     assert!(loadgen.contains("--wait-for-socket"), "{loadgen}");
 }

@@ -376,3 +376,90 @@ async fn sigusr1_sigusr2_and_sigpipe_are_ignored_and_sigterm_still_stops_cleanly
     assert_eq!(stopped.totals.forwarded, 20, "{:?}", stopped.totals);
     assert!(!stopped.socket_left, "the socket file is removed");
 }
+
+/// `--sink stdout` into a pipe whose reader stopped reading: the write blocks, and
+/// cannot be cancelled. SIGTERM still ends the process within the shutdown timeout
+/// (plus a bounded margin); what was not written is counted `shutdown`, and a log
+/// counts as forwarded only once its line was written whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_stdout_a_pipe_nobody_reads_exits_within_the_deadline() {
+    let (mut reader, writer) = std::io::pipe().expect("a pipe");
+    let binary = Binary::start(
+        &["--sink", "stdout"],
+        &["--shutdown-timeout", "1s"],
+        Stdio::from(writer),
+    )
+    .await;
+    // 2000 logs are ~600 KB of JSON lines: far more than a pipe holds.
+    let _client = held_logs(&binary, "pipe", 1000).await;
+    let stopped = binary
+        .stop_with(libc::SIGTERM, Duration::from_secs(15))
+        .await;
+    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.stderr);
+    assert!(
+        stopped.took <= Duration::from_secs(1) + EXIT_SLACK,
+        "exit took {:?}",
+        stopped.took
+    );
+    let totals = stopped.totals;
+    assert_eq!(totals.received, 2000, "{totals:?}");
+    assert!(totals.dropped_shutdown > 0, "{totals:?}");
+    assert_accounting_totals(totals, 0);
+    assert!(!stopped.socket_left, "the socket file is removed");
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut printed).expect("read the pipe");
+    let whole_lines = printed.matches('\n').count() as u64;
+    assert!(
+        totals.forwarded <= whole_lines,
+        "{} logs counted forwarded but only {whole_lines} lines written",
+        totals.forwarded
+    );
+}
+
+/// A coderd that accepts the TCP connection and never answers anything (not even
+/// the HTTP/2 handshake): the call cannot finish, the deadline still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_coderd_accepting_and_never_answering_exits_within_the_deadline() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let binary = Binary::serve(&url, &["--shutdown-timeout", "1s", "--call-timeout", "60s"]).await;
+    let _client = held_logs(&binary, "silent", 50).await;
+    let stopped = binary
+        .stop_with(libc::SIGTERM, Duration::from_secs(15))
+        .await;
+    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.stderr);
+    assert!(
+        stopped.took <= Duration::from_secs(1) + EXIT_SLACK,
+        "exit took {:?}",
+        stopped.took
+    );
+    assert_eq!(stopped.totals.received, 100, "{:?}", stopped.totals);
+    assert_eq!(stopped.totals.dropped_shutdown, 100, "{:?}", stopped.totals);
+    assert_accounting_totals(stopped.totals, 0);
+    assert!(!stopped.socket_left, "the socket file is removed");
+    drop(silent);
+}
+
+/// The null sink never blocks; under full load the deadline holds too and every
+/// log is accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_null_sink_under_load_exits_within_the_deadline() {
+    let binary = Binary::start(
+        &["--sink", "null"],
+        &["--shutdown-timeout", "1s"],
+        Stdio::piped(),
+    )
+    .await;
+    let (code, took, totals, lines, written) = sigterm_under_load(binary, 20_000).await;
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert!(
+        took <= Duration::from_secs(1) + EXIT_SLACK,
+        "exit took {took:?}"
+    );
+    assert_accounting_totals(totals, 0);
+    assert_eq!(
+        totals.received,
+        (written * LOGS_PER_FRAME) as u64,
+        "every frame written whole was received"
+    );
+}

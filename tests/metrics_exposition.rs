@@ -63,6 +63,8 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
             "decode_error",
             "unknown_variant",
             "truncated",
+            "empty",
+            "bad_status",
         ],
     ),
     (
@@ -92,9 +94,22 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
     ("agent_boundary_log_proxy_ring_capacity", "gauge", "", &[]),
     ("agent_boundary_log_proxy_ring_occupancy", "gauge", "", &[]),
     ("agent_boundary_log_proxy_connections", "gauge", "", &[]),
+    ("agent_boundary_log_proxy_socket_bound", "gauge", "", &[]),
+    (
+        "agent_boundary_log_proxy_socket_lost_total",
+        "counter",
+        "",
+        &[],
+    ),
     (
         "agent_boundary_log_proxy_forward_latency_seconds",
         "histogram",
+        "",
+        &[],
+    ),
+    (
+        "agent_boundary_log_proxy_requests_split_total",
+        "counter",
         "",
         &[],
     ),

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use boundary_log_proxy::codec::LogFrame;
-use boundary_log_proxy::seqgap::{SeqFindings, SeqTracker};
+use boundary_log_proxy::seqgap::{KeyCache, SeqFindings, SeqTracker};
 use boundary_log_proxy::workload;
 
 const EXPIRY: Duration = Duration::from_secs(600);
@@ -231,4 +231,73 @@ fn the_table_never_grows_past_its_cap() {
         assert!(t.len() <= 100);
     }
     assert_eq!(t.len(), 100);
+}
+
+#[test]
+fn a_client_cycling_more_sessions_than_the_table_holds_keeps_the_most_recent() {
+    let cap = 100;
+    let mut t = SeqTracker::new(cap, EXPIRY);
+    let t0 = Instant::now();
+    let at = |i: u64| t0 + Duration::from_micros(i);
+    for i in 0..1_000u64 {
+        t.observe(&run(&format!("s{i}"), 0, 10), at(i));
+    }
+    // The last `cap` sessions are known: a jump is a gap.
+    for i in 900..1_000u64 {
+        assert_eq!(
+            t.observe(&run(&format!("s{i}"), 15, 1), at(2_000 + i)),
+            found(5, 0),
+            "s{i}"
+        );
+    }
+    // Older ones were evicted: each starts afresh (and evicts the oldest in turn).
+    assert_eq!(t.observe(&run("s0", 15, 1), at(5_000)), found(0, 0));
+    assert_eq!(t.len(), cap);
+    assert_eq!(
+        t.observe(&run("s900", 16, 1), at(5_001)),
+        found(0, 0),
+        "evicted by s0"
+    );
+}
+
+#[test]
+fn a_session_seen_again_moves_ahead_of_the_eviction_order() {
+    let mut t = SeqTracker::new(3, EXPIRY);
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    for (i, s) in ["a", "b", "c"].iter().enumerate() {
+        t.observe(&run(s, 0, 10), at(i as u64));
+    }
+    // a, then b, seen again: c is now the least recently seen.
+    t.observe(&run("a", 10, 10), at(3));
+    t.observe(&run("b", 10, 10), at(4));
+    t.observe(&run("d", 0, 10), at(5));
+    assert_eq!(t.observe(&run("a", 25, 1), at(6)), found(5, 0), "a stayed");
+    assert_eq!(t.observe(&run("b", 25, 1), at(7)), found(5, 0), "b stayed");
+    assert_eq!(
+        t.observe(&run("c", 99, 1), at(8)),
+        found(0, 0),
+        "c was evicted"
+    );
+}
+
+#[test]
+fn a_connection_that_changes_session_id_is_tracked_under_the_new_one() {
+    let mut t = tracker();
+    let mut cache = KeyCache::default();
+    let now = Instant::now();
+    let mut observe = |t: &mut SeqTracker, frame: &LogFrame| {
+        let key = cache.key(t, frame.request_key().0);
+        t.observe_as(key, frame, now)
+    };
+    assert_eq!(observe(&mut t, &run("first", 0, 10)), found(0, 0));
+    assert_eq!(observe(&mut t, &run("second", 100, 10)), found(0, 0));
+    assert_eq!(observe(&mut t, &run("first", 15, 1)), found(5, 0));
+    assert_eq!(observe(&mut t, &run("second", 110, 1)), found(0, 0));
+    // Keys from the cache are the tracker's own: observe() sees the same sessions.
+    assert_eq!(t.observe(&run("second", 113, 1), now), found(2, 0));
+    let long = "x".repeat(1_000);
+    assert_eq!(observe(&mut t, &run(&long, 7, 1)), found(0, 0));
+    assert_eq!(observe(&mut t, &run(&long, 9, 1)), found(1, 0));
+    assert_eq!(t.len(), 3);
 }

@@ -16,7 +16,7 @@ use clap::{ArgAction, Args, CommandFactory as _, FromArgMatches as _, Parser, Su
 
 use crate::config::{
     self, default_socket_path, AuthToken, CoderdEndpoint, Config, FrameTag, IoMode, ListenAddr,
-    LoadgenArgs, LogFilter, LogFormat, LogSettings, SinkArgs, SinkKind,
+    LoadgenArgs, LogFilter, LogFormat, LogSettings, SinkArgs, SinkKind, SinkProtocol, SpoolFsync,
 };
 
 /// Prefix of every flag's environment variable.
@@ -33,7 +33,8 @@ const BIN: &str = "boundary-log-proxy";
     about,
     propagate_version = true,
     override_usage = "boundary-log-proxy [serve] [OPTIONS]\n       boundary-log-proxy <COMMAND> [OPTIONS]",
-    after_help = "Every flag also reads BOUNDARY_LOG_PROXY_<FLAG> (e.g. BOUNDARY_LOG_PROXY_RING_CAPACITY); the flag wins."
+    after_help = "Each command's flags: boundary-log-proxy <COMMAND> --help (the proxy's: boundary-log-proxy serve --help).\n\
+                  Every flag also reads BOUNDARY_LOG_PROXY_<FLAG> (e.g. BOUNDARY_LOG_PROXY_RING_CAPACITY); the flag wins."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -44,7 +45,7 @@ pub struct Cli {
 enum Command {
     /// Receive boundary's audit logs on a Unix socket and forward them (the default).
     Serve(Box<ServeArgs>),
-    /// Run a gRPC Agent server that prints what it receives, standing in for coderd.
+    /// Stand in for coderd (gRPC, or coderd's own transport): print what arrives.
     Sink(SinkCmd),
     /// Act as boundary: write frames of audit logs to the proxy's socket.
     Loadgen(LoadgenCmd),
@@ -145,6 +146,21 @@ struct ServeArgs {
     #[arg(long, value_name = "DURATION", env = "BOUNDARY_LOG_PROXY_SHUTDOWN_TIMEOUT", default_value = "5s",
           value_parser = |s: &str| config::parse_duration("--shutdown-timeout", s))]
     shutdown_timeout: Duration,
+    /// Keep requests that cannot be delivered in this directory, and send them later [default: off].
+    #[arg(long, value_name = "DIR", env = "BOUNDARY_LOG_PROXY_SPOOL_DIR")]
+    spool_dir: Option<PathBuf>,
+    /// Most bytes the spool's files take; beyond it logs are dropped as spool_full.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_SPOOL_MAX_BYTES", default_value = "268435456",
+          value_parser = |s: &str| config::parse_positive::<u64>("--spool-max-bytes", s))]
+    spool_max_bytes: u64,
+    /// When spooled records are made durable: always (before they count as spooled) or interval (within 100 ms).
+    #[arg(
+        long,
+        env = "BOUNDARY_LOG_PROXY_SPOOL_FSYNC",
+        value_enum,
+        default_value_t
+    )]
+    spool_fsync: SpoolFsync,
     #[command(flatten)]
     coder: coder::CoderArgs,
     #[command(flatten)]
@@ -179,6 +195,9 @@ impl From<ServeArgs> for Config {
             shutdown_timeout: args.shutdown_timeout,
             log: args.log.into(),
             coder: None,
+            spool_dir: args.spool_dir,
+            spool_max_bytes: args.spool_max_bytes,
+            spool_fsync: args.spool_fsync,
         }
     }
 }
@@ -223,6 +242,28 @@ struct SinkCmd {
     quiet: bool,
     #[command(flatten)]
     log: LogArgs,
+    /// What to serve: grpc (as --coderd speaks it) or coder (coderd's websocket + yamux +
+    /// DRPC transport, as --coder-url speaks it).
+    #[arg(long, env = "BOUNDARY_LOG_PROXY_PROTOCOL", value_enum, default_value_t)]
+    protocol: SinkProtocol,
+    /// With --protocol coder: accept only this session token; others get coderd's 401
+    /// [default: any token].
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "BOUNDARY_LOG_PROXY_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// With --protocol coder: the version /api/v2/buildinfo reports (to try the proxy's
+    /// version gate).
+    #[arg(
+        long,
+        value_name = "VERSION",
+        env = "BOUNDARY_LOG_PROXY_CODER_VERSION",
+        hide = true
+    )]
+    coder_version: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -264,6 +305,9 @@ impl From<SinkCmd> for SinkArgs {
             listen: cmd.listen,
             quiet: cmd.quiet,
             log: cmd.log.into(),
+            protocol: cmd.protocol,
+            token: cmd.token.map(AuthToken::new),
+            coder_version: cmd.coder_version,
         }
     }
 }

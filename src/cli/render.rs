@@ -31,15 +31,21 @@ fn flag_of(arg: &str) -> &str {
 }
 
 /// ` (from BOUNDARY_LOG_PROXY_X)` when the bad value came from the environment:
-/// the flag is absent from the command line and its variable holds that value.
+/// the flag is absent from the command line and its variable holds that value (or
+/// a list containing it).
 fn source_note(flag: &str, value: Option<&str>, args: &[OsString]) -> String {
     let on_command_line = args.iter().skip(1).any(|a| {
         a.to_str()
             .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
     });
     let var = env_var_for(flag);
+    // The variable may hold a list (`--allow-uid`'s `1000,root`): the bad value is a part.
     let from_env = !on_command_line
-        && std::env::var_os(&var).is_some_and(|v| value.is_none_or(|value| v == OsStr::new(value)));
+        && std::env::var_os(&var).is_some_and(|v| {
+            value.is_none_or(|value| {
+                v == OsStr::new(value) || v.to_str().is_some_and(|v| v.contains(value))
+            })
+        });
     if from_env {
         format!(" (from {var})")
     } else {

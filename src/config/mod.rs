@@ -19,8 +19,10 @@ pub use values::{
     parse_uid, takes, CoderdEndpoint, ListenAddr, LogFilter, GRPC_MAX_MESSAGE_BYTES,
     MAX_RING_CAPACITY, MAX_SOCKET_PATH_BYTES,
 };
-use values::{check_positive, check_positive_duration};
-pub use values::{check_token, parse_readable_file, parse_token, token_problem};
+use values::{check_duration, check_positive, check_positive_duration};
+pub use values::{
+    check_token, parse_readable_file, parse_token, parse_writable_dir, token_problem,
+};
 
 /// One thing wrong with a setting. `Display` says what the value must be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -171,7 +173,17 @@ macro_rules! display_as_value_enum {
         }
     )*};
 }
-display_as_value_enum!(IoMode, SinkKind, LogFormat, FrameTag);
+/// When the disk spool makes what it writes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SpoolFsync {
+    /// fsync every record before it counts as spooled.
+    Always,
+    /// fsync what was written at most 100 ms later.
+    #[default]
+    Interval,
+}
+
+display_as_value_enum!(IoMode, SinkKind, LogFormat, FrameTag, SpoolFsync);
 
 /// The session token sent as `coder-session-token`. Never printed: `Debug` and the
 /// effective-config dump show `<redacted>`.
@@ -260,6 +272,12 @@ pub struct Config {
     /// `--coder-url` and what goes with it: coderd's Agent API over the coder transport
     /// (docs/coder-transport.md). Default none.
     pub coder: Option<coder::CoderSettings>,
+    /// `--spool-dir`: where undeliverable requests are kept on disk. Default none (off).
+    pub spool_dir: Option<PathBuf>,
+    /// `--spool-max-bytes`: most bytes the spool's files take. Default 256 MiB.
+    pub spool_max_bytes: u64,
+    /// `--spool-fsync`: when spooled records are made durable. Default `interval`.
+    pub spool_fsync: SpoolFsync,
 }
 
 impl Default for Config {
@@ -283,6 +301,9 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             log: LogSettings::default(),
             coder: None,
+            spool_dir: None,
+            spool_max_bytes: crate::spool::DEFAULT_MAX_BYTES,
+            spool_fsync: SpoolFsync::Interval,
         }
     }
 }
@@ -336,6 +357,11 @@ impl Config {
         check_batch_max_bytes(self.batch_max_bytes)?;
         check_positive("--max-connections", self.max_connections as u64)?;
         check_positive_duration("--call-timeout", self.call_timeout)?;
+        check_duration("--call-timeout", self.call_timeout)?;
+        check_duration("--batch-linger", self.batch_linger)?;
+        check_duration("--retry-max-elapsed", self.retry_max_elapsed)?;
+        check_duration("--shutdown-timeout", self.shutdown_timeout)?;
+        check_positive("--spool-max-bytes", self.spool_max_bytes)?;
         if let Some(token) = &self.auth_token {
             check_token("--auth-token", token.expose())?;
         }
@@ -390,6 +416,9 @@ impl Config {
                 "ca_file": c.ca_file.as_ref().map(|p| p.display().to_string()),
                 "allow_agent_role": c.allow_agent_role,
             })),
+            "spool_dir": self.spool_dir.as_ref().map(|d| d.display().to_string()),
+            "spool_max_bytes": self.spool_max_bytes,
+            "spool_fsync": self.spool_fsync.to_string(),
         })
     }
 }
@@ -403,7 +432,24 @@ pub struct SinkArgs {
     pub quiet: bool,
     /// `--log-format`, `--log-level`.
     pub log: LogSettings,
+    /// `--protocol`: gRPC (default) or coderd's own transport.
+    pub protocol: SinkProtocol,
+    /// `--token`: with the coder protocol, the only session token accepted. Default: any.
+    pub token: Option<AuthToken>,
+    /// `--coder-version` (hidden): the version `/api/v2/buildinfo` reports.
+    pub coder_version: Option<String>,
 }
+
+/// The protocol `boundary-log-proxy sink` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SinkProtocol {
+    /// `Agent.ReportBoundaryLogs` over gRPC (h2c), as `serve --coderd` speaks it.
+    #[default]
+    Grpc,
+    /// coderd's Agent API: websocket + yamux + DRPC, as `serve --coder-url` speaks it.
+    Coder,
+}
+display_as_value_enum!(SinkProtocol);
 
 /// What `boundary-log-proxy loadgen` runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -469,6 +515,10 @@ mod tests {
             },
             Config {
                 max_connections: 0,
+                ..Config::default()
+            },
+            Config {
+                shutdown_timeout: Duration::from_secs(u64::MAX),
                 ..Config::default()
             },
             Config {

@@ -4,8 +4,10 @@
 
 mod batch;
 mod flight;
+mod isolate;
 mod retry;
 mod split;
+mod spooling;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,8 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use batch::{coalesce, Limits, OrderKey, Outgoing};
+pub use isolate::Isolated;
 pub use retry::Backoff;
 pub use split::Learned;
+pub use spooling::{Replay, Spooler};
 
 use crate::events::{ForwardDropReason, ForwardDropped, InternalEvent, RingOccupancy};
 use crate::intake::QueuedFrame;
@@ -45,10 +49,12 @@ pub struct ForwarderConfig {
     pub retry_max_elapsed: Duration,
 }
 
-/// What outlives one `run`: the ring's consumer and requests not yet delivered.
+/// What outlives one `run`: the ring's consumer, requests not yet delivered, and
+/// the disk spool if there is one.
 pub struct ForwarderState {
     consumer: Consumer<QueuedFrame>,
     pending: VecDeque<Outgoing>,
+    spooler: Option<Spooler>,
 }
 
 /// Errors of the forwarder.
@@ -58,6 +64,8 @@ pub enum ForwarderError {
     Spawn(#[source] std::io::Error),
     #[error("the forwarder's drain thread panicked; buffered logs were lost")]
     DrainPanicked,
+    #[error("the thread running the reporter's calls could not be started: {0}")]
+    CallsThread(#[source] std::io::Error),
 }
 
 impl ForwarderState {
@@ -66,11 +74,37 @@ impl ForwarderState {
         Self {
             consumer,
             pending: VecDeque::new(),
+            spooler: None,
         }
     }
 
-    /// Counts everything still held, in the ring and pending, as dropped at shutdown.
+    /// Adds a disk spool: what cannot be delivered goes there instead of being dropped.
+    pub fn with_spool(mut self, spooler: Spooler) -> Self {
+        self.spooler = Some(spooler);
+        self
+    }
+
+    /// At shutdown: writes everything still held, pending and in the ring, to the
+    /// spool if there is one (what does not fit counts as `spool_full`), else counts
+    /// it as dropped for shutdown.
     pub fn drop_remaining_for_shutdown(&mut self, metrics: &Metrics) {
+        if let Some(spooler) = self.spooler.as_mut() {
+            for out in self.pending.drain(..) {
+                spooler.append(&out, metrics);
+            }
+            let mut frames = Vec::new();
+            while let Some(queued) = self.consumer.pop() {
+                frames.push(queued);
+            }
+            let mut requests = Vec::new();
+            coalesce(&frames, spooler.limits, &mut requests);
+            for out in &requests {
+                spooler.append(out, metrics);
+            }
+            spooler.sync();
+            RingOccupancy { len: 0 }.emit(metrics);
+            return;
+        }
         let mut frames = 0u64;
         let mut logs = 0u64;
         for out in self.pending.drain(..) {
@@ -125,8 +159,12 @@ pub async fn run<R: Reporter>(
         })
         .map_err(ForwarderError::Spawn)?;
 
+    let spool = state.spooler.as_mut().map(|spooler| flight::SpoolLink {
+        spooler,
+        ring: &waker,
+    });
     let mut pending = flight::deliver_all(
-        pending, &mut rx, &config, &learned, &metrics, reporter, &cancel,
+        pending, &mut rx, &config, &learned, &metrics, reporter, &cancel, spool,
     )
     .await;
 
@@ -139,7 +177,11 @@ pub async fn run<R: Reporter>(
     }
     let (consumer, leftover) = done_rx.await.map_err(|_| ForwarderError::DrainPanicked)?;
     pending.extend(leftover);
-    Ok(ForwarderState { consumer, pending })
+    Ok(ForwarderState {
+        consumer,
+        pending,
+        spooler: state.spooler,
+    })
 }
 
 /// Most bytes one drain pass takes out of the ring, in requests' worth (`max_bytes`).

@@ -32,11 +32,24 @@ const BACKLOG: libc::c_int = 4096;
 /// [`ReaderError::PathOccupied`], both naming the path. Callers that may race
 /// with another start hold a [`super::PathLock`] around this.
 pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ReaderError> {
+    bind_with(path, mode, true)
+}
+
+/// Like [`bind`], but only where nothing is at `path`: any file there, a leftover
+/// socket included, is left alone and the bind fails (EADDRINUSE). For serving the
+/// path again while running, when whatever is there is not ours to remove.
+pub fn bind_if_free(path: &Path, mode: u32) -> Result<UnixListener, ReaderError> {
+    bind_with(path, mode, false)
+}
+
+fn bind_with(path: &Path, mode: u32, replace_leftover: bool) -> Result<UnixListener, ReaderError> {
     if mode & !0o7777 != 0 {
         return Err(ReaderError::InvalidMode { mode });
     }
     let addr = socket_addr(path)?;
-    clear_leftover(path)?;
+    if replace_leftover {
+        clear_leftover(path)?;
+    }
 
     let fd = new_socket(0).map_err(|source| bind_error(path, "socket", source))?;
     // SAFETY: `addr` is a fully initialised sockaddr_un and the length passed is
@@ -82,18 +95,9 @@ fn clear_leftover(path: &Path) -> Result<(), ReaderError> {
     };
     let file_type = meta.file_type();
     if !file_type.is_socket() {
-        let kind = if file_type.is_symlink() {
-            "a symlink"
-        } else if file_type.is_dir() {
-            "a directory"
-        } else if file_type.is_file() {
-            "a regular file"
-        } else {
-            "a file that is not a socket"
-        };
         return Err(ReaderError::PathOccupied {
             path: path.to_owned(),
-            kind,
+            kind: describe(file_type),
         });
     }
     if is_served(path)? {
@@ -143,6 +147,21 @@ fn is_served(path: &Path) -> Result<bool, ReaderError> {
             "connect to the socket already there",
             error,
         )),
+    }
+}
+
+/// What a file is, for messages: `a regular file`, `a symlink`, `a socket`, ...
+pub fn describe(file_type: fs::FileType) -> &'static str {
+    if file_type.is_symlink() {
+        "a symlink"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_file() {
+        "a regular file"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "a file that is not a socket"
     }
 }
 

@@ -86,6 +86,15 @@ impl PathLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Whether the lock file at the path is still the one locked (a tmp cleaner
+    /// may have deleted it, and another start then lock a new one).
+    pub fn is_current(&self) -> bool {
+        match (self.file.metadata(), fs::symlink_metadata(&self.path)) {
+            (Ok(ours), Ok(now)) => ours.dev() == now.dev() && ours.ino() == now.ino(),
+            _ => false,
+        }
+    }
 }
 
 impl Drop for PathLock {
@@ -117,6 +126,23 @@ mod tests {
         drop(first);
         assert!(!lock_path(&socket).exists(), "released lock file removed");
         let _again = PathLock::acquire(&socket).unwrap();
+    }
+
+    #[test]
+    fn a_deleted_lock_file_is_no_longer_current_and_can_be_taken_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let first = PathLock::acquire(&socket).unwrap();
+        assert!(first.is_current());
+        fs::remove_file(lock_path(&socket)).unwrap();
+        assert!(!first.is_current());
+        let second = PathLock::acquire(&socket).unwrap();
+        assert!(second.is_current());
+        drop(first);
+        assert!(
+            lock_path(&socket).exists(),
+            "the old lock left the new file alone"
+        );
     }
 
     #[test]

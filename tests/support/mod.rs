@@ -6,6 +6,7 @@
 
 pub mod as_uid;
 pub mod coder_peer;
+pub mod coder_sink;
 pub mod coderd;
 pub mod faults;
 pub mod proxy;
