@@ -422,8 +422,8 @@ async fn a_request_of_several_windows_arrives_intact() {
     use boundary_log_proxy::proto::agent::boundary_log::Resource;
     let coderd = TestCoderd::start(|_| {}).await;
     let (reporter, _) = coderd.reporter("t");
-    // 1000 logs of about 3.5 KiB: over 3 MiB, twelve times yamux's 256 KiB stream window and
-    // 48 DRPC frames, still under DRPC's 4 MiB packet limit.
+    // 1000 logs of about 3.5 KiB: over 3 MiB, a dozen and more of yamux's 256 KiB stream
+    // windows and some 55 DRPC frames of 64 KiB, still under DRPC's 4 MiB packet limit.
     let mut big = request(SESSION, "claude", 0, 1000);
     for (i, log) in big.logs.iter_mut().enumerate() {
         if let Some(Resource::HttpRequest(http)) = &mut log.resource {
