@@ -498,7 +498,8 @@ pub struct Exited {
 }
 
 impl Process {
-    /// Starts the binary with `args`, with no `BOUNDARY_LOG_PROXY_*` variables inherited.
+    /// Starts the binary with `args`, with no `BOUNDARY_LOG_PROXY_*` or `CODER_AGENT_*`
+    /// variables inherited.
     pub fn spawn(args: &[&str]) -> Self {
         Self::spawn_with_stdout(args, Stdio::piped())
     }
@@ -512,6 +513,7 @@ impl Process {
             .stdout(stdout)
             .stderr(Stdio::piped());
         for (key, _) in std::env::vars_os() {
+            // Nor what a Coder workspace sets, which would pick coderd as the destination.
             if is_proxy_variable(&key.to_string_lossy()) {
                 command.env_remove(key);
             }
