@@ -585,7 +585,16 @@ pub fn connect_waiting(
     let mut announced = false;
     loop {
         let source = match UnixStream::connect(path) {
-            Ok(conn) => return Ok(conn),
+            Ok(conn) => {
+                if announced {
+                    eprintln!(
+                        "loadgen: {} accepts connections after {:.1} s",
+                        path.display(),
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(conn);
+            }
             Err(error) => error,
         };
         let not_yet = matches!(

@@ -10,14 +10,21 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_boundary-log-proxy");
 
-/// The binary with no `BOUNDARY_LOG_PROXY_*` inherited from the test's environment.
-fn proxy(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// The binary with none of its variables inherited from the test's environment:
+/// `BOUNDARY_LOG_PROXY_*`, nor the `CODER_AGENT_*` a Coder workspace sets.
+fn command() -> Command {
     let mut command = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
+        if is_proxy_variable(&key.to_string_lossy()) {
             command.env_remove(key);
         }
     }
+    command
+}
+
+/// The binary run to completion with `args` and `env`.
+fn proxy(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = command();
     command.args(args).envs(env.iter().copied());
     command.output().expect("running the binary")
 }
@@ -275,12 +282,7 @@ fn coderd_from_the_environment_replaces_the_sink_and_hides_the_token() {
 /// The binary run with a bound on its time: a value wrongly accepted would start a
 /// server that never exits; that fails the test instead of hanging it.
 fn proxy_bounded(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
-            command.env_remove(key);
-        }
-    }
+    let mut command = command();
     command
         .args(args)
         .envs(env.iter().copied())
@@ -435,13 +437,29 @@ const BAD_VALUES: &[Bad] = &[
     bad("serve", "--retry-max-elapsed", "400d", "at most 365d"),
     bad("serve", "--call-timeout", "2y", "at most 365d"),
     bad("loadgen", "--wait-for-socket", "1000y", "at most 365d"),
+    bad("serve", "--spool-dir", "", "directory"),
+    bad(
+        "serve",
+        "--spool-dir",
+        "/dev/null/spool",
+        "/dev/null is not a directory",
+    ),
+    bad("serve", "--spool-max-bytes", "0", ">= 1"),
+    bad("serve", "--spool-max-bytes", "-1", ">= 1"),
+    bad("serve", "--spool-max-bytes", "256MiB", ">= 1"),
+    bad("serve", "--spool-fsync", "never", "always, interval"),
     bad("serve", "--log-format", "xml", "text, json"),
     bad("serve", "--log-level", "loud", "level"),
     bad("serve", "--log-level", "info,", "level"),
     bad("sink", "--listen", "somewhere", "HOST:PORT"),
     bad("sink", "--listen", "unix:", "unix:/path"),
     bad("sink", "--log-format", "xml", "text, json"),
+    bad("sink", "--protocol", "http", "grpc, coder"),
+    bad("sink", "--token", "s3cret\n", "a newline (0x0a) at its end"),
+    bad("sink", "--token", "s3cr\u{e9}t", "non-ASCII"),
+    bad("sink", "--token", "", "empty"),
     bad("sink", "--log-level", "loud", "level"),
+    bad("sink", "--coder-version", "latest", "v2.31.0"),
     bad("loadgen", "--socket", "", "107 bytes"),
     bad("loadgen", "--connections", "0", ">= 1"),
     bad("loadgen", "--frames", "-1", ">= 0"),
@@ -493,6 +511,69 @@ const BAD_SWITCH_VARIABLES: &[Bad] = &[
 
 /// Flags with nothing that can be bad: no value and no variable.
 const NOTHING_TO_BE_BAD: &[&str] = &["--print-config", "--help", "--version"];
+
+/// Flags that are fine alone but not together: (arguments, variables, what the one
+/// line must name, what it must say).
+type Combination = (
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    &'static [&'static str],
+    &'static str,
+);
+
+const BAD_COMBINATIONS: &[Combination] = &[
+    (
+        &["sink", "--listen", "127.0.0.1:1", "--token", "t0ken"],
+        &[],
+        &["--token", "--protocol coder"],
+        "needs",
+    ),
+    (
+        &["sink", "--listen", "127.0.0.1:1"],
+        &[("BOUNDARY_LOG_PROXY_TOKEN", "t0ken")],
+        &["--token", "BOUNDARY_LOG_PROXY_TOKEN", "--protocol coder"],
+        "needs",
+    ),
+    (
+        &[
+            "sink",
+            "--listen",
+            "127.0.0.1:1",
+            "--coder-version",
+            "v2.30.0",
+        ],
+        &[],
+        &["--coder-version", "--protocol coder"],
+        "needs",
+    ),
+    (
+        &["sink", "--protocol", "coder"],
+        &[("BOUNDARY_LOG_PROXY_LISTEN", "unix:/tmp/never.sock")],
+        &["--listen", "BOUNDARY_LOG_PROXY_LISTEN", "--protocol coder"],
+        "HOST:PORT",
+    ),
+];
+
+#[test]
+fn flags_that_do_not_go_together_exit_2_naming_both() {
+    for (args, env, names, says) in BAD_COMBINATIONS {
+        let output = proxy_bounded(args, env);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: not one line:\n{err}");
+        for name in *names {
+            assert!(
+                err.contains(name),
+                "{args:?} {env:?}: {err:?} does not name {name}"
+            );
+        }
+        assert!(
+            err.contains(says),
+            "{args:?}: {err:?} does not say {says:?}"
+        );
+        assert!(!err.contains("t0ken"), "{err:?} shows the token");
+    }
+}
 
 /// Settings every run of `sub` needs besides the flag under test, so the run would
 /// reach the point of binding if the bad value were accepted; `socket` must not appear.
@@ -691,13 +772,7 @@ fn print_config_into_a_closed_pipe_exits_quietly_instead_of_panicking() {
     // `serve --print-config | head -1`: the reader goes away before the JSON is written.
     let (reader, writer) = std::io::pipe().expect("a pipe");
     drop(reader);
-    let mut command = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
-            command.env_remove(key);
-        }
-    }
-    let output = command
+    let output = command()
         .args(["serve", "--print-config"])
         .stdout(writer)
         .stderr(Stdio::piped())
@@ -706,4 +781,10 @@ fn print_config_into_a_closed_pipe_exits_quietly_instead_of_panicking() {
     let err = stderr(&output);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(output.status.code(), Some(0), "{err}");
+}
+
+/// The binary's own variables and the `CODER_AGENT_*` ones coder's agent sets in a
+/// workspace (`CODER_AGENT_URL` alone switches `serve` to the coder transport).
+fn is_proxy_variable(name: &str) -> bool {
+    name.starts_with("BOUNDARY_LOG_PROXY_") || name.starts_with("CODER_AGENT_")
 }

@@ -258,3 +258,137 @@ async fn logs_forwarded_with_a_session_id_that_is_not_a_uuid_are_counted() {
         .unwrap();
     assert_eq!(metrics.logs_non_uuid_session.get(), 3);
 }
+
+#[tokio::test]
+async fn a_request_of_a_mebibyte_keeps_to_the_256_kib_stream_window_and_arrives_whole() {
+    let mut peer = CoderPeer::start(PeerConfig::default()).await;
+    let (reporter, _) = reporter(&peer);
+    peer.script(Answer::Replay(variant("B")));
+    let request = ReportBoundaryLogsRequest {
+        logs: (0..1000)
+            .map(|i| BoundaryLog {
+                sequence_number: i,
+                ..BoundaryLog::default()
+            })
+            .collect(),
+        session_id: "6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f".into(),
+        confined_process_name: "x".repeat(1 << 20),
+    }
+    .encode_to_vec();
+    assert!(request.len() > 4 * support::coder_peer::WINDOW as usize);
+    // The peer asserts the window on every Data frame and credits it back as it reads.
+    reporter
+        .send(&request)
+        .await
+        .expect("delivered under flow control");
+    expect_connection(&mut peer).await;
+    let record = peer.next_stream().await;
+    let mut reader = boundary_log_proxy::reporter::coder::drpc::PacketReader::new();
+    reader.push(&record.drpc);
+    let invoke = reader.next_packet().unwrap().unwrap();
+    let message = reader.next_packet().unwrap().unwrap();
+    assert_eq!(
+        invoke.data,
+        "/coder.agent.v2.Agent/ReportBoundaryLogs".as_bytes()
+    );
+    assert_eq!(
+        message.data, request,
+        "the request's bytes as they were given"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_logs_a_wrong_token_once_with_coderds_message_counts_each_attempt_and_drops_after_retries(
+) {
+    use boundary_log_proxy::codec::Tag;
+    use support::proxy::{
+        assert_accounting_totals, free_addr, request, stopped_totals, Client, Process,
+    };
+
+    let peer = CoderPeer::start(PeerConfig {
+        refuse_upgrade: Some((
+            401,
+            r#"{"message":"Agent token not authorized.","detail":"no such token"}"#,
+        )),
+        ..PeerConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let metrics = free_addr();
+    let (url, socket_arg, metrics_arg) = (
+        peer.url.to_string(),
+        socket.to_str().unwrap().to_owned(),
+        metrics.to_string(),
+    );
+    let mut proxy = Process::spawn(&[
+        "serve",
+        "--coder-url",
+        &url,
+        "--agent-token",
+        "wrong-token",
+        "--socket",
+        &socket_arg,
+        "--metrics-addr",
+        &metrics_arg,
+        "--retry-max-elapsed",
+        "2s",
+        "--log-format",
+        "json",
+    ]);
+    proxy.wait_for_socket(&socket, "listening").await;
+    Client::connect(&socket).send_request(
+        Tag::V2,
+        &request("6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f", "curl", 0, 5),
+    );
+    let scrape = proxy
+        .scrape_until(metrics, "the logs dropped after retries", |s| {
+            s.get("logs_dropped_total", Some("reason=\"forward_failed\"")) == 5
+        })
+        .await;
+    let attempts = scrape.get("coderd_connects_total", Some("result=\"http_error\""));
+    assert!(attempts >= 2, "each retry tries to connect: {attempts}");
+    assert_eq!(scrape.get("coderd_connected", None), 0);
+    let exited = proxy.terminate().await;
+    assert!(exited.status.success(), "{:?}", exited.stderr);
+    let refusals: Vec<_> = exited
+        .stderr
+        .iter()
+        .filter(|l| l.contains("Agent token not authorized. (no such token)"))
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert_eq!(
+        refusals.len(),
+        1,
+        "logged once at error level: {:#?}",
+        exited.stderr
+    );
+    assert!(refusals[0].contains("401"), "{}", refusals[0]);
+    assert_accounting_totals(stopped_totals(&exited.stderr), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_to_a_host_that_is_not_loopback_is_accepted_with_a_warning() {
+    use support::proxy::Process;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let socket_arg = socket.to_str().unwrap().to_owned();
+    let mut proxy = Process::spawn(&[
+        "serve",
+        "--coder-url",
+        "http://192.0.2.1:3000",
+        "--agent-token",
+        "t",
+        "--socket",
+        &socket_arg,
+        "--log-format",
+        "json",
+    ]);
+    proxy.wait_for_socket(&socket, "listening").await;
+    let exited = proxy.terminate().await;
+    assert!(exited.status.success(), "{:?}", exited.stderr);
+    let warned = exited.stderr.iter().any(|l| {
+        l.contains("\"level\":\"WARN\"") && l.contains("unencrypted") && l.contains("192.0.2.1")
+    });
+    assert!(warned, "{:#?}", exited.stderr);
+}

@@ -347,3 +347,71 @@ async fn a_client_that_answers_no_yamux_ping_is_disconnected() {
     assert!(saw_ping, "the sink's yamux ping arrived");
     assert_eq!(coderd.sink.keepalive().timeouts, 1);
 }
+
+/// How a hand-driven client sees the connection end.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    /// A websocket close frame with this code.
+    CloseFrame(u16),
+    /// The TCP stream ended (FIN) without a close frame.
+    Eof,
+    /// The TCP stream was reset.
+    Reset,
+}
+
+/// Makes one ReportBoundaryLogs call on a raw websocket with yamux and DRPC written out
+/// here, then reads until the connection ends.
+async fn call_and_watch_the_end(coderd: &TestCoderd) -> Ending {
+    use boundary_log_proxy::reporter::coder::drpc::{Kind, PacketWriter};
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
+
+    let mut websocket = raw_websocket(coderd).await;
+    let mut drpc = Vec::new();
+    let mut writer = PacketWriter::new(1);
+    writer.put(&mut drpc, Kind::Invoke, REPORT_BOUNDARY_LOGS.as_bytes());
+    writer.put(&mut drpc, Kind::Message, &bytes(0, 1));
+    writer.put(&mut drpc, Kind::CloseSend, &[]);
+    // WindowUpdate SYN on stream 1, then one data frame.
+    let mut frames = vec![0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0];
+    frames.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
+    frames.extend_from_slice(&(drpc.len() as u32).to_be_bytes());
+    frames.extend_from_slice(&drpc);
+    websocket
+        .send(Message::Binary(frames.into()))
+        .await
+        .unwrap();
+    loop {
+        match websocket.next().await {
+            Some(Ok(Message::Close(frame))) => {
+                return Ending::CloseFrame(frame.map_or(0, |f| u16::from(f.code)))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake))) | None => {
+                return Ending::Eof
+            }
+            Some(Err(Error::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ending::Reset
+            }
+            Some(Err(other)) => panic!("unexpected end: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_cut_ends_the_connection_as_named() {
+    let coderd = TestCoderd::start(|c| {
+        c.websocket_keepalive = None;
+        c.yamux_keepalive = None;
+    })
+    .await;
+    for (cut, ending) in [
+        (Cut::TcpClose, Ending::Eof),
+        (Cut::TcpReset, Ending::Reset),
+        (Cut::WebsocketClose, Ending::CloseFrame(1011)),
+    ] {
+        coderd.sink.fail_calls([CallFault::CutBeforeAnswer(cut)]);
+        assert_eq!(call_and_watch_the_end(&coderd).await, ending, "{cut:?}");
+    }
+    assert_eq!(coderd.sink.calls().len(), 3);
+}

@@ -7,144 +7,28 @@
 //! has, never a reset), not for frame-for-frame equality: the sink ACKs a stream with an
 //! empty data frame where hashicorp sends a window update.
 
+mod support;
+
 use std::collections::HashMap;
-use std::time::Duration;
 
 use boundary_log_proxy::reporter::coder::drpc::{Kind, PacketReader};
 use boundary_log_proxy::sink::coder::{CallFault, CoderSink, CoderSinkConfig, Outcome};
 use boundary_log_proxy::sink::Sink;
 use bytes::BytesMut;
 use futures_util::{SinkExt as _, StreamExt as _};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-const PATIENCE: Duration = Duration::from_secs(10);
+use support::proxy::PATIENCE;
+use support::transcript::{self, unhex, Variant};
+
 const SYN: u16 = 1;
 const ACK: u16 = 2;
 const FIN: u16 = 4;
 const RST: u16 = 8;
-
-fn transcript() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/vectors/drpc/transcript.json"
-    );
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).expect("the transcript is JSON")
-}
-
-fn unhex(hex: &str) -> Vec<u8> {
-    assert!(hex.len() % 2 == 0, "odd hex {hex}");
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-        .collect()
-}
-
-fn varint(mut n: u64, out: &mut Vec<u8>) {
-    while n >= 0x80 {
-        out.push((n as u8 & 0x7f) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn field(tag: u8, bytes: &[u8], out: &mut Vec<u8>) {
-    out.push(tag);
-    varint(bytes.len() as u64, out);
-    out.extend_from_slice(bytes);
-}
-
-/// The recording client's request of `logs` logs, which the transcript gives by length and
-/// sha256 only when it is long: log i is allowed when i is even, at 1700000000+i s and
-/// 123456789 ns, GET https://example.com/i, sequence number i+1. The test checks the
-/// result against the transcript's length and the hex it does give.
-fn recorded_request(logs: u64) -> Vec<u8> {
-    let mut request = Vec::new();
-    for i in 0..logs {
-        let allowed = i % 2 == 0;
-        let mut time = vec![0x08];
-        varint(1_700_000_000 + i, &mut time);
-        time.push(0x10);
-        varint(123_456_789, &mut time);
-        let mut http = Vec::new();
-        field(0x0a, b"GET", &mut http);
-        field(
-            0x12,
-            format!("https://example.com/{i}").as_bytes(),
-            &mut http,
-        );
-        if allowed {
-            field(0x1a, b"domain=example.com", &mut http);
-        }
-        let mut log = Vec::new();
-        if allowed {
-            log.extend_from_slice(&[0x08, 0x01]);
-        }
-        field(0x12, &time, &mut log);
-        field(0x1a, &http, &mut log);
-        log.push(0x20);
-        varint(i + 1, &mut log);
-        field(0x0a, &log, &mut request);
-    }
-    field(0x12, b"6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f", &mut request);
-    request
-}
-
-/// One variant's request bytes, from the hex or rebuilt.
-fn request_of(variant: &Value) -> Vec<u8> {
-    let request = &variant["request"];
-    let len = request["len"].as_u64().unwrap() as usize;
-    let bytes = match request["hex"].as_str() {
-        Some(hex) => unhex(hex),
-        None => recorded_request(1200),
-    };
-    assert_eq!(
-        bytes.len(),
-        len,
-        "variant {}: request length",
-        variant["variant"]
-    );
-    bytes
-}
-
-/// The client's DRPC bytes of a variant, from the hex or rebuilt from its frames.
-fn client_drpc_bytes(variant: &Value) -> Vec<u8> {
-    let c2s = &variant["client_to_server"];
-    let len = c2s["bytes"]["len"].as_u64().unwrap() as usize;
-    if let Some(hex) = c2s["bytes"]["hex"].as_str() {
-        return unhex(hex);
-    }
-    let request = request_of(variant);
-    let mut offset = 0;
-    let mut bytes = Vec::new();
-    for frame in c2s["frames"].as_array().unwrap() {
-        bytes.extend(unhex(frame["header_hex"].as_str().unwrap()));
-        let n = frame["length"].as_u64().unwrap() as usize;
-        let data = if frame["kind_name"] == "Message" {
-            let data = request[offset..offset + n].to_vec();
-            offset += n;
-            data
-        } else {
-            unhex(frame["data_hex"].as_str().unwrap_or(""))
-        };
-        if let Some(hex) = frame["data_hex"].as_str() {
-            assert_eq!(data, unhex(hex), "rebuilt frame data matches the recording");
-        }
-        bytes.extend(data);
-    }
-    assert_eq!(
-        bytes.len(),
-        len,
-        "rebuilt client bytes of {}",
-        variant["variant"]
-    );
-    bytes
-}
 
 /// What the hand-driven client has seen on one yamux stream.
 #[derive(Debug, Default)]
@@ -249,7 +133,10 @@ impl Client {
     async fn on_frame(&mut self, (kind, flags, stream, payload): (u8, u16, u32, Vec<u8>)) {
         match kind {
             0 | 1 => {
-                assert!(stream % 2 == 1, "the server never opens streams: {stream}");
+                assert!(
+                    !stream.is_multiple_of(2),
+                    "the server never opens streams: {stream}"
+                );
                 let seen = self.streams.entry(stream).or_default();
                 assert!(flags & SYN == 0, "a SYN from the server on stream {stream}");
                 assert!(!seen.fin, "stream {stream}: a frame after the server's FIN");
@@ -300,12 +187,11 @@ fn without_final_close_send(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sink_answers_the_recorded_client_bytes_as_the_real_server_did() {
-    let transcript = transcript();
-    let variants = transcript["variants"].as_array().unwrap();
-    let mut of_call = HashMap::new();
-    for variant in variants {
-        for call in variant["calls"].as_array().unwrap() {
-            of_call.insert(call.as_u64().unwrap(), variant);
+    let transcript = transcript::load();
+    let mut of_call: HashMap<u32, &Variant> = HashMap::new();
+    for variant in &transcript.variants {
+        for call in &variant.calls {
+            of_call.insert(*call, variant);
         }
     }
 
@@ -328,11 +214,11 @@ async fn the_sink_answers_the_recorded_client_bytes_as_the_real_server_did() {
         tokio::spawn(async move { sink.serve(listener, std::future::pending()).await })
     };
 
-    let upgrade = &transcript["http_upgrade"];
-    let (mut client, head) = Client::dial(addr, upgrade["request"].as_str().unwrap()).await;
+    let upgrade = &transcript.http_upgrade;
+    let (mut client, head) = Client::dial(addr, &upgrade.request).await;
     let head_lines: Vec<String> = head.lines().map(str::to_ascii_lowercase).collect();
     assert_eq!(head_lines[0], "http/1.1 101 switching protocols", "{head}");
-    for recorded in upgrade["response"].as_str().unwrap().lines().skip(1) {
+    for recorded in upgrade.response.lines().skip(1) {
         if !recorded.is_empty() {
             // The accept value follows from the recorded key, so it must match exactly.
             assert!(
@@ -342,25 +228,21 @@ async fn the_sink_answers_the_recorded_client_bytes_as_the_real_server_did() {
         }
     }
 
-    for call in 1..=of_call.len() as u64 {
+    let calls = u32::try_from(of_call.len()).unwrap();
+    for call in 1..=calls {
         let variant = of_call[&call];
-        let name = variant["variant"].as_str().unwrap();
-        let stream = u32::try_from(2 * call - 1).unwrap();
-        let drpc = client_drpc_bytes(variant);
-        let mut writes = variant["client_to_server"]["io_lengths"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_u64().unwrap() as usize);
+        let name = &variant.variant;
+        let stream = 2 * call - 1;
+        let drpc = variant.client_bytes();
+        let mut writes = variant.client_to_server.io_lengths.iter().copied();
         let mut sent = 0;
         let mut server_data = 0;
-        for frame in variant["yamux_frames_in_order"].as_array().unwrap() {
-            let mut header = unhex(frame["header_hex"].as_str().unwrap());
+        for frame in &variant.yamux_frames_in_order {
+            let mut header = unhex(&frame.header_hex);
             header[4..8].copy_from_slice(&stream.to_be_bytes());
-            let length = frame["length"].as_u64().unwrap() as usize;
-            let flags = frame["flags"].as_str().unwrap();
-            let data = frame["type"] == "Data";
-            if frame["dir"] == "c->s" {
+            let length = frame.length as usize;
+            let data = frame.kind == "Data";
+            if frame.sent_by_client() {
                 // Header and body as two websocket messages, as the recorded client wrote them.
                 client.send(header).await;
                 if data {
@@ -374,9 +256,9 @@ async fn the_sink_answers_the_recorded_client_bytes_as_the_real_server_did() {
                 client
                     .wait(stream, "the answer", |s| s.data.len() >= server_data)
                     .await;
-            } else if flags.contains("ACK") {
+            } else if frame.flags.contains("ACK") {
                 client.wait(stream, "the ACK", |s| s.acked).await;
-            } else if flags.contains("FIN") {
+            } else if frame.flags.contains("FIN") {
                 client.wait(stream, "the FIN", |s| s.fin).await;
             }
         }
@@ -386,11 +268,7 @@ async fn the_sink_answers_the_recorded_client_bytes_as_the_real_server_did() {
             seen.acked && seen.fin && !seen.rst,
             "call {call} ({name}): {seen:?}"
         );
-        let recorded = packets(&unhex(
-            variant["server_to_client"]["bytes"]["hex"]
-                .as_str()
-                .unwrap(),
-        ));
+        let recorded = packets(&variant.server_bytes());
         let ours = packets(&seen.data);
         if ours != recorded {
             assert_eq!(
@@ -403,26 +281,26 @@ async fn the_sink_answers_the_recorded_client_bytes_as_the_real_server_did() {
 
     // What the sink took in: every ReportBoundaryLogs request byte for byte, the unknown
     // method never reaching the handler.
-    let calls = sink.calls();
+    let recorded_calls = sink.calls();
     let mut want = Vec::new();
-    for call in 1..=of_call.len() as u64 {
+    for call in 1..=calls {
         let variant = of_call[&call];
-        if variant["rpc"] != "/coder.agent.v2.Agent/ReportBoundaryLogs" {
+        if variant.rpc != "/coder.agent.v2.Agent/ReportBoundaryLogs" {
             continue;
         }
-        let outcome = match variant["error"].as_str() {
-            Some(text) => Outcome::Error(text.to_owned()),
+        let outcome = match &variant.error {
+            Some(text) => Outcome::Error(text.clone()),
             None => Outcome::Answered,
         };
-        want.push((request_of(variant), outcome));
+        want.push((variant.request_bytes(), outcome));
     }
-    let got: Vec<_> = calls
+    let got: Vec<_> = recorded_calls
         .iter()
         .map(|c| (c.request.to_vec(), c.outcome.clone()))
         .collect();
     assert_eq!(got.len(), want.len());
     assert!(got == want, "recorded calls differ from the transcript's");
-    let delivered_logs: u64 = calls
+    let delivered_logs: u64 = recorded_calls
         .iter()
         .filter(|c| c.outcome.delivered())
         .map(|c| c.logs as u64)

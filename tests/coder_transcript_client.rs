@@ -18,7 +18,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use boundary_log_proxy::metrics::{CoderdConnectResult, Metrics};
 use boundary_log_proxy::reporter::coder::{CoderConfig, CoderReporter};
@@ -74,7 +73,7 @@ fn check_stream(variant: &Variant, record: &StreamRecord) {
     let recorded: Vec<_> = variant
         .yamux_frames_in_order
         .iter()
-        .filter(|f| f.from_client())
+        .filter(|f| f.sent_by_client())
         .collect();
     assert_eq!(recorded.first().unwrap().flags, "SYN");
     assert_eq!(recorded.last().unwrap().flags, "FIN");

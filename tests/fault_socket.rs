@@ -192,8 +192,12 @@ async fn a_deleted_socket_file_is_noticed_counted_and_served_again(io: IoMode) {
     assert_eq!(sample(&proxy.scrape(), BOUND), Some(1.0));
 
     std::fs::remove_file(&socket).unwrap();
+    // The new socket accepts connections as soon as it is bound, a moment before
+    // the proxy records it as bound again: wait for both.
     assert!(
-        eventually(NOTICE, || connects(&socket)).await,
+        eventually(NOTICE, || connects(&socket)
+            && sample(&proxy.scrape(), BOUND) == Some(1.0))
+        .await,
         "the proxy serves its path again"
     );
     let text = proxy.scrape();

@@ -113,6 +113,24 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
         "",
         &[],
     ),
+    (
+        "agent_boundary_log_proxy_coderd_connected",
+        "gauge",
+        "",
+        &[],
+    ),
+    (
+        "agent_boundary_log_proxy_coderd_connects_total",
+        "counter",
+        "result",
+        &["ok", "http_error", "refused_version", "network_error"],
+    ),
+    (
+        "agent_boundary_log_proxy_logs_non_uuid_session_total",
+        "counter",
+        "",
+        &[],
+    ),
 ];
 
 fn exposition(registry: &Registry) -> String {
@@ -313,11 +331,16 @@ fn promtool_check_metrics_passes() {
         .spawn();
     let mut child = match child {
         Ok(child) => child,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
             // Straight to stderr, which the harness does not capture: the skip shows.
             let _ = writeln!(
                 std::io::stderr(),
-                "SKIPPED promtool_check_metrics_passes: promtool is not installed (apt-get install prometheus)"
+                "SKIPPED promtool_check_metrics_passes: cannot run promtool ({error}; apt-get install prometheus)"
             );
             return;
         }

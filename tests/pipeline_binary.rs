@@ -414,6 +414,14 @@ async fn loadgen_started_before_serve_waits_for_the_socket_and_every_log_is_deli
         loaded.status,
         loaded.stderr.join("\n")
     );
+    assert!(
+        loaded
+            .stderr
+            .iter()
+            .any(|line| line.contains("accepts connections after")),
+        "loadgen says when the wait ended: {:?}",
+        loaded.stderr
+    );
     proxy
         .scrape_until(metrics, "30 logs forwarded", |s| {
             s.get("logs_forwarded_total", None) == 30

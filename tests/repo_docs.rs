@@ -92,11 +92,12 @@ fn named_paths(text: &str) -> Vec<String> {
                 .chars()
                 .take_while(|&c| is_path_char(c))
                 .collect();
-            let path = path.trim_end_matches(['.', ',']);
+            // `transcript.{json,md}`, `tests/*.rs`, `<socket>`: patterns, not paths.
             let next = text[at + path.len()..].chars().next();
             if next.is_some_and(|c| "*<{".contains(c)) {
                 continue;
             }
+            let path = path.trim_end_matches(['.', ',']);
             found.push(path.to_owned());
         }
     }

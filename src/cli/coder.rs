@@ -81,14 +81,14 @@ pub(super) fn apply(
 ) -> Result<(), ConfigError> {
     if !given.socket {
         if let Some(path) = env(CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH) {
-            config.socket = config::parse_socket_path(&path)
-                .map_err(|e| rename(e, CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH))?;
+            config.socket =
+                config::parse_socket_path(&path).map_err(|e| rename(e, SOCKET_FROM_CODER))?;
         }
     }
     let url = match args.coder_url {
         Some(url) => url,
         None if !given.coderd && !given.sink => match env(CODER_AGENT_URL) {
-            Some(url) => url.parse().map_err(|e| rename(e, CODER_AGENT_URL))?,
+            Some(url) => url.parse().map_err(|e| rename(e, CODER_URL_FROM_CODER))?,
             None => return Ok(()),
         },
         None => return Ok(()),
@@ -98,10 +98,10 @@ pub(super) fn apply(
         (None, Some(token)) => token,
         (None, None) => match (env(CODER_AGENT_TOKEN), env(CODER_AGENT_TOKEN_FILE)) {
             (Some(token), _) => {
-                config::check_token(CODER_AGENT_TOKEN, &token)?;
+                config::check_token(TOKEN_FROM_CODER, &token)?;
                 AuthToken::new(token)
             }
-            (None, Some(path)) => read_token_file(CODER_AGENT_TOKEN_FILE, &path)?,
+            (None, Some(path)) => read_token_file(TOKEN_FILE_FROM_CODER, &path)?,
             (None, None) => {
                 return Err(ConfigError::Unusable {
                     setting: "--coder-url",
@@ -122,7 +122,14 @@ pub(super) fn apply(
     Ok(())
 }
 
-/// The same error, naming the variable the value came from instead of a flag.
+/// How an error names a value taken from one of coder's variables: the flag it stands
+/// for, and the variable (a bad value exits 2 naming both).
+const SOCKET_FROM_CODER: &str = "--socket (from CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH)";
+const CODER_URL_FROM_CODER: &str = "--coder-url (from CODER_AGENT_URL)";
+const TOKEN_FROM_CODER: &str = "--agent-token (from CODER_AGENT_TOKEN)";
+const TOKEN_FILE_FROM_CODER: &str = "--agent-token-file (from CODER_AGENT_TOKEN_FILE)";
+
+/// The same error, naming the flag and the variable the value came from.
 fn rename(error: ConfigError, variable: &'static str) -> ConfigError {
     match error {
         ConfigError::Invalid { value, takes, .. } => ConfigError::Invalid {
@@ -145,6 +152,11 @@ fn rename(error: ConfigError, variable: &'static str) -> ConfigError {
             setting: variable,
             takes,
             problem,
+        },
+        ConfigError::Requires { requires, why, .. } => ConfigError::Requires {
+            setting: variable,
+            requires,
+            why,
         },
     }
 }

@@ -147,7 +147,8 @@ struct ServeArgs {
           value_parser = |s: &str| config::parse_duration("--shutdown-timeout", s))]
     shutdown_timeout: Duration,
     /// Keep requests that cannot be delivered in this directory, and send them later [default: off].
-    #[arg(long, value_name = "DIR", env = "BOUNDARY_LOG_PROXY_SPOOL_DIR")]
+    #[arg(long, value_name = "DIR", env = "BOUNDARY_LOG_PROXY_SPOOL_DIR",
+          value_parser = |s: &str| config::parse_writable_dir("--spool-dir", s))]
     spool_dir: Option<PathBuf>,
     /// Most bytes the spool's files take; beyond it logs are dropped as spool_full.
     #[arg(long, value_name = "N", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_SPOOL_MAX_BYTES", default_value = "268435456",
@@ -248,21 +249,13 @@ struct SinkCmd {
     protocol: SinkProtocol,
     /// With --protocol coder: accept only this session token; others get coderd's 401
     /// [default: any token].
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "BOUNDARY_LOG_PROXY_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "TOKEN", env = "BOUNDARY_LOG_PROXY_TOKEN", hide_env_values = true,
+          value_parser = |s: &str| config::parse_token("--token", s))]
     token: Option<String>,
     /// With --protocol coder: the version /api/v2/buildinfo reports (to try the proxy's
     /// version gate).
-    #[arg(
-        long,
-        value_name = "VERSION",
-        env = "BOUNDARY_LOG_PROXY_CODER_VERSION",
-        hide = true
-    )]
+    #[arg(long, value_name = "VERSION", env = "BOUNDARY_LOG_PROXY_CODER_VERSION", hide = true,
+          value_parser = crate::sink::coder::parse_version)]
     coder_version: Option<String>,
 }
 
@@ -345,7 +338,8 @@ impl Invocation {
     fn validate(&self) -> Result<(), config::ConfigError> {
         match self {
             Self::Serve(config) | Self::PrintConfig(config) => config.validate(),
-            Self::Sink(_) | Self::Loadgen(_) => Ok(()),
+            Self::Sink(args) => args.validate(),
+            Self::Loadgen(_) => Ok(()),
         }
     }
 
@@ -512,7 +506,22 @@ mod tests {
 
     #[test]
     fn no_arguments_runs_serve_with_the_documented_defaults() {
-        // The test process may not set BOUNDARY_LOG_PROXY_* (the cli_* tests control env).
+        // The test process may not set BOUNDARY_LOG_PROXY_* (the cli_* tests control env);
+        // in a Coder workspace the agent's variables choose other settings on purpose.
+        let from_coder = [
+            coder::CODER_AGENT_URL,
+            coder::CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH,
+        ]
+        .into_iter()
+        .find(|name| std::env::var_os(name).is_some());
+        if let Some(name) = from_coder {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED no_arguments_runs_serve_with_the_documented_defaults: {name} is set (a Coder workspace); the binary's tests check the defaults without it"
+            );
+            return;
+        }
         assert_eq!(serve(&[]), Config::default());
         assert_eq!(serve(&["serve"]), Config::default());
     }
@@ -552,7 +561,7 @@ mod tests {
             ),
             (
                 &["--batch-linger", "5"],
-                "error: invalid value '5' for --batch-linger: a duration with a unit, such as 0s, 250ms, 5s or 2m",
+                "error: invalid value '5' for --batch-linger: a duration with a unit, such as 0s, 250ms, 5s or 2m, at most 365d",
             ),
             (
                 &["--ring-capacity"],

@@ -148,10 +148,21 @@ pub(super) fn config_error(error: &ConfigError, args: &[OsString]) -> String {
         ConfigError::Invalid { value, .. } | ConfigError::Unusable { value, .. } => {
             Some(value.as_str())
         }
-        ConfigError::Secret { .. } => None,
+        ConfigError::Secret { .. } | ConfigError::Requires { .. } => None,
     };
     let note = source_note(error.setting(), value, args);
-    format!("error: {}", error.with_note(&note))
+    let line = error.with_note(&note);
+    // `--token needs --protocol coder`: also say where the other setting came from.
+    let other = match error {
+        ConfigError::Requires { requires, .. } => flag_of(requires),
+        _ => "",
+    };
+    let other_note = if other.is_empty() {
+        String::new()
+    } else {
+        source_note(other, None, args)
+    };
+    format!("error: {line}{other_note}")
 }
 
 /// Renders any clap error as the single line docs/command-line.md promises.

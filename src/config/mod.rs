@@ -47,6 +47,16 @@ pub enum ConfigError {
         /// What is wrong with this value, without quoting it.
         problem: String,
     },
+    /// A setting given without another it only works with.
+    #[error("{setting} needs {requires}: {why}")]
+    Requires {
+        /// The flag given, e.g. `--token`.
+        setting: &'static str,
+        /// What it needs, e.g. `--protocol coder`.
+        requires: &'static str,
+        /// Why, in a few words.
+        why: &'static str,
+    },
     /// A value of the right form that cannot be used, such as a file that cannot be read.
     #[error("invalid value '{value}' for {setting}: {takes}; {problem}")]
     Unusable {
@@ -80,6 +90,7 @@ impl ConfigError {
             Self::Invalid { takes, .. }
             | Self::Secret { takes, .. }
             | Self::Unusable { takes, .. } => takes,
+            Self::Requires { why, .. } => why,
         }
     }
 
@@ -88,7 +99,8 @@ impl ConfigError {
         match self {
             Self::Invalid { setting, .. }
             | Self::Secret { setting, .. }
-            | Self::Unusable { setting, .. } => setting,
+            | Self::Unusable { setting, .. }
+            | Self::Requires { setting, .. } => setting,
         }
     }
 
@@ -111,6 +123,11 @@ impl ConfigError {
                 takes,
                 problem,
             } => format!("invalid value '{value}' for {setting}{note}: {takes}; {problem}"),
+            Self::Requires {
+                setting,
+                requires,
+                why,
+            } => format!("{setting}{note} needs {requires}: {why}"),
         }
     }
 }
@@ -438,6 +455,34 @@ pub struct SinkArgs {
     pub token: Option<AuthToken>,
     /// `--coder-version` (hidden): the version `/api/v2/buildinfo` reports.
     pub coder_version: Option<String>,
+}
+
+impl SinkArgs {
+    /// The checks that need more than one setting: `--token` and `--coder-version`
+    /// belong to `--protocol coder`, which listens on TCP only.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let coder = "--protocol coder";
+        match self.protocol {
+            SinkProtocol::Grpc if self.token.is_some() => Err(ConfigError::Requires {
+                setting: "--token",
+                requires: coder,
+                why: "the gRPC sink takes any caller",
+            }),
+            SinkProtocol::Grpc if self.coder_version.is_some() => Err(ConfigError::Requires {
+                setting: "--coder-version",
+                requires: coder,
+                why: "only coderd's transport has a buildinfo version",
+            }),
+            SinkProtocol::Coder if matches!(self.listen, ListenAddr::Unix(_)) => {
+                Err(ConfigError::invalid(
+                    "--listen",
+                    &self.listen,
+                    "with --protocol coder, an address HOST:PORT (coderd's transport runs over TCP)",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The protocol `boundary-log-proxy sink` serves.

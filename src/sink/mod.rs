@@ -316,3 +316,42 @@ pub async fn run(
     }
     served
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn coder_only_settings_and_a_unix_socket_for_coder_are_refused_before_binding() {
+        let grpc_with = |token: Option<&str>, version: Option<&str>| SinkOptions {
+            listen: "127.0.0.1:0".into(),
+            token: token.map(Into::into),
+            coder_version: version.map(Into::into),
+            ..SinkOptions::default()
+        };
+        let never = std::future::pending::<()>();
+        let refused = run(grpc_with(Some("t"), None), never).await;
+        assert!(
+            matches!(refused, Err(SinkError::CoderOnly("--token"))),
+            "{refused:?}"
+        );
+        let refused = run(grpc_with(None, Some("v2.30.0")), std::future::pending()).await;
+        assert!(
+            matches!(refused, Err(SinkError::CoderOnly("--coder-version"))),
+            "{refused:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let coder_on_unix = SinkOptions {
+            listen: format!("unix:{}", path.display()),
+            protocol: SinkProtocol::Coder,
+            ..SinkOptions::default()
+        };
+        let refused = run(coder_on_unix, std::future::pending()).await;
+        assert!(
+            matches!(refused, Err(SinkError::CoderNeedsTcp(_))),
+            "{refused:?}"
+        );
+        assert!(!path.exists(), "nothing was bound");
+    }
+}

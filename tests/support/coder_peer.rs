@@ -291,9 +291,14 @@ pub fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// The receive window every yamux stream starts with (the spec's 256 KiB).
+pub const WINDOW: u32 = 256 * 1024;
+
 /// Per stream: how it is answered and what the client sent.
 struct Call {
     answer: Answer,
+    /// Data received and not yet credited back with a WindowUpdate.
+    unacked: u32,
     frames: Vec<Seen>,
     drpc: Vec<u8>,
     request_in: bool,
@@ -419,6 +424,7 @@ impl YamuxServer {
             let answer = scripts.pop_front().expect("a call the test scripted");
             let call = Call {
                 answer,
+                unacked: 0,
                 frames: vec![],
                 drpc: vec![],
                 request_in: false,
@@ -447,6 +453,24 @@ impl YamuxServer {
         };
         call.frames.push(frame.clone());
         call.drpc.extend_from_slice(&frame.body);
+        // Flow control as hashicorp's server does it: the client may not send beyond the
+        // window; credit goes back once half of it has been read.
+        call.unacked += frame.body.len() as u32;
+        assert!(
+            call.unacked <= WINDOW,
+            "stream {}: the client overran the 256 KiB window",
+            h.stream
+        );
+        if call.unacked >= WINDOW / 2 {
+            let credit = Header {
+                kind: WINDOW_UPDATE,
+                flags: 0,
+                stream: h.stream,
+                length: call.unacked,
+            };
+            call.unacked = 0;
+            send_frame(ws, credit, &[]).await;
+        }
         if !call.request_in && request_complete(&call.drpc) {
             call.request_in = true;
             events.send(PeerEvent::Request(h.stream)).ok();
@@ -488,7 +512,7 @@ impl YamuxServer {
         for recorded in variant
             .yamux_frames_in_order
             .iter()
-            .filter(|f| !f.from_client() && f.kind == "Data")
+            .filter(|f| !f.sent_by_client() && f.kind == "Data")
         {
             let mut header = Header::parse(&unhex(&recorded.header_hex));
             header.stream = stream;

@@ -498,7 +498,8 @@ pub struct Exited {
 }
 
 impl Process {
-    /// Starts the binary with `args`, with no `BOUNDARY_LOG_PROXY_*` variables inherited.
+    /// Starts the binary with `args`, with no `BOUNDARY_LOG_PROXY_*` or `CODER_AGENT_*`
+    /// variables inherited.
     pub fn spawn(args: &[&str]) -> Self {
         Self::spawn_with_stdout(args, Stdio::piped())
     }
@@ -518,7 +519,8 @@ impl Process {
             .stdout(stdout)
             .stderr(stderr);
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
+            // Nor what a Coder workspace sets, which would pick coderd as the destination.
+            if is_proxy_variable(&key.to_string_lossy()) {
                 command.env_remove(key);
             }
         }
@@ -719,4 +721,11 @@ pub fn stopped_totals(stderr: &[String]) -> Accounting {
         dropped_spool_full: spool_field("dropped_spool_full"),
         spooled: spool_field("spooled"),
     }
+}
+
+/// Variables the binary reads unless told otherwise: its own `BOUNDARY_LOG_PROXY_*`, and
+/// the `CODER_AGENT_*` ones coder's agent sets in a workspace (`CODER_AGENT_URL` alone
+/// would switch `serve` to the coder transport). Tests start the binary without them.
+pub fn is_proxy_variable(name: &str) -> bool {
+    name.starts_with("BOUNDARY_LOG_PROXY_") || name.starts_with("CODER_AGENT_")
 }

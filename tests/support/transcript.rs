@@ -104,7 +104,7 @@ pub struct YamuxFrame {
 
 impl YamuxFrame {
     /// Sent by the client.
-    pub fn from_client(&self) -> bool {
+    pub fn sent_by_client(&self) -> bool {
         self.dir == "c->s"
     }
 }
@@ -228,7 +228,7 @@ pub fn many_logs_request(logs: u32) -> ReportBoundaryLogsRequest {
 
 /// Lowercase hex to bytes.
 pub fn unhex(hex: &str) -> Vec<u8> {
-    assert!(hex.len() % 2 == 0, "odd hex length");
+    assert!(hex.len().is_multiple_of(2), "odd hex length");
     (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))

@@ -355,9 +355,22 @@ impl CoderReporter {
             what: "websocket upgrade",
             after: config.connect_timeout,
         })??;
-        let metrics = self.inner.metrics.clone();
+        let reporter = Arc::downgrade(&self.inner);
         let session = Session::start(ws, move |reason| {
-            CoderdDisconnected { reason }.emit(&metrics);
+            // Only while this session is the one in use: a session replaced earlier may end
+            // after its successor connected.
+            let Some(inner) = reporter.upgrade() else {
+                return;
+            };
+            let replaced = inner
+                .current
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|current| !current.is_ended());
+            if !replaced {
+                CoderdDisconnected { reason }.emit(&inner.metrics);
+            }
         });
         CoderdConnected {
             url: &config.url.to_string(),

@@ -40,6 +40,27 @@ pub const MAX_LOGS_PER_REQUEST: usize = 1000;
 /// What `/api/v2/buildinfo` reports unless told otherwise: the first coderd with `role`.
 pub const DEFAULT_VERSION: &str = "v2.31.0";
 
+/// What `--coder-version` takes.
+const VERSION_FORM: &str =
+    "a version such as v2.31.0 (v, then three numbers, then any -pre or +build part)";
+
+/// Parses a coderd version as `/api/v2/buildinfo` reports it: `v2.31.0`, `v2.31.0-rc.1`,
+/// `v2.31.0+abc123`; the `v` may be left out.
+pub fn parse_version(s: &str) -> Result<String, crate::config::ConfigError> {
+    let invalid = || crate::config::ConfigError::invalid("--coder-version", s, VERSION_FORM);
+    let core = s.strip_prefix('v').unwrap_or(s);
+    let core = core.split(['-', '+']).next().unwrap_or("");
+    let numbers: Vec<&str> = core.split('.').collect();
+    let numeric = |n: &&str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+    if numbers.len() != 3
+        || !numbers.iter().all(numeric)
+        || s.bytes().any(|b| !b.is_ascii_graphic())
+    {
+        return Err(invalid());
+    }
+    Ok(s.to_owned())
+}
+
 /// Pings of one kind (websocket or yamux) sent to the client: one every `interval`, and
 /// the connection is closed when its answer has not arrived `timeout` after it was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,5 +397,28 @@ struct InFlight<'a>(&'a AtomicU64);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_as_coderd_reports_them_parse_and_others_do_not() {
+        for good in ["v2.31.0", "2.30.2", "v2.31.0-rc.1", "v2.31.0+abc123"] {
+            assert_eq!(parse_version(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "",
+            "latest",
+            "v2.31",
+            "v2.31.0.1",
+            "v2..0",
+            "v2.31.0 ",
+            "vx.1.2",
+        ] {
+            assert!(parse_version(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -95,16 +95,15 @@ pub(super) async fn run<S>(
     ));
     parts.spawn(serve_yamux(sink, connection, yamux_end, cut_tx));
 
-    let ended = loop {
-        tokio::select! {
-            Some(cut) = cut_rx.recv() => {
-                apply(cut, fd, close_tx, &mut parts).await;
-                break Ended::new(Part::Yamux, format!("cut by an injected fault ({cut:?})"));
-            }
-            Some(ended) = parts.join_next() => {
-                break ended.unwrap_or_else(|e| Ended::new(Part::Yamux, format!("task failed: {e}")));
-            }
+    let ended = tokio::select! {
+        Some(cut) = cut_rx.recv() => {
+            apply(cut, fd, close_tx, &mut parts).await;
+            Ended::new(Part::Yamux, format!("cut by an injected fault ({cut:?})"))
         }
+        Some(ended) = parts.join_next() => {
+            ended.unwrap_or_else(|e| Ended::new(Part::Yamux, format!("task failed: {e}")))
+        }
+        else => Ended::new(Part::Yamux, "every part ended".to_owned()),
     };
     tracing::info!(connection, part = ?ended.part, why = %ended.why, "coder sink: connection ended");
     // Dropping the parts drops both websocket halves: the socket closes.
