@@ -55,6 +55,7 @@ pub fn serve(config: Config) -> Result<(), AppError> {
 const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 async fn serve_async(config: Config) -> Result<(), AppError> {
+    let mut signals = Signals::install()?;
     let registry = prometheus::Registry::new();
     let health = Health::new();
     let shutdown_timeout = config.shutdown_timeout;
@@ -86,7 +87,7 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
     };
 
     tokio::select! {
-        signal = wait_for_signal() => signal?,
+        () = signals.stop_requested() => {},
         ended = &mut forwarder => {
             // The forwarder only ends by itself on a fatal error.
             let error = match ended {
@@ -140,37 +141,56 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Waits for a signal that stops the process gracefully: SIGTERM, SIGINT or SIGHUP
-/// (a terminal, ssh session or tmux pane closing). SIGUSR1 and SIGUSR2 mean nothing
-/// here and are logged and ignored (their default action would kill the process,
-/// buffered logs lost uncounted). SIGPIPE is ignored by the Rust runtime before
-/// `main` (a write to a closed pipe fails with EPIPE instead). SIGQUIT keeps its
-/// default on purpose: the operator's way to stop at once, with a core dump, no
-/// drain. README "Signals" says the same.
-async fn wait_for_signal() -> Result<(), AppError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let listen = |kind| signal(kind).map_err(AppError::Runtime);
-    let mut term = listen(SignalKind::terminate())?;
-    let mut int = listen(SignalKind::interrupt())?;
-    let mut hup = listen(SignalKind::hangup())?;
-    let mut usr1 = listen(SignalKind::user_defined1())?;
-    let mut usr2 = listen(SignalKind::user_defined2())?;
-    loop {
-        let (name, stops) = tokio::select! {
-            _ = term.recv() => ("SIGTERM", true),
-            _ = int.recv() => ("SIGINT", true),
-            _ = hup.recv() => ("SIGHUP", true),
-            _ = usr1.recv() => ("SIGUSR1", false),
-            _ = usr2.recv() => ("SIGUSR2", false),
-        };
-        if stops {
-            tracing::info!(signal = name, "stop requested");
-            return Ok(());
+/// The signals the proxy handles, listened to from the start (before the socket is
+/// bound), so that none of them kills the process with its default action. SIGTERM,
+/// SIGINT and SIGHUP (a terminal, ssh session or tmux pane closing) stop it
+/// gracefully. SIGUSR1 and SIGUSR2 mean nothing here and are logged and ignored
+/// (their default action would kill the process, buffered logs lost uncounted).
+/// SIGPIPE is ignored by the Rust runtime before `main` (a write to a closed pipe
+/// fails with EPIPE instead). SIGQUIT keeps its default on purpose: the operator's
+/// way to stop at once, with a core dump, no drain. README "Signals" says the same.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime).
+    fn install() -> Result<Self, AppError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind| signal(kind).map_err(AppError::Runtime);
+        Ok(Self {
+            term: listen(SignalKind::terminate())?,
+            int: listen(SignalKind::interrupt())?,
+            hup: listen(SignalKind::hangup())?,
+            usr1: listen(SignalKind::user_defined1())?,
+            usr2: listen(SignalKind::user_defined2())?,
+        })
+    }
+
+    /// Returns at the first signal that stops the process (one that arrived since
+    /// `install` counts); logs and ignores the others.
+    async fn stop_requested(&mut self) {
+        loop {
+            let (name, stops) = tokio::select! {
+                _ = self.term.recv() => ("SIGTERM", true),
+                _ = self.int.recv() => ("SIGINT", true),
+                _ = self.hup.recv() => ("SIGHUP", true),
+                _ = self.usr1.recv() => ("SIGUSR1", false),
+                _ = self.usr2.recv() => ("SIGUSR2", false),
+            };
+            if stops {
+                tracing::info!(signal = name, "stop requested");
+                return;
+            }
+            tracing::info!(
+                signal = name,
+                "signal has no meaning for the proxy; ignored"
+            );
         }
-        tracing::info!(
-            signal = name,
-            "signal has no meaning for the proxy; ignored"
-        );
     }
 }
 
@@ -187,6 +207,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
 /// until SIGTERM/SIGINT/SIGHUP.
 pub fn sink(args: SinkArgs) -> Result<(), AppError> {
     runtime()?.block_on(async move {
+        let mut signals = Signals::install()?;
         let options = SinkOptions {
             listen: args.listen.to_string(),
             quiet: args.quiet,
@@ -194,8 +215,8 @@ pub fn sink(args: SinkArgs) -> Result<(), AppError> {
             token: args.token.map(|t| t.expose().to_owned()),
             coder_version: args.coder_version,
         };
-        run(options, async {
-            let _ = wait_for_signal().await;
+        run(options, async move {
+            signals.stop_requested().await;
         })
         .await?;
         Ok(())

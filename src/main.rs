@@ -10,10 +10,14 @@ fn main() -> ExitCode {
         Ok(invocation) => invocation,
         Err(exit) => return exit.report(),
     };
-    if let Err(error) = logging::init(invocation.log_settings()) {
-        eprintln!("error: {error}");
-        return ExitCode::FAILURE;
-    }
+    // Held until the end of main: dropping it writes out the buffered log lines.
+    let _log = match logging::init(invocation.log_settings()) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match invocation {
         Invocation::PrintConfig(config) => app::print_line(format_args!("{:#}", config.to_json())),
         Invocation::Serve(config) => app::serve(config),

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use boundary_log_proxy::config::IoMode;
 use boundary_log_proxy::metrics::{Accounting, FrameRejectReason};
+use support::coder_peer::{Answer, CoderPeer, PeerConfig};
 use support::coderd::{Behaviour, FakeCoderd};
 use support::faults::{delivered, frames, Proxy, PATIENCE};
 use support::proxy::{
@@ -462,4 +463,98 @@ async fn sigterm_with_the_null_sink_under_load_exits_within_the_deadline() {
         (written * LOGS_PER_FRAME) as u64,
         "every frame written whole was received"
     );
+}
+
+/// The proxy's own log (stderr) going to a pipe nobody reads, filled by trace
+/// lines: logging never blocks the proxy, and SIGTERM still ends it within the
+/// shutdown timeout plus a bounded margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_stderr_a_pipe_nobody_reads_exits_within_the_deadline() {
+    let (mut log_reader, log_writer) = std::io::pipe().expect("a pipe");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let mut process = Process::spawn_with_stdio(
+        &[
+            "serve",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--sink",
+            "null",
+            "--shutdown-timeout",
+            "1s",
+            "--log-level",
+            "trace",
+        ],
+        Stdio::null(),
+        Stdio::from(log_writer),
+    );
+    let until = Instant::now() + PATIENCE;
+    let mut client = loop {
+        if let Ok(client) = UnixStream::connect(&socket) {
+            break client;
+        }
+        assert!(Instant::now() < until, "the proxy never served its socket");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Each frame logs at trace level: 5000 frames fill a 64 KiB pipe many times
+    // over. (A proxy stalled by its log would stop reading: give up writing then.)
+    client
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    for frame in frames("noisy", 0, 5000, LOGS_PER_FRAME) {
+        if client.write_all(&frame).is_err() {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(process.is_running(), "the proxy is alive");
+    let started = Instant::now();
+    process.signal(libc::SIGTERM);
+    let exited = process.wait_within(Duration::from_secs(15)).await;
+    let took = started.elapsed();
+    assert_eq!(exited.status.code(), Some(0));
+    assert!(
+        took <= Duration::from_secs(1) + EXIT_SLACK,
+        "exit took {took:?}"
+    );
+    assert!(!socket.exists(), "the socket file is removed");
+    let mut logged = Vec::new();
+    std::io::Read::read_to_end(&mut log_reader, &mut logged).expect("read the log pipe");
+    assert!(
+        logged.len() > 60 * 1024,
+        "the pipe filled up: {} bytes",
+        logged.len()
+    );
+}
+
+/// The coder transport (websocket, yamux, DRPC) to a coderd that takes each call and
+/// never answers it: the deadline holds, the held logs are counted `shutdown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_coder_calls_never_answered_exits_within_the_deadline() {
+    let peer = CoderPeer::start(PeerConfig::default()).await;
+    for _ in 0..16 {
+        peer.script(Answer::Silent);
+    }
+    let url = peer.url.to_string();
+    let binary = Binary::start(
+        &["--coder-url", &url, "--agent-token", "t0ken"],
+        &["--shutdown-timeout", "1s", "--call-timeout", "60s"],
+        Stdio::piped(),
+    )
+    .await;
+    let _client = held_logs(&binary, "coder", 50).await;
+    let stopped = binary
+        .stop_with(libc::SIGTERM, Duration::from_secs(15))
+        .await;
+    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.stderr);
+    assert!(
+        stopped.took <= Duration::from_secs(1) + EXIT_SLACK,
+        "exit took {:?}",
+        stopped.took
+    );
+    assert_eq!(stopped.totals.received, 100, "{:?}", stopped.totals);
+    assert_eq!(stopped.totals.forwarded, 0, "{:?}", stopped.totals);
+    assert_eq!(stopped.totals.dropped_shutdown, 100, "{:?}", stopped.totals);
+    assert_accounting_totals(stopped.totals, 0);
+    assert!(!stopped.socket_left, "the socket file is removed");
 }

@@ -506,12 +506,18 @@ impl Process {
 
     /// [`Process::spawn`] with stdout going to `stdout` (collected only when piped).
     pub fn spawn_with_stdout(args: &[&str], stdout: Stdio) -> Self {
+        Self::spawn_with_stdio(args, stdout, Stdio::piped())
+    }
+
+    /// [`Process::spawn`] with stdout and stderr going where given (each collected
+    /// only when piped).
+    pub fn spawn_with_stdio(args: &[&str], stdout: Stdio, stderr: Stdio) -> Self {
         let mut command = Command::new(BINARY);
         command
             .args(args)
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(Stdio::piped());
+            .stderr(stderr);
         for (key, _) in std::env::vars_os() {
             // Nor what a Coder workspace sets, which would pick coderd as the destination.
             if is_proxy_variable(&key.to_string_lossy()) {
@@ -519,8 +525,15 @@ impl Process {
             }
         }
         let mut child = command.spawn().expect("spawning the binary");
-        let (stderr, err_thread) = Lines::collect(child.stderr.take().expect("piped stderr"));
-        let mut readers = vec![err_thread];
+        let mut readers = Vec::new();
+        let stderr = match child.stderr.take() {
+            Some(err) => {
+                let (stderr, err_thread) = Lines::collect(err);
+                readers.push(err_thread);
+                stderr
+            }
+            None => Lines::default(),
+        };
         let stdout = match child.stdout.take() {
             Some(out) => {
                 let (stdout, out_thread) = Lines::collect(out);
