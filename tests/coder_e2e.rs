@@ -328,8 +328,14 @@ async fn a_connection_cut_after_a_call_is_replaced_and_nothing_is_lost_or_repeat
         .enumerate()
     {
         coderd.sink.fail_calls([CallFault::CutAfterAnswer(cut)]);
-        // The cut call, then one that must go over a new connection.
-        for _ in 0..2 {
+        // The cut call; then, once the proxy has seen the connection go (so that no call
+        // can be on its way over it), one that must go over a new connection.
+        for second in [false, true] {
+            if second {
+                proxy
+                    .scrape_until("the cut noticed", |s| s.get("coderd_connected", None) == 0)
+                    .await;
+            }
             written.extend(write_session(&proxy, 1, total as i32, 1, 3));
             total += 3;
             proxy.forwarded(total).await;
@@ -425,9 +431,10 @@ async fn two_seconds_of_latency_per_call_with_four_calls_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_proxy_answers_websocket_and_yamux_keepalive_pings() {
+    // Pings often, with room for a busy machine to answer each.
     let quick = Some(Keepalive {
         interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(1500),
+        timeout: Duration::from_secs(5),
     });
     let coderd = TestCoderd::start(|c| {
         c.websocket_keepalive = quick;

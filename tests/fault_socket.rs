@@ -237,11 +237,14 @@ async fn a_path_taken_by_another_file_is_left_alone_and_served_once_free(io: IoM
     assert_eq!(std::fs::read(&socket).unwrap(), b"not yours");
 
     std::fs::remove_file(&socket).unwrap();
+    // The new socket accepts connections as soon as it is bound, a moment before
+    // the proxy records it as bound again: wait for both.
     assert!(
-        eventually(NOTICE, || connects(&socket)).await,
+        eventually(NOTICE, || connects(&socket)
+            && sample(&proxy.scrape(), BOUND) == Some(1.0))
+        .await,
         "served again once the path is free"
     );
-    assert_eq!(sample(&proxy.scrape(), BOUND), Some(1.0));
     proxy
         .connect()
         .write_all(&frames("s", 0, 3, 2).concat())

@@ -199,6 +199,29 @@ mod tests {
     }
 
     #[test]
+    fn requests_over_the_coder_transport_carry_at_most_1000_logs() {
+        let coder = CoderSettings {
+            url: "http://127.0.0.1:1".parse().unwrap(),
+            token: AuthToken::new("t"),
+            ca_file: None,
+            allow_agent_role: false,
+        };
+        let config = |batch_max_logs, coder: Option<CoderSettings>| crate::config::Config {
+            batch_max_logs,
+            sink: None,
+            coder,
+            ..crate::config::Config::default()
+        };
+        assert_eq!(
+            config(5000, Some(coder.clone())).max_logs_per_request(),
+            1000
+        );
+        assert_eq!(config(200, Some(coder.clone())).max_logs_per_request(), 200);
+        assert_eq!(config(5000, None).max_logs_per_request(), 5000);
+        config(5000, Some(coder)).validate().unwrap();
+    }
+
+    #[test]
     fn a_token_file_is_trimmed_and_an_empty_one_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");

@@ -87,7 +87,8 @@ where
     stream.write_all(&request_bytes(rpc, request)).await?;
     stream.flush().await?;
     let mut reader = PacketReader::new();
-    let mut buf = vec![0u8; 8 * 1024];
+    // Answers are a few bytes (an empty response message, an error's text).
+    let mut buf = vec![0u8; 1024];
     loop {
         while let Some(packet) = reader.next_packet()? {
             if packet.id.stream != DRPC_STREAM {

@@ -380,12 +380,16 @@ impl CoderReporter {
         Ok(Arc::new(session))
     }
 
-    fn count_non_uuid(&self, request: &[u8], logs: u64) {
-        if let Some(session_id) = session_id(request) {
-            if !is_uuid(session_id) {
-                NonUuidSessionForwarded { logs, session_id }.emit(&self.inner.metrics);
-            }
+    /// Sends `request` and, once delivered, counts its logs if its session id is not a
+    /// UUID. The id is read before sending: the scan then pulls the request into the cache
+    /// for the copies the send makes, instead of reading it cold afterwards.
+    async fn send_counting(&self, request: &[u8], logs: u64) -> Result<(), Status> {
+        let non_uuid = session_id(request).filter(|id| !is_uuid(id));
+        self.send(request).await?;
+        if let Some(session_id) = non_uuid {
+            NonUuidSessionForwarded { logs, session_id }.emit(&self.inner.metrics);
         }
+        Ok(())
     }
 }
 
@@ -395,41 +399,54 @@ impl Reporter for CoderReporter {
         request: ReportBoundaryLogsRequest,
     ) -> Result<ReportBoundaryLogsResponse, Status> {
         let bytes = request.encode_to_vec();
-        self.send(&bytes).await?;
-        self.count_non_uuid(&bytes, request.logs.len() as u64);
+        self.send_counting(&bytes, request.logs.len() as u64)
+            .await?;
         Ok(ReportBoundaryLogsResponse {})
     }
 
     async fn report_encoded(&self, request: EncodedRequest) -> Result<(), Status> {
-        self.send(&request.bytes).await?;
-        self.count_non_uuid(&request.bytes, u64::from(request.logs));
-        Ok(())
+        self.send_counting(&request.bytes, u64::from(request.logs))
+            .await
     }
 }
 
 /// The `session_id` (field 2) of an encoded `ReportBoundaryLogsRequest`, read without
 /// decoding the logs; `None` if absent or malformed. The last occurrence wins, as in
 /// protobuf.
-pub fn session_id(mut bytes: &[u8]) -> Option<&str> {
-    use prost::encoding::decode_varint;
+pub fn session_id(bytes: &[u8]) -> Option<&str> {
+    /// A varint at `*at`, advancing past it.
+    #[inline(always)]
+    fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *bytes.get(*at)?;
+            *at += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
     let mut found = None;
-    while !bytes.is_empty() {
-        let key = decode_varint(&mut bytes).ok()?;
+    let mut at = 0;
+    while at < bytes.len() {
+        let key = varint(bytes, &mut at)?;
         let skip = match key & 7 {
             0 => {
-                decode_varint(&mut bytes).ok()?;
+                varint(bytes, &mut at)?;
                 0
             }
             1 => 8,
             5 => 4,
-            2 => usize::try_from(decode_varint(&mut bytes).ok()?).ok()?,
+            2 => usize::try_from(varint(bytes, &mut at)?).ok()?,
             _ => return None,
         };
-        let field = bytes.get(..skip)?;
+        let end = at.checked_add(skip).filter(|&end| end <= bytes.len())?;
         if key == (2 << 3 | 2) {
-            found = Some(std::str::from_utf8(field).ok()?);
+            found = Some(std::str::from_utf8(&bytes[at..end]).ok()?);
         }
-        bytes = &bytes[skip..];
+        at = end;
     }
     found
 }

@@ -16,7 +16,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, DuplexStream};
 use tokio::io::{ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -58,11 +58,13 @@ impl Ended {
     }
 }
 
-/// The highest ping number each kind has had answered.
+/// The highest ping number each kind has had answered, and a wake-up for the pinger
+/// when either moves.
 #[derive(Debug, Default)]
 struct Answered {
     websocket: AtomicU64,
     yamux: AtomicU64,
+    moved: Notify,
 }
 
 /// Runs the session until the client goes, a keep-alive ping goes unanswered, or a call's
@@ -186,6 +188,7 @@ where
                     answered
                         .yamux
                         .fetch_max(u64::from(value), Ordering::Relaxed);
+                    answered.moved.notify_one();
                     counters.yamux_pongs.fetch_add(1, Ordering::Relaxed);
                     true
                 });
@@ -198,6 +201,7 @@ where
                     answered
                         .websocket
                         .fetch_max(u64::from_be_bytes(number), Ordering::Relaxed);
+                    answered.moved.notify_one();
                     counters.websocket_pongs.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -265,6 +269,9 @@ where
                 Err(error) => return end(format!("reading the yamux session: {error}")),
             },
             () = sleep_until(wake) => {}
+            // An answer came: the next ping is due an interval after the last, not at
+            // the last one's deadline.
+            () = answered.moved.notified() => {}
         }
         let now = Instant::now();
         match ws_pinger.poll(now, answered.websocket.load(Ordering::Relaxed), true) {
