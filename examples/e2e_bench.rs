@@ -128,6 +128,9 @@ struct RunArgs {
     /// into this file (`.N` appended per run), e.g. `--perf-record /tmp/p.data`.
     #[arg(long)]
     perf_record: Option<PathBuf>,
+    /// Only measure the one-thread references (prost and codec decode), `runs` times.
+    #[arg(long)]
+    references_only: bool,
     /// Arguments of `perf record` before `-p PID -o FILE`.
     #[arg(long, default_value = "-F 4999 -g", allow_hyphen_values = true)]
     perf_args: String,
@@ -909,6 +912,9 @@ fn harness(args: &RunArgs) -> io::Result<()> {
             "round {round}: reference on one thread: prost decode {prost_ns:.0} ns/log, codec decode (framing + validation) {codec_ns:.0} ns/log; load {}",
             loadavg()
         );
+        if args.references_only {
+            continue;
+        }
         for &reporter in &args.reporter {
             let row = measure(args, &bin, reporter, round)?;
             let proxy = row.per_log(row.proxy_cpu_ns);
