@@ -278,9 +278,10 @@ fn clock_ticks() -> u64 {
     u64::try_from(hz).unwrap_or(100).max(1)
 }
 
-/// Per live thread of `pid`: (name, ns on CPU from schedstat), summed by name.
-fn thread_cpu(pid: u32) -> Vec<(String, u64)> {
-    let mut by_name: Vec<(String, u64)> = Vec::new();
+/// Per live thread of `pid`: (name, ns on CPU from schedstat, context switches),
+/// summed by name.
+fn thread_cpu(pid: u32) -> Vec<(String, u64, u64)> {
+    let mut by_name: Vec<(String, u64, u64)> = Vec::new();
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return by_name;
     };
@@ -292,9 +293,18 @@ fn thread_cpu(pid: u32) -> Vec<(String, u64)> {
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
-        match by_name.iter_mut().find(|(n, _)| *n == name) {
-            Some(entry) => entry.1 += ns,
-            None => by_name.push((name, ns)),
+        let switches: u64 = fs::read_to_string(dir.join("status"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        match by_name.iter_mut().find(|(n, _, _)| *n == name) {
+            Some(entry) => {
+                entry.1 += ns;
+                entry.2 += switches;
+            }
+            None => by_name.push((name, ns, switches)),
         }
     }
     by_name.sort();
@@ -650,7 +660,7 @@ struct Row {
     written: Duration,
     settled: Duration,
     proxy_cpu_ns: u64,
-    threads: Vec<(String, u64)>,
+    threads: Vec<(String, u64, u64)>,
     writer_cpu_ns: u64,
     sink_cpu_ns: Option<u64>,
     load_before: String,
@@ -780,14 +790,18 @@ fn measure(args: &RunArgs, bin: &Path, reporter: ReporterKind, run: u32) -> io::
     }
     let threads = threads_after
         .iter()
-        .map(|(name, ns)| {
-            let was = threads_before
+        .map(|(name, ns, switches)| {
+            let (was_ns, was_switches) = threads_before
                 .iter()
-                .find(|(n, _)| n == name)
-                .map_or(0, |(_, b)| *b);
-            (name.clone(), ns.saturating_sub(was))
+                .find(|(n, _, _)| n == name)
+                .map_or((0, 0), |(_, b, s)| (*b, *s));
+            (
+                name.clone(),
+                ns.saturating_sub(was_ns),
+                switches.saturating_sub(was_switches),
+            )
         })
-        .filter(|(_, ns)| *ns > 0)
+        .filter(|(_, ns, _)| *ns > 0)
         .collect();
     drop(stage);
     Ok(Row {
@@ -942,9 +956,15 @@ fn harness(args: &RunArgs) -> io::Result<()> {
             let threads: Vec<String> = row
                 .threads
                 .iter()
-                .map(|(name, ns)| format!("{name} {:.0}", row.per_log(*ns)))
+                .map(|(name, ns, switches)| {
+                    format!(
+                        "{name} {:.0} ns/log, {:.1} switches/1000 logs",
+                        row.per_log(*ns),
+                        row.per_log(*switches * 1000)
+                    )
+                })
                 .collect();
-            println!("    per thread (schedstat, ns/log): {}", threads.join(", "));
+            println!("    per thread (schedstat): {}", threads.join("; "));
             if let Some(file) = csv.as_mut() {
                 writeln!(
                     file,
