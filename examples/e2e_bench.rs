@@ -24,9 +24,13 @@ use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+/// Children get sessions of their own (`--own-sessions`).
+static OWN_SESSIONS: AtomicBool = AtomicBool::new(false);
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -131,6 +135,12 @@ struct RunArgs {
     /// Only measure the one-thread references (prost and codec decode), `runs` times.
     #[arg(long)]
     references_only: bool,
+    /// Start the proxy, the writer and the sink each in a session of its own
+    /// (setsid), as separately started services are: with the kernel's
+    /// autogroup scheduling each then gets its own share of the CPUs instead of
+    /// every thread competing alone.
+    #[arg(long)]
+    own_sessions: bool,
     /// Arguments of `perf record` before `-p PID -o FILE`.
     #[arg(long, default_value = "-F 4999 -g", allow_hyphen_values = true)]
     perf_args: String,
@@ -401,6 +411,15 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &'static str, command: &mut Command) -> io::Result<Self> {
+        if OWN_SESSIONS.load(Ordering::Relaxed) && name != "perf" {
+            // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                });
+            }
+        }
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
                 command.env_remove(key);
@@ -879,6 +898,7 @@ fn for_each_payload(bytes: &[u8], chunk: usize, mut each: impl FnMut(Tag, bytes:
 }
 
 fn harness(args: &RunArgs) -> io::Result<()> {
+    OWN_SESSIONS.store(args.own_sessions, Ordering::Relaxed);
     let bin = match &args.bin {
         Some(bin) => bin.clone(),
         None => {
@@ -897,14 +917,15 @@ fn harness(args: &RunArgs) -> io::Result<()> {
         )));
     }
     println!(
-        "# e2e_bench: {} connections x {} logs/frame, {} logs a run, {}-byte writes, tag {}, writer {:?}, serve {:?}",
+        "# e2e_bench: {} connections x {} logs/frame, {} logs a run, {}-byte writes, tag {}, writer {:?}, serve {:?}, own sessions {}",
         args.connections,
         args.logs_per_frame,
         args.logs,
         args.chunk,
         tag_name(args.tag),
         args.writer,
-        args.proxy_args
+        args.proxy_args,
+        args.own_sessions
     );
     let mut csv = match &args.csv {
         Some(path) => {
