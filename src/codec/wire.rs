@@ -138,11 +138,11 @@ pub(crate) fn is_ascii(bytes: &[u8]) -> bool {
     if bytes.len() < 8 {
         return bytes.iter().all(u8::is_ascii);
     }
-    let tail = word(&bytes[bytes.len() - 8..]);
+    // Front to back, the tail last: the bytes are read in memory order.
     let all = bytes
         .chunks_exact(8)
-        .fold(tail, |acc, chunk| acc | word(chunk));
-    all & HIGH_BITS == 0
+        .fold(0, |acc, chunk| acc | word(chunk));
+    (all | word(&bytes[bytes.len() - 8..])) & HIGH_BITS == 0
 }
 
 /// A scalar varint field (`bool`, `int32`, `int64`).
