@@ -200,6 +200,27 @@ impl InternalEvent for BufferFull {
     }
 }
 
+/// A frame found the ring full and the reader waited for room (back-pressure on
+/// the writers) before pushing it, or before dropping it when none came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitedForRoom {
+    /// How long the reader waited.
+    pub waited: std::time::Duration,
+    /// True when room came; false when the patience ran out (the frame is dropped).
+    pub room: bool,
+}
+
+impl InternalEvent for WaitedForRoom {
+    fn emit(self, _metrics: &Metrics) {
+        // Counted by what follows: the push, or the `buffer_full` drop.
+        tracing::trace!(
+            waited_us = self.waited.as_micros() as u64,
+            room = self.room,
+            "ring full: the reader waited for room"
+        );
+    }
+}
+
 /// boundary reported logs it dropped on its side (a TagV2 `BoundaryStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BoundaryStatusReported {
@@ -619,26 +640,5 @@ mod tests {
         assert_eq!(m.sequence_out_of_order.get(), 2);
         assert_eq!(m.ring_capacity.get(), 4096);
         assert_eq!(m.ring_occupancy.get(), 17);
-    }
-}
-
-/// A frame found the ring full and the reader waited for room (back-pressure on
-/// the writers) before pushing it, or before dropping it when none came.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WaitedForRoom {
-    /// How long the reader waited.
-    pub waited: std::time::Duration,
-    /// True when room came; false when the patience ran out (the frame is dropped).
-    pub room: bool,
-}
-
-impl InternalEvent for WaitedForRoom {
-    fn emit(self, _metrics: &Metrics) {
-        // Counted by what follows: the push, or the `buffer_full` drop.
-        tracing::trace!(
-            waited_us = self.waited.as_micros() as u64,
-            room = self.room,
-            "ring full: the reader waited for room"
-        );
     }
 }
