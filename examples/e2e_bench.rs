@@ -607,6 +607,7 @@ fn start_stage(args: &RunArgs, bin: &Path, reporter: ReporterKind) -> io::Result
             let mut command = Command::new(bin);
             command
                 .args(["sink", "--listen", &addr.to_string(), "--quiet"])
+                .args(["--log-level", "warn"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null());
             if reporter == ReporterKind::Coder {
