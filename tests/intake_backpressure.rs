@@ -87,20 +87,32 @@ fn a_ring_that_stays_full_drops_after_the_patience_and_waits_again_once_it_had_r
     let patience = Duration::from_millis(50);
     let (intake, mut consumer, metrics) = intake(2, patience);
     let mut conn = intake.open(&info());
-    intake.data(&mut conn, &frames(0, 2));
+    assert_eq!(
+        intake.data(&mut conn, &frames(0, 2)),
+        ControlFlow::Continue(())
+    );
 
     // Nothing drains: the first frame waits out the patience, then all are dropped.
     let started = Instant::now();
-    intake.data(&mut conn, &frames(2, 3));
+    assert_eq!(
+        intake.data(&mut conn, &frames(2, 3)),
+        ControlFlow::Continue(())
+    );
     assert!(started.elapsed() >= patience);
     assert_eq!(metrics.accounting().dropped_buffer_full, 30);
 
     // Room again: the next frame is kept, and the next full ring is waited for again.
     consumer.pop().unwrap();
-    intake.data(&mut conn, &frames(5, 1));
+    assert_eq!(
+        intake.data(&mut conn, &frames(5, 1)),
+        ControlFlow::Continue(())
+    );
     assert_eq!(consumer.len(), 2);
     let started = Instant::now();
-    intake.data(&mut conn, &frames(6, 1));
+    assert_eq!(
+        intake.data(&mut conn, &frames(6, 1)),
+        ControlFlow::Continue(())
+    );
     assert!(
         started.elapsed() >= patience,
         "patient again after room came"
