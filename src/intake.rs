@@ -16,8 +16,7 @@ use crate::events::{
 use crate::metrics::{ConnectionRejectReason, Metrics};
 use crate::reader::{CloseCause, ConnInfo, ConnectionHandler, RejectReason};
 use crate::ring::{Producer, PushError};
-use crate::seqgap::KeyCache;
-use crate::seqgap::SeqTracker;
+use crate::seqgap::{KeyCache, SeqTracker};
 
 /// What travels through the ring: one validated log frame and the connection it came
 /// from (the forwarder keeps each connection's order by it).
@@ -107,9 +106,9 @@ impl Intake {
     }
 
     /// Handles one complete frame: frame-local errors are counted and skipped.
-    fn frame<'a>(&'a self, conn: &mut Read<'a>, raw: RawFrame) {
+    fn frame<'a>(&'a self, read: &mut Read<'a>, raw: RawFrame) {
         match decode_message(raw) {
-            Ok(Message::Logs(frame)) => self.logs(conn, frame),
+            Ok(Message::Logs(frame)) => self.logs(read, frame),
             Ok(Message::Status(status)) => BoundaryStatusReported {
                 channel_full: status.dropped_channel_full,
                 batch_full: status.dropped_batch_full,
@@ -119,7 +118,7 @@ impl Intake {
         }
     }
 
-    fn logs<'a>(&'a self, conn: &mut Read<'a>, frame: LogFrame) {
+    fn logs<'a>(&'a self, read: &mut Read<'a>, frame: LogFrame) {
         let logs = frame.log_count();
         LogsReceived {
             frames: 1,
@@ -127,13 +126,13 @@ impl Intake {
         }
         .emit(&self.metrics);
         if logs > 0 {
-            let sequences = conn.sequences.get_or_insert_with(|| {
+            let sequences = read.sequences.get_or_insert_with(|| {
                 self.sequences
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
             });
-            let key = conn.session.key(sequences, frame.request_key().0);
-            let findings = sequences.observe_as(key, &frame, conn.now);
+            let key = read.session.key(sequences, frame.request_key().0);
+            let findings = sequences.observe_as(key, &frame, read.now);
             if findings.missing > 0 {
                 SequenceGap {
                     missing: findings.missing,
@@ -153,7 +152,7 @@ impl Intake {
         match self.producer.push(
             QueuedFrame {
                 frame,
-                conn: conn.id,
+                conn: read.conn,
             },
             logs,
         ) {
@@ -179,7 +178,7 @@ impl Intake {
 /// What the frames of one read share: the connection, one clock reading, and the
 /// sequence tracker, locked at the first frame of logs and held to the read's end.
 struct Read<'a> {
-    id: u32,
+    conn: u32,
     now: Instant,
     session: &'a mut KeyCache,
     sequences: Option<MutexGuard<'a, SeqTracker>>,
@@ -203,7 +202,7 @@ impl ConnectionHandler for Intake {
         let mut frames = 0usize;
         // One clock reading per read: the frames of one read arrived together.
         let mut read = Read {
-            id: conn.id,
+            conn: conn.id,
             now: Instant::now(),
             session: &mut conn.session,
             sequences: None,
