@@ -162,6 +162,16 @@ else
   skip "systemd-sysusers not installed: $SYSUSERS NOT applied"
 fi
 
+step "Coder workspace start script"
+START=deploy/coder-workspace/start-boundary-log-proxy.sh
+run "$START parses (bash -n)" bash -n "$START"
+if [ -x "$START" ]; then pass "$START is executable"; else fail "$START is not executable"; fi
+if have shellcheck; then
+  run "shellcheck $START" shellcheck "$START"
+else
+  skip "shellcheck not installed: $START NOT linted (tests/coder_workspace_script.rs runs it)"
+fi
+
 echo
 if [ "$failures" -ne 0 ]; then
   echo "operator kit: $failures check(s) FAILED"

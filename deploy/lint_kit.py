@@ -3,8 +3,8 @@
 
 Run from the repository root (deploy/check.sh does). Standard library only.
 
-- Every metric name the alert rules, their tests, the dashboard and README.md
-  mention is exported by the proxy (deploy/metrics.txt), and every label and label
+- Every metric name the alert rules, their tests, the dashboard, README.md and
+  docs/*.md mention is exported by the proxy (deploy/metrics.txt), and every label and label
   value in a selector is one the metric has, so a renamed metric or reason fails here.
 - Every alert has a severity, a summary and a description, and alerts_test.yml has a
   case where it fires and one where it stays quiet.
@@ -26,6 +26,7 @@ ALERTS = Path("deploy/prometheus/alerts.yml")
 ALERT_TESTS = Path("deploy/prometheus/alerts_test.yml")
 DASHBOARD = Path("deploy/grafana/boundary-log-proxy.json")
 DOCS = Path("README.md")
+DOCS_DIR = Path("docs")
 
 PREFIX = "agent_boundary_log_proxy_"
 ALWAYS_ALLOWED_LABELS = {"job", "instance"}
@@ -245,7 +246,7 @@ def main():
     metrics = load_metrics(METRICS_FILE)
     alerts = check_alerts(errors)
     exprs = check_dashboard(metrics, errors)
-    scanned = [ALERTS, ALERT_TESTS, DASHBOARD, DOCS]
+    scanned = [ALERTS, ALERT_TESTS, DASHBOARD, DOCS, *sorted(DOCS_DIR.glob("*.md"))]
     for path in scanned:
         if not path.exists():
             errors.append(f"{path}: missing")

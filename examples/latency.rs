@@ -149,6 +149,7 @@ fn main() {
         logs_per_frame,
         rate: Some(rate),
         tag: FrameTag::V2,
+        wait_for_socket: Duration::ZERO,
         log: LogSettings::default(),
     };
     let options = RunOptions {

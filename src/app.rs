@@ -7,10 +7,9 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{bind_metrics, serve_metrics, Health, MetricsServerError};
-use crate::reporter::any::AnyReporter;
-use crate::reporter::grpc::ReporterError;
+use crate::reporter::any::{AnyReporter, AnyReporterError};
 use crate::server::{Server, ServerError};
-use crate::sink::{run_sink, SinkError};
+use crate::sink::{run, SinkError, SinkOptions};
 
 /// A command could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +28,7 @@ pub enum AppError {
     NotWired(&'static str),
     /// The reporter could not be built from the flags.
     #[error(transparent)]
-    Reporter(#[from] ReporterError),
+    Reporter(#[from] AnyReporterError),
     /// The server could not start (socket path, reader).
     #[error(transparent)]
     Server(#[from] ServerError),
@@ -41,24 +40,33 @@ pub enum AppError {
     Task(String),
 }
 
-/// `boundary-log-proxy serve`: runs the proxy until SIGTERM/SIGINT, then shuts down
-/// as CONTRACT.md section 2 says and returns `Ok` (exit 0).
+/// `boundary-log-proxy serve`: runs the proxy until SIGTERM/SIGINT/SIGHUP, then shuts down
+/// as docs/command-line.md (`--shutdown-timeout`) says and returns `Ok` (exit 0).
 pub fn serve(config: Config) -> Result<(), AppError> {
     config.validate()?;
-    runtime()?.block_on(serve_async(config))
+    let runtime = runtime()?;
+    let result = runtime.block_on(serve_async(config));
+    // Whatever is still blocked (a write nobody reads) does not hold up the exit.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
 }
 
+/// Longest the exit waits for runtime threads after the shutdown is done.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 async fn serve_async(config: Config) -> Result<(), AppError> {
+    let mut signals = Signals::install()?;
     let registry = prometheus::Registry::new();
     let health = Health::new();
     let shutdown_timeout = config.shutdown_timeout;
-    let reporter = AnyReporter::from_config(&config)?;
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(bind_metrics(addr).await?),
         None => None,
     };
-    let server = Server::new(config, &registry)?;
+    let server = Server::new(config.clone(), &registry)?;
+    let reporter = AnyReporter::from_config(&config, server.metrics())?;
     let backend = server.start()?;
+    health.watch_socket(server.metrics().socket_bound.clone());
     tracing::info!(socket = %server.socket_path().display(), io = %backend, "listening");
 
     let stop_metrics = CancellationToken::new();
@@ -79,7 +87,7 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
     };
 
     tokio::select! {
-        signal = wait_for_signal() => signal?,
+        () = signals.stop_requested() => {},
         ended = &mut forwarder => {
             // The forwarder only ends by itself on a fatal error.
             let error = match ended {
@@ -124,20 +132,66 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
         dropped_buffer_full = totals.dropped_buffer_full,
         dropped_forward_failed = totals.dropped_forward_failed,
         dropped_shutdown = totals.dropped_shutdown,
+        recovered = totals.recovered,
+        dropped_spool_corrupt = totals.dropped_spool_corrupt,
+        dropped_spool_full = totals.dropped_spool_full,
+        spooled = totals.spooled,
         "stopped"
     );
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<(), AppError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(AppError::Runtime)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Runtime)?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// The signals the proxy handles, listened to from the start (before the socket is
+/// bound), so that none of them kills the process with its default action. SIGTERM,
+/// SIGINT and SIGHUP (a terminal, ssh session or tmux pane closing) stop it
+/// gracefully. SIGUSR1 and SIGUSR2 mean nothing here and are logged and ignored
+/// (their default action would kill the process, buffered logs lost uncounted).
+/// SIGPIPE is ignored by the Rust runtime before `main` (a write to a closed pipe
+/// fails with EPIPE instead). SIGQUIT keeps its default on purpose: the operator's
+/// way to stop at once, with a core dump, no drain. README "Signals" says the same.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime).
+    fn install() -> Result<Self, AppError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind| signal(kind).map_err(AppError::Runtime);
+        Ok(Self {
+            term: listen(SignalKind::terminate())?,
+            int: listen(SignalKind::interrupt())?,
+            hup: listen(SignalKind::hangup())?,
+            usr1: listen(SignalKind::user_defined1())?,
+            usr2: listen(SignalKind::user_defined2())?,
+        })
     }
-    Ok(())
+
+    /// Returns at the first signal that stops the process (one that arrived since
+    /// `install` counts); logs and ignores the others.
+    async fn stop_requested(&mut self) {
+        loop {
+            let (name, stops) = tokio::select! {
+                _ = self.term.recv() => ("SIGTERM", true),
+                _ = self.int.recv() => ("SIGINT", true),
+                _ = self.hup.recv() => ("SIGHUP", true),
+                _ = self.usr1.recv() => ("SIGUSR1", false),
+                _ = self.usr2.recv() => ("SIGUSR2", false),
+            };
+            if stops {
+                tracing::info!(signal = name, "stop requested");
+                return;
+            }
+            tracing::info!(
+                signal = name,
+                "signal has no meaning for the proxy; ignored"
+            );
+        }
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
@@ -149,13 +203,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
         .map_err(AppError::Runtime)
 }
 
-/// `boundary-log-proxy sink`: a gRPC Agent server printing what it receives, until
-/// SIGTERM/SIGINT.
+/// `boundary-log-proxy sink`: a gRPC or coder-protocol server printing what it receives,
+/// until SIGTERM/SIGINT/SIGHUP.
 pub fn sink(args: SinkArgs) -> Result<(), AppError> {
     runtime()?.block_on(async move {
-        let listen = args.listen.to_string();
-        run_sink(&listen, args.quiet, async {
-            let _ = wait_for_signal().await;
+        let mut signals = Signals::install()?;
+        let options = SinkOptions {
+            listen: args.listen.to_string(),
+            quiet: args.quiet,
+            protocol: args.protocol,
+            token: args.token.map(|t| t.expose().to_owned()),
+            coder_version: args.coder_version,
+        };
+        run(options, async move {
+            signals.stop_requested().await;
         })
         .await?;
         Ok(())
@@ -166,6 +227,17 @@ pub fn sink(args: SinkArgs) -> Result<(), AppError> {
 /// then prints the summary line (frames/s, logs/s, bytes/s) on stdout.
 pub fn loadgen(args: LoadgenArgs) -> Result<(), AppError> {
     let summary = crate::loadgen::run(&args).map_err(|e| AppError::Task(e.to_string()))?;
-    println!("{summary}");
-    Ok(())
+    print_line(summary)
+}
+
+/// Writes `text` and a newline on stdout. A reader that has gone away (`| head -1`)
+/// is not a failure: the output was not wanted any more.
+pub fn print_line(text: impl std::fmt::Display) -> Result<(), AppError> {
+    use std::io::Write as _;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(AppError::Task(format!("writing to stdout: {error}")))
+        }
+        _ => Ok(()),
+    }
 }

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::codec::CodecError;
+use crate::metrics::CoderdConnectResult;
 use crate::metrics::{
     BatchDropReason, ConnectionRejectReason, ForwardResult, FrameRejectReason, LogDropReason,
     Metrics,
@@ -99,7 +100,8 @@ impl From<&CodecError> for FrameRejected {
 
 impl InternalEvent for FrameRejected {
     fn emit(self, metrics: &Metrics) {
-        static LIMITS: [LogLimiter; 5] = [const { LogLimiter::new() }; 5];
+        static LIMITS: [LogLimiter; FrameRejectReason::ALL.len()] =
+            [const { LogLimiter::new() }; FrameRejectReason::ALL.len()];
         metrics
             .frames_rejected
             .with_label_values(&[self.reason.as_str()])
@@ -221,28 +223,28 @@ impl InternalEvent for BufferFull {
     }
 }
 
-/// boundary reported logs it dropped on its side (a TagV2 `BoundaryStatus`).
+/// boundary reported logs it dropped on its side (a TagV2 `BoundaryStatus` whose
+/// counts the intake checked: neither negative nor absurd).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BoundaryStatusReported {
-    /// `dropped_channel_full`; negative values are ignored.
-    pub channel_full: i64,
-    /// `dropped_batch_full`; negative values are ignored.
-    pub batch_full: i64,
+    /// `dropped_channel_full`.
+    pub channel_full: u64,
+    /// `dropped_batch_full`.
+    pub batch_full: u64,
 }
 
 impl InternalEvent for BoundaryStatusReported {
     fn emit(self, metrics: &Metrics) {
         static LIMIT: LogLimiter = LogLimiter::new();
-        let channel_full = u64::try_from(self.channel_full).unwrap_or(0);
-        let batch_full = u64::try_from(self.batch_full).unwrap_or(0);
+        let (channel_full, batch_full) = (self.channel_full, self.batch_full);
         for (reason, n) in [
             (LogDropReason::BoundaryChannelFull, channel_full),
             (LogDropReason::BoundaryBatchFull, batch_full),
         ] {
-            metrics
-                .logs_dropped
-                .with_label_values(&[reason.as_str()])
-                .inc_by(n);
+            inc_saturating(
+                &metrics.logs_dropped.with_label_values(&[reason.as_str()]),
+                n,
+            );
         }
         if channel_full == 0 && batch_full == 0 {
             tracing::debug!("boundary reported no drops");
@@ -255,6 +257,17 @@ impl InternalEvent for BoundaryStatusReported {
             );
         }
     }
+}
+
+/// Adds `n` to `counter`, stopping at `u64::MAX` instead of wrapping to a small
+/// value (which Prometheus would read as a reset). For counts from outside
+/// (boundary's reports), which are rare: one lock serialises the read and the add,
+/// so two readers adding at once cannot together pass the maximum.
+fn inc_saturating(counter: &prometheus::IntCounter, n: u64) {
+    static ADDING: crate::sync::Mutex<()> = crate::sync::Mutex::new(());
+    let _adding = ADDING.lock().unwrap_or_else(|p| p.into_inner());
+    let room = u64::MAX - counter.get();
+    counter.inc_by(n.min(room));
 }
 
 /// A `ReportBoundaryLogs` call succeeded.
@@ -315,6 +328,64 @@ impl InternalEvent for ForwardAttemptFailed<'_> {
     }
 }
 
+/// The destination refused a request for its size: the forwarder splits it and
+/// builds later requests within the limits it now knows.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardRefusedTooLarge<'a> {
+    /// How long the call took.
+    pub latency: Duration,
+    /// What the destination said.
+    pub status: &'a tonic::Status,
+    /// Logs in the refused request.
+    pub logs: u64,
+    /// Its encoded bytes.
+    pub bytes: u64,
+    /// Most logs a request carries from now on.
+    pub max_logs: usize,
+    /// Most bytes a request carries from now on.
+    pub max_bytes: usize,
+}
+
+impl InternalEvent for ForwardRefusedTooLarge<'_> {
+    fn emit(self, metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        count_call(metrics, ForwardResult::PermanentError, self.latency);
+        if let Some(suppressed) = LIMIT.admit() {
+            tracing::warn!(
+                code = ?self.status.code(),
+                message = self.status.message(),
+                logs = self.logs,
+                bytes = self.bytes,
+                max_logs = self.max_logs,
+                max_bytes = self.max_bytes,
+                suppressed,
+                "the destination refused a request as too large; splitting it, and sending at most max_logs logs and max_bytes bytes a request from now on"
+            );
+        }
+    }
+}
+
+/// A request was cut in two at a log boundary (refused for its size, or over the
+/// size the destination was found to take).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSplit {
+    /// Logs in the request cut.
+    pub logs: u64,
+    /// Its encoded bytes.
+    pub bytes: u64,
+}
+
+impl InternalEvent for RequestSplit {
+    fn emit(self, metrics: &Metrics) {
+        metrics.requests_split.inc();
+        tracing::debug!(
+            logs = self.logs,
+            bytes = self.bytes,
+            "split a request in two"
+        );
+    }
+}
+
 /// Why the forwarder gave up on a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardDropReason {
@@ -322,6 +393,10 @@ pub enum ForwardDropReason {
     ForwardFailed,
     /// Shutdown timeout ran out.
     Shutdown,
+    /// The disk spool had no room (or could not be written).
+    SpoolFull,
+    /// Found damaged in the disk spool.
+    SpoolCorrupt,
 }
 
 /// The forwarder gave up on frames: counted as dropped.
@@ -343,6 +418,10 @@ impl InternalEvent for ForwardDropped {
                 (BatchDropReason::ForwardFailed, LogDropReason::ForwardFailed)
             }
             ForwardDropReason::Shutdown => (BatchDropReason::Shutdown, LogDropReason::Shutdown),
+            ForwardDropReason::SpoolFull => (BatchDropReason::SpoolFull, LogDropReason::SpoolFull),
+            ForwardDropReason::SpoolCorrupt => {
+                (BatchDropReason::SpoolCorrupt, LogDropReason::SpoolCorrupt)
+            }
         };
         drop_counts(metrics, batch, log, self.frames, self.logs);
         let reason = log.as_str();
@@ -356,7 +435,9 @@ impl InternalEvent for ForwardDropped {
                     "dropped logs"
                 );
             }
-            ForwardDropReason::ForwardFailed => {
+            ForwardDropReason::ForwardFailed
+            | ForwardDropReason::SpoolFull
+            | ForwardDropReason::SpoolCorrupt => {
                 if let Some(suppressed) = LIMIT.admit() {
                     tracing::error!(
                         frames = self.frames,
@@ -440,6 +521,160 @@ impl InternalEvent for RingOccupancy {
         metrics
             .ring_occupancy
             .set(i64::try_from(self.len).unwrap_or(i64::MAX));
+    }
+}
+
+/// Requests were written to the disk spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spooled {
+    /// Received frames in them.
+    pub frames: u64,
+    /// Logs in them.
+    pub logs: u64,
+}
+
+impl InternalEvent for Spooled {
+    fn emit(self, metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        metrics.spool.logs_spooled.inc_by(self.logs);
+        if let Some(suppressed) = LIMIT.admit() {
+            tracing::warn!(
+                frames = self.frames,
+                logs = self.logs,
+                suppressed,
+                "destination failing: wrote logs to the disk spool"
+            );
+        }
+    }
+}
+
+/// A spooled request was acknowledged by the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolReplayed {
+    /// Logs in it.
+    pub logs: u64,
+}
+
+impl InternalEvent for SpoolReplayed {
+    fn emit(self, metrics: &Metrics) {
+        metrics.spool.logs_replayed.inc_by(self.logs);
+        tracing::debug!(logs = self.logs, "replayed logs from the disk spool");
+    }
+}
+
+/// What the disk spool holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolOccupancy {
+    /// Bytes of its segment files.
+    pub bytes: u64,
+    /// Received frames held.
+    pub frames: u64,
+    /// Logs held.
+    pub logs: u64,
+}
+
+impl InternalEvent for SpoolOccupancy {
+    fn emit(self, metrics: &Metrics) {
+        let set = |g: &prometheus::IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        set(&metrics.spool.bytes, self.bytes);
+        set(&metrics.spool.frames, self.frames);
+        set(&metrics.spool.logs, self.logs);
+    }
+}
+
+/// The disk spool was opened and what it held recovered.
+#[derive(Debug, Clone)]
+pub struct SpoolRecovered<'a> {
+    /// The spool directory.
+    pub dir: &'a std::path::Path,
+    /// What recovery found.
+    pub recovery: crate::spool::Recovery,
+}
+
+impl InternalEvent for SpoolRecovered<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let r = self.recovery;
+        metrics
+            .spool
+            .logs_recovered
+            .inc_by(r.intact.logs + r.corrupt.logs);
+        if r.corrupt.frames > 0 || r.corrupt.logs > 0 {
+            ForwardDropped {
+                frames: r.corrupt.frames,
+                logs: r.corrupt.logs,
+                reason: ForwardDropReason::SpoolCorrupt,
+            }
+            .emit(metrics);
+        }
+        if r.damaged_bytes > 0 || r.state_damaged {
+            tracing::error!(
+                dir = %self.dir.display(),
+                corrupt_frames = r.corrupt.frames,
+                corrupt_logs = r.corrupt.logs,
+                damaged_bytes = r.damaged_bytes,
+                truncated_bytes = r.truncated_bytes,
+                state_damaged = r.state_damaged,
+                "the disk spool was damaged; what could not be read is counted as spool_corrupt"
+            );
+        }
+        tracing::info!(
+            dir = %self.dir.display(),
+            frames = r.intact.frames,
+            logs = r.intact.logs,
+            "disk spool open; its logs are sent before newer ones"
+        );
+    }
+}
+
+/// The proxy's socket file is at the socket path and accepts connections: at
+/// start, and again after it was lost.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketBound<'a> {
+    /// The socket path.
+    pub path: &'a std::path::Path,
+    /// Bound again after a loss.
+    pub again: bool,
+}
+
+impl InternalEvent for SocketBound<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics.socket_bound.set(1);
+        if self.again {
+            tracing::info!(socket = %self.path.display(), "socket served again");
+        }
+    }
+}
+
+/// The socket file at the socket path is no longer the proxy's own: deleted (a
+/// tmp cleaner) or replaced by another file. New connections cannot reach the
+/// proxy until the path is free and bound again.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketLost<'a> {
+    /// The socket path.
+    pub path: &'a std::path::Path,
+    /// What is there now: `deleted`, `replaced by a regular file`, ...
+    pub what: &'a str,
+}
+
+impl InternalEvent for SocketLost<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics.socket_lost.inc();
+        metrics.socket_bound.set(0);
+        tracing::warn!(
+            socket = %self.path.display(),
+            what = self.what,
+            "socket file lost"
+        );
+    }
+}
+
+/// The proxy stopped serving its socket (shutdown).
+#[derive(Debug, Clone, Copy)]
+pub struct SocketReleased;
+
+impl InternalEvent for SocketReleased {
+    fn emit(self, metrics: &Metrics) {
+        metrics.socket_bound.set(0);
     }
 }
 
@@ -572,7 +807,7 @@ mod tests {
     }
 
     #[test]
-    fn boundary_status_adds_its_two_counts_and_ignores_negatives() {
+    fn boundary_status_adds_its_two_counts() {
         let m = metrics();
         BoundaryStatusReported {
             channel_full: 4,
@@ -580,13 +815,29 @@ mod tests {
         }
         .emit(&m);
         BoundaryStatusReported {
-            channel_full: -9,
+            channel_full: 0,
             batch_full: 1,
         }
         .emit(&m);
         assert_eq!(m.logs_dropped_for(LogDropReason::BoundaryChannelFull), 4);
         assert_eq!(m.logs_dropped_for(LogDropReason::BoundaryBatchFull), 3);
         assert_eq!(m.accounting().settled(), 0, "boundary's drops are not ours");
+    }
+
+    #[test]
+    fn boundary_status_counts_stop_at_the_maximum_instead_of_wrapping() {
+        let m = metrics();
+        for n in [u64::MAX / 2 + 1, u64::MAX / 2 + 1, 2] {
+            BoundaryStatusReported {
+                channel_full: n,
+                batch_full: 0,
+            }
+            .emit(&m);
+        }
+        assert_eq!(
+            m.logs_dropped_for(LogDropReason::BoundaryChannelFull),
+            u64::MAX
+        );
     }
 
     #[test]
@@ -640,5 +891,128 @@ mod tests {
         assert_eq!(m.sequence_out_of_order.get(), 2);
         assert_eq!(m.ring_capacity.get(), 4096);
         assert_eq!(m.ring_occupancy.get(), 17);
+    }
+}
+
+/// The last connect failure logged, so a failure repeated on every retry (a wrong token,
+/// an old coderd, coderd down) is logged once, not once per attempt; cleared on success.
+static LAST_CODERD_CONNECT_FAILURE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// The coder transport connected to coderd's Agent API.
+#[derive(Debug, Clone, Copy)]
+pub struct CoderdConnected<'a> {
+    /// coderd's base URL.
+    pub url: &'a str,
+    /// The version coderd reported.
+    pub version: &'a str,
+}
+
+impl InternalEvent for CoderdConnected<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .coderd_connects
+            .with_label_values(&[CoderdConnectResult::Ok.as_str()])
+            .inc();
+        metrics.coderd_connected.set(1);
+        LAST_CODERD_CONNECT_FAILURE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        tracing::info!(
+            url = self.url,
+            version = self.version,
+            "connected to coderd"
+        );
+    }
+}
+
+/// A connection attempt to coderd's Agent API failed.
+#[derive(Debug, Clone, Copy)]
+pub struct CoderdConnectFailed<'a> {
+    /// How, as counted.
+    pub result: CoderdConnectResult,
+    /// coderd's base URL.
+    pub url: &'a str,
+    /// What went wrong (for an HTTP error: the status and coderd's message).
+    pub error: &'a str,
+}
+
+impl InternalEvent for CoderdConnectFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .coderd_connects
+            .with_label_values(&[self.result.as_str()])
+            .inc();
+        let new = {
+            let mut last = LAST_CODERD_CONNECT_FAILURE
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let new = last.as_deref() != Some(self.error);
+            if new {
+                *last = Some(self.error.to_owned());
+            }
+            new
+        };
+        let result = self.result.as_str();
+        if !new {
+            tracing::debug!(
+                url = self.url,
+                result,
+                error = self.error,
+                "connecting to coderd failed again"
+            );
+        } else if self.result == CoderdConnectResult::NetworkError {
+            tracing::warn!(
+                url = self.url,
+                result,
+                error = self.error,
+                "connecting to coderd failed; will retry"
+            );
+        } else {
+            tracing::error!(
+                url = self.url,
+                result,
+                error = self.error,
+                "coderd refused the connection"
+            );
+        }
+    }
+}
+
+/// The coder transport's connection to coderd ended; the next call reconnects.
+#[derive(Debug, Clone, Copy)]
+pub struct CoderdDisconnected<'a> {
+    /// Why.
+    pub reason: &'a str,
+}
+
+impl InternalEvent for CoderdDisconnected<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics.coderd_connected.set(0);
+        tracing::warn!(reason = self.reason, "disconnected from coderd");
+    }
+}
+
+/// Logs were forwarded whose session_id is not a UUID: coderd logs and does not store them.
+#[derive(Debug, Clone, Copy)]
+pub struct NonUuidSessionForwarded<'a> {
+    /// Logs in the request.
+    pub logs: u64,
+    /// The session id.
+    pub session_id: &'a str,
+}
+
+impl InternalEvent for NonUuidSessionForwarded<'_> {
+    fn emit(self, metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        metrics.logs_non_uuid_session.inc_by(self.logs);
+        if let Some(suppressed) = LIMIT.admit() {
+            tracing::warn!(
+                logs = self.logs,
+                session_id = self.session_id,
+                suppressed,
+                "forwarded logs whose session_id is not a UUID; coderd does not store them"
+            );
+        }
     }
 }

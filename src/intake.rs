@@ -13,10 +13,17 @@ use crate::events::{
     ForwardDropReason, ForwardDropped, FrameRejected, InternalEvent, LogsReceived, RingOccupancy,
     SequenceGap, SequenceOutOfOrder, WaitedForRoom,
 };
-use crate::metrics::{ConnectionRejectReason, Metrics};
+use crate::metrics::{ConnectionRejectReason, FrameRejectReason, Metrics};
 use crate::reader::{CloseCause, ConnInfo, ConnectionHandler, RejectReason};
 use crate::ring::{Producer, PushError};
 use crate::seqgap::{KeyCache, SeqTracker};
+
+/// Largest drop count one `BoundaryStatus` may carry: 2^53, the largest integer a
+/// Prometheus sample (a float64) holds exactly. boundary would have to drop 100 M
+/// logs a second for almost three years to reach it, so a count over it (or a
+/// negative one) is not a count: the frame is refused
+/// (`frames_rejected_total{reason="bad_status"}`) and adds nothing.
+pub const MAX_STATUS_COUNT: i64 = 1 << 53;
 
 /// What travels through the ring: one validated log frame and the connection it came
 /// from (the forwarder keeps each connection's order by it).
@@ -109,42 +116,64 @@ impl Intake {
     fn frame<'a>(&'a self, read: &mut Read<'a>, raw: RawFrame) {
         match decode_message(raw) {
             Ok(Message::Logs(frame)) => self.logs(read, frame),
-            Ok(Message::Status(status)) => BoundaryStatusReported {
-                channel_full: status.dropped_channel_full,
-                batch_full: status.dropped_batch_full,
+            Ok(Message::Status(status)) => {
+                let count = |n: i64| {
+                    u64::try_from(n)
+                        .ok()
+                        .filter(|&n| n <= MAX_STATUS_COUNT as u64)
+                };
+                match (
+                    count(status.dropped_channel_full),
+                    count(status.dropped_batch_full),
+                ) {
+                    (Some(channel_full), Some(batch_full)) => BoundaryStatusReported {
+                        channel_full,
+                        batch_full,
+                    }
+                    .emit(&self.metrics),
+                    _ => FrameRejected {
+                        reason: FrameRejectReason::BadStatus,
+                    }
+                    .emit(&self.metrics),
+                }
             }
-            .emit(&self.metrics),
             Err(error) => FrameRejected::from(&error).emit(&self.metrics),
         }
     }
 
     fn logs<'a>(&'a self, read: &mut Read<'a>, frame: LogFrame) {
         let logs = frame.log_count();
+        if logs == 0 {
+            // Nothing to deliver: no ring slot, no call.
+            FrameRejected {
+                reason: FrameRejectReason::Empty,
+            }
+            .emit(&self.metrics);
+            return;
+        }
         LogsReceived {
             frames: 1,
             logs: u64::from(logs),
         }
         .emit(&self.metrics);
-        if logs > 0 {
-            let sequences = read.sequences.get_or_insert_with(|| {
-                self.sequences
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-            });
-            let key = read.session.key(sequences, frame.request_key().0);
-            let findings = sequences.observe_as(key, &frame, read.now);
-            if findings.missing > 0 {
-                SequenceGap {
-                    missing: findings.missing,
-                }
-                .emit(&self.metrics);
+        let sequences = read.sequences.get_or_insert_with(|| {
+            self.sequences
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        });
+        let key = read.session.key(sequences, frame.request_key().0);
+        let findings = sequences.observe_as(key, &frame, read.now);
+        if findings.missing > 0 {
+            SequenceGap {
+                missing: findings.missing,
             }
-            if findings.out_of_order > 0 {
-                SequenceOutOfOrder {
-                    logs: findings.out_of_order,
-                }
-                .emit(&self.metrics);
+            .emit(&self.metrics);
+        }
+        if findings.out_of_order > 0 {
+            SequenceOutOfOrder {
+                logs: findings.out_of_order,
             }
+            .emit(&self.metrics);
         }
         if self.producer.len() >= self.producer.capacity() {
             self.wait_for_room();

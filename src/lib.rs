@@ -25,6 +25,7 @@ pub mod ring;
 pub mod seqgap;
 pub mod server;
 pub mod sink;
+pub mod spool;
 pub(crate) mod sync;
 pub mod workload;
 

@@ -52,6 +52,14 @@ pub enum LoadgenError {
         #[source]
         source: io::Error,
     },
+    /// Nothing listened on the socket within `--wait-for-socket`.
+    #[error("loadgen: nothing accepted connections on {} within --wait-for-socket {}: {source}", path.display(), humantime::format_duration(*waited))]
+    NotListening {
+        path: PathBuf,
+        waited: Duration,
+        #[source]
+        source: io::Error,
+    },
     /// Writing to a connection failed (the proxy closed it, or went away).
     #[error("loadgen: connection {conn} failed after {frames} frames: {source}")]
     Write {
@@ -414,13 +422,18 @@ pub fn run_with(args: &LoadgenArgs, options: RunOptions) -> Result<Summary, Load
     let mut writers = Vec::with_capacity(streams.len());
     let mut failure = None;
     for (index, stream) in streams.into_iter().enumerate() {
-        let conn = match UnixStream::connect(&args.socket) {
+        let connected = if index == 0 {
+            connect_waiting(&args.socket, args.wait_for_socket, options.progress)
+        } else {
+            UnixStream::connect(&args.socket).map_err(|source| LoadgenError::Connect {
+                path: args.socket.clone(),
+                source,
+            })
+        };
+        let conn = match connected {
             Ok(conn) => conn,
-            Err(source) => {
-                failure = Some(LoadgenError::Connect {
-                    path: args.socket.clone(),
-                    source,
-                });
+            Err(error) => {
+                failure = Some(error);
                 break;
             }
         };
@@ -553,6 +566,63 @@ impl Writer {
                 .fetch_add(buf.len() as u64, Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+/// How often a waiting connect tries again.
+const WAIT_RETRY_EVERY: Duration = Duration::from_millis(25);
+
+/// Connects to `path`, trying again for up to `wait` while the socket does not exist
+/// yet (ENOENT) or nothing listens on it (ECONNREFUSED): the proxy may still be
+/// starting. Says once on stderr (when `announce`) that it is waiting. Any other
+/// error fails at once.
+pub fn connect_waiting(
+    path: &Path,
+    wait: Duration,
+    announce: bool,
+) -> Result<UnixStream, LoadgenError> {
+    let started = Instant::now();
+    let mut announced = false;
+    loop {
+        let source = match UnixStream::connect(path) {
+            Ok(conn) => {
+                if announced {
+                    eprintln!(
+                        "loadgen: {} accepts connections after {:.1} s",
+                        path.display(),
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(conn);
+            }
+            Err(error) => error,
+        };
+        let not_yet = matches!(
+            source.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+        );
+        if !not_yet {
+            return Err(LoadgenError::Connect {
+                path: path.to_owned(),
+                source,
+            });
+        }
+        if started.elapsed() >= wait {
+            return Err(LoadgenError::NotListening {
+                path: path.to_owned(),
+                waited: wait,
+                source,
+            });
+        }
+        if announce && !announced {
+            eprintln!(
+                "loadgen: waiting up to {} for {} to accept connections ({source})",
+                humantime::format_duration(wait),
+                path.display()
+            );
+            announced = true;
+        }
+        std::thread::sleep(WAIT_RETRY_EVERY.min(wait.saturating_sub(started.elapsed())));
     }
 }
 

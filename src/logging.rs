@@ -1,5 +1,6 @@
 //! The proxy's own logs: a tracing subscriber on stderr, text or JSON, filtered by
-//! `--log-level`.
+//! `--log-level`, written by a thread of their own so that a blocked stderr never
+//! blocks the proxy.
 
 use std::io::IsTerminal as _;
 
@@ -35,11 +36,29 @@ pub fn filter(settings: &LogSettings) -> Result<EnvFilter, LoggingError> {
         })
 }
 
+/// Log lines held for stderr while it does not take them (about 1 MB of lines);
+/// beyond that, new lines are dropped rather than block the proxy.
+const BUFFERED_LINES: usize = 4096;
+
+/// Keeps the log writer thread; dropping it (at exit) writes out what is buffered,
+/// waiting at most about a second if stderr does not take it.
+#[must_use = "dropping the guard stops logging"]
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
 /// Installs the global subscriber: stderr, in the given format and filter. ANSI
 /// colours only when stderr is a terminal.
-pub fn init(settings: &LogSettings) -> Result<(), LoggingError> {
+///
+/// Lines are written by a thread of their own (`tracing-appender`), so a stderr
+/// that stops taking them (a pipe nobody reads) never blocks the proxy's threads or
+/// its shutdown: up to [`BUFFERED_LINES`] are held, later ones dropped.
+pub fn init(settings: &LogSettings) -> Result<LogGuard, LoggingError> {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(BUFFERED_LINES)
+        .lossy(true)
+        .thread_name("blp-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_env_filter(filter(settings)?);
     let installed = match settings.format {
         LogFormat::Text => builder
@@ -47,7 +66,8 @@ pub fn init(settings: &LogSettings) -> Result<(), LoggingError> {
             .try_init(),
         LogFormat::Json => builder.json().with_current_span(false).try_init(),
     };
-    installed.map_err(|error| LoggingError::Install(error.to_string()))
+    installed.map_err(|error| LoggingError::Install(error.to_string()))?;
+    Ok(LogGuard(guard))
 }
 
 #[cfg(test)]

@@ -11,21 +11,27 @@ fn main() -> ExitCode {
         Ok(invocation) => invocation,
         Err(exit) => return exit.report(),
     };
-    if let Err(error) = logging::init(invocation.log_settings()) {
-        eprintln!("error: {error}");
-        return ExitCode::FAILURE;
-    }
-    let result = match invocation {
-        Invocation::PrintConfig(config) => {
-            println!("{:#}", config.to_json());
-            Ok(())
+    // Held until the end of main: dropping it writes out the buffered log lines.
+    let _log = match logging::init(invocation.log_settings()) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
         }
+    };
+    let result = match invocation {
+        Invocation::PrintConfig(config) => app::print_line(format_args!("{:#}", config.to_json())),
         Invocation::Serve(config) => app::serve(config),
         Invocation::Sink(args) => app::sink(args),
         Invocation::Loadgen(args) => app::loadgen(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A bad value is a flag error wherever it is found (the CLI checks first).
+        Err(app::AppError::Config(error)) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE

@@ -1,5 +1,5 @@
 //! The embeddable engine: binds the socket, runs the reader, owns the ring, and lends
-//! the ring's consumer to `run_forwarder` (CONTRACT.md section 5).
+//! the ring's consumer to `run_forwarder` (the embedding API the README shows).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, IoMode};
+use crate::events::{InternalEvent, SocketBound, SocketLost, SocketReleased};
 use crate::forwarder::{self, ForwarderConfig, ForwarderState, Limits};
 use crate::intake::{Intake, QueuedFrame};
 use crate::metrics::{Metrics, MetricsError};
-use crate::reader::{self, Backend, Reader, ReaderConfig, ReaderError};
+use crate::reader::{self, Backend, PathLock, Reader, ReaderConfig, ReaderError};
 use crate::reporter::Reporter;
 use crate::ring::{self, RingHandle};
 use crate::seqgap::SeqTracker;
@@ -34,6 +35,8 @@ pub enum ServerError {
     ForwarderRunning,
     #[error(transparent)]
     Forwarder(#[from] forwarder::ForwarderError),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
 }
 
 /// The proxy engine. Cheap to clone; every clone is the same server.
@@ -53,6 +56,18 @@ struct Inner {
     forwarder_returned: Condvar,
     /// Fired by `close` to stop a running forwarder.
     closing: CancellationToken,
+    /// The socket watcher thread, while the reader runs.
+    watch: Mutex<Option<Watch>>,
+}
+
+/// How often the running server checks that its socket file is still its own.
+const SOCKET_CHECK: Duration = Duration::from_secs(1);
+
+/// The thread that checks the socket file every [`SOCKET_CHECK`]; dropping the
+/// sender stops it.
+struct Watch {
+    stop: std::sync::mpsc::Sender<()>,
+    handle: std::thread::JoinHandle<()>,
 }
 
 enum Lifecycle {
@@ -68,17 +83,48 @@ enum Lifecycle {
     Closed,
 }
 
-/// The socket file we created, to remove it only if it is still ours.
+/// The socket file we created, to remove it only if it is still ours, and the lock
+/// on the path (`<socket>.lock`), held until then.
 struct BoundSocket {
     path: PathBuf,
     dev: u64,
     ino: u64,
+    lock: PathLock,
+    /// False from when the file was found deleted or replaced until it is bound again.
+    bound: bool,
 }
 
 impl BoundSocket {
-    fn remove(&self) {
+    /// Removes the socket file if it is still ours, then releases the lock.
+    fn remove(self) {
+        self.remove_file();
+        drop(self.lock);
+    }
+
+    /// What is at the path now, if it is not our socket: `None` while it is.
+    fn lost(&self) -> Option<String> {
         match std::fs::symlink_metadata(&self.path) {
-            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
+            Ok(meta) if self.is_ours(&meta) => None,
+            Ok(meta) => Some(format!(
+                "replaced by {}",
+                reader::describe(meta.file_type())
+            )),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Some("deleted".into()),
+            Err(error) => Some(format!("cannot be inspected: {error}")),
+        }
+    }
+
+    fn is_ours(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.bound
+            && meta.file_type().is_socket()
+            && meta.dev() == self.dev
+            && meta.ino() == self.ino
+    }
+
+    fn remove_file(&self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if self.is_ours(&meta) => {
                 if let Err(error) = std::fs::remove_file(&self.path) {
                     tracing::warn!(path = %self.path.display(), %error, "could not remove the socket file");
                 }
@@ -98,6 +144,10 @@ impl Server {
             ring::ring(config.ring_capacity).map_err(|e| ServerError::Config(e.to_string()))?;
         metrics.ring_capacity.set(config.ring_capacity as i64);
         let handle = consumer.handle();
+        let mut state = ForwarderState::new(consumer);
+        if let Some(dir) = &config.spool_dir {
+            state = state.with_spool(open_spool(dir, &config, &metrics, registry)?);
+        }
         let intake = Arc::new(Intake::new(
             producer,
             metrics.clone(),
@@ -110,9 +160,10 @@ impl Server {
                 intake,
                 ring: handle,
                 lifecycle: Mutex::new(Lifecycle::New),
-                forwarder: Mutex::new(Some(ForwarderState::new(consumer))),
+                forwarder: Mutex::new(Some(state)),
                 forwarder_returned: Condvar::new(),
                 closing: CancellationToken::new(),
+                watch: Mutex::new(None),
             }),
         })
     }
@@ -141,6 +192,8 @@ impl Server {
             _ => return Err(ServerError::AlreadyStarted),
         }
         let config = &self.inner.config;
+        // Held before the path is looked at: two starts cannot both find a leftover.
+        let lock = PathLock::acquire(&config.socket)?;
         let listener = reader::bind(&config.socket, config.socket_mode)?;
         let meta = std::fs::symlink_metadata(&config.socket).map_err(|source| {
             ServerError::Reader(ReaderError::InspectPath {
@@ -152,6 +205,8 @@ impl Server {
             path: config.socket.clone(),
             dev: meta.dev(),
             ino: meta.ino(),
+            lock,
+            bound: true,
         };
         let reader_config = ReaderConfig {
             io: match config.io {
@@ -172,8 +227,59 @@ impl Server {
             }
         };
         let backend = reader.backend();
+        SocketBound {
+            path: &socket.path,
+            again: false,
+        }
+        .emit(&self.inner.metrics);
         *lifecycle = Lifecycle::Started { reader, socket };
+        drop(lifecycle);
+        self.start_watch();
         Ok(backend)
+    }
+
+    /// Starts the thread that notices a deleted or replaced socket file and serves
+    /// the path again once it is free (see [`Inner::check_socket`]).
+    fn start_watch(&self) {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let inner = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("blp-socket-watch".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(SOCKET_CHECK)
+                {
+                    match inner.upgrade() {
+                        Some(inner) => inner.check_socket(),
+                        None => return,
+                    }
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                *self.inner.watch.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Watch { stop, handle })
+            }
+            Err(error) => tracing::error!(
+                %error,
+                "cannot start the socket watcher; a deleted socket file will not be noticed"
+            ),
+        }
+    }
+
+    fn stop_watch(&self) {
+        let watch = self
+            .inner
+            .watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(Watch { stop, handle }) = watch {
+            drop(stop);
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
     }
 
     /// Drains the ring through `reporter` until `cancel` fires, `close` is called, or
@@ -184,6 +290,10 @@ impl Server {
         cancel: CancellationToken,
         reporter: R,
     ) -> Result<(), ServerError> {
+        // Calls run on their own thread, so a reporter that blocks cannot hold
+        // up cancellation (the shutdown deadline).
+        let reporter = forwarder::Isolated::new(reporter)
+            .map_err(|e| ServerError::Forwarder(forwarder::ForwarderError::CallsThread(e)))?;
         let state = {
             let mut slot = self
                 .inner
@@ -198,7 +308,7 @@ impl Server {
         let config = &self.inner.config;
         let forwarder_config = ForwarderConfig {
             limits: Limits {
-                max_logs: config.batch_max_logs as usize,
+                max_logs: config.max_logs_per_request() as usize,
                 max_bytes: config.batch_max_bytes,
             },
             linger: config.batch_linger,
@@ -246,6 +356,7 @@ impl Server {
     /// forwarder then delivers what is buffered and returns once the ring is empty.
     /// Blocks until the reader's threads have ended.
     pub fn stop_intake(&self, deadline: Instant) {
+        self.stop_watch();
         let mut lifecycle = self.inner.lifecycle();
         let previous = std::mem::replace(&mut *lifecycle, Lifecycle::Closed);
         *lifecycle = match previous {
@@ -253,6 +364,7 @@ impl Server {
                 if let Err(error) = reader.shutdown(deadline) {
                     tracing::error!(%error, "stopping the reader");
                 }
+                SocketReleased.emit(&self.inner.metrics);
                 Lifecycle::Draining { socket }
             }
             other => other,
@@ -296,9 +408,98 @@ impl Server {
     }
 }
 
+/// Opens and locks the spool directory, exports the spool's metrics and counts
+/// what recovery found (docs/spool.md).
+fn open_spool(
+    dir: &Path,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    registry: &prometheus::Registry,
+) -> Result<forwarder::Spooler, ServerError> {
+    use crate::config::SpoolFsync;
+    use crate::events::{InternalEvent, SpoolRecovered};
+    use crate::spool::{Fsync, Spool, SpoolConfig};
+    let fsync = match config.spool_fsync {
+        SpoolFsync::Always => Fsync::Always,
+        SpoolFsync::Interval => Fsync::Interval,
+    };
+    let (spool, recovery) = Spool::open(SpoolConfig::new(dir, config.spool_max_bytes, fsync))?;
+    metrics.register_spool(registry)?;
+    SpoolRecovered { dir, recovery }.emit(metrics);
+    let limits = Limits {
+        max_logs: config.batch_max_logs as usize,
+        max_bytes: config.batch_max_bytes,
+    };
+    Ok(forwarder::Spooler::new(spool, limits, metrics))
+}
+
 impl Inner {
     fn lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
         self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One look at the socket file (every [`SOCKET_CHECK`]): if it is no longer
+    /// ours, count and log the loss; while lost, bind the path again as soon as
+    /// nothing is there, and hand the new listener to the running reader. Whatever
+    /// is at the path and is not ours is left alone.
+    fn check_socket(&self) {
+        let mut lifecycle = self.lifecycle();
+        let Lifecycle::Started { reader, socket } = &mut *lifecycle else {
+            return;
+        };
+        if !socket.lock.is_current() {
+            // The lock file was deleted (a tmp cleaner): lock a new one, so that a
+            // start that comes later still finds the path taken. If another
+            // process got it first, the path is no longer ours to bind again.
+            match PathLock::acquire(&socket.path) {
+                Ok(lock) => socket.lock = lock,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot lock the socket path again");
+                    if !socket.bound {
+                        return;
+                    }
+                }
+            }
+        }
+        if socket.bound {
+            let Some(what) = socket.lost() else {
+                return;
+            };
+            SocketLost {
+                path: &socket.path,
+                what: &what,
+            }
+            .emit(&self.metrics);
+            socket.bound = false;
+        }
+        if !socket.lock.is_current() {
+            return;
+        }
+        let listener = match reader::bind_if_free(&socket.path, self.config.socket_mode) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::debug!(%error, "socket path not free yet");
+                return;
+            }
+        };
+        let meta = match std::fs::symlink_metadata(&socket.path) {
+            Ok(meta) => meta,
+            Err(error) => {
+                tracing::warn!(%error, "the socket file bound again is gone already");
+                return;
+            }
+        };
+        if let Err(error) = reader.replace_listener(listener) {
+            tracing::error!(%error, "cannot hand the new socket to the reader");
+            let _ = std::fs::remove_file(&socket.path);
+            return;
+        }
+        (socket.dev, socket.ino, socket.bound) = (meta.dev(), meta.ino(), true);
+        SocketBound {
+            path: &socket.path,
+            again: true,
+        }
+        .emit(&self.metrics);
     }
 }
 

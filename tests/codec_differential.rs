@@ -10,6 +10,7 @@ use boundary_log_proxy::proto::envelope::{boundary_message::Msg, BoundaryMessage
 use boundary_log_proxy::workload;
 use bytes::Bytes;
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, WireType};
 use prost::Message as _;
 
@@ -405,7 +406,16 @@ fn check_log_frame(ours: &LogFrame, canonical: &LogFrame) -> Result<(), TestCase
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 384, ..ProptestConfig::default() })]
+    // A failing case is printed, and replayed first on this machine's next run from
+    // target/ (ignored by git), instead of a tests/*.proptest-regressions file that asks
+    // to be committed: a real bug found here becomes a named test of its own.
+    #![proptest_config(ProptestConfig {
+        cases: 384,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "target/proptest-regressions/codec_differential.txt"
+        ))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn odd_shapes_decode_exactly_as_prost((tag, payload) in arb_payload()) {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use boundary_log_proxy::codec::HEADER_LEN;
 use boundary_log_proxy::config::{Config, IoMode};
 use boundary_log_proxy::metrics::{ConnectionRejectReason, FrameRejectReason};
-use support::as_uid::{connect_as_uid, NOBODY};
+use support::as_uid::{connect_as_uid, skip_without_root, NOBODY};
 use support::coderd::FakeCoderd;
 use support::faults::{
     close_abortively, delivered, eventually, frames, open_fds, soak, write_frames, Proxy, PATIENCE,
@@ -316,6 +316,9 @@ fn connect_as_nobody(socket: &std::path::Path, frame: &[u8]) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_with_a_uid_not_allowed_is_refused_and_counted() {
+    if skip_without_root("peer_with_a_uid_not_allowed_is_refused_and_counted") {
+        return;
+    }
     let _serial = serial().await;
     let coderd = FakeCoderd::start().await;
     let (dir, config) = Proxy::config(IoMode::Auto);

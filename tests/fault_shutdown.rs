@@ -11,13 +11,15 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boundary_log_proxy::config::IoMode;
 use boundary_log_proxy::metrics::{Accounting, FrameRejectReason};
-use support::coderd::FakeCoderd;
+use support::coder_peer::{Answer, CoderPeer, PeerConfig};
+use support::coderd::{Behaviour, FakeCoderd};
 use support::faults::{delivered, frames, Proxy, PATIENCE};
 use support::proxy::{
     assert_accounting_totals, free_addr, http_get, stopped_totals, Process, Scrape,
@@ -150,25 +152,28 @@ struct Binary {
 
 impl Binary {
     async fn serve(coderd: &str, extra: &[&str]) -> Self {
+        Self::start(&["--coderd", coderd], extra, Stdio::piped()).await
+    }
+
+    /// Serves to `destination` (`--coderd URL` or `--sink KIND`) with `extra`
+    /// flags, the process's stdout going to `stdout`.
+    async fn start(destination: &[&str], extra: &[&str], stdout: Stdio) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("proxy.sock");
         let metrics = free_addr();
         let (socket_arg, metrics_arg) = (socket.to_str().unwrap(), metrics.to_string());
-        let mut args = vec![
-            "serve",
-            "--socket",
-            socket_arg,
-            "--coderd",
-            coderd,
+        let mut args = vec!["serve", "--socket", socket_arg];
+        args.extend_from_slice(destination);
+        args.extend_from_slice(&[
             "--metrics-addr",
             &metrics_arg,
             "--log-format",
             "json",
             "--log-level",
             "info",
-        ];
+        ]);
         args.extend_from_slice(extra);
-        let mut process = Process::spawn(&args);
+        let mut process = Process::spawn_with_stdout(&args, stdout);
         process.wait_for_socket(&socket, "listening").await;
         process.scrape(metrics).await;
         Self {
@@ -193,13 +198,48 @@ impl Binary {
         self,
         limit: Duration,
     ) -> (Option<i32>, Duration, Accounting, Vec<String>) {
+        let stopped = self.stop_with(libc::SIGTERM, limit).await;
+        (stopped.code, stopped.took, stopped.totals, stopped.stderr)
+    }
+
+    /// Sends `signal`, then waits up to `limit` for the exit.
+    async fn stop_with(self, signal: libc::c_int, limit: Duration) -> Stopped {
         let started = Instant::now();
-        self.process.sigterm();
+        self.process.signal(signal);
         let exited = self.process.wait_within(limit).await;
         let took = started.elapsed();
         let totals = stopped_totals(&exited.stderr);
-        (exited.status.code(), took, totals, exited.stderr)
+        Stopped {
+            code: exited.status.code(),
+            took,
+            totals,
+            stderr: exited.stderr,
+            socket_left: std::fs::symlink_metadata(&self.socket).is_ok(),
+        }
     }
+
+    /// Waits until the proxy received `logs` logs.
+    async fn wait_received(&self, logs: u64) {
+        let until = Instant::now() + PATIENCE;
+        while self.received() < logs {
+            assert!(
+                Instant::now() < until,
+                "{logs} logs did not reach the proxy"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// How the binary ended after a signal.
+struct Stopped {
+    code: Option<i32>,
+    took: Duration,
+    /// The counts of the final "stopped" line.
+    totals: Accounting,
+    stderr: Vec<String>,
+    /// Whether anything was left at the socket path.
+    socket_left: bool,
 }
 
 /// Loads `binary` until it has received `logs` logs from every writer, sends
@@ -271,4 +311,250 @@ async fn sigterm_with_coderd_down_counts_leftovers_as_shutdown_within_the_deadli
         (written * LOGS_PER_FRAME) as u64,
         "every frame written whole was received"
     );
+}
+
+/// Margin allowed past `--shutdown-timeout` for the exit (process start-up of the
+/// stop path and scheduling on a loaded machine; not a timing measurement).
+const EXIT_SLACK: Duration = Duration::from_secs(3);
+
+/// `frames` frames of two logs each, written on one connection and received.
+async fn held_logs(binary: &Binary, session: &str, frames_count: usize) -> UnixStream {
+    let mut client = UnixStream::connect(&binary.socket).expect("connect");
+    for frame in frames(session, 0, frames_count, LOGS_PER_FRAME) {
+        client.write_all(&frame).expect("write a frame");
+    }
+    binary
+        .wait_received((frames_count * LOGS_PER_FRAME) as u64)
+        .await;
+    client
+}
+
+/// A terminal, ssh session or tmux pane closing sends SIGHUP: the proxy stops as
+/// on SIGTERM, not at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_coderd_stalled_counts_held_logs_as_shutdown_removes_the_socket_and_exits_0() {
+    let coderd = FakeCoderd::start().await;
+    coderd.set_behaviour(Behaviour::normal().with_delay(Duration::from_secs(3600)));
+    let binary = Binary::serve(&coderd.addr(), &["--shutdown-timeout", "1s"]).await;
+    let _client = held_logs(&binary, "hup", 50).await;
+    assert!(
+        coderd.wait_for_calls(1, PATIENCE).await,
+        "the forwarder is stuck in a call"
+    );
+    let stopped = binary.stop_with(libc::SIGHUP, PATIENCE).await;
+    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.stderr);
+    assert!(
+        stopped.took <= Duration::from_secs(1) + EXIT_SLACK,
+        "exit took {:?}",
+        stopped.took
+    );
+    assert_eq!(stopped.totals.received, 100, "{:?}", stopped.totals);
+    assert_eq!(stopped.totals.forwarded, 0, "{:?}", stopped.totals);
+    assert_eq!(stopped.totals.dropped_shutdown, 100, "{:?}", stopped.totals);
+    assert_accounting_totals(stopped.totals, 0);
+    assert!(!stopped.socket_left, "the socket file is removed");
+}
+
+/// SIGUSR1, SIGUSR2 and SIGPIPE mean nothing to the proxy: it logs and ignores
+/// them (their default action would kill it, buffered logs lost uncounted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_sigusr2_and_sigpipe_are_ignored_and_sigterm_still_stops_cleanly() {
+    let coderd = FakeCoderd::start().await;
+    let mut binary = Binary::serve(&coderd.addr(), &["--shutdown-timeout", "2s"]).await;
+    for signal in [libc::SIGUSR1, libc::SIGUSR2, libc::SIGPIPE] {
+        binary.process.signal(signal);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            binary.process.is_running(),
+            "signal {signal} killed the proxy:\n{}",
+            binary.process.stderr.get().join("\n")
+        );
+    }
+    let _client = held_logs(&binary, "usr", 10).await;
+    let stopped = binary.stop_with(libc::SIGTERM, PATIENCE).await;
+    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.stderr);
+    assert_eq!(stopped.totals.received, 20, "{:?}", stopped.totals);
+    assert_eq!(stopped.totals.forwarded, 20, "{:?}", stopped.totals);
+    assert!(!stopped.socket_left, "the socket file is removed");
+}
+
+/// `--sink stdout` into a pipe whose reader stopped reading: the write blocks, and
+/// cannot be cancelled. SIGTERM still ends the process within the shutdown timeout
+/// (plus a bounded margin); what was not written is counted `shutdown`, and a log
+/// counts as forwarded only once its line was written whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_stdout_a_pipe_nobody_reads_exits_within_the_deadline() {
+    let (mut reader, writer) = std::io::pipe().expect("a pipe");
+    let binary = Binary::start(
+        &["--sink", "stdout"],
+        &["--shutdown-timeout", "1s"],
+        Stdio::from(writer),
+    )
+    .await;
+    // 2000 logs are ~600 KB of JSON lines: far more than a pipe holds.
+    let _client = held_logs(&binary, "pipe", 1000).await;
+    let stopped = binary
+        .stop_with(libc::SIGTERM, Duration::from_secs(15))
+        .await;
+    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.stderr);
+    assert!(
+        stopped.took <= Duration::from_secs(1) + EXIT_SLACK,
+        "exit took {:?}",
+        stopped.took
+    );
+    let totals = stopped.totals;
+    assert_eq!(totals.received, 2000, "{totals:?}");
+    assert!(totals.dropped_shutdown > 0, "{totals:?}");
+    assert_accounting_totals(totals, 0);
+    assert!(!stopped.socket_left, "the socket file is removed");
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut printed).expect("read the pipe");
+    let whole_lines = printed.matches('\n').count() as u64;
+    assert!(
+        totals.forwarded <= whole_lines,
+        "{} logs counted forwarded but only {whole_lines} lines written",
+        totals.forwarded
+    );
+}
+
+/// A coderd that accepts the TCP connection and never answers anything (not even
+/// the HTTP/2 handshake): the call cannot finish, the deadline still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_coderd_accepting_and_never_answering_exits_within_the_deadline() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let binary = Binary::serve(&url, &["--shutdown-timeout", "1s", "--call-timeout", "60s"]).await;
+    let _client = held_logs(&binary, "silent", 50).await;
+    let stopped = binary
+        .stop_with(libc::SIGTERM, Duration::from_secs(15))
+        .await;
+    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.stderr);
+    assert!(
+        stopped.took <= Duration::from_secs(1) + EXIT_SLACK,
+        "exit took {:?}",
+        stopped.took
+    );
+    assert_eq!(stopped.totals.received, 100, "{:?}", stopped.totals);
+    assert_eq!(stopped.totals.dropped_shutdown, 100, "{:?}", stopped.totals);
+    assert_accounting_totals(stopped.totals, 0);
+    assert!(!stopped.socket_left, "the socket file is removed");
+    drop(silent);
+}
+
+/// The null sink never blocks; under full load the deadline holds too and every
+/// log is accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_null_sink_under_load_exits_within_the_deadline() {
+    let binary = Binary::start(
+        &["--sink", "null"],
+        &["--shutdown-timeout", "1s"],
+        Stdio::piped(),
+    )
+    .await;
+    let (code, took, totals, lines, written) = sigterm_under_load(binary, 20_000).await;
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert!(
+        took <= Duration::from_secs(1) + EXIT_SLACK,
+        "exit took {took:?}"
+    );
+    assert_accounting_totals(totals, 0);
+    assert_eq!(
+        totals.received,
+        (written * LOGS_PER_FRAME) as u64,
+        "every frame written whole was received"
+    );
+}
+
+/// The proxy's own log (stderr) going to a pipe nobody reads, filled by trace
+/// lines: logging never blocks the proxy, and SIGTERM still ends it within the
+/// shutdown timeout plus a bounded margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_stderr_a_pipe_nobody_reads_exits_within_the_deadline() {
+    let (mut log_reader, log_writer) = std::io::pipe().expect("a pipe");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let mut process = Process::spawn_with_stdio(
+        &[
+            "serve",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--sink",
+            "null",
+            "--shutdown-timeout",
+            "1s",
+            "--log-level",
+            "trace",
+        ],
+        Stdio::null(),
+        Stdio::from(log_writer),
+    );
+    let until = Instant::now() + PATIENCE;
+    let mut client = loop {
+        if let Ok(client) = UnixStream::connect(&socket) {
+            break client;
+        }
+        assert!(Instant::now() < until, "the proxy never served its socket");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Each frame logs at trace level: 5000 frames fill a 64 KiB pipe many times
+    // over. (A proxy stalled by its log would stop reading: give up writing then.)
+    client
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    for frame in frames("noisy", 0, 5000, LOGS_PER_FRAME) {
+        if client.write_all(&frame).is_err() {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(process.is_running(), "the proxy is alive");
+    let started = Instant::now();
+    process.signal(libc::SIGTERM);
+    let exited = process.wait_within(Duration::from_secs(15)).await;
+    let took = started.elapsed();
+    assert_eq!(exited.status.code(), Some(0));
+    assert!(
+        took <= Duration::from_secs(1) + EXIT_SLACK,
+        "exit took {took:?}"
+    );
+    assert!(!socket.exists(), "the socket file is removed");
+    let mut logged = Vec::new();
+    std::io::Read::read_to_end(&mut log_reader, &mut logged).expect("read the log pipe");
+    assert!(
+        logged.len() > 60 * 1024,
+        "the pipe filled up: {} bytes",
+        logged.len()
+    );
+}
+
+/// The coder transport (websocket, yamux, DRPC) to a coderd that takes each call and
+/// never answers it: the deadline holds, the held logs are counted `shutdown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_coder_calls_never_answered_exits_within_the_deadline() {
+    let peer = CoderPeer::start(PeerConfig::default()).await;
+    for _ in 0..16 {
+        peer.script(Answer::Silent);
+    }
+    let url = peer.url.to_string();
+    let binary = Binary::start(
+        &["--coder-url", &url, "--agent-token", "t0ken"],
+        &["--shutdown-timeout", "1s", "--call-timeout", "60s"],
+        Stdio::piped(),
+    )
+    .await;
+    let _client = held_logs(&binary, "coder", 50).await;
+    let stopped = binary
+        .stop_with(libc::SIGTERM, Duration::from_secs(15))
+        .await;
+    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.stderr);
+    assert!(
+        stopped.took <= Duration::from_secs(1) + EXIT_SLACK,
+        "exit took {:?}",
+        stopped.took
+    );
+    assert_eq!(stopped.totals.received, 100, "{:?}", stopped.totals);
+    assert_eq!(stopped.totals.forwarded, 0, "{:?}", stopped.totals);
+    assert_eq!(stopped.totals.dropped_shutdown, 100, "{:?}", stopped.totals);
+    assert_accounting_totals(stopped.totals, 0);
+    assert!(!stopped.socket_left, "the socket file is removed");
 }

@@ -86,7 +86,13 @@ async fn run(connections: u32, frames: u64) -> Arc<SlowRecorder> {
     .unwrap();
     let expected = (u64::from(connections) * frames * 10) as usize;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while reporter.logs.load(Ordering::SeqCst) < expected && Instant::now() < deadline {
+    // The forwarder counts a call once its result reached it, just after the
+    // reporter's own count.
+    let settled = || {
+        reporter.logs.load(Ordering::SeqCst) >= expected
+            && server.metrics().accounting().forwarded >= expected as u64
+    };
+    while !settled() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(reporter.logs.load(Ordering::SeqCst), expected);

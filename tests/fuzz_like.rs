@@ -10,6 +10,7 @@ mod oracle;
 use boundary_log_proxy::codec::{encode_frame, Tag, MAX_PAYLOAD_LEN};
 use boundary_log_proxy::workload;
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors");
 
@@ -88,7 +89,16 @@ fn arb_chunking() -> impl Strategy<Value = Vec<usize>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // A failing case is printed, and replayed first on this machine's next run from
+    // target/ (ignored by git), instead of a tests/*.proptest-regressions file that asks
+    // to be committed: a real bug found here becomes a named test of its own.
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "target/proptest-regressions/fuzz_like.txt"
+        ))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn random_streams_in_random_chunks_frame_as_the_reference_does(

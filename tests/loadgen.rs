@@ -18,6 +18,7 @@ fn args(socket: std::path::PathBuf, tag: FrameTag) -> LoadgenArgs {
         logs_per_frame: 10,
         rate: None,
         tag,
+        wait_for_socket: Duration::ZERO,
         log: LogSettings::default(),
     }
 }
@@ -119,18 +120,78 @@ fn rate_limit_spreads_the_frames_over_time() {
 }
 
 #[test]
-fn a_missing_socket_is_a_connect_error_naming_the_path() {
+fn a_socket_nobody_listens_on_within_the_wait_is_an_error_naming_the_path_and_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nobody-listens.sock");
-    let args = args(socket.clone(), FrameTag::V2);
+    let args = LoadgenArgs {
+        wait_for_socket: Duration::from_millis(200),
+        ..args(socket.clone(), FrameTag::V2)
+    };
     let options = RunOptions {
         progress: false,
         ..RunOptions::default()
     };
+    let started = Instant::now();
     match loadgen::run_with(&args, options) {
-        Err(error @ LoadgenError::Connect { .. }) => {
-            assert!(error.to_string().contains("nobody-listens.sock"), "{error}");
+        Err(error @ LoadgenError::NotListening { .. }) => {
+            let text = error.to_string();
+            assert!(text.contains("nobody-listens.sock"), "{text}");
+            assert!(text.contains("--wait-for-socket 200ms"), "{text}");
         }
-        other => panic!("expected a connect error, got {other:?}"),
+        other => panic!("expected a not-listening error, got {other:?}"),
     }
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "it kept trying for the whole wait"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_started_before_the_proxy_waits_for_the_socket_and_every_frame_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let args = LoadgenArgs {
+        wait_for_socket: Duration::from_secs(60),
+        ..args(socket.clone(), FrameTag::V2)
+    };
+    let options = RunOptions {
+        progress: false,
+        ..RunOptions::default()
+    };
+    let load = std::thread::spawn(move || loadgen::run_with(&args, options));
+    // loadgen is already retrying: the socket does not exist yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !load.is_finished(),
+        "loadgen gave up before the proxy started"
+    );
+
+    let config = Config {
+        socket: socket.clone(),
+        sink: Some(SinkKind::Null),
+        batch_linger: Duration::from_millis(1),
+        ..Config::default()
+    };
+    let server = Server::new(config, &prometheus::Registry::new()).unwrap();
+    server.start().unwrap();
+    let reporter = Arc::new(NullReporter::new());
+    let cancel = CancellationToken::new();
+    let forwarder = {
+        let (server, cancel, reporter) = (server.clone(), cancel.clone(), reporter.clone());
+        tokio::spawn(async move { server.run_forwarder(cancel, reporter).await })
+    };
+    let summary = tokio::task::spawn_blocking(move || load.join().unwrap())
+        .await
+        .unwrap()
+        .expect("loadgen connects once the proxy listens");
+    assert_eq!(summary.frames, 4 * 250);
+    wait_for_logs(&reporter, summary.logs).await;
+    assert_eq!(reporter.logs(), 4 * 250 * 10);
+    cancel.cancel();
+    forwarder.await.unwrap().unwrap();
+    let totals = server.metrics().accounting();
+    assert_eq!((totals.received, totals.forwarded), (10_000, 10_000));
+    tokio::task::spawn_blocking(move || server.close())
+        .await
+        .unwrap();
 }

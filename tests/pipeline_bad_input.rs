@@ -1,4 +1,4 @@
-//! Bad input through the whole pipeline (CONTRACT §1's table): what closes a
+//! Bad input through the whole pipeline (docs/wire-format.md's table): what closes a
 //! connection, what is skipped, and that good frames around it still reach coderd.
 //! Each test runs under `--io auto` and `--io epoll`.
 
@@ -8,6 +8,8 @@ use boundary_log_proxy::codec::Tag;
 use boundary_log_proxy::config::IoMode;
 use boundary_log_proxy::metrics::{FrameRejectReason, LogDropReason};
 use boundary_log_proxy::proto::agent::ReportBoundaryLogsRequest;
+use boundary_log_proxy::proto::envelope::{boundary_message::Msg, BoundaryMessage, BoundaryStatus};
+use prost::Message as _;
 use support::coderd::FakeCoderd;
 use support::proxy::{
     all_logs, assert_accounting, eventually, grpc_reporter, request, vector, Client, Forwarder,
@@ -197,10 +199,7 @@ async fn a_mixed_stream_forwards_its_three_requests_in_order(io: IoMode) {
 /// (session, process, sequence number) of every log the manifest expects from
 /// `stream_mixed.bin`, in order.
 fn expected_stream_mixed() -> Vec<(String, String, i32)> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/vectors/manifest.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/manifest.json");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let manifest: serde_json::Value = serde_json::from_str(&text).expect("manifest is JSON");
     let vector = manifest["vectors"]
@@ -285,6 +284,85 @@ async fn unknown_fields_are_ignored(io: IoMode) {
     finish(&proxy, forwarder).await;
 }
 
+/// A TagV2 frame carrying `message`.
+fn envelope_frame(message: Msg) -> Vec<u8> {
+    let payload = BoundaryMessage { msg: Some(message) }.encode_to_vec();
+    let mut frame = Vec::new();
+    boundary_log_proxy::codec::encode_frame(Tag::V2, &payload, &mut frame).unwrap();
+    frame
+}
+
+/// 200 frames of a request with no logs (TagV1 and TagV2, each its own session, as
+/// a client cycling sessions would send): no call to coderd, no ring slot, counted.
+async fn frames_with_no_logs_make_no_call_and_are_counted_empty(io: IoMode) {
+    let (coderd, proxy, forwarder) = pipeline(io).await;
+    let mut client = proxy.connect();
+    for i in 0..100 {
+        let empty = ReportBoundaryLogsRequest {
+            logs: Vec::new(),
+            session_id: format!("empty-{i}"),
+            confined_process_name: "codex".to_owned(),
+        };
+        client.send_request(Tag::V1, &empty);
+        client.send(&envelope_frame(Msg::Logs(empty)));
+    }
+    let after = request(SESSION, "codex", 0, 2);
+    client.send_request(Tag::V1, &after);
+    assert!(coderd.wait_for_logs(2, PATIENCE).await);
+    proxy.wait_forwarded(2).await;
+    wait_rejected(&proxy, FrameRejectReason::Empty, 200).await;
+    assert_eq!(coderd.calls(), 1, "only the frame with logs made a call");
+    assert_eq!(decoded(&coderd), vec![after]);
+    assert_eq!(proxy.metrics().logs_received.get(), 2);
+    finish(&proxy, forwarder).await;
+}
+
+/// Counts that would wrap the counter (two of i64::MAX, then 2), negative ones, and
+/// ones over 2^53: refused and counted; the counter only ever goes up.
+async fn absurd_boundary_status_counts_are_refused_and_counters_never_go_back(io: IoMode) {
+    let (coderd, proxy, forwarder) = pipeline(io).await;
+    let status = |channel_full, batch_full| {
+        envelope_frame(Msg::Status(BoundaryStatus {
+            dropped_channel_full: channel_full,
+            dropped_batch_full: batch_full,
+        }))
+    };
+    let channel_full = || {
+        proxy
+            .metrics()
+            .logs_dropped_for(LogDropReason::BoundaryChannelFull)
+    };
+    let mut client = proxy.connect();
+    client.send(&status(7, 1));
+    let after = |n: i32| request(SESSION, "codex", n, 1);
+    // Each request after a status shows the status was handled (one connection's
+    // frames are handled in order).
+    client
+        .send(&status(i64::MAX, 0))
+        .send_request(Tag::V1, &after(0));
+    proxy.wait_forwarded(1).await;
+    let first = channel_full();
+    client
+        .send(&status(i64::MAX, 0))
+        .send_request(Tag::V1, &after(1));
+    proxy.wait_forwarded(2).await;
+    assert!(channel_full() >= first);
+    client
+        .send(&status(2, 0))
+        .send(&status(-5, 3))
+        .send(&status(1 << 53, 0))
+        .send(&status((1 << 53) + 1, 0))
+        .send_request(Tag::V1, &after(2));
+    proxy.wait_forwarded(3).await;
+    assert!(coderd.wait_for_logs(3, PATIENCE).await);
+
+    let m = proxy.metrics();
+    assert_eq!(channel_full(), 7 + 2 + (1 << 53));
+    assert_eq!(m.logs_dropped_for(LogDropReason::BoundaryBatchFull), 1);
+    assert_eq!(m.frames_rejected_for(FrameRejectReason::BadStatus), 4);
+    finish(&proxy, forwarder).await;
+}
+
 /// The whole of one frame as the decoder would hand it over.
 fn raw_frame(bytes: &[u8]) -> boundary_log_proxy::codec::RawFrame {
     let mut decoder = boundary_log_proxy::codec::FrameDecoder::new();
@@ -303,4 +381,6 @@ on_io_modes!(
     a_frame_cut_off_by_the_end_of_the_stream_is_counted_truncated,
     a_mixed_stream_forwards_its_three_requests_in_order,
     frames_split_across_writes_are_reassembled,
+    frames_with_no_logs_make_no_call_and_are_counted_empty,
+    absurd_boundary_status_counts_are_refused_and_counters_never_go_back,
 );

@@ -18,7 +18,7 @@ use tonic::Code;
 
 const VECTOR_SESSION: &str = "7d1f5a7e-3c2b-4f7e-9a51-0c6e2d9b8a41";
 
-/// The stdout sink's line for `v1_single.bin`'s log, as CONTRACT §2 spells it.
+/// The stdout sink's line for `v1_single.bin`'s log, as docs/command-line.md spells it.
 const V1_SINGLE_LINE: &str = r#"{"msg":"boundary_request","decision":"allow","http_method":"POST","http_url":"https://api.github.com/repos/coder/coder/pulls?page=0&per_page=100","matched_rule":"domain=*.github.com","event_time":"2025-11-26T00:00:00.123456789Z","sequence_number":0,"session_id":"7d1f5a7e-3c2b-4f7e-9a51-0c6e2d9b8a41","confined_process_name":"claude-code"}"#;
 /// The line for the fourth log of `v2_logs.bin`: denied, so no `matched_rule`.
 const V2_LOGS_DENIED_LINE: &str = r#"{"msg":"boundary_request","decision":"deny","http_method":"POST","http_url":"https://api.github.com/repos/coder/coder/pulls?page=3&per_page=100","event_time":"2025-11-26T00:00:03.123456789Z","sequence_number":3,"session_id":"7d1f5a7e-3c2b-4f7e-9a51-0c6e2d9b8a41","confined_process_name":"claude-code"}"#;
@@ -361,6 +361,77 @@ async fn the_sink_subcommand_receives_what_serve_forwards() {
     assert_eq!(sunk.stdout[4], V2_LOGS_DENIED_LINE);
 }
 
+/// The README's "whole pipeline on one machine" block in its worst order: `loadgen`
+/// runs before `serve` has bound the socket. It says it waits, connects once the
+/// proxy listens, and all 30 logs reach the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_started_before_serve_waits_for_the_socket_and_every_log_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink_socket = dir.path().join("sink.sock");
+    let listen = format!("unix:{}", sink_socket.display());
+    let mut sink = Process::spawn(&[
+        "sink",
+        "--listen",
+        &listen,
+        "--quiet",
+        "--log-format",
+        "json",
+    ]);
+    sink.wait_for_socket(&sink_socket, "sink listening").await;
+    let socket = dir.path().join("boundary.sock");
+    let socket_arg = socket.to_str().expect("UTF-8 temp path").to_owned();
+    let loadgen = Process::spawn(&[
+        "loadgen",
+        "--socket",
+        &socket_arg,
+        "--connections",
+        "2",
+        "--frames",
+        "5",
+        "--logs-per-frame",
+        "3",
+    ]);
+    support::proxy::eventually("loadgen saying it waits for the socket", || {
+        loadgen
+            .stderr
+            .get()
+            .iter()
+            .any(|line| line.contains("waiting up to 10s for"))
+    })
+    .await;
+
+    let metrics = free_addr();
+    let metrics_arg = metrics.to_string();
+    let (proxy, socket) = serve(
+        dir.path(),
+        &["--coderd", &listen, "--metrics-addr", &metrics_arg],
+    )
+    .await;
+    let loaded = loadgen.wait().await;
+    assert!(
+        loaded.status.success(),
+        "loadgen: {:?}\n{}",
+        loaded.status,
+        loaded.stderr.join("\n")
+    );
+    assert!(
+        loaded
+            .stderr
+            .iter()
+            .any(|line| line.contains("accepts connections after")),
+        "loadgen says when the wait ended: {:?}",
+        loaded.stderr
+    );
+    proxy
+        .scrape_until(metrics, "30 logs forwarded", |s| {
+            s.get("logs_forwarded_total", None) == 30
+        })
+        .await;
+    let exited = proxy.terminate().await;
+    assert_eq!(assert_clean_exit(&exited, &socket).forwarded, 30);
+    assert!(sink.terminate().await.status.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_metrics_pass_promtool_and_healthz_answers() {
     let coderd = FakeCoderd::start().await;
@@ -437,7 +508,10 @@ fn promtool_check(scrape: &Scrape) {
         {
             Some(found) => found,
             None => {
-                eprintln!("NOTICE: promtool not found; skipping `promtool check metrics`");
+                support::as_uid::skip(
+                    "promtool check metrics of a live scrape",
+                    "promtool is not installed (apt-get install prometheus)",
+                );
                 return;
             }
         }

@@ -1,6 +1,7 @@
 //! Binding the socket path: what is replaced, what is refused, and the file's mode.
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -139,4 +140,78 @@ fn missing_directory_is_an_error_naming_the_path() {
         "{err}"
     );
     assert!(err.to_string().contains(&path.display().to_string()));
+}
+
+#[test]
+fn a_socket_another_process_serves_is_refused_naming_the_path_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let live = UnixListener::bind(&path).unwrap();
+    let err = bind(&path, DEFAULT_SOCKET_MODE).expect_err("a live socket is not replaced");
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains("another process serves it"), "{message}");
+    let _client = UnixStream::connect(&path).expect("the live socket still answers");
+    assert!(live.accept().is_ok());
+}
+
+#[test]
+fn a_socket_whose_backlog_is_full_counts_as_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let live = UnixListener::bind(&path).unwrap();
+    // SAFETY: listen(2) again on our listening socket only shrinks its backlog.
+    assert_eq!(unsafe { libc::listen(live.as_raw_fd(), 0) }, 0);
+    // Fill the backlog (never accepted) until a non-blocking connect would block.
+    let mut queued = Vec::new();
+    loop {
+        let socket = socket2_like_nonblocking_connect(&path);
+        match socket {
+            Ok(stream) => queued.push(stream),
+            Err(_) => break,
+        }
+        assert!(queued.len() < 64, "the backlog never filled");
+    }
+    let err = bind(&path, DEFAULT_SOCKET_MODE).expect_err("a busy live socket is not replaced");
+    assert!(
+        err.to_string().contains("another process serves it"),
+        "{err}"
+    );
+    drop(live);
+}
+
+/// A non-blocking connect: `Err` once the listener's backlog is full (EAGAIN).
+fn socket2_like_nonblocking_connect(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: plain syscall with constant arguments.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    assert!(fd >= 0);
+    // SAFETY: socket returned a fresh descriptor nothing else owns.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all zeroes is a valid sockaddr_un.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `addr` is initialised and the length is its size; `fd` is open.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(owned)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

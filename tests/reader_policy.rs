@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use boundary_log_proxy::reader::{IoMode, RejectReason};
-use reader_common::as_uid::{connect_as_uid, open_dir_to_everyone, NOBODY};
+use reader_common::as_uid::{connect_as_uid, open_dir_to_everyone, skip_without_root, NOBODY};
 use reader_common::{peer_closed, Closed, Harness, Recorder, PATIENCE};
 
 on_both_backends!(
@@ -43,6 +43,9 @@ fn connections_over_the_limit_are_closed_at_once_and_counted(io: IoMode) {
 }
 
 fn peer_uid_not_listed_is_refused_and_counted_while_a_listed_one_passes(io: IoMode) {
+    if skip_without_root("peer_uid_not_listed_is_refused_and_counted_while_a_listed_one_passes") {
+        return;
+    }
     let h = Harness::start_with(io, Recorder::new(), |cfg| {
         cfg.allow_uids = vec![0];
         cfg.socket_mode = 0o666;
@@ -73,6 +76,9 @@ fn peer_uid_not_listed_is_refused_and_counted_while_a_listed_one_passes(io: IoMo
 }
 
 fn listed_non_root_uid_passes_and_root_is_refused(io: IoMode) {
+    if skip_without_root("listed_non_root_uid_passes_and_root_is_refused") {
+        return;
+    }
     let h = Harness::start_with(io, Recorder::new(), |cfg| {
         cfg.allow_uids = vec![NOBODY];
         cfg.socket_mode = 0o666;

@@ -244,6 +244,13 @@ fn start_forced(
 #[test]
 fn auto_uses_io_uring_where_the_kernel_allows_it() {
     let _serial = serial();
+    if let Some(why) = reader::uring_unavailable() {
+        reader_common::as_uid::skip(
+            "auto_uses_io_uring_where_the_kernel_allows_it",
+            &format!("io_uring is not available here: {why}"),
+        );
+        return;
+    }
     let (reader, _dir) = start_forced(IoMode::Auto, None);
     assert_eq!(reader.unwrap().backend(), Backend::Uring);
 }

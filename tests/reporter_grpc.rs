@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use boundary_log_proxy::reporter::grpc::{
-    classify, Failure, GrpcReporter, GrpcReporterConfig, ReporterError,
+    classify, Failure, GrpcReporter, GrpcReporterConfig, Oversize, ReporterError,
 };
 use boundary_log_proxy::reporter::{EncodedRequest, Reporter};
 use prost::Message as _;
@@ -188,7 +188,7 @@ async fn codes_from_coderd_are_classified() {
 }
 
 #[tokio::test]
-async fn request_over_the_size_limit_fails_permanently_without_reaching_coderd() {
+async fn request_over_the_size_limit_is_refused_as_too_large_without_reaching_coderd() {
     let coderd = FakeCoderd::start().await;
     let reporter =
         GrpcReporter::new(GrpcReporterConfig::new(coderd.addr()).max_message_bytes(64)).unwrap();
@@ -199,7 +199,11 @@ async fn request_over_the_size_limit_fails_permanently_without_reaching_coderd()
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    assert_eq!(classify(&status), Failure::Permanent);
+    assert_eq!(
+        classify(&status),
+        Failure::TooLarge(Oversize::Bytes(Some(64))),
+        "{status:?}"
+    );
     assert_eq!(coderd.calls(), 0);
 }
 
@@ -308,9 +312,15 @@ async fn bad_urls_and_settings_are_construction_errors() {
             "{url:?}: {err}"
         );
     }
-    let err = GrpcReporter::new(GrpcReporterConfig::new("http://127.0.0.1:1").auth_token("a\nb"))
-        .unwrap_err();
-    assert!(matches!(err, ReporterError::InvalidAuthToken), "{err}");
+    for token in ["a\nb", "t\u{f6}ken", "two words", ""] {
+        let err =
+            GrpcReporter::new(GrpcReporterConfig::new("http://127.0.0.1:1").auth_token(token))
+                .unwrap_err();
+        assert!(
+            matches!(err, ReporterError::InvalidAuthToken),
+            "{token:?}: {err}"
+        );
+    }
     let err = GrpcReporter::new(
         GrpcReporterConfig::new("http://127.0.0.1:1").call_timeout(Duration::ZERO),
     )

@@ -2,6 +2,7 @@
 //! defaults. The values' forms and checks (shared by the CLI's parsers and by library
 //! users who build a [`Config`] by hand) live in [`values`].
 
+pub mod coder;
 pub mod values;
 
 use std::fmt;
@@ -18,7 +19,10 @@ pub use values::{
     parse_uid, takes, CoderdEndpoint, ListenAddr, LogFilter, GRPC_MAX_MESSAGE_BYTES,
     MAX_RING_CAPACITY, MAX_SOCKET_PATH_BYTES,
 };
-use values::{check_positive, check_positive_duration};
+use values::{check_duration, check_positive, check_positive_duration};
+pub use values::{
+    check_token, parse_readable_file, parse_token, parse_writable_dir, token_problem,
+};
 
 /// One thing wrong with a setting. `Display` says what the value must be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +36,38 @@ pub enum ConfigError {
         value: String,
         /// What the setting takes.
         takes: &'static str,
+    },
+    /// A secret (a token) that cannot be used; the message never shows the value.
+    #[error("invalid value for {setting}: {takes}; {problem}")]
+    Secret {
+        /// The flag it came from, e.g. `--auth-token`.
+        setting: &'static str,
+        /// What the setting takes.
+        takes: &'static str,
+        /// What is wrong with this value, without quoting it.
+        problem: String,
+    },
+    /// A setting given without another it only works with.
+    #[error("{setting} needs {requires}: {why}")]
+    Requires {
+        /// The flag given, e.g. `--token`.
+        setting: &'static str,
+        /// What it needs, e.g. `--protocol coder`.
+        requires: &'static str,
+        /// Why, in a few words.
+        why: &'static str,
+    },
+    /// A value of the right form that cannot be used, such as a file that cannot be read.
+    #[error("invalid value '{value}' for {setting}: {takes}; {problem}")]
+    Unusable {
+        /// The flag it came from.
+        setting: &'static str,
+        /// The value as given.
+        value: String,
+        /// What the setting takes.
+        takes: &'static str,
+        /// What went wrong, e.g. the I/O error.
+        problem: String,
     },
 }
 
@@ -51,7 +87,47 @@ impl ConfigError {
     /// What the setting takes, without the flag or value (the CLI's error line ends with it).
     pub fn takes(&self) -> &'static str {
         match self {
-            Self::Invalid { takes, .. } => takes,
+            Self::Invalid { takes, .. }
+            | Self::Secret { takes, .. }
+            | Self::Unusable { takes, .. } => takes,
+            Self::Requires { why, .. } => why,
+        }
+    }
+
+    /// The flag the value belongs to, e.g. `--auth-token`.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Self::Invalid { setting, .. }
+            | Self::Secret { setting, .. }
+            | Self::Unusable { setting, .. }
+            | Self::Requires { setting, .. } => setting,
+        }
+    }
+
+    /// The message with `note` (such as ` (from BOUNDARY_LOG_PROXY_X)`) after the flag.
+    pub fn with_note(&self, note: &str) -> String {
+        match self {
+            Self::Invalid {
+                setting,
+                value,
+                takes,
+            } => format!("invalid value '{value}' for {setting}{note}: {takes}"),
+            Self::Secret {
+                setting,
+                takes,
+                problem,
+            } => format!("invalid value for {setting}{note}: {takes}; {problem}"),
+            Self::Unusable {
+                setting,
+                value,
+                takes,
+                problem,
+            } => format!("invalid value '{value}' for {setting}{note}: {takes}; {problem}"),
+            Self::Requires {
+                setting,
+                requires,
+                why,
+            } => format!("{setting}{note} needs {requires}: {why}"),
         }
     }
 }
@@ -114,7 +190,17 @@ macro_rules! display_as_value_enum {
         }
     )*};
 }
-display_as_value_enum!(IoMode, SinkKind, LogFormat, FrameTag);
+/// When the disk spool makes what it writes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SpoolFsync {
+    /// fsync every record before it counts as spooled.
+    Always,
+    /// fsync what was written at most 100 ms later.
+    #[default]
+    Interval,
+}
+
+display_as_value_enum!(IoMode, SinkKind, LogFormat, FrameTag, SpoolFsync);
 
 /// The session token sent as `coder-session-token`. Never printed: `Debug` and the
 /// effective-config dump show `<redacted>`.
@@ -200,6 +286,15 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `--log-format`, `--log-level`: default `text`, `info`.
     pub log: LogSettings,
+    /// `--coder-url` and what goes with it: coderd's Agent API over the coder transport
+    /// (docs/coder-transport.md). Default none.
+    pub coder: Option<coder::CoderSettings>,
+    /// `--spool-dir`: where undeliverable requests are kept on disk. Default none (off).
+    pub spool_dir: Option<PathBuf>,
+    /// `--spool-max-bytes`: most bytes the spool's files take. Default 256 MiB.
+    pub spool_max_bytes: u64,
+    /// `--spool-fsync`: when spooled records are made durable. Default `interval`.
+    pub spool_fsync: SpoolFsync,
 }
 
 impl Default for Config {
@@ -222,6 +317,10 @@ impl Default for Config {
             allow_uids: Vec::new(),
             shutdown_timeout: Duration::from_secs(5),
             log: LogSettings::default(),
+            coder: None,
+            spool_dir: None,
+            spool_max_bytes: crate::spool::DEFAULT_MAX_BYTES,
+            spool_fsync: SpoolFsync::Interval,
         }
     }
 }
@@ -238,17 +337,31 @@ pub enum Destination<'a> {
     },
     /// An embedded sink.
     Sink(SinkKind),
+    /// coderd's Agent API over the coder transport (DRPC over yamux over a websocket).
+    Coder(&'a coder::CoderSettings),
 }
 
 impl Config {
     /// Where forwarded requests go: coderd when set, else the sink (stdout by default).
     pub fn destination(&self) -> Destination<'_> {
+        if let Some(coder) = &self.coder {
+            return Destination::Coder(coder);
+        }
         match &self.coderd {
             Some(endpoint) => Destination::Coderd {
                 endpoint,
                 auth_token: self.auth_token.as_ref(),
             },
             None => Destination::Sink(self.sink.unwrap_or_default()),
+        }
+    }
+
+    /// Most logs the forwarder puts in one request: `--batch-max-logs`, and at most 1000
+    /// over the coder transport (coderd refuses more).
+    pub fn max_logs_per_request(&self) -> u32 {
+        match self.coder {
+            Some(_) => self.batch_max_logs.min(coder::CODER_MAX_LOGS_PER_REQUEST),
+            None => self.batch_max_logs,
         }
     }
 
@@ -261,6 +374,29 @@ impl Config {
         check_batch_max_bytes(self.batch_max_bytes)?;
         check_positive("--max-connections", self.max_connections as u64)?;
         check_positive_duration("--call-timeout", self.call_timeout)?;
+        check_duration("--call-timeout", self.call_timeout)?;
+        check_duration("--batch-linger", self.batch_linger)?;
+        check_duration("--retry-max-elapsed", self.retry_max_elapsed)?;
+        check_duration("--shutdown-timeout", self.shutdown_timeout)?;
+        check_positive("--spool-max-bytes", self.spool_max_bytes)?;
+        if let Some(token) = &self.auth_token {
+            check_token("--auth-token", token.expose())?;
+        }
+        if let Some(coder) = &self.coder {
+            check_token("--agent-token", coder.token.expose())?;
+            let other = match (&self.coderd, self.sink) {
+                (Some(coderd), _) => Some(("--coderd", coderd.to_string())),
+                (None, Some(sink)) => Some(("--sink", sink.to_string())),
+                (None, None) => None,
+            };
+            if let Some((setting, value)) = other {
+                return Err(ConfigError::invalid(
+                    setting,
+                    value,
+                    "not allowed together with --coder-url: give one destination",
+                ));
+            }
+        }
         if self.coderd.is_some() && self.sink.is_some() {
             return Err(ConfigError::invalid(
                 "--sink",
@@ -291,6 +427,15 @@ impl Config {
             "allow_uids": self.allow_uids,
             "shutdown_timeout": format_duration(self.shutdown_timeout),
             "log": self.log.to_json(),
+            "coder": self.coder.as_ref().map(|c| json!({
+                "url": c.url.to_string(),
+                "agent_token": "<redacted>",
+                "ca_file": c.ca_file.as_ref().map(|p| p.display().to_string()),
+                "allow_agent_role": c.allow_agent_role,
+            })),
+            "spool_dir": self.spool_dir.as_ref().map(|d| d.display().to_string()),
+            "spool_max_bytes": self.spool_max_bytes,
+            "spool_fsync": self.spool_fsync.to_string(),
         })
     }
 }
@@ -304,7 +449,52 @@ pub struct SinkArgs {
     pub quiet: bool,
     /// `--log-format`, `--log-level`.
     pub log: LogSettings,
+    /// `--protocol`: gRPC (default) or coderd's own transport.
+    pub protocol: SinkProtocol,
+    /// `--token`: with the coder protocol, the only session token accepted. Default: any.
+    pub token: Option<AuthToken>,
+    /// `--coder-version` (hidden): the version `/api/v2/buildinfo` reports.
+    pub coder_version: Option<String>,
 }
+
+impl SinkArgs {
+    /// The checks that need more than one setting: `--token` and `--coder-version`
+    /// belong to `--protocol coder`, which listens on TCP only.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let coder = "--protocol coder";
+        match self.protocol {
+            SinkProtocol::Grpc if self.token.is_some() => Err(ConfigError::Requires {
+                setting: "--token",
+                requires: coder,
+                why: "the gRPC sink takes any caller",
+            }),
+            SinkProtocol::Grpc if self.coder_version.is_some() => Err(ConfigError::Requires {
+                setting: "--coder-version",
+                requires: coder,
+                why: "only coderd's transport has a buildinfo version",
+            }),
+            SinkProtocol::Coder if matches!(self.listen, ListenAddr::Unix(_)) => {
+                Err(ConfigError::invalid(
+                    "--listen",
+                    &self.listen,
+                    "with --protocol coder, an address HOST:PORT (coderd's transport runs over TCP)",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The protocol `boundary-log-proxy sink` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SinkProtocol {
+    /// `Agent.ReportBoundaryLogs` over gRPC (h2c), as `serve --coderd` speaks it.
+    #[default]
+    Grpc,
+    /// coderd's Agent API: websocket + yamux + DRPC, as `serve --coder-url` speaks it.
+    Coder,
+}
+display_as_value_enum!(SinkProtocol);
 
 /// What `boundary-log-proxy loadgen` runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,9 +511,16 @@ pub struct LoadgenArgs {
     pub rate: Option<u64>,
     /// `--tag`: frame tag written. Default `v2`.
     pub tag: FrameTag,
+    /// `--wait-for-socket`: how long to wait for the proxy to listen before giving
+    /// up. Default [`DEFAULT_WAIT_FOR_SOCKET`]; zero tries once.
+    pub wait_for_socket: Duration,
     /// `--log-format`, `--log-level`.
     pub log: LogSettings,
 }
+
+/// `loadgen --wait-for-socket`'s default: long enough for a proxy started a moment
+/// before to bind its socket.
+pub const DEFAULT_WAIT_FOR_SOCKET: Duration = Duration::from_secs(10);
 
 pub(super) fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
@@ -363,6 +560,10 @@ mod tests {
             },
             Config {
                 max_connections: 0,
+                ..Config::default()
+            },
+            Config {
+                shutdown_timeout: Duration::from_secs(u64::MAX),
                 ..Config::default()
             },
             Config {

@@ -14,6 +14,11 @@ pub const GRPC_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// The largest ring the proxy will allocate: 2^24 slots.
 pub const MAX_RING_CAPACITY: usize = 1 << 24;
 
+/// The longest duration any flag takes: far beyond any sensible setting, and far
+/// from where adding it to a clock reading could overflow (a 500000000000y shutdown
+/// timeout made the process panic at SIGTERM).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// The longest Unix socket path the kernel takes (`sun_path` less its NUL).
 pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 
@@ -39,10 +44,24 @@ pub mod takes {
     pub const BATCH_MAX_BYTES: &str =
         "a byte count from 1 to 4194303 (below gRPC's 4 MiB message limit)";
     /// Durations that may be zero.
-    pub const DURATION: &str = "a duration with a unit, such as 0s, 250ms, 5s or 2m";
+    pub const DURATION: &str = "a duration with a unit, such as 0s, 250ms, 5s or 2m, at most 365d";
+    /// Durations that may be zero, given a negative value.
+    pub const NEGATIVE_DURATION: &str =
+        "a duration of zero or more with a unit, such as 0s, 250ms, 5s or 2m, at most 365d; a negative duration is not allowed";
     /// Durations that must be above zero.
     pub const POSITIVE_DURATION: &str =
-        "a duration above zero with a unit, such as 250ms, 5s or 2m";
+        "a duration above zero with a unit, such as 250ms, 5s or 2m, at most 365d";
+    /// Durations that must be above zero, given a negative value.
+    pub const NEGATIVE_POSITIVE_DURATION: &str =
+        "a duration above zero with a unit, such as 250ms, 5s or 2m, at most 365d; a negative duration is not allowed";
+    /// `--auth-token` and other tokens sent as a request header.
+    pub const TOKEN: &str =
+        "a token of visible ASCII characters (no spaces, control characters such as a trailing newline, or non-ASCII text)";
+    /// Files the proxy reads at start-up.
+    pub const READABLE_FILE: &str = "the path of a file this user can read";
+    /// Directories the proxy writes in (created when missing).
+    pub const WRITABLE_DIR: &str =
+        "the path of a directory this user can write in, or of one it can create";
     /// `--allow-uid`.
     pub const UID: &str =
         "a numeric user id such as 1000 (repeat the flag, or separate with commas)";
@@ -73,7 +92,7 @@ impl FromStr for CoderdEndpoint {
         let uri: http::Uri = s.parse().map_err(|_| invalid())?;
         let path_is_root = matches!(uri.path(), "" | "/") && uri.query().is_none();
         match (uri.scheme_str(), uri.authority()) {
-            (Some("http"), Some(authority)) if !authority.host().is_empty() && path_is_root => {
+            (Some("http"), Some(authority)) if is_host_and_port(authority) && path_is_root => {
                 Ok(Self::Http(uri))
             }
             _ => Err(invalid()),
@@ -118,6 +137,35 @@ impl fmt::Display for ListenAddr {
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
+}
+
+/// `HOST:PORT` and nothing else: no user info, a port from 1 to 65535 (the URI parser
+/// takes `h:`, `h:99999` and `user@h:1`, which would fail only at the first call).
+fn is_host_and_port(authority: &http::uri::Authority) -> bool {
+    let port_ok = authority.port_u16().is_some_and(|port| port != 0);
+    port_ok && !authority.as_str().contains('@') && is_valid_host(authority.host())
+}
+
+/// An IPv4 address, a bracketed IPv6 address, or a DNS name (labels of letters,
+/// digits and inner hyphens, at most 63 bytes each, 253 in all).
+pub fn is_valid_host(host: &str) -> bool {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// `unix:/path`, `unix:relative` or `unix:///path` (the gRPC name forms) without the scheme.
@@ -181,6 +229,57 @@ impl fmt::Display for LogFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// A directory the proxy will write in (and create, with its parents, when missing):
+/// empty, a path whose existing part is not a directory, or a directory this user
+/// cannot write in is a flag error naming the flag.
+pub fn parse_writable_dir(setting: &'static str, s: &str) -> Result<PathBuf, ConfigError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let unusable = |problem: String| ConfigError::Unusable {
+        setting,
+        value: s.to_owned(),
+        takes: takes::WRITABLE_DIR,
+        problem,
+    };
+    if s.is_empty() {
+        return Err(ConfigError::invalid(setting, s, takes::WRITABLE_DIR));
+    }
+    let path = PathBuf::from(s);
+    // The nearest part of the path that exists must be a directory we may write in.
+    let mut existing = path.as_path();
+    let meta = loop {
+        match std::fs::metadata(existing) {
+            Ok(meta) => break meta,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                existing = match existing.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => parent,
+                    _ => std::path::Path::new("."),
+                };
+            }
+            Err(e) => return Err(unusable(format!("{}: {e}", existing.display()))),
+        }
+    };
+    if !meta.is_dir() {
+        return Err(unusable(format!(
+            "{} is not a directory",
+            existing.display()
+        )));
+    }
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_bytes())
+        .map_err(|_| ConfigError::invalid(setting, s, takes::WRITABLE_DIR))?;
+    // SAFETY: access(2) reads the NUL-terminated path and nothing else.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(unusable(format!(
+            "cannot write in {}: {e}",
+            existing.display()
+        )));
+    }
+    Ok(path)
 }
 
 // ---- checks shared by the CLI parsers and `Config::validate` ----
@@ -250,6 +349,19 @@ pub(super) fn check_positive(setting: &'static str, n: u64) -> Result<u64, Confi
         Ok(n)
     } else {
         Err(ConfigError::invalid(setting, n, takes::POSITIVE))
+    }
+}
+
+/// Any duration setting: at most [`MAX_DURATION`].
+pub(super) fn check_duration(setting: &'static str, d: Duration) -> Result<Duration, ConfigError> {
+    if d <= MAX_DURATION {
+        Ok(d)
+    } else {
+        Err(ConfigError::invalid(
+            setting,
+            format_duration(d),
+            takes::DURATION,
+        ))
     }
 }
 
@@ -328,18 +440,101 @@ pub fn parse_uid(s: &str) -> Result<u32, ConfigError> {
         .ok_or_else(|| ConfigError::invalid("--allow-uid", s, takes::UID))
 }
 
+/// `-1s`, `- 5m`: a sign the duration parser would only call "invalid".
+fn is_negative(s: &str) -> bool {
+    s.trim_start().starts_with('-')
+}
+
 /// A duration with a unit; zero allowed.
 pub fn parse_duration(setting: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    if is_negative(s) {
+        return Err(ConfigError::invalid(setting, s, takes::NEGATIVE_DURATION));
+    }
     humantime::parse_duration(s.trim())
-        .map_err(|_| ConfigError::invalid(setting, s, takes::DURATION))
+        .ok()
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| ConfigError::invalid(setting, s, takes::DURATION))
 }
 
 /// A duration with a unit, above zero.
 pub fn parse_positive_duration(setting: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    if is_negative(s) {
+        return Err(ConfigError::invalid(
+            setting,
+            s,
+            takes::NEGATIVE_POSITIVE_DURATION,
+        ));
+    }
     humantime::parse_duration(s.trim())
         .ok()
-        .filter(|d| !d.is_zero())
+        .filter(|d| !d.is_zero() && *d <= MAX_DURATION)
         .ok_or_else(|| ConfigError::invalid(setting, s, takes::POSITIVE_DURATION))
+}
+
+/// What is wrong with a token, without showing it: `None` when it is one or more
+/// visible ASCII characters (`0x21..=0x7e`), what HTTP/2 and gRPC carry in a header
+/// value unchanged.
+pub fn token_problem(token: &str) -> Option<String> {
+    if token.is_empty() {
+        return Some("this one is empty".to_owned());
+    }
+    let (at, byte) = token
+        .bytes()
+        .enumerate()
+        .find(|&(_, b)| !(0x21..=0x7e).contains(&b))?;
+    let what = match byte {
+        b'\n' => "a newline (0x0a)".to_owned(),
+        b'\r' => "a carriage return (0x0d)".to_owned(),
+        b'\t' => "a tab (0x09)".to_owned(),
+        b' ' => "a space".to_owned(),
+        0x80.. => "a non-ASCII character".to_owned(),
+        control => format!("a control character (0x{control:02x})"),
+    };
+    let place = if at + 1 == token.len() {
+        "at its end".to_owned()
+    } else {
+        format!("at byte {} of {}", at + 1, token.len())
+    };
+    Some(format!("this one has {what} {place}"))
+}
+
+/// A token sent as a request header (`--auth-token`); the error never shows it.
+pub fn check_token(setting: &'static str, token: &str) -> Result<(), ConfigError> {
+    match token_problem(token) {
+        None => Ok(()),
+        Some(problem) => Err(ConfigError::Secret {
+            setting,
+            takes: takes::TOKEN,
+            problem,
+        }),
+    }
+}
+
+/// A token given as a flag's value.
+pub fn parse_token(setting: &'static str, s: &str) -> Result<String, ConfigError> {
+    check_token(setting, s)?;
+    Ok(s.to_owned())
+}
+
+/// A file that must be readable when the proxy starts: opening it is the check, so
+/// a missing file, a directory or a permission problem is a flag error naming the flag.
+pub fn parse_readable_file(setting: &'static str, s: &str) -> Result<PathBuf, ConfigError> {
+    let path = PathBuf::from(s);
+    let unusable = |problem: String| ConfigError::Unusable {
+        setting,
+        value: s.to_owned(),
+        takes: takes::READABLE_FILE,
+        problem,
+    };
+    if s.is_empty() {
+        return Err(ConfigError::invalid(setting, s, takes::READABLE_FILE));
+    }
+    let file = std::fs::File::open(&path).map_err(|e| unusable(format!("cannot open it: {e}")))?;
+    match file.metadata() {
+        Ok(meta) if meta.is_dir() => Err(unusable("it is a directory".to_owned())),
+        Ok(_) => Ok(path),
+        Err(e) => Err(unusable(format!("cannot read it: {e}"))),
+    }
 }
 
 /// `--metrics-addr`: `IP:PORT` or `localhost:PORT`.
@@ -417,6 +612,9 @@ mod tests {
         assert!(parse_duration("--x", "5").is_err());
         assert!(parse_duration("--x", "soon").is_err());
         assert!(parse_positive_duration("--x", "0s").is_err());
+        assert_eq!(parse_duration("--x", "365d"), Ok(MAX_DURATION));
+        assert!(parse_duration("--x", "366d").is_err());
+        assert!(parse_positive_duration("--x", "500000000000y").is_err());
         assert_eq!(
             parse_positive_duration("--x", "10s"),
             Ok(Duration::from_secs(10))
@@ -442,8 +640,24 @@ mod tests {
             "unix:",
             "http://h:1/api",
             "ftp://h:1",
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:0",
+            "http://127.0.0.1:",
+            "http://127.0.0.1",
+            "http://user@127.0.0.1:1",
+            "http://-bad-:1",
+            "http://a..b:1",
+            "http://[::1:1",
+            "http://[zz]:1",
         ] {
             assert!(s.parse::<CoderdEndpoint>().is_err(), "{s} accepted");
+        }
+        for s in [
+            "http://[::1]:3000",
+            "http://coder.internal:3000",
+            "http://localhost:1",
+        ] {
+            assert!(s.parse::<CoderdEndpoint>().is_ok(), "{s} refused");
         }
     }
 
@@ -464,6 +678,47 @@ mod tests {
             ":9100",
         ] {
             assert!(parse_metrics_addr(s).is_err(), "{s} accepted");
+        }
+    }
+
+    #[test]
+    fn writable_dirs_and_readable_files_are_checked_where_they_are_named() {
+        let dir = std::env::temp_dir().join(format!("blp-values-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "t").unwrap();
+        let (dir_s, file_s) = (dir.to_str().unwrap(), file.to_str().unwrap());
+
+        assert!(parse_writable_dir("--d", dir_s).is_ok());
+        let missing = format!("{dir_s}/not/yet/there");
+        assert!(parse_writable_dir("--d", &missing).is_ok(), "created later");
+        assert!(parse_writable_dir("--d", "").is_err());
+        let err = parse_writable_dir("--d", &format!("{file_s}/sub")).unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+
+        assert_eq!(parse_readable_file("--f", file_s), Ok(file.clone()));
+        let err = parse_readable_file("--f", &format!("{dir_s}/absent")).unwrap_err();
+        assert!(err.to_string().contains("cannot open it"), "{err}");
+        let err = parse_readable_file("--f", dir_s).unwrap_err();
+        assert!(err.to_string().contains("directory"), "{err}");
+        assert!(parse_readable_file("--f", "").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tokens_are_visible_ascii_and_the_problem_never_quotes_them() {
+        assert_eq!(token_problem("s3cret-Tok.en_~!"), None);
+        for (token, says) in [
+            ("", "empty"),
+            ("s3cret\n", "a newline (0x0a) at its end"),
+            ("s3 cret", "a space at byte 3 of 7"),
+            ("s3cr\u{e9}t", "a non-ASCII character"),
+            ("s3\x7fx", "a control character (0x7f)"),
+            ("s3\tx", "a tab"),
+        ] {
+            let problem = token_problem(token).unwrap_or_default();
+            assert!(problem.contains(says), "{token:?}: {problem}");
+            assert!(!problem.contains("s3"), "{problem}");
         }
     }
 

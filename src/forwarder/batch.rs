@@ -1,24 +1,41 @@
 //! Coalescing: merges drained frames into as few requests as the limits allow,
 //! only frames of the same session and process, keeping each connection's order.
+//! A frame over a limit on its own is cut at log boundaries into parts that fit.
+//! Limits hold for the whole encoded request, session id and process name included.
 
 use std::hash::{Hash, Hasher};
+use std::ops::Range;
 
 use bytes::{BufMut, BytesMut};
 
 use crate::intake::QueuedFrame;
 use crate::reporter::EncodedRequest;
 
-/// Field 2 (`session_id`) and field 3 (`confined_process_name`), wire type 2.
+/// Field 1 (`logs`), field 2 (`session_id`) and field 3 (`confined_process_name`),
+/// wire type 2.
+pub(super) const LOGS_KEY: u8 = (1 << 3) | 2;
 const SESSION_ID_KEY: u8 = (2 << 3) | 2;
 const PROCESS_NAME_KEY: u8 = (3 << 3) | 2;
 
-/// Per-request limits.
-#[derive(Debug, Clone, Copy)]
+/// Per-request limits, both on the encoded request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Most logs in one request.
     pub max_logs: usize,
-    /// Most encoded bytes in one request (frames over it alone still go, one a request).
+    /// Most encoded bytes in one request: log records, session id and process name.
+    /// Only a request of a single log may be over it (when that log with its session
+    /// id and process name is); it is never over one frame (32 KiB).
     pub max_bytes: usize,
+}
+
+impl Limits {
+    /// The tighter of the two, limit by limit.
+    pub fn min(self, other: Limits) -> Limits {
+        Limits {
+            max_logs: self.max_logs.min(other.max_logs),
+            max_bytes: self.max_bytes.min(other.max_bytes),
+        }
+    }
 }
 
 /// A request ready to deliver and what orders it against the others.
@@ -26,6 +43,12 @@ pub struct Limits {
 pub struct Outgoing {
     pub request: EncodedRequest,
     pub order: OrderKey,
+    /// Where received frames end inside the request: for each frame whose last log
+    /// it carries, the number of the request's logs up to and including that log
+    /// (ascending). Its length is `request.frames`. A frame cut across requests is
+    /// counted (forwarded or dropped) with the request carrying its last log; the
+    /// others carry its logs but not the frame.
+    pub frame_ends: Vec<u32>,
 }
 
 /// What a request's logs must stay in order with: two requests may be in flight at
@@ -50,10 +73,24 @@ impl OrderKey {
     }
 }
 
-/// One request under construction: indices of its frames and its running totals.
-struct Group {
-    frames: Vec<usize>,
+/// A run of one frame's log records: all of them, or one part of a frame cut
+/// because it was over a limit on its own.
+#[derive(Debug, Clone)]
+struct Piece {
+    /// Index of the frame in the drained slice.
+    frame: usize,
+    /// Byte range of the records in the frame's `encoded_logs`.
+    records: Range<usize>,
     logs: usize,
+    /// Whether it holds the frame's last log.
+    ends_frame: bool,
+}
+
+/// One request under construction: its pieces and its running totals.
+struct Group {
+    pieces: Vec<Piece>,
+    logs: usize,
+    /// Bytes of log records (the session id and process name come on top).
     bytes: usize,
     /// False once the group may take no more frames (limit reached, or a later
     /// group already holds a frame of a connection that would join it).
@@ -64,89 +101,183 @@ struct Group {
 ///
 /// A frame joins the newest open group of its session and process unless that
 /// would put it ahead of an earlier frame of its own connection, or overflow the
-/// limits; then it starts a new group. Groups are emitted in creation order, so
-/// every connection's logs reach the reporter in the order it sent them.
+/// limits; then it starts a new group. A frame over a limit by itself is first cut
+/// at log boundaries into parts that fit, which join groups in order like frames.
+/// Groups are emitted in creation order, so every connection's logs reach the
+/// reporter in the order it sent them.
 pub fn coalesce(frames: &[QueuedFrame], limits: Limits, out: &mut Vec<Outgoing>) {
-    let mut groups: Vec<Group> = Vec::new();
-    // Newest group of each connection seen so far in this drain: (conn, group index).
-    let mut conn_group: Vec<(u32, usize)> = Vec::new();
-
+    let mut groups = Groups {
+        frames,
+        limits,
+        groups: Vec::new(),
+        conn_group: Vec::new(),
+    };
     for (i, queued) in frames.iter().enumerate() {
         let frame = &queued.frame;
-        let logs = frame.log_count() as usize;
-        let bytes = frame.encoded_logs().len();
-        let floor = conn_group
+        let (session, process) = frame.request_key();
+        let trailer = trailer_len(session, process);
+        let records = frame.encoded_logs();
+        let count = frame.log_count() as usize;
+        if count <= limits.max_logs && trailer + records.len() <= limits.max_bytes {
+            groups.place(Piece {
+                frame: i,
+                records: 0..records.len(),
+                logs: count,
+                ends_frame: true,
+            });
+            continue;
+        }
+        // Over a limit alone: cut before the record that would overflow a part.
+        let (mut start, mut at, mut logs) = (0, 0, 0);
+        while at < records.len() {
+            let len = first_record_len(&records[at..]);
+            if logs > 0
+                && (logs >= limits.max_logs || trailer + (at + len - start) > limits.max_bytes)
+            {
+                groups.place(Piece {
+                    frame: i,
+                    records: start..at,
+                    logs,
+                    ends_frame: false,
+                });
+                (start, logs) = (at, 0);
+            }
+            at += len;
+            logs += 1;
+        }
+        groups.place(Piece {
+            frame: i,
+            records: start..at,
+            logs,
+            ends_frame: true,
+        });
+    }
+    out.extend(groups.groups.iter().map(|g| encode(frames, g)));
+}
+
+/// The groups of one drain and the newest group of each connection seen so far.
+struct Groups<'a> {
+    frames: &'a [QueuedFrame],
+    limits: Limits,
+    groups: Vec<Group>,
+    /// (conn, group index).
+    conn_group: Vec<(u32, usize)>,
+}
+
+impl Groups<'_> {
+    fn place(&mut self, piece: Piece) {
+        let frames = self.frames;
+        let queued = &frames[piece.frame];
+        let key = queued.frame.request_key();
+        let trailer = trailer_len(key.0, key.1);
+        let bytes = piece.records.len();
+        let floor = self
+            .conn_group
             .iter()
             .find(|(c, _)| *c == queued.conn)
             .map(|&(_, g)| g);
-        let key = frame.request_key();
-        let joinable = groups
+        let joinable = self
+            .groups
             .iter()
-            .rposition(|g| g.open && frames[g.frames[0]].frame.request_key() == key);
+            .rposition(|g| g.open && frames[g.pieces[0].frame].frame.request_key() == key);
         let target = match joinable {
             Some(g)
                 if floor.is_none_or(|f| f <= g)
-                    && groups[g].logs + logs <= limits.max_logs
-                    && groups[g].bytes + bytes <= limits.max_bytes =>
+                    && self.groups[g].logs + piece.logs <= self.limits.max_logs
+                    && trailer + self.groups[g].bytes + bytes <= self.limits.max_bytes =>
             {
                 g
             }
             other => {
                 if let Some(g) = other {
-                    groups[g].open = false;
+                    self.groups[g].open = false;
                 }
-                groups.push(Group {
-                    frames: Vec::new(),
+                self.groups.push(Group {
+                    pieces: Vec::new(),
                     logs: 0,
                     bytes: 0,
                     open: true,
                 });
-                groups.len() - 1
+                self.groups.len() - 1
             }
         };
-        let group = &mut groups[target];
-        group.frames.push(i);
-        group.logs += logs;
+        let conn = queued.conn;
+        let group = &mut self.groups[target];
+        group.logs += piece.logs;
         group.bytes += bytes;
-        match conn_group.iter_mut().find(|(c, _)| *c == queued.conn) {
+        group.pieces.push(piece);
+        match self.conn_group.iter_mut().find(|(c, _)| *c == conn) {
             Some(entry) => entry.1 = target,
-            None => conn_group.push((queued.conn, target)),
+            None => self.conn_group.push((conn, target)),
         }
     }
-
-    out.extend(groups.iter().map(|g| encode(frames, g)));
 }
 
-/// Writes one request: every frame's log records, then the shared session id and
+/// Writes one request: every piece's log records, then the shared session id and
 /// process name once.
 fn encode(frames: &[QueuedFrame], group: &Group) -> Outgoing {
-    let (session, process) = frames[group.frames[0]].frame.request_key();
-    let mut conns: Vec<u32> = group.frames.iter().map(|&i| frames[i].conn).collect();
+    let (session, process) = frames[group.pieces[0].frame].frame.request_key();
+    let mut conns: Vec<u32> = group.pieces.iter().map(|p| frames[p.frame].conn).collect();
     conns.sort_unstable();
     conns.dedup();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (session, process).hash(&mut hasher);
-    let mut buf = BytesMut::with_capacity(group.bytes + session.len() + process.len() + 12);
-    for &i in &group.frames {
-        buf.put_slice(frames[i].frame.encoded_logs());
+    let mut buf = BytesMut::with_capacity(group.bytes + trailer_len(session, process));
+    let mut frame_ends = Vec::new();
+    let mut logs = 0u32;
+    for piece in &group.pieces {
+        buf.put_slice(&frames[piece.frame].frame.encoded_logs()[piece.records.clone()]);
+        logs += piece.logs as u32;
+        if piece.ends_frame {
+            frame_ends.push(logs);
+        }
     }
     put_string_field(&mut buf, SESSION_ID_KEY, session);
     put_string_field(&mut buf, PROCESS_NAME_KEY, process);
     Outgoing {
         request: EncodedRequest {
             bytes: buf.freeze(),
-            logs: group.logs as u32,
-            frames: group.frames.len() as u32,
+            logs,
+            frames: frame_ends.len() as u32,
         },
         order: OrderKey {
             conns,
             session: hasher.finish(),
         },
+        frame_ends,
+    }
+}
+
+/// Encoded bytes of the session id and process name fields (omitted when empty).
+pub(super) fn trailer_len(session: &[u8], process: &[u8]) -> usize {
+    let field = |value: &[u8]| {
+        if value.is_empty() {
+            0
+        } else {
+            1 + prost::encoding::encoded_len_varint(value.len() as u64) + value.len()
+        }
+    };
+    field(session) + field(process)
+}
+
+/// Bytes of the first `logs` record (key, length, body) at the start of `records`,
+/// which hold whole records as the codec validated them (a malformed rest counts
+/// as one record, so a caller walking records always ends).
+pub(super) fn first_record_len(records: &[u8]) -> usize {
+    let Some(mut rest) = records.get(1..) else {
+        return records.len();
+    };
+    let before = rest.len();
+    match prost::encoding::decode_varint(&mut rest) {
+        Ok(body) => (1 + before - rest.len())
+            .saturating_add(usize::try_from(body).unwrap_or(usize::MAX))
+            .min(records.len()),
+        Err(_) => records.len(),
     }
 }
 
 /// Appends a length-delimited field; proto3 omits empty strings.
-fn put_string_field(buf: &mut BytesMut, key: u8, value: &[u8]) {
+pub(super) fn put_string_field(buf: &mut BytesMut, key: u8, value: &[u8]) {
     if value.is_empty() {
         return;
     }
@@ -161,6 +292,7 @@ mod tests {
     use crate::codec::LogFrame;
     use crate::proto::agent::ReportBoundaryLogsRequest;
     use crate::workload;
+    use prost::Message as _;
 
     const LIMITS: Limits = Limits {
         max_logs: 1000,
@@ -260,5 +392,156 @@ mod tests {
             "same session and connection"
         );
         assert_eq!(decode(&out[1]).logs[0].sequence_number, 6);
+    }
+
+    /// A frame of `logs` logs carrying only their sequence numbers (5 bytes a record),
+    /// so that thousands fit in one frame.
+    fn tiny_logs(session: &str, first_seq: i32, logs: usize, conn: u32) -> QueuedFrame {
+        let request = ReportBoundaryLogsRequest {
+            logs: (0..logs)
+                .map(|i| crate::proto::agent::BoundaryLog {
+                    sequence_number: first_seq + 1000 + i as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            session_id: session.to_owned(),
+            confined_process_name: "codex".to_owned(),
+        };
+        QueuedFrame {
+            frame: LogFrame::from_request(&request).unwrap(),
+            conn,
+        }
+    }
+
+    fn seqs(out: &[Outgoing]) -> Vec<i32> {
+        out.iter()
+            .flat_map(|o| decode(o).logs)
+            .map(|l| l.sequence_number)
+            .collect()
+    }
+
+    #[test]
+    fn max_bytes_counts_the_session_id_and_process_name() {
+        // Long session id and process name, as in a hostile client's frames: the
+        // requests must stay within max_bytes once they are added.
+        let session = "s".repeat(12_000);
+        let process = "p".repeat(4_000);
+        let frames: Vec<QueuedFrame> = (0..40)
+            .map(|i| {
+                let mut request = workload::request(&session, &process, i * 60, 60);
+                while request.encoded_len() > crate::codec::MAX_PAYLOAD_LEN {
+                    request.logs.pop();
+                }
+                QueuedFrame {
+                    frame: LogFrame::from_request(&request).unwrap(),
+                    conn: 1,
+                }
+            })
+            .collect();
+        let limits = Limits {
+            max_logs: 100_000,
+            max_bytes: 100_000,
+        };
+        let mut out = Vec::new();
+        coalesce(&frames, limits, &mut out);
+        for o in &out {
+            assert!(
+                o.request.bytes.len() <= limits.max_bytes,
+                "a request of {} bytes is over {}",
+                o.request.bytes.len(),
+                limits.max_bytes
+            );
+            let decoded = decode(o);
+            assert_eq!(
+                (
+                    decoded.session_id.len(),
+                    decoded.confined_process_name.len()
+                ),
+                (12_000, 4_000)
+            );
+        }
+        let sent: usize = frames.iter().map(|f| f.frame.log_count() as usize).sum();
+        assert_eq!(
+            out.iter().map(|o| o.request.logs as usize).sum::<usize>(),
+            sent
+        );
+        assert_eq!(out.iter().map(|o| o.request.frames).sum::<u32>(), 40);
+        assert!(
+            out.len() < 40,
+            "frames still coalesce: {} requests",
+            out.len()
+        );
+    }
+
+    #[test]
+    fn a_frame_over_max_logs_is_cut_at_log_boundaries_in_order() {
+        let frames = [tiny_logs("s1", 0, 5000, 1)];
+        let limits = Limits {
+            max_logs: 100,
+            ..LIMITS
+        };
+        let mut out = Vec::new();
+        coalesce(&frames, limits, &mut out);
+        assert_eq!(out.len(), 50);
+        assert!(out.iter().all(|o| o.request.logs == 100));
+        assert_eq!(seqs(&out), (1000..6000).collect::<Vec<_>>());
+        // The frame counts once, with the part carrying its last log.
+        let frames_per_request: Vec<u32> = out.iter().map(|o| o.request.frames).collect();
+        assert_eq!(frames_per_request.iter().sum::<u32>(), 1);
+        assert_eq!(out[49].frame_ends, [100]);
+        assert!(out[..49].iter().all(|o| o.frame_ends.is_empty()));
+        assert!(out[0].order.conflicts(&out[1].order));
+    }
+
+    #[test]
+    fn a_frame_over_max_bytes_is_cut_into_parts_within_it() {
+        let frame = queued("s1", "codex", 0, 100, 1);
+        let total = frame.frame.encoded_request().len();
+        let limits = Limits {
+            max_logs: 1000,
+            max_bytes: total / 3,
+        };
+        let mut out = Vec::new();
+        coalesce(&[frame], limits, &mut out);
+        assert!(out.len() >= 3, "{} parts", out.len());
+        for o in &out {
+            assert!(o.request.bytes.len() <= limits.max_bytes);
+            assert_eq!(decode(o).session_id, "s1");
+        }
+        assert_eq!(seqs(&out), (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_single_log_over_max_bytes_still_goes_alone() {
+        let frame = queued("s1", "codex", 0, 3, 1);
+        let limits = Limits {
+            max_logs: 1000,
+            max_bytes: 10,
+        };
+        let mut out = Vec::new();
+        coalesce(&[frame], limits, &mut out);
+        assert_eq!(
+            out.iter().map(|o| o.request.logs).collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
+        assert_eq!(seqs(&out), [0, 1, 2]);
+    }
+
+    #[test]
+    fn the_tail_of_a_cut_frame_coalesces_with_the_next_frame_and_counts_both() {
+        let frames = [tiny_logs("s1", 0, 250, 1), tiny_logs("s1", 250, 30, 1)];
+        let limits = Limits {
+            max_logs: 100,
+            ..LIMITS
+        };
+        let mut out = Vec::new();
+        coalesce(&frames, limits, &mut out);
+        let shape: Vec<(u32, u32)> = out
+            .iter()
+            .map(|o| (o.request.logs, o.request.frames))
+            .collect();
+        assert_eq!(shape, [(100, 0), (100, 0), (80, 2)]);
+        assert_eq!(out[2].frame_ends, [50, 80]);
+        assert_eq!(seqs(&out), (1000..1280).collect::<Vec<_>>());
     }
 }

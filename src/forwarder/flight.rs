@@ -1,57 +1,192 @@
 //! Delivery: up to [`MAX_IN_FLIGHT`] requests are sent at once, as long as no two
 //! of them share a connection or a session (so every connection's and session's
 //! logs still arrive in order), each retried on its own until delivered or dropped.
+//! A request the destination refuses for its size is split in two at a log boundary
+//! and its parts are sent in order in its place, down to single logs; a request over
+//! the size the destination was found to take is split before it is sent.
 //!
 //! One call at a time left both ends idle in turn: coderd decoding one request
 //! while the proxy waited, the proxy encoding the next while coderd waited.
+//!
+//! With a disk spool the loop has a second mode, spooling: entered when a
+//! request's retries run out on transient errors, or when the destination is
+//! failing while the ring fills (or closes). Then every request in memory is
+//! written to the spool in the order it was taken, every newer one queues behind
+//! them on disk, and the spool's oldest record is replayed one at a time (split to
+//! the limits like any request) until the spool is empty, so each session's order
+//! holds across the outage.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::batch::{OrderKey, Outgoing};
 use super::retry::Backoff;
+use super::split::{self, Learned};
+use super::spooling::{Replay, Spooler};
 use super::ForwarderConfig;
 use crate::events::{
-    ForwardAttemptFailed, ForwardDropReason, ForwardDropped, ForwardSucceeded, InternalEvent,
+    ForwardAttemptFailed, ForwardDropReason, ForwardDropped, ForwardRefusedTooLarge,
+    ForwardSucceeded, InternalEvent, RequestSplit,
 };
+use crate::intake::QueuedFrame;
 use crate::metrics::Metrics;
-use crate::reporter::{grpc::classify, grpc::Failure, EncodedRequest, Reporter};
+use crate::reporter::grpc::{classify, Failure, Oversize};
+use crate::reporter::{EncodedRequest, Reporter};
+use crate::ring::RingHandle;
 
 /// Requests in flight at once at most.
 pub(super) const MAX_IN_FLIGHT: usize = 4;
+/// How often the loop syncs the spool while a spool is on.
+const SPOOL_TICK: Duration = Duration::from_millis(50);
+/// How often the loop looks at the ring's fill while the destination is failing
+/// (a 4096-frame ring fills from half to full in no less than this at 400 k frames/s).
+const BACKLOG_POLL: Duration = Duration::from_millis(5);
 
-/// One delivery: its place in the order requests were taken, the request, and
-/// whether it was delivered or dropped (true) or cancelled (false).
-type Delivery<'a> = Pin<Box<dyn Future<Output = (u64, Outgoing, bool)> + Send + 'a>>;
+/// How a delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Every part delivered or dropped (and counted).
+    Settled,
+    /// Cancelled: the caller keeps what is left.
+    Cancelled,
+    /// Retries ran out on transient errors and a spool can take what is left
+    /// (nothing counted).
+    Exhausted,
+}
+
+/// One delivery: its place in the order requests were taken, what of its request
+/// is left undelivered (in order; empty when settled), and how it ended.
+type Delivery<'a> = Pin<Box<dyn Future<Output = (u64, Vec<Outgoing>, Outcome)> + Send + 'a>>;
+/// One replay of a spooled record: the record, and whether every part of it was
+/// settled (delivered or dropped) with how many of its logs were delivered.
+type ReplayDelivery<'a> = Pin<Box<dyn Future<Output = (Replay, Option<u64>)> + Send + 'a>>;
+
+/// The spool and the ring whose fill decides when the backlog moves to disk.
+pub(super) struct SpoolLink<'s> {
+    pub spooler: &'s mut Spooler,
+    pub ring: &'s RingHandle<QueuedFrame>,
+}
+
+impl SpoolLink<'_> {
+    /// The ring is half full, or closed (shutting down): while the destination
+    /// fails, that is the moment to move the backlog to disk.
+    fn backlog(&self) -> bool {
+        self.ring.len() >= self.ring.capacity() / 2 || self.ring.is_closed()
+    }
+}
+
+/// What every delivery shares.
+struct Ctx<'a, R> {
+    config: &'a ForwarderConfig,
+    learned: &'a Learned,
+    metrics: &'a Metrics,
+    reporter: &'a R,
+    /// Set while the destination's last answer was a transient error.
+    failing: &'a AtomicBool,
+    /// Whether a request whose retries ran out goes to a spool.
+    spooled: bool,
+}
+
+impl<R> Clone for Ctx<'_, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for Ctx<'_, R> {}
 
 /// Delivers `pending`, then what arrives on `rx`, until `cancel` fires or `rx` is
-/// closed and everything taken is settled. Returns what is left undelivered, in
-/// the order it was built (cancelled deliveries first).
+/// closed and everything taken is settled (or spooled). Returns what is left
+/// undelivered, in the order it was built (cancelled deliveries first).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn deliver_all<R: Reporter>(
     mut pending: VecDeque<Outgoing>,
     rx: &mut mpsc::Receiver<Outgoing>,
     config: &ForwarderConfig,
+    learned: &Learned,
     metrics: &Metrics,
     reporter: &R,
     cancel: &CancellationToken,
+    mut spool: Option<SpoolLink<'_>>,
 ) -> VecDeque<Outgoing> {
+    let failing = AtomicBool::new(false);
+    let ctx = Ctx {
+        config,
+        learned,
+        metrics,
+        reporter,
+        failing: &failing,
+        spooled: spool.is_some(),
+    };
     let mut flights: Vec<Delivery<'_>> = Vec::with_capacity(MAX_IN_FLIGHT);
     // What is in flight, for the conflict check.
     let mut in_flight: Vec<(u64, OrderKey)> = Vec::with_capacity(MAX_IN_FLIGHT);
     let mut next: Option<Outgoing> = None;
-    let mut cancelled: Vec<(u64, Outgoing)> = Vec::new();
+    let mut cancelled: Vec<(u64, Vec<Outgoing>)> = Vec::new();
+    let mut exhausted: Vec<(u64, Vec<Outgoing>)> = Vec::new();
     let mut order = 0u64;
     let mut rx_open = true;
+    // Cancels the direct deliveries when the loop switches to spooling.
+    let mut flight_cancel = cancel.child_token();
+    let mut spooling = spool.as_ref().is_some_and(|s| !s.spooler.is_empty());
+    let mut replaying: Option<ReplayDelivery<'_>> = None;
+    let mut tick = tokio::time::interval(SPOOL_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        if let Some(link) = spool.as_mut() {
+            let failing_backlog = failing.load(Ordering::Relaxed) && link.backlog();
+            if !spooling && (!exhausted.is_empty() || failing_backlog) {
+                // Everything in memory goes to the spool, in the order it was taken.
+                flight_cancel.cancel();
+                let mut to_spool = std::mem::take(&mut exhausted);
+                while !flights.is_empty() {
+                    let (done, left, _) = any(&mut flights).await;
+                    to_spool.push((done, left));
+                }
+                in_flight.clear();
+                to_spool.sort_by_key(|(o, _)| *o);
+                for out in to_spool.into_iter().flat_map(|(_, left)| left) {
+                    link.spooler.append(&out, metrics);
+                }
+                flight_cancel = cancel.child_token();
+                spooling = true;
+            }
+            if spooling {
+                // Newer requests queue behind the spooled ones, on disk.
+                loop {
+                    let out = match next.take().or_else(|| pending.pop_front()) {
+                        Some(out) => out,
+                        None if rx_open => match rx.try_recv() {
+                            Ok(out) => out,
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => {
+                                rx_open = false;
+                                break;
+                            }
+                        },
+                        None => break,
+                    };
+                    link.spooler.append(&out, metrics);
+                }
+                if replaying.is_none() && rx_open && !cancel.is_cancelled() {
+                    match link.spooler.peek(metrics) {
+                        Some(record) => replaying = Some(Box::pin(replay(record, ctx, cancel))),
+                        // Drained: back to delivering directly.
+                        None => spooling = false,
+                    }
+                }
+            }
+        }
         // Start whatever may start: in order, stopping at the first conflict.
-        while flights.len() < MAX_IN_FLIGHT && !cancel.is_cancelled() {
+        while !spooling && flights.len() < MAX_IN_FLIGHT && !cancel.is_cancelled() {
             if next.is_none() {
                 next = pending.pop_front();
             }
@@ -69,40 +204,64 @@ pub(super) async fn deliver_all<R: Reporter>(
             }
             in_flight.push((order, out.order.clone()));
             flights.push(Box::pin(deliver_owned(
-                order, out, config, metrics, reporter, cancel,
+                order,
+                out,
+                ctx,
+                flight_cancel.clone(),
             )));
             order += 1;
         }
-        if flights.is_empty() && next.is_none() && !rx_open {
-            // The drain thread ended (ring closed and empty) and all is settled.
+        let settled = next.is_none() && pending.is_empty() && !rx_open;
+        if settled && (spooling || (flights.is_empty() && exhausted.is_empty())) {
+            // The drain thread ended (ring closed and empty) and all is settled or
+            // on disk; a replay still running is dropped (its record stays spooled).
             break;
         }
-        let room = flights.len() < MAX_IN_FLIGHT && next.is_none() && rx_open;
+        let room = rx_open
+            && next.is_none()
+            && (spooling || (flights.len() < MAX_IN_FLIGHT && exhausted.is_empty()));
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            (done, out, settled) = any(&mut flights), if !flights.is_empty() => {
+            (done, left, outcome) = any(&mut flights), if !flights.is_empty() => {
                 in_flight.retain(|(o, _)| *o != done);
-                if !settled {
-                    cancelled.push((done, out));
+                match outcome {
+                    Outcome::Settled => {}
+                    Outcome::Cancelled => cancelled.push((done, left)),
+                    Outcome::Exhausted => exhausted.push((done, left)),
+                }
+            }
+            (record, settled) = poll_some(&mut replaying), if replaying.is_some() => {
+                replaying = None;
+                if let (Some(link), Some(delivered)) = (spool.as_mut(), settled) {
+                    link.spooler.ack(&record, delivered, metrics);
                 }
             }
             received = rx.recv(), if room => match received {
                 Some(out) => next = Some(out),
                 None => rx_open = false,
             },
+            _ = tick.tick(), if ctx.spooled => {
+                if let Some(link) = spool.as_mut() {
+                    link.spooler.tick();
+                }
+            }
+            _ = tokio::time::sleep(BACKLOG_POLL),
+                if ctx.spooled && !spooling && failing.load(Ordering::Relaxed) => {}
         }
     }
+    drop(replaying);
 
     // Cancelled: every delivery still running sees it and hands its request back.
     while !flights.is_empty() {
-        let (done, out, settled) = any(&mut flights).await;
-        if !settled {
-            cancelled.push((done, out));
+        let (done, left, _) = any(&mut flights).await;
+        if !left.is_empty() {
+            cancelled.push((done, left));
         }
     }
+    cancelled.extend(exhausted);
     cancelled.sort_by_key(|(o, _)| *o);
-    let mut left: VecDeque<Outgoing> = cancelled.into_iter().map(|(_, out)| out).collect();
+    let mut left: VecDeque<Outgoing> = cancelled.into_iter().flat_map(|(_, out)| out).collect();
     left.extend(next);
     left.extend(pending);
     left
@@ -111,7 +270,7 @@ pub(super) async fn deliver_all<R: Reporter>(
 /// Waits for the first of `flights` to finish and removes it.
 fn any<'f, 'a: 'f>(
     flights: &'f mut Vec<Delivery<'a>>,
-) -> impl Future<Output = (u64, Outgoing, bool)> + use<'f, 'a> {
+) -> impl Future<Output = (u64, Vec<Outgoing>, Outcome)> + use<'f, 'a> {
     std::future::poll_fn(move |cx| {
         for i in 0..flights.len() {
             if let Poll::Ready(done) = flights[i].as_mut().poll(cx) {
@@ -123,51 +282,202 @@ fn any<'f, 'a: 'f>(
     })
 }
 
+/// Waits for the future in `slot` (pending forever when there is none).
+fn poll_some<'f, 'a: 'f>(
+    slot: &'f mut Option<ReplayDelivery<'a>>,
+) -> impl Future<Output = (Replay, Option<u64>)> + use<'f, 'a> {
+    std::future::poll_fn(move |cx| match slot.as_mut() {
+        Some(fut) => fut.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
+}
+
 async fn deliver_owned<R: Reporter>(
     order: u64,
     out: Outgoing,
-    config: &ForwarderConfig,
-    metrics: &Metrics,
-    reporter: &R,
-    cancel: &CancellationToken,
-) -> (u64, Outgoing, bool) {
+    ctx: Ctx<'_, R>,
+    cancel: CancellationToken,
+) -> (u64, Vec<Outgoing>, Outcome) {
     let mut rng = fastrand::Rng::new();
-    let settled = deliver(&out.request, config, metrics, reporter, cancel, &mut rng).await;
-    (order, out, settled)
+    let budget = ctx.config.retry_max_elapsed;
+    let (left, outcome, _) = deliver(out, ctx, budget, &cancel, &mut rng).await;
+    (order, left, outcome)
 }
 
-/// Sends one request until it is delivered or dropped (true), or until cancelled
-/// (false: the caller keeps it).
+/// Sends a spooled record (split to the limits like any request) until every part
+/// is delivered or refused for good; transient errors are retried for as long as
+/// it takes, the record being safe on disk meanwhile. Returns the logs delivered,
+/// or `None` when cancelled (the record stays spooled).
+async fn replay<R: Reporter>(
+    record: Replay,
+    ctx: Ctx<'_, R>,
+    cancel: &CancellationToken,
+) -> (Replay, Option<u64>) {
+    let mut rng = fastrand::Rng::new();
+    let out = record.outgoing();
+    let ctx = Ctx {
+        spooled: false,
+        ..ctx
+    };
+    let (_, outcome, delivered) = deliver(out, ctx, Duration::MAX, cancel, &mut rng).await;
+    let settled = (outcome == Outcome::Settled).then_some(delivered);
+    (record, settled)
+}
+
+/// Sends one request, or the parts it is split into, in order, until each is
+/// delivered or dropped, retrying each for `budget`. Returns what is left (in
+/// order; empty when everything was settled), how it ended, and the logs delivered.
 async fn deliver<R: Reporter>(
-    request: &EncodedRequest,
-    config: &ForwarderConfig,
-    metrics: &Metrics,
-    reporter: &R,
+    out: Outgoing,
+    ctx: Ctx<'_, R>,
+    budget: Duration,
     cancel: &CancellationToken,
     rng: &mut fastrand::Rng,
-) -> bool {
-    let mut backoff = Backoff::new(config.retry_max_elapsed);
+) -> (Vec<Outgoing>, Outcome, u64) {
+    let Ctx {
+        learned, metrics, ..
+    } = ctx;
+    let mut delivered = 0u64;
+    // Parts still to send, the next one last.
+    let mut parts = vec![out];
+    while let Some(part) = parts.pop() {
+        if let Some((head, rest)) = split::fit(&part, learned.limits()) {
+            split_event(&part).emit(metrics);
+            parts.push(rest);
+            parts.push(head);
+            continue;
+        }
+        match attempt(&part.request, ctx, budget, cancel, rng).await {
+            Attempt::Delivered => delivered += u64::from(part.request.logs),
+            Attempt::Dropped => {}
+            Attempt::Cancelled => {
+                parts.push(part);
+                parts.reverse();
+                return (parts, Outcome::Cancelled, delivered);
+            }
+            Attempt::Exhausted => {
+                parts.push(part);
+                parts.reverse();
+                return (parts, Outcome::Exhausted, delivered);
+            }
+            Attempt::TooLarge {
+                over,
+                status,
+                latency,
+            } => {
+                let halves = split::halves(&part, over);
+                let limits = match &halves {
+                    Some((a, b)) => learned.lower(split::limit_after_refusal(
+                        &part,
+                        over,
+                        (a, b),
+                        learned.limits(),
+                    )),
+                    None => learned.limits(),
+                };
+                ForwardRefusedTooLarge {
+                    latency,
+                    status: &status,
+                    logs: u64::from(part.request.logs),
+                    bytes: part.request.bytes.len() as u64,
+                    max_logs: limits.max_logs,
+                    max_bytes: limits.max_bytes,
+                }
+                .emit(metrics);
+                match halves {
+                    Some((a, b)) => {
+                        split_event(&part).emit(metrics);
+                        parts.push(b);
+                        parts.push(a);
+                    }
+                    // A single log still too large: nothing smaller can be sent.
+                    None => ForwardDropped {
+                        frames: u64::from(part.request.frames),
+                        logs: u64::from(part.request.logs),
+                        reason: ForwardDropReason::ForwardFailed,
+                    }
+                    .emit(metrics),
+                }
+            }
+        }
+    }
+    (Vec::new(), Outcome::Settled, delivered)
+}
+
+fn split_event(out: &Outgoing) -> RequestSplit {
+    RequestSplit {
+        logs: u64::from(out.request.logs),
+        bytes: out.request.bytes.len() as u64,
+    }
+}
+
+/// How sending one request ended.
+enum Attempt {
+    Delivered,
+    /// Dropped and counted (refused for good, or retries ran out without a spool).
+    Dropped,
+    /// Cancelled: the caller keeps it.
+    Cancelled,
+    /// Retries ran out and a spool can take it; nothing counted.
+    Exhausted,
+    /// Refused for its size; nothing is counted yet (the caller splits it, or drops
+    /// it when it cannot be split).
+    TooLarge {
+        over: Oversize,
+        status: tonic::Status,
+        latency: std::time::Duration,
+    },
+}
+
+/// Sends one request until it is delivered, dropped, refused for its size, out of
+/// retries with a spool to take it, or cancelled.
+async fn attempt<R: Reporter>(
+    request: &EncodedRequest,
+    ctx: Ctx<'_, R>,
+    budget: Duration,
+    cancel: &CancellationToken,
+    rng: &mut fastrand::Rng,
+) -> Attempt {
+    let Ctx {
+        metrics,
+        reporter,
+        failing,
+        ..
+    } = ctx;
+    let mut backoff = Backoff::new(budget);
     loop {
         let started = Instant::now();
         let outcome = tokio::select! {
             biased;
-            _ = cancel.cancelled() => return false,
+            _ = cancel.cancelled() => return Attempt::Cancelled,
             outcome = reporter.report_encoded(request.clone()) => outcome,
         };
         let latency = started.elapsed();
         let status = match outcome {
             Ok(()) => {
+                failing.store(false, Ordering::Relaxed);
                 ForwardSucceeded {
                     frames: u64::from(request.frames),
                     logs: u64::from(request.logs),
                     latency,
                 }
                 .emit(metrics);
-                return true;
+                return Attempt::Delivered;
             }
             Err(status) => status,
         };
-        let retryable = classify(&status) == Failure::Retryable;
+        let failure = classify(&status);
+        if let Failure::TooLarge(over) = failure {
+            return Attempt::TooLarge {
+                over,
+                status,
+                latency,
+            };
+        }
+        let retryable = failure == Failure::Retryable;
+        if retryable {
+            failing.store(true, Ordering::Relaxed);
+        }
         ForwardAttemptFailed {
             retryable,
             latency,
@@ -180,18 +490,291 @@ async fn deliver<R: Reporter>(
             None
         };
         let Some(pause) = pause else {
+            if retryable && ctx.spooled {
+                return Attempt::Exhausted;
+            }
             ForwardDropped {
                 frames: u64::from(request.frames),
                 logs: u64::from(request.logs),
                 reason: ForwardDropReason::ForwardFailed,
             }
             .emit(metrics);
-            return true;
+            return Attempt::Dropped;
         };
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => return false,
+            _ = cancel.cancelled() => return Attempt::Cancelled,
             _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use prometheus::Registry;
+
+    use super::*;
+    use crate::codec::LogFrame;
+    use crate::forwarder::{coalesce, Limits};
+    use crate::intake::QueuedFrame;
+    use crate::metrics::{BatchDropReason, ForwardResult, LogDropReason};
+    use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
+    use crate::workload;
+
+    const WIDE: Limits = Limits {
+        max_logs: 100_000,
+        max_bytes: 4_194_303,
+    };
+
+    /// A destination that refuses what `refuse` says is too large, with that text.
+    struct Picky {
+        refuse: fn(&ReportBoundaryLogsRequest, usize) -> Option<tonic::Status>,
+        accepted: Mutex<Vec<ReportBoundaryLogsRequest>>,
+        refusals: Mutex<u32>,
+    }
+
+    impl Picky {
+        fn new(refuse: fn(&ReportBoundaryLogsRequest, usize) -> Option<tonic::Status>) -> Self {
+            Self {
+                refuse,
+                accepted: Mutex::default(),
+                refusals: Mutex::default(),
+            }
+        }
+
+        fn seqs(&self) -> Vec<i32> {
+            let accepted = self.accepted.lock().unwrap();
+            accepted
+                .iter()
+                .flat_map(|r| r.logs.iter().map(|l| l.sequence_number))
+                .collect()
+        }
+    }
+
+    impl Reporter for Picky {
+        async fn report_boundary_logs(
+            &self,
+            request: ReportBoundaryLogsRequest,
+        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
+            let len = prost::Message::encoded_len(&request);
+            if let Some(status) = (self.refuse)(&request, len) {
+                *self.refusals.lock().unwrap() += 1;
+                return Err(status);
+            }
+            self.accepted.lock().unwrap().push(request);
+            Ok(ReportBoundaryLogsResponse {})
+        }
+    }
+
+    /// tonic's server with a 64 KiB receive limit.
+    fn over_64k(_: &ReportBoundaryLogsRequest, len: usize) -> Option<tonic::Status> {
+        (len > 65_536).then(|| {
+            tonic::Status::out_of_range(format!(
+                "Error, decoded message length too large: found {len} bytes, the limit is: 65536 bytes"
+            ))
+        })
+    }
+
+    /// coderd, but not saying its maximum.
+    fn over_100_logs(request: &ReportBoundaryLogsRequest, _: usize) -> Option<tonic::Status> {
+        (request.logs.len() > 100).then(|| {
+            tonic::Status::unknown(format!("batch size {} exceeds maximum", request.logs.len()))
+        })
+    }
+
+    /// Frames of session s1 on one connection, numbered on from `first_seq`.
+    fn frames(count: i32, logs: usize, first_seq: i32) -> Vec<QueuedFrame> {
+        (0..count)
+            .map(|i| QueuedFrame {
+                frame: LogFrame::from_request(&workload::request(
+                    "s1",
+                    "codex",
+                    first_seq + i * logs as i32,
+                    logs,
+                ))
+                .unwrap(),
+                conn: 1,
+            })
+            .collect()
+    }
+
+    async fn deliver_requests(
+        requests: Vec<Outgoing>,
+        reporter: &Picky,
+        limits: Limits,
+    ) -> (Arc<Metrics>, Learned) {
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let config = ForwarderConfig {
+            limits,
+            linger: Duration::ZERO,
+            retry_max_elapsed: Duration::ZERO,
+        };
+        let learned = Learned::new(limits);
+        let (tx, mut rx) = mpsc::channel(1);
+        drop(tx);
+        let left = deliver_all(
+            requests.into(),
+            &mut rx,
+            &config,
+            &learned,
+            &metrics,
+            reporter,
+            &CancellationToken::new(),
+            None,
+        )
+        .await;
+        assert!(left.is_empty());
+        (metrics, learned)
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_for_its_size_is_split_until_every_log_is_delivered_in_order() {
+        // 40 frames of about 8 KiB coalesced into one request of over 300 KB.
+        let frames = frames(40, 60, 0);
+        let mut requests = Vec::new();
+        coalesce(&frames, WIDE, &mut requests);
+        assert_eq!(requests.len(), 1);
+        let len = requests[0].request.bytes.len();
+        assert!(len > 300_000, "{len} bytes");
+        let reporter = Picky::new(over_64k);
+        let (metrics, learned) = deliver_requests(requests, &reporter, WIDE).await;
+
+        assert_eq!(reporter.seqs(), (0..40 * 60).collect::<Vec<_>>());
+        assert_eq!(metrics.logs_forwarded.get(), 40 * 60);
+        assert_eq!(metrics.batches_forwarded.get(), 40, "frames, each once");
+        assert_eq!(metrics.logs_dropped_for(LogDropReason::ForwardFailed), 0);
+        assert_eq!(learned.limits().max_bytes, 65_536, "the stated limit");
+        assert_eq!(
+            *reporter.refusals.lock().unwrap(),
+            1,
+            "once known, the limit is kept"
+        );
+        assert!(metrics.requests_split.get() >= 4);
+        assert_eq!(
+            metrics.forward_requests_for(ForwardResult::PermanentError),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn later_requests_are_cut_to_the_learned_limit_before_they_are_sent() {
+        let frames = frames(10, 50, 0);
+        let mut requests = Vec::new();
+        coalesce(&frames[..5], WIDE, &mut requests);
+        coalesce(&frames[5..], WIDE, &mut requests);
+        assert_eq!(requests.len(), 2);
+        let reporter = Picky::new(over_100_logs);
+        let (metrics, learned) = deliver_requests(requests, &reporter, WIDE).await;
+
+        assert_eq!(reporter.seqs(), (0..500).collect::<Vec<_>>());
+        // 250 refused (limit now 125), the first 125 refused (limit now 63), then
+        // everything else is cut to 63 logs before it is sent: no more refusals.
+        let refusals = *reporter.refusals.lock().unwrap();
+        assert_eq!(refusals, 2);
+        assert!(learned.limits().max_logs <= 100);
+        let accepted = reporter.accepted.lock().unwrap();
+        assert!(accepted.iter().all(|r| r.logs.len() <= 100));
+        assert_eq!(metrics.batches_forwarded.get(), 10);
+        assert_eq!(metrics.accounting().forwarded, 500);
+    }
+
+    #[tokio::test]
+    async fn a_single_log_still_refused_is_dropped_and_counted_once() {
+        fn over_one_log(request: &ReportBoundaryLogsRequest, _: usize) -> Option<tonic::Status> {
+            request
+                .logs
+                .iter()
+                .any(|l| l.sequence_number == 3)
+                .then(|| {
+                    tonic::Status::resource_exhausted(
+                        "grpc: received message larger than max (9000 vs. 8000)",
+                    )
+                })
+        }
+        let frames = frames(2, 5, 0);
+        let mut requests = Vec::new();
+        coalesce(&frames, WIDE, &mut requests);
+        let reporter = Picky::new(over_one_log);
+        let (metrics, _) = deliver_requests(requests, &reporter, WIDE).await;
+
+        assert_eq!(reporter.seqs(), [0, 1, 2, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(metrics.logs_dropped_for(LogDropReason::ForwardFailed), 1);
+        assert_eq!(metrics.logs_forwarded.get(), 9);
+        // Frame 0 (logs 0..5) lost log 3 but its last log was delivered: forwarded.
+        assert_eq!(metrics.batches_forwarded.get(), 2);
+        assert_eq!(
+            metrics.batches_dropped_for(BatchDropReason::ForwardFailed),
+            0
+        );
+    }
+
+    /// Refuses more than 150 logs (not saying its maximum) and never answers a request
+    /// holding log 150 or later.
+    struct StallsOnTheSecondHalf(Picky);
+
+    impl Reporter for StallsOnTheSecondHalf {
+        async fn report_boundary_logs(
+            &self,
+            request: ReportBoundaryLogsRequest,
+        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
+            if request.logs.len() <= 150 && request.logs[0].sequence_number >= 150 {
+                std::future::pending::<()>().await;
+            }
+            self.0.report_boundary_logs(request).await
+        }
+    }
+
+    #[tokio::test]
+    async fn cancelled_while_split_it_hands_back_the_parts_not_delivered_with_their_frames() {
+        fn over_150_logs(request: &ReportBoundaryLogsRequest, _: usize) -> Option<tonic::Status> {
+            (request.logs.len() > 150).then(|| {
+                tonic::Status::unknown(format!("batch size {} exceeds maximum", request.logs.len()))
+            })
+        }
+        let frames = frames(6, 50, 0);
+        let mut requests = Vec::new();
+        coalesce(&frames, WIDE, &mut requests);
+        let reporter = StallsOnTheSecondHalf(Picky::new(over_150_logs));
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let config = ForwarderConfig {
+            limits: WIDE,
+            linger: Duration::ZERO,
+            retry_max_elapsed: Duration::ZERO,
+        };
+        let learned = Learned::new(WIDE);
+        let cancel = CancellationToken::new();
+        let (_tx, mut rx) = mpsc::channel(1);
+        let deliver = deliver_all(
+            requests.into(),
+            &mut rx,
+            &config,
+            &learned,
+            &metrics,
+            &reporter,
+            &cancel,
+            None,
+        );
+        let stop = async {
+            while metrics.logs_forwarded.get() < 150 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            cancel.cancel();
+        };
+        let (left, ()) = tokio::join!(deliver, stop);
+
+        assert_eq!(reporter.0.seqs(), (0..150).collect::<Vec<_>>());
+        assert_eq!(metrics.batches_forwarded.get(), 3);
+        let left: Vec<Outgoing> = left.into_iter().collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!((left[0].request.logs, left[0].request.frames), (150, 3));
+        assert_eq!(left[0].frame_ends, [50, 100, 150]);
+        assert_eq!(
+            left[0].request.decode().unwrap().logs[0].sequence_number,
+            150
+        );
     }
 }

@@ -4,7 +4,10 @@
 
 mod batch;
 mod flight;
+mod isolate;
 mod retry;
+mod split;
+mod spooling;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use batch::{coalesce, Limits, OrderKey, Outgoing};
+pub use isolate::Isolated;
 pub use retry::Backoff;
+pub use split::Learned;
+pub use spooling::{Replay, Spooler};
 
 use crate::events::{ForwardDropReason, ForwardDropped, InternalEvent, RingOccupancy};
 use crate::intake::QueuedFrame;
@@ -43,10 +49,12 @@ pub struct ForwarderConfig {
     pub retry_max_elapsed: Duration,
 }
 
-/// What outlives one `run`: the ring's consumer and requests not yet delivered.
+/// What outlives one `run`: the ring's consumer, requests not yet delivered, and
+/// the disk spool if there is one.
 pub struct ForwarderState {
     consumer: Consumer<QueuedFrame>,
     pending: VecDeque<Outgoing>,
+    spooler: Option<Spooler>,
 }
 
 /// Errors of the forwarder.
@@ -56,6 +64,8 @@ pub enum ForwarderError {
     Spawn(#[source] std::io::Error),
     #[error("the forwarder's drain thread panicked; buffered logs were lost")]
     DrainPanicked,
+    #[error("the thread running the reporter's calls could not be started: {0}")]
+    CallsThread(#[source] std::io::Error),
 }
 
 impl ForwarderState {
@@ -64,11 +74,37 @@ impl ForwarderState {
         Self {
             consumer,
             pending: VecDeque::new(),
+            spooler: None,
         }
     }
 
-    /// Counts everything still held, in the ring and pending, as dropped at shutdown.
+    /// Adds a disk spool: what cannot be delivered goes there instead of being dropped.
+    pub fn with_spool(mut self, spooler: Spooler) -> Self {
+        self.spooler = Some(spooler);
+        self
+    }
+
+    /// At shutdown: writes everything still held, pending and in the ring, to the
+    /// spool if there is one (what does not fit counts as `spool_full`), else counts
+    /// it as dropped for shutdown.
     pub fn drop_remaining_for_shutdown(&mut self, metrics: &Metrics) {
+        if let Some(spooler) = self.spooler.as_mut() {
+            for out in self.pending.drain(..) {
+                spooler.append(&out, metrics);
+            }
+            let mut frames = Vec::new();
+            while let Some(queued) = self.consumer.pop() {
+                frames.push(queued);
+            }
+            let mut requests = Vec::new();
+            coalesce(&frames, spooler.limits, &mut requests);
+            for out in &requests {
+                spooler.append(out, metrics);
+            }
+            spooler.sync();
+            RingOccupancy { len: 0 }.emit(metrics);
+            return;
+        }
         let mut frames = 0u64;
         let mut logs = 0u64;
         for out in self.pending.drain(..) {
@@ -106,9 +142,12 @@ pub async fn run<R: Reporter>(
     let stop = Arc::new(AtomicBool::new(false));
     let waker = state.consumer.handle();
     let pending = std::mem::take(&mut state.pending);
+    // What this destination takes, learned afresh by each run (it may be a new one).
+    let learned = Arc::new(Learned::new(config.limits));
     let drain = Drain {
         consumer: state.consumer,
         config,
+        learned: learned.clone(),
         metrics: metrics.clone(),
         stop: stop.clone(),
     };
@@ -120,8 +159,14 @@ pub async fn run<R: Reporter>(
         })
         .map_err(ForwarderError::Spawn)?;
 
-    let mut pending =
-        flight::deliver_all(pending, &mut rx, &config, &metrics, reporter, &cancel).await;
+    let spool = state.spooler.as_mut().map(|spooler| flight::SpoolLink {
+        spooler,
+        ring: &waker,
+    });
+    let mut pending = flight::deliver_all(
+        pending, &mut rx, &config, &learned, &metrics, reporter, &cancel, spool,
+    )
+    .await;
 
     // Stop the drain thread, keep what it already built, then what it built last.
     stop.store(true, Ordering::Release);
@@ -132,7 +177,11 @@ pub async fn run<R: Reporter>(
     }
     let (consumer, leftover) = done_rx.await.map_err(|_| ForwarderError::DrainPanicked)?;
     pending.extend(leftover);
-    Ok(ForwarderState { consumer, pending })
+    Ok(ForwarderState {
+        consumer,
+        pending,
+        spooler: state.spooler,
+    })
 }
 
 /// Most bytes one drain pass takes out of the ring, in requests' worth (`max_bytes`).
@@ -165,6 +214,9 @@ fn pass_full(limits: Limits, frames: usize, logs: usize, bytes: usize) -> bool {
 struct Drain {
     consumer: Consumer<QueuedFrame>,
     config: ForwarderConfig,
+    /// The limits requests are built within (the configured ones, or lower once the
+    /// destination refused a request for its size).
+    learned: Arc<Learned>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 }
@@ -206,7 +258,7 @@ impl Drain {
             let full = pass_full(limits, frames.len(), logs, bytes);
             let ring_empty = self.consumer.is_empty();
             if !frames.is_empty() && (full || lingered || stopping || (closed && ring_empty)) {
-                coalesce(&frames, limits, &mut requests);
+                coalesce(&frames, self.learned.limits(), &mut requests);
                 frames.clear();
                 (logs, bytes, first_at) = (0, 0, None);
                 for request in requests.drain(..) {

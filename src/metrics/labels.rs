@@ -42,6 +42,10 @@ label_enum! {
         ForwardFailed => "forward_failed",
         /// Still unsent when the shutdown timeout ran out.
         Shutdown => "shutdown",
+        /// Found damaged in the disk spool (exported only with `--spool-dir`).
+        SpoolCorrupt => "spool_corrupt",
+        /// The disk spool was at `--spool-max-bytes` (exported only with `--spool-dir`).
+        SpoolFull => "spool_full",
     }
 }
 
@@ -58,7 +62,21 @@ label_enum! {
         BoundaryBatchFull => "boundary_batch_full",
         /// Still unsent when the shutdown timeout ran out.
         Shutdown => "shutdown",
+        /// Found damaged in the disk spool (exported only with `--spool-dir`).
+        SpoolCorrupt => "spool_corrupt",
+        /// The disk spool was at `--spool-max-bytes` (exported only with `--spool-dir`).
+        SpoolFull => "spool_full",
     }
+}
+
+impl BatchDropReason {
+    /// The reasons only a spool can cause, exported once one is configured.
+    pub const SPOOL: &'static [Self] = &[Self::SpoolCorrupt, Self::SpoolFull];
+}
+
+impl LogDropReason {
+    /// The reasons only a spool can cause, exported once one is configured.
+    pub const SPOOL: &'static [Self] = &[Self::SpoolCorrupt, Self::SpoolFull];
 }
 
 label_enum! {
@@ -74,6 +92,10 @@ label_enum! {
         UnknownVariant => "unknown_variant",
         /// Stream ended inside a frame.
         Truncated => "truncated",
+        /// A request (TagV1, or TagV2 logs) with no logs: nothing to forward, no call made.
+        Empty => "empty",
+        /// A `BoundaryStatus` with a count that is negative or over 2^53.
+        BadStatus => "bad_status",
     }
 }
 
@@ -108,5 +130,20 @@ impl From<&CodecError> for FrameRejectReason {
             CodecError::Decode(_) => Self::DecodeError,
             CodecError::UnknownVariant => Self::UnknownVariant,
         }
+    }
+}
+
+label_enum! {
+    /// `result` of `coderd_connects_total`: how a connection attempt to coderd's Agent API
+    /// (buildinfo, websocket upgrade, yamux) ended.
+    CoderdConnectResult {
+        /// Connected.
+        Ok => "ok",
+        /// coderd answered an HTTP error (a wrong token: 401).
+        HttpError => "http_error",
+        /// coderd is older than v2.31.0 and `--coder-allow-agent-role` is not set.
+        RefusedVersion => "refused_version",
+        /// TCP, TLS, a timeout, or a broken upgrade.
+        NetworkError => "network_error",
     }
 }

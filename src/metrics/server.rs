@@ -1,5 +1,6 @@
 //! The metrics HTTP server: `GET /metrics` (Prometheus text) and `GET /healthz`
-//! (`ok`, or 503 `draining` once shutdown has begun) over HTTP/1.1.
+//! (`ok`, or 503 `draining` once shutdown has begun, or 503 `socket lost` while the
+//! socket path is not served) over HTTP/1.1.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,6 +43,8 @@ pub enum MetricsServerError {
 #[derive(Debug, Default)]
 pub struct Health {
     draining: AtomicBool,
+    /// The proxy's `socket_bound` gauge, once [`Health::watch_socket`] gave it.
+    socket_bound: std::sync::OnceLock<prometheus::IntGauge>,
 }
 
 impl Health {
@@ -58,6 +61,19 @@ impl Health {
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// From now on `/healthz` answers 503 `socket lost` while `socket_bound` is 0
+    /// (the socket file was deleted or replaced and the path is not served).
+    pub fn watch_socket(&self, socket_bound: prometheus::IntGauge) {
+        let _ = self.socket_bound.set(socket_bound);
+    }
+
+    /// Whether the socket path is known not to be served.
+    pub fn is_socket_lost(&self) -> bool {
+        self.socket_bound
+            .get()
+            .is_some_and(|bound| bound.get() == 0)
     }
 }
 
@@ -149,6 +165,10 @@ fn respond<B>(request: &Request<B>, registry: &Registry, health: &Health) -> Res
     match path {
         "/metrics" => metrics_response(registry),
         _ if health.is_draining() => plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        _ if health.is_socket_lost() => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "socket lost: the socket file was deleted or replaced; waiting for the path to be free\n",
+        ),
         _ => plain(StatusCode::OK, "ok\n"),
     }
 }
@@ -197,6 +217,20 @@ mod tests {
         assert_eq!(respond(&get("/healthz"), &registry, &health).status(), 200);
         health.set_draining();
         assert_eq!(respond(&get("/healthz"), &registry, &health).status(), 503);
+    }
+
+    #[test]
+    fn healthz_turns_503_while_the_socket_is_lost() {
+        let registry = Registry::new();
+        let health = Health::new();
+        let bound = prometheus::IntGauge::new("bound", "test").unwrap();
+        bound.set(1);
+        health.watch_socket(bound.clone());
+        assert_eq!(respond(&get("/healthz"), &registry, &health).status(), 200);
+        bound.set(0);
+        assert_eq!(respond(&get("/healthz"), &registry, &health).status(), 503);
+        bound.set(1);
+        assert_eq!(respond(&get("/healthz"), &registry, &health).status(), 200);
     }
 
     #[test]

@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::policy::Admission;
 use super::reads::{admit_and_read, drain_queued, drain_waiting, read_waiting, Read, SCRATCH_LEN};
 use super::sys;
-use super::{spawn_worker, CloseCause, ConnectionHandler, ReaderError, StartArgs, Started, Stop};
+use super::{
+    spawn_worker, CloseCause, ConnectionHandler, Listeners, ReaderError, StartArgs, Started, Stop,
+};
 
 /// Reads of a full scratch buffer before a busy connection lets others run.
 const READS_PER_WAKE: usize = 4;
@@ -57,9 +59,15 @@ pub(crate) fn start<H: ConnectionHandler>(args: &StartArgs<H>) -> Result<Started
             token: token.clone(),
             live: AtomicUsize::new(0),
             all_closed: Notify::new(),
+            listeners: args.listeners.clone(),
+            rebind: Notify::new(),
         });
         let cancel = token.clone();
         let wake = Box::new(move || cancel.cancel());
+        let rebind = {
+            let shared = shared.clone();
+            Box::new(move || shared.rebind.notify_one())
+        };
         let setup = move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
@@ -76,7 +84,7 @@ pub(crate) fn start<H: ConnectionHandler>(args: &StartArgs<H>) -> Result<Started
                 drop(runtime);
             })
         };
-        match spawn_worker(name, setup, wake) {
+        match spawn_worker(name, setup, wake, rebind) {
             Ok(worker) => workers.push(worker),
             Err(err) => {
                 super::abandon(workers, &args.stop);
@@ -104,6 +112,10 @@ struct Shared<H: ConnectionHandler> {
     /// Connection tasks of this thread not yet ended.
     live: AtomicUsize,
     all_closed: Notify,
+    /// Where to accept after [`Reader::replace_listener`](super::Reader::replace_listener).
+    listeners: Arc<Listeners>,
+    /// Notified when `listeners` has a new generation.
+    rebind: Notify,
 }
 
 impl<H: ConnectionHandler> Shared<H> {
@@ -123,10 +135,27 @@ impl<H: ConnectionHandler> Shared<H> {
 /// Accepts until shutdown, then takes the queued connections and waits (up to the
 /// deadline) for every connection task to drain.
 async fn serve<H: ConnectionHandler>(listener: AsyncFd<UnixListener>, shared: Arc<Shared<H>>) {
+    let mut listener = listener;
+    let mut generation = 0;
     loop {
         tokio::select! {
             biased;
             () = shared.token.cancelled() => break,
+            () = shared.rebind.notified() => {
+                let (next_generation, next) = shared.listeners.current();
+                if next_generation == generation {
+                    continue;
+                }
+                match next.try_clone().and_then(register) {
+                    Ok(next) => {
+                        // Take what connected before the old socket file went.
+                        while let Ok(false) = accept_some(listener.get_ref().as_fd(), &shared) {}
+                        listener = next;
+                        generation = next_generation;
+                    }
+                    Err(err) => tracing::error!(error = %err, "cannot accept on the new socket"),
+                }
+            }
             ready = listener.readable() => {
                 let mut ready = match ready {
                     Ok(ready) => ready,

@@ -1,5 +1,6 @@
-//! Binding the socket path: replace a leftover socket, refuse anything else, and
-//! give the socket file its mode before any peer can connect.
+//! Binding the socket path: replace a leftover socket (one nothing accepts
+//! connections on), refuse a live one and anything else, and give the socket file
+//! its mode before any peer can connect.
 //!
 //! Why chmod-before-listen rather than a umask: the umask is process-wide, so
 //! narrowing it around `bind` would race with files other threads create. Instead
@@ -24,17 +25,33 @@ const BACKLOG: libc::c_int = 4096;
 
 /// Binds a listening Unix stream socket at `path` with permission bits `mode`.
 ///
-/// A leftover socket file at `path` is replaced. Anything else there (a regular
-/// file, a directory, a symlink - even one to a socket) is left untouched and
-/// refused with [`ReaderError::PathOccupied`] naming the path.
+/// A leftover socket file at `path` (nothing accepts connections on it) is
+/// replaced. A socket another process serves is refused with
+/// [`ReaderError::PathServed`]; anything else there (a regular file, a directory,
+/// a symlink - even one to a socket) is left untouched and refused with
+/// [`ReaderError::PathOccupied`], both naming the path. Callers that may race
+/// with another start hold a [`super::PathLock`] around this.
 pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ReaderError> {
+    bind_with(path, mode, true)
+}
+
+/// Like [`bind`], but only where nothing is at `path`: any file there, a leftover
+/// socket included, is left alone and the bind fails (EADDRINUSE). For serving the
+/// path again while running, when whatever is there is not ours to remove.
+pub fn bind_if_free(path: &Path, mode: u32) -> Result<UnixListener, ReaderError> {
+    bind_with(path, mode, false)
+}
+
+fn bind_with(path: &Path, mode: u32, replace_leftover: bool) -> Result<UnixListener, ReaderError> {
     if mode & !0o7777 != 0 {
         return Err(ReaderError::InvalidMode { mode });
     }
     let addr = socket_addr(path)?;
-    clear_leftover(path)?;
+    if replace_leftover {
+        clear_leftover(path)?;
+    }
 
-    let fd = new_socket().map_err(|source| bind_error(path, "socket", source))?;
+    let fd = new_socket(0).map_err(|source| bind_error(path, "socket", source))?;
     // SAFETY: `addr` is a fully initialised sockaddr_un and the length passed is
     // its size; `fd` is an open socket owned by this function.
     let rc = unsafe {
@@ -78,18 +95,14 @@ fn clear_leftover(path: &Path) -> Result<(), ReaderError> {
     };
     let file_type = meta.file_type();
     if !file_type.is_socket() {
-        let kind = if file_type.is_symlink() {
-            "a symlink"
-        } else if file_type.is_dir() {
-            "a directory"
-        } else if file_type.is_file() {
-            "a regular file"
-        } else {
-            "a file that is not a socket"
-        };
         return Err(ReaderError::PathOccupied {
             path: path.to_owned(),
-            kind,
+            kind: describe(file_type),
+        });
+    }
+    if is_served(path)? {
+        return Err(ReaderError::PathServed {
+            path: path.to_owned(),
         });
     }
     match fs::remove_file(path) {
@@ -102,9 +115,66 @@ fn clear_leftover(path: &Path) -> Result<(), ReaderError> {
     }
 }
 
-fn new_socket() -> io::Result<OwnedFd> {
+/// Whether something accepts connections on the socket file at `path`: a
+/// non-blocking connect that is refused (ECONNREFUSED) means nothing listens (a
+/// leftover); one that succeeds, or finds the backlog full (EAGAIN), means another
+/// process serves it. Any other answer (e.g. EACCES: not ours to connect to) is
+/// refused too, since it cannot be told apart from a live socket.
+fn is_served(path: &Path) -> Result<bool, ReaderError> {
+    let addr = socket_addr(path)?;
+    let fd =
+        new_socket(libc::SOCK_NONBLOCK).map_err(|source| bind_error(path, "socket", source))?;
+    // SAFETY: `addr` is a fully initialised sockaddr_un and the length passed is
+    // its size; `fd` is an open socket owned by this function.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ECONNREFUSED) => Ok(false),
+        // Removed since we looked: nothing to replace.
+        Some(libc::ENOENT) => Ok(false),
+        Some(libc::EAGAIN | libc::EINPROGRESS) => Ok(true),
+        _ => Err(bind_error(
+            path,
+            "connect to the socket already there",
+            error,
+        )),
+    }
+}
+
+/// What a file is, for messages: `a regular file`, `a symlink`, `a socket`, ...
+pub fn describe(file_type: fs::FileType) -> &'static str {
+    if file_type.is_symlink() {
+        "a symlink"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_file() {
+        "a regular file"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "a file that is not a socket"
+    }
+}
+
+/// A new Unix stream socket; `extra_flags` adds e.g. `SOCK_NONBLOCK`.
+fn new_socket(extra_flags: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with constant arguments; no pointers.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | extra_flags,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

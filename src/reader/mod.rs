@@ -9,7 +9,13 @@
 //!
 //! Both share the accept policy (`policy.rs`: connection limit, peer uid) and the
 //! non-blocking read loop (`reads.rs`: reads at accept, epoll's reads, the
-//! shutdown drain). `probe.rs` picks the backend, `listener.rs` binds.
+//! shutdown drain). `probe.rs` picks the backend, `listener.rs` binds, `lock.rs`
+//! holds the lock file that makes the socket path ours.
+//!
+//! A running reader can be handed a new listening socket
+//! ([`Reader::replace_listener`], when the socket file was deleted and the path is
+//! bound again): each thread takes what is queued on its old listener and accepts
+//! on the new one; open connections are not touched.
 //! `tests/reader_cost.rs` measures what a connection costs under each backend.
 //!
 //! The handler runs on the reader threads: it must not block for long (a blocked
@@ -18,6 +24,7 @@
 mod bufring;
 mod epoll;
 mod listener;
+mod lock;
 mod policy;
 mod probe;
 mod reads;
@@ -34,8 +41,16 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-pub use listener::bind;
+pub use listener::{bind, bind_if_free, describe};
+pub use lock::{lock_path, PathLock};
 pub use probe::FORCE_URING_ERRNO_ENV;
+
+/// Why io_uring cannot be used here (the probe `--io auto` runs at start-up,
+/// [`FORCE_URING_ERRNO_ENV`] included), or `None` when it can: for callers that must
+/// know beforehand, such as tests that need the io_uring reader and skip without it.
+pub fn uring_unavailable() -> Option<String> {
+    probe::probe(None).err().map(|error| error.to_string())
+}
 
 /// Which reader the command line asks for (`--io`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -204,6 +219,16 @@ pub trait ConnectionHandler: Send + Sync + 'static {
 pub enum ReaderError {
     #[error("socket path {path}: {kind} is in the way; refusing to replace it (only a leftover socket is replaced)")]
     PathOccupied { path: PathBuf, kind: &'static str },
+    #[error("socket path {path}: another process serves it (a process accepts connections on the socket there); refusing to replace it")]
+    PathServed { path: PathBuf },
+    #[error("socket path {path}: another process serves it (it holds the lock file {lock})")]
+    PathLocked { path: PathBuf, lock: PathBuf },
+    #[error("socket lock file {path}: {step} failed: {source}")]
+    Lock {
+        path: PathBuf,
+        step: &'static str,
+        source: io::Error,
+    },
     #[error("socket path {path}: cannot inspect it: {source}")]
     InspectPath { path: PathBuf, source: io::Error },
     #[error("socket path {path}: cannot remove the leftover socket: {source}")]
@@ -234,16 +259,43 @@ pub enum ReaderError {
 /// A running reader; [`Reader::shutdown`] stops it (dropping it stops it at once).
 pub struct Reader {
     backend: Backend,
-    listener: Arc<UnixListener>,
+    listeners: Arc<Listeners>,
     workers: Vec<Worker>,
     stop: Arc<Stop>,
 }
 
-/// One started thread and how to wake it for shutdown.
+/// One started thread and how to wake it for shutdown, and for a new listener.
 pub(crate) struct Worker {
     name: String,
     handle: JoinHandle<()>,
     wake: Box<dyn FnOnce() + Send>,
+    rebind: Box<dyn Fn() + Send + Sync>,
+}
+
+/// The listener every worker should accept on, and its generation (bumped by each
+/// [`Reader::replace_listener`]). A worker that finds a newer generation takes
+/// the connections still queued on its old listener, then accepts on the new one.
+pub(crate) struct Listeners {
+    current: std::sync::Mutex<(u64, Arc<UnixListener>)>,
+}
+
+impl Listeners {
+    fn new(listener: Arc<UnixListener>) -> Arc<Listeners> {
+        Arc::new(Listeners {
+            current: std::sync::Mutex::new((0, listener)),
+        })
+    }
+
+    /// The generation and the listener to accept on now.
+    pub(crate) fn current(&self) -> (u64, Arc<UnixListener>) {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        (current.0, current.1.clone())
+    }
+
+    fn replace(&self, listener: Arc<UnixListener>) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        *current = (current.0 + 1, listener);
+    }
 }
 
 /// The shutdown request shared with every worker thread.
@@ -278,6 +330,7 @@ pub(crate) struct Started {
 pub(crate) struct StartArgs<H> {
     pub(crate) threads: usize,
     pub(crate) listener: Arc<UnixListener>,
+    pub(crate) listeners: Arc<Listeners>,
     pub(crate) handler: Arc<H>,
     pub(crate) policy: Arc<policy::Admission>,
     pub(crate) stop: Arc<Stop>,
@@ -301,9 +354,11 @@ pub fn start<H: ConnectionHandler>(
             source,
         })?;
     let mut stop = Stop::new();
+    let listener = Arc::new(listener);
     let mut args = StartArgs {
         threads: cfg.threads.max(1),
-        listener: Arc::new(listener),
+        listeners: Listeners::new(listener.clone()),
+        listener,
         handler,
         policy: Arc::new(policy::Admission::new(
             cfg.max_connections,
@@ -327,7 +382,7 @@ pub fn start<H: ConnectionHandler>(
     };
     Ok(Reader {
         backend,
-        listener: args.listener,
+        listeners: args.listeners,
         workers: started.workers,
         stop,
     })
@@ -344,6 +399,26 @@ impl Reader {
         self.workers.iter().map(|w| w.name.clone()).collect()
     }
 
+    /// Hands every worker a new listening socket (from [`bind`]) to accept on,
+    /// after the socket file of the old one was deleted or replaced. Open
+    /// connections are not touched; connections still queued on the old listener
+    /// are accepted before it is closed. Returns once every worker was told (each
+    /// switches at its next wake-up, promptly).
+    pub fn replace_listener(&self, listener: UnixListener) -> Result<(), ReaderError> {
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ReaderError::Bind {
+                path: PathBuf::new(),
+                step: "set O_NONBLOCK",
+                source,
+            })?;
+        self.listeners.replace(Arc::new(listener));
+        for worker in &self.workers {
+            (worker.rebind)();
+        }
+        Ok(())
+    }
+
     /// Stops accepting (new connects are refused), hands every open connection's
     /// already-waiting bytes to the handler and closes it (`CloseCause::Shutdown`),
     /// all bounded by `deadline`; then joins every thread the reader started.
@@ -357,7 +432,7 @@ impl Reader {
             return Ok(());
         }
         let _ = self.stop.deadline.set(deadline);
-        stop_listening(&self.listener);
+        stop_listening(&self.listeners.current().1);
         let mut result = Ok(());
         let workers = std::mem::take(&mut self.workers);
         let mut handles = Vec::with_capacity(workers.len());
@@ -406,6 +481,7 @@ pub(crate) fn spawn_worker<S, R>(
     name: String,
     setup: S,
     wake: Box<dyn FnOnce() + Send>,
+    rebind: Box<dyn Fn() + Send + Sync>,
 ) -> Result<Worker, ReaderError>
 where
     S: FnOnce() -> io::Result<R> + Send + 'static,
@@ -431,7 +507,12 @@ where
         .recv()
         .unwrap_or_else(|_| Err(io::Error::other("the thread ended during set-up")));
     match outcome {
-        Ok(()) => Ok(Worker { name, handle, wake }),
+        Ok(()) => Ok(Worker {
+            name,
+            handle,
+            wake,
+            rebind,
+        }),
         Err(source) => {
             let _ = handle.join();
             Err(ReaderError::WorkerSetup {

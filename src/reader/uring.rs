@@ -16,7 +16,9 @@ use super::bufring::BufRing;
 use super::policy::Admission;
 use super::reads::{admit_and_read, drain_queued, drain_waiting, SCRATCH_LEN};
 use super::sys;
-use super::{spawn_worker, CloseCause, ConnectionHandler, ReaderError, StartArgs, Started, Stop};
+use super::{
+    spawn_worker, CloseCause, ConnectionHandler, Listeners, ReaderError, StartArgs, Started, Stop,
+};
 
 /// Submission queue entries per ring.
 const SQ_ENTRIES: u32 = 256;
@@ -75,17 +77,33 @@ pub(crate) fn start<H: ConnectionHandler>(args: &StartArgs<H>) -> Result<Started
                 tracing::error!(error = %err, "cannot wake an io_uring reader thread");
             }
         });
-        let (listener, handler, policy, stop) = (
-            args.listener.clone(),
+        let rebind_fd = match sys::eventfd() {
+            Ok(fd) => Arc::new(fd),
+            Err(source) => {
+                super::abandon(workers, &args.stop);
+                return Err(ReaderError::WorkerSetup {
+                    thread: name,
+                    source,
+                });
+            }
+        };
+        let rebinder = rebind_fd.clone();
+        let rebind = Box::new(move || {
+            if let Err(err) = sys::signal_eventfd(rebinder.as_fd()) {
+                tracing::error!(error = %err, "cannot wake an io_uring reader thread for a new socket");
+            }
+        });
+        let (listeners, handler, policy, stop) = (
+            args.listeners.clone(),
             args.handler.clone(),
             args.policy.clone(),
             args.stop.clone(),
         );
         let setup = move || {
-            let worker = RingWorker::new(listener, handler, policy, stop, wake_fd)?;
+            let worker = RingWorker::new(listeners, handler, policy, stop, wake_fd, rebind_fd)?;
             Ok(move || worker.run())
         };
-        match spawn_worker(name, setup, wake) {
+        match spawn_worker(name, setup, wake, rebind) {
             Ok(worker) => workers.push(worker),
             Err(err) => {
                 super::abandon(workers, &args.stop);
@@ -99,11 +117,14 @@ pub(crate) fn start<H: ConnectionHandler>(args: &StartArgs<H>) -> Result<Started
 /// What a completion belongs to, packed into its user_data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
-    Accept,
+    /// The multishot accept on the listener of this generation (truncated).
+    Accept(u32),
     AcceptRetry,
     Wake,
     Cancel,
     Recv(u32),
+    /// The poll on the eventfd that says a new listener is waiting.
+    Rebind,
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -111,22 +132,24 @@ const KIND_SHIFT: u32 = 56;
 impl Op {
     fn encode(self) -> u64 {
         let (kind, slot) = match self {
-            Op::Accept => (1, 0),
+            Op::Accept(generation) => (1, generation),
             Op::AcceptRetry => (2, 0),
             Op::Wake => (3, 0),
             Op::Cancel => (4, 0),
             Op::Recv(slot) => (5, slot),
+            Op::Rebind => (6, 0),
         };
         (kind << KIND_SHIFT) | u64::from(slot)
     }
 
     fn decode(data: u64) -> Option<Op> {
         Some(match data >> KIND_SHIFT {
-            1 => Op::Accept,
+            1 => Op::Accept(data as u32),
             2 => Op::AcceptRetry,
             3 => Op::Wake,
             4 => Op::Cancel,
             5 => Op::Recv(data as u32),
+            6 => Op::Rebind,
             _ => return None,
         })
     }
@@ -155,8 +178,15 @@ struct RingWorker<H: ConnectionHandler> {
     handler: Arc<H>,
     policy: Arc<Admission>,
     listener: Arc<UnixListener>,
+    /// The generation of `listener` (see [`Listeners`]), truncated.
+    generation: u32,
+    listeners: Arc<Listeners>,
+    /// Old listeners whose accept is still in flight (cancelled), kept open until
+    /// its last completion; then what is queued on them is taken and they close.
+    retired: Vec<(u32, Arc<UnixListener>)>,
     stop: Arc<Stop>,
     wake_fd: Arc<OwnedFd>,
+    rebind_fd: Arc<OwnedFd>,
     accept_armed: bool,
     draining: bool,
     queue_taken: bool,
@@ -168,12 +198,14 @@ struct RingWorker<H: ConnectionHandler> {
 
 impl<H: ConnectionHandler> RingWorker<H> {
     fn new(
-        listener: Arc<UnixListener>,
+        listeners: Arc<Listeners>,
         handler: Arc<H>,
         policy: Arc<Admission>,
         stop: Arc<Stop>,
         wake_fd: Arc<OwnedFd>,
+        rebind_fd: Arc<OwnedFd>,
     ) -> io::Result<Self> {
+        let (generation, listener) = listeners.current();
         let ring = new_ring(SQ_ENTRIES, CQ_ENTRIES)?;
         let bufs = BufRing::new(BUF_COUNT, BUF_LEN)?;
         // SAFETY: the worker owns both; its Drop drops the ring before the buffers
@@ -188,8 +220,12 @@ impl<H: ConnectionHandler> RingWorker<H> {
             handler,
             policy,
             listener,
+            generation: generation as u32,
+            listeners,
+            retired: Vec::new(),
             stop,
             wake_fd,
+            rebind_fd,
             accept_armed: false,
             draining: false,
             queue_taken: false,
@@ -206,6 +242,7 @@ impl<H: ConnectionHandler> RingWorker<H> {
             .build()
             .user_data(Op::Wake.encode());
         self.push(wake);
+        self.arm_rebind();
         loop {
             if let Err(err) = self.wait() {
                 tracing::error!(error = %err, "io_uring wait failed; closing this ring's connections");
@@ -276,7 +313,10 @@ impl<H: ConnectionHandler> RingWorker<H> {
         for cqe in &cqes {
             match Op::decode(cqe.user_data()) {
                 Some(Op::Recv(slot)) => self.on_recv(slot, cqe.result(), cqe.flags()),
-                Some(Op::Accept) => self.on_accept(cqe.result(), cqe.flags()),
+                Some(Op::Accept(generation)) => {
+                    self.on_accept(generation, cqe.result(), cqe.flags())
+                }
+                Some(Op::Rebind) => self.on_rebind(),
                 Some(Op::AcceptRetry) => {
                     if !self.draining && !self.accept_armed {
                         self.arm_accept();
@@ -303,7 +343,11 @@ impl<H: ConnectionHandler> RingWorker<H> {
         }
     }
 
-    fn on_accept(&mut self, result: i32, flags: u32) {
+    fn on_accept(&mut self, generation: u32, result: i32, flags: u32) {
+        if generation != self.generation {
+            self.on_retired_accept(generation, result, flags);
+            return;
+        }
         if !cqueue::more(flags) {
             self.accept_armed = false;
         }
@@ -325,6 +369,65 @@ impl<H: ConnectionHandler> RingWorker<H> {
                 self.push(retry);
             } else {
                 self.arm_accept();
+            }
+        }
+    }
+
+    /// A completion of an old listener's accept (cancelled by `on_rebind`).
+    fn on_retired_accept(&mut self, generation: u32, result: i32, flags: u32) {
+        if result >= 0 {
+            // SAFETY: a successful accept completion carries a new descriptor that
+            // nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(result) };
+            self.on_connection(fd);
+        }
+        if cqueue::more(flags) {
+            return;
+        }
+        if let Some(index) = self.retired.iter().position(|(g, _)| *g == generation) {
+            let (_, old) = self.retired.swap_remove(index);
+            self.take_queued(&old);
+        }
+    }
+
+    /// The eventfd says a new listener may be waiting: switch to it.
+    fn on_rebind(&mut self) {
+        let mut count = [0u8; 8];
+        // Reset the (non-blocking) eventfd; EAGAIN when already reset is fine.
+        let _ = sys::read(self.rebind_fd.as_fd(), &mut count);
+        if self.draining || self.stop.requested() {
+            return;
+        }
+        self.arm_rebind();
+        let (generation, next) = self.listeners.current();
+        let generation = generation as u32;
+        if generation == self.generation {
+            return;
+        }
+        let old = std::mem::replace(&mut self.listener, next);
+        let old_generation = std::mem::replace(&mut self.generation, generation);
+        if self.accept_armed {
+            let cancel = opcode::AsyncCancel::new(Op::Accept(old_generation).encode())
+                .build()
+                .user_data(Op::Cancel.encode());
+            self.push(cancel);
+            self.retired.push((old_generation, old));
+            self.arm_accept();
+        } else {
+            // An accept retry is pending; it arms the new listener.
+            self.take_queued(&old);
+        }
+    }
+
+    /// Accepts what is queued on an old listener (connected before its socket
+    /// file went), as the multishot accept would have.
+    fn take_queued(&mut self, old: &UnixListener) {
+        loop {
+            match sys::accept(old.as_fd(), 0) {
+                Ok(fd) => self.on_connection(fd),
+                Err(err)
+                    if matches!(err.raw_os_error(), Some(libc::EINTR | libc::ECONNABORTED)) => {}
+                Err(_) => return,
             }
         }
     }
@@ -411,9 +514,16 @@ impl<H: ConnectionHandler> RingWorker<H> {
         let accept = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
             .flags(libc::SOCK_CLOEXEC)
             .build()
-            .user_data(Op::Accept.encode());
+            .user_data(Op::Accept(self.generation).encode());
         self.push(accept);
         self.accept_armed = true;
+    }
+
+    fn arm_rebind(&mut self) {
+        let poll = opcode::PollAdd::new(types::Fd(self.rebind_fd.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(Op::Rebind.encode());
+        self.push(poll);
     }
 
     fn arm_recv(&mut self, slot: u32) {
@@ -469,7 +579,7 @@ impl<H: ConnectionHandler> RingWorker<H> {
         }
         self.draining = true;
         if self.accept_armed {
-            let cancel = opcode::AsyncCancel::new(Op::Accept.encode())
+            let cancel = opcode::AsyncCancel::new(Op::Accept(self.generation).encode())
                 .build()
                 .user_data(Op::Cancel.encode());
             self.push(cancel);
@@ -528,7 +638,7 @@ impl<H: ConnectionHandler> RingWorker<H> {
         loop {
             // SAFETY: every entry this worker builds refers only to descriptors it
             // keeps open until the operation's last completion (connections, the
-            // listener, the eventfd), to the buffer group registered for the ring's
+            // listener and retired listeners, the eventfds), to the buffer group registered for the ring's
             // lifetime, or to `retry_ts`, a field of the worker read at submission.
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
                 return;
@@ -574,7 +684,9 @@ mod tests {
     #[test]
     fn user_data_round_trips() {
         for op in [
-            Op::Accept,
+            Op::Accept(0),
+            Op::Accept(u32::MAX),
+            Op::Rebind,
             Op::AcceptRetry,
             Op::Wake,
             Op::Cancel,

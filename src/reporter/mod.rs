@@ -1,6 +1,7 @@
 //! Reporters: where the forwarder's requests go (coderd over gRPC, stdout, or nowhere).
 
 pub mod any;
+pub mod coder;
 pub mod grpc;
 pub mod null;
 pub mod stdout;

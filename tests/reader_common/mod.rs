@@ -28,6 +28,13 @@ macro_rules! on_both_backends {
         mod $name {
             #[test]
             fn uring() {
+                if let Some(why) = boundary_log_proxy::reader::uring_unavailable() {
+                    $crate::reader_common::as_uid::skip(
+                        concat!(stringify!($name), "::uring"),
+                        &format!("io_uring is not available here: {why}"),
+                    );
+                    return;
+                }
                 super::$name(boundary_log_proxy::reader::IoMode::Uring)
             }
             #[test]
@@ -314,6 +321,7 @@ impl Drop for Harness {
 pub fn expected_backend(io: IoMode) -> Backend {
     match io {
         IoMode::Epoll => Backend::Epoll,
+        IoMode::Auto if boundary_log_proxy::reader::uring_unavailable().is_some() => Backend::Epoll,
         _ => Backend::Uring,
     }
 }

@@ -1,12 +1,36 @@
-//! Clients running as another uid (the tests run as root): a forked child switches
-//! uid, connects to a Unix socket and talks over it with raw syscalls. Shared by
-//! the pipeline support and the reader tests' `reader_common`.
+//! Clients running as another uid: a forked child switches uid, connects to a Unix
+//! socket and talks over it with raw syscalls. Only root may switch uid, so a test
+//! using it first calls [`skip_without_root`], which skips it elsewhere with a
+//! printed reason. Shared by the pipeline support and the reader tests' `reader_common`.
 
+use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
 /// The uid the peer-credential tests connect as.
 pub const NOBODY: u32 = 65534;
+
+/// Says on the test process's stderr that `test` is skipped and why. Written to the
+/// stderr stream itself, which the test harness does not capture, so the reason
+/// shows in `cargo test`'s output although the test passes.
+pub fn skip(test: &str, reason: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// True (after saying so) when this process cannot switch uid because it is not
+/// root; a test that connects as another uid then returns at once.
+pub fn skip_without_root(test: &str) -> bool {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        return false;
+    }
+    skip(
+        test,
+        &format!("connecting as uid {NOBODY} needs root; running as uid {euid}"),
+    );
+    true
+}
 
 /// Forks a child that switches to `uid` (and the group of the same number),
 /// connects to `path`, and exits with `talk(fd)`; returns the child's exit
@@ -18,7 +42,7 @@ pub fn connect_as_uid(uid: u32, path: &Path, talk: impl Fn(libc::c_int) -> libc:
         // SAFETY: geteuid takes no arguments and cannot fail.
         unsafe { libc::geteuid() },
         0,
-        "the uid tests need root, to switch to uid {uid}"
+        "switching to uid {uid} needs root: call skip_without_root first"
     );
     // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };

@@ -10,6 +10,8 @@
 //! coderd.set_behaviour(Behaviour::fail_next(2, Code::Unavailable));
 //! coderd.set_behaviour(Behaviour::normal().with_delay(Duration::from_millis(500)));
 //! coderd.set_behaviour(Behaviour::fail_all(Code::Unavailable)); // up, but refusing
+//! coderd.set_behaviour(Behaviour::normal().with_max_message_bytes(64 << 10)); // tonic's limit
+//! coderd.set_behaviour(Behaviour::normal().with_max_logs(1000)); // coderd's "batch size" error
 //! coderd.stop().await;                            // stops listening (graceful, as coderd)
 //! coderd.restart().await;                         // listens again on the same port / path
 //! assert!(coderd.wait_for_logs(10, Duration::from_secs(5)).await);
@@ -57,6 +59,13 @@ pub struct Behaviour {
     pub fail_next: Option<(u32, Code)>,
     /// While set, every call fails with this code.
     pub fail_all: Option<Code>,
+    /// Largest request accepted, in bytes: tonic's own receive limit
+    /// (`max_decoding_message_size`), which refuses a larger one with OUT_OF_RANGE
+    /// before the handler sees it. `None`: tonic's default (4 MiB).
+    pub max_message_bytes: Option<usize>,
+    /// Most logs accepted in one request; more are refused as coderd does, with an
+    /// UNKNOWN status saying "batch size N exceeds maximum M".
+    pub max_logs: Option<usize>,
 }
 
 impl Behaviour {
@@ -86,6 +95,18 @@ impl Behaviour {
         self.delay = delay;
         self
     }
+
+    /// Also refuse requests over `bytes` (tonic's receive limit).
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = Some(bytes);
+        self
+    }
+
+    /// Also refuse requests of more than `logs` logs (coderd's batch size limit).
+    pub fn with_max_logs(mut self, logs: usize) -> Self {
+        self.max_logs = Some(logs);
+        self
+    }
 }
 
 /// One accepted call.
@@ -110,6 +131,8 @@ struct Recorded {
     accepted: Vec<Received>,
     logs: usize,
     calls: u64,
+    /// Calls refused for `max_logs`.
+    refused_logs: u64,
     behaviour: Behaviour,
 }
 
@@ -157,6 +180,14 @@ impl Handler {
         let raw = request.into_inner();
         let request = ReportBoundaryLogsRequest::decode(raw.clone())
             .map_err(|e| Status::internal(format!("fake coderd: decoding: {e}")))?;
+        let max_logs = self.0.lock().behaviour.max_logs;
+        if let Some(max) = max_logs.filter(|&max| request.logs.len() > max) {
+            self.0.lock().refused_logs += 1;
+            return Err(Status::unknown(format!(
+                "batch size {} exceeds maximum {max}",
+                request.logs.len()
+            )));
+        }
         {
             let mut rec = self.0.lock();
             rec.logs += request.logs.len();
@@ -206,8 +237,12 @@ where
             return Box::pin(async { Ok(Status::unimplemented("fake coderd").into_http()) });
         }
         let handler = self.0.clone();
+        let max_bytes = handler.0.lock().behaviour.max_message_bytes;
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(RawRequestCodec);
+            if let Some(max) = max_bytes {
+                grpc = grpc.max_decoding_message_size(max);
+            }
             Ok(grpc.unary(handler, request).await)
         })
     }
@@ -333,9 +368,15 @@ impl FakeCoderd {
         self.state.lock().logs
     }
 
-    /// Calls that reached the handler, failed ones included.
+    /// Calls that reached the handler, failed ones included (not those tonic refused
+    /// for `max_message_bytes`, which never reach it).
     pub fn calls(&self) -> u64 {
         self.state.lock().calls
+    }
+
+    /// Calls refused for `max_logs`.
+    pub fn refused_for_logs(&self) -> u64 {
+        self.state.lock().refused_logs
     }
 
     /// Whether it is listening.

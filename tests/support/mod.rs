@@ -5,9 +5,12 @@
 #![allow(dead_code)]
 
 pub mod as_uid;
+pub mod coder_peer;
+pub mod coder_sink;
 pub mod coderd;
 pub mod faults;
 pub mod proxy;
+pub mod transcript;
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -15,7 +15,7 @@ use tonic::Status;
 
 use self::codec::{Outbound, RawCodec};
 use self::failure::deadline_from_local_timeout;
-pub use self::failure::{classify, Failure};
+pub use self::failure::{classify, oversize, Failure, Oversize};
 use super::{EncodedRequest, Reporter};
 use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
 
@@ -53,7 +53,7 @@ pub enum ReporterError {
         reason: String,
     },
     /// The auth token cannot be sent as gRPC metadata.
-    #[error("the auth token is not a valid gRPC metadata value (visible ASCII only)")]
+    #[error("the auth token is not a valid gRPC metadata value (visible ASCII only, no spaces)")]
     InvalidAuthToken,
     /// A zero call timeout would fail every call.
     #[error("the call timeout must be above zero")]
@@ -75,8 +75,8 @@ pub struct GrpcReporterConfig {
     pub call_timeout: Duration,
     /// Longest a connection attempt may take.
     pub connect_timeout: Duration,
-    /// Largest encoded request sent; a larger one fails with OUT_OF_RANGE (permanent)
-    /// without being sent.
+    /// Largest encoded request sent; a larger one fails with OUT_OF_RANGE without
+    /// being sent, which [`classify`] reads as `TooLarge` (the forwarder splits it).
     pub max_message_bytes: usize,
     /// HTTP/2 keepalive, only while calls are open (no pings on an idle connection,
     /// which grpc-go servers punish): after this long without a frame from coderd, a
@@ -174,6 +174,10 @@ impl GrpcReporter {
             .auth_token
             .as_deref()
             .map(|t| {
+                // The header parser also takes spaces, tabs and bytes above 0x7f.
+                if crate::config::token_problem(t).is_some() {
+                    return Err(ReporterError::InvalidAuthToken);
+                }
                 t.parse::<AsciiMetadataValue>()
                     .map_err(|_| ReporterError::InvalidAuthToken)
             })

@@ -1,5 +1,10 @@
-//! The `sink` subcommand: a gRPC server implementing `Agent.ReportBoundaryLogs` that
-//! prints what it receives as the stdout reporter does, or only counts it.
+//! The `sink` subcommand, standing in for coderd: what every protocol shares (the
+//! [`Sink`] that prints or counts what arrives, the listen address, the count line)
+//! and the choice of protocol. `grpc` serves `Agent.ReportBoundaryLogs` over h2c; `coder`
+//! serves coderd's own transport (websocket + yamux + DRPC).
+
+pub mod coder;
+mod grpc;
 
 use std::future::Future;
 use std::io::{self, Write};
@@ -10,12 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
 
-use crate::proto::agent::agent_server::{Agent, AgentServer};
-use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
+use self::coder::{CoderSink, CoderSinkConfig};
+use crate::config::SinkProtocol;
+use crate::proto::agent::ReportBoundaryLogsRequest;
 use crate::reporter::stdout::StdoutReporter;
 
 /// Largest request the sink accepts: generous, so a proxy configured for large
@@ -51,6 +54,12 @@ pub enum SinkError {
     /// The server failed while running.
     #[error("sink: serving failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// A setting that only the coder protocol has was given with another protocol.
+    #[error("sink: {0} is only for --protocol coder")]
+    CoderOnly(&'static str),
+    /// The coder protocol listens on TCP only.
+    #[error("sink: --protocol coder listens on HOST:PORT, not on {0}")]
+    CoderNeedsTcp(String),
 }
 
 /// The service: counts every request and log, and prints their JSON lines unless quiet.
@@ -98,54 +107,16 @@ impl Sink {
         self.inner.requests.load(Ordering::Relaxed)
     }
 
-    /// The tonic service to mount on a server.
-    pub fn service(&self) -> AgentServer<Sink> {
-        AgentServer::new(self.clone()).max_decoding_message_size(MAX_REQUEST_BYTES)
-    }
-
-    /// Serves on `listener` until `shutdown` completes, then removes a Unix socket file.
-    pub async fn serve(
-        &self,
-        listener: SinkListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), SinkError> {
-        let server = tonic::transport::Server::builder().add_service(self.service());
-        match listener {
-            SinkListener::Tcp(listener) => {
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                server
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await?;
-            }
-            SinkListener::Unix { listener, path } => {
-                let served = server
-                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-                    .await;
-                remove_socket(&path);
-                served?;
-            }
-        }
-        Ok(())
-    }
-}
-
-#[tonic::async_trait]
-impl Agent for Sink {
-    async fn report_boundary_logs(
-        &self,
-        request: Request<ReportBoundaryLogsRequest>,
-    ) -> Result<Response<ReportBoundaryLogsResponse>, Status> {
-        let request = request.into_inner();
+    /// Prints `request`'s logs (unless quiet) and counts it with its logs.
+    pub fn record(&self, request: &ReportBoundaryLogsRequest) -> io::Result<()> {
         if let Some(printer) = &self.inner.printer {
-            printer
-                .write_request(&request)
-                .map_err(|e| Status::internal(format!("sink: writing log lines: {e}")))?;
+            printer.write_request(request)?;
         }
         self.inner
             .logs
             .fetch_add(request.logs.len() as u64, Ordering::Relaxed);
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
-        Ok(Response::new(ReportBoundaryLogsResponse {}))
+        Ok(())
     }
 }
 
@@ -216,7 +187,7 @@ fn clear_stale_socket(path: &Path) -> Result<(), SinkError> {
 }
 
 /// Removes our socket file on the way out, if it is still a socket.
-fn remove_socket(path: &Path) {
+pub(crate) fn remove_socket(path: &Path) {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
             if let Err(e) = std::fs::remove_file(path) {
@@ -252,29 +223,135 @@ pub async fn print_counts(sink: Sink, every: Duration, mut out: Box<dyn Write + 
     }
 }
 
+/// What the `sink` subcommand runs with.
+#[derive(Debug, Clone, Default)]
+pub struct SinkOptions {
+    /// `HOST:PORT`, or `unix:/PATH` (gRPC only).
+    pub listen: String,
+    /// Print a count line every second instead of every log.
+    pub quiet: bool,
+    /// The protocol served.
+    pub protocol: SinkProtocol,
+    /// Coder protocol: the only session token accepted (default any).
+    pub token: Option<String>,
+    /// Coder protocol: the version `/api/v2/buildinfo` reports.
+    pub coder_version: Option<String>,
+}
+
 /// The `sink` subcommand: binds `listen` (`HOST:PORT` or `unix:/PATH`), prints each
 /// received log's JSON line on stdout (or, if `quiet`, a count line every second when
-/// it changes, and the final count at the end) until `shutdown` completes.
+/// it changes, and the final count at the end) until `shutdown` completes. Serves gRPC;
+/// [`run`] serves either protocol.
 pub async fn run_sink(
     listen: &str,
     quiet: bool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SinkError> {
-    let listener = SinkListener::bind(listen).await?;
-    tracing::info!(url = %listener.url(), quiet, "sink listening");
-    if !quiet {
-        return Sink::printing(StdoutReporter::new())
-            .serve(listener, shutdown)
-            .await;
+    let options = SinkOptions {
+        listen: listen.to_owned(),
+        quiet,
+        ..SinkOptions::default()
+    };
+    run(options, shutdown).await
+}
+
+/// The `sink` subcommand with its protocol: as [`run_sink`] describes, serving
+/// `options.protocol`.
+pub async fn run(
+    options: SinkOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SinkError> {
+    let SinkOptions {
+        listen,
+        quiet,
+        protocol,
+        token,
+        coder_version,
+    } = options;
+    if protocol == SinkProtocol::Grpc {
+        if token.is_some() {
+            return Err(SinkError::CoderOnly("--token"));
+        }
+        if coder_version.is_some() {
+            return Err(SinkError::CoderOnly("--coder-version"));
+        }
     }
-    let sink = Sink::quiet();
-    let counts = tokio::spawn(print_counts(
-        sink.clone(),
-        COUNT_INTERVAL,
-        Box::new(io::stdout()),
-    ));
-    let served = sink.serve(listener, shutdown).await;
-    counts.abort();
-    println!("{}", count_line(sink.logs(), sink.requests()));
+    if protocol == SinkProtocol::Coder && listen.starts_with("unix:") {
+        return Err(SinkError::CoderNeedsTcp(listen));
+    }
+    let listener = SinkListener::bind(&listen).await?;
+    tracing::info!(url = %listener.url(), quiet, %protocol, "sink listening");
+    let sink = if quiet {
+        Sink::quiet()
+    } else {
+        Sink::printing(StdoutReporter::new())
+    };
+    let counts = quiet.then(|| {
+        tokio::spawn(print_counts(
+            sink.clone(),
+            COUNT_INTERVAL,
+            Box::new(io::stdout()),
+        ))
+    });
+    let served = match (protocol, listener) {
+        (SinkProtocol::Grpc, listener) => sink.serve(listener, shutdown).await,
+        (SinkProtocol::Coder, SinkListener::Tcp(listener)) => {
+            let mut config = CoderSinkConfig {
+                token,
+                ..CoderSinkConfig::default()
+            };
+            if let Some(version) = coder_version {
+                config.version = version;
+            }
+            CoderSink::new(sink.clone(), config)
+                .serve(listener, shutdown)
+                .await;
+            Ok(())
+        }
+        (SinkProtocol::Coder, listener) => Err(SinkError::CoderNeedsTcp(listener.url())),
+    };
+    if let Some(counts) = counts {
+        counts.abort();
+        println!("{}", count_line(sink.logs(), sink.requests()));
+    }
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn coder_only_settings_and_a_unix_socket_for_coder_are_refused_before_binding() {
+        let grpc_with = |token: Option<&str>, version: Option<&str>| SinkOptions {
+            listen: "127.0.0.1:0".into(),
+            token: token.map(Into::into),
+            coder_version: version.map(Into::into),
+            ..SinkOptions::default()
+        };
+        let never = std::future::pending::<()>();
+        let refused = run(grpc_with(Some("t"), None), never).await;
+        assert!(
+            matches!(refused, Err(SinkError::CoderOnly("--token"))),
+            "{refused:?}"
+        );
+        let refused = run(grpc_with(None, Some("v2.30.0")), std::future::pending()).await;
+        assert!(
+            matches!(refused, Err(SinkError::CoderOnly("--coder-version"))),
+            "{refused:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let coder_on_unix = SinkOptions {
+            listen: format!("unix:{}", path.display()),
+            protocol: SinkProtocol::Coder,
+            ..SinkOptions::default()
+        };
+        let refused = run(coder_on_unix, std::future::pending()).await;
+        assert!(
+            matches!(refused, Err(SinkError::CoderNeedsTcp(_))),
+            "{refused:?}"
+        );
+        assert!(!path.exists(), "nothing was bound");
+    }
 }

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Starts boundary-log-proxy inside a Coder workspace, before boundary, forwarding to
+# coderd over the Agent API with the workspace agent's own URL and token. Returns once
+# the proxy accepts connections (exit 0), or prints why not (exit 1).
+#
+# Run it from the template, before any session that starts boundary, e.g.:
+#
+#   resource "coder_script" "boundary_log_proxy" {
+#     agent_id           = coder_agent.main.id
+#     display_name       = "boundary-log-proxy"
+#     run_on_start       = true
+#     start_blocks_login = true
+#     script             = file("${path.module}/start-boundary-log-proxy.sh")
+#   }
+#
+# and give boundary (not the agent: it reads the same variable for its own built-in
+# proxy) the socket path in the environment it starts in:
+#
+#   export CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH="$HOME/.boundary-log-proxy/boundary-audit.sock"
+#
+# Settings (environment): BOUNDARY_LOG_PROXY_BIN (default: boundary-log-proxy on PATH),
+# BOUNDARY_LOG_PROXY_DIR (default: ~/.boundary-log-proxy; holds the socket and the log),
+# BOUNDARY_LOG_PROXY_METRICS_ADDR (default: 127.0.0.1:9464). Any other
+# BOUNDARY_LOG_PROXY_* variable reaches the proxy as its flag (see serve --help).
+set -euo pipefail
+
+bin=${BOUNDARY_LOG_PROXY_BIN:-boundary-log-proxy}
+dir=${BOUNDARY_LOG_PROXY_DIR:-$HOME/.boundary-log-proxy}
+metrics=${BOUNDARY_LOG_PROXY_METRICS_ADDR:-127.0.0.1:9464}
+socket=$dir/boundary-audit.sock
+log=$dir/proxy.log
+
+# The proxy reads these itself (its flags and BOUNDARY_LOG_PROXY_* variables win);
+# checked here so a template mistake shows in the script's output, not only in the log.
+if [ -z "${CODER_AGENT_URL:-}${BOUNDARY_LOG_PROXY_CODER_URL:-}" ]; then
+  echo "start-boundary-log-proxy: CODER_AGENT_URL is not set: run this from the workspace agent" >&2
+  exit 1
+fi
+if [ -z "${CODER_AGENT_TOKEN:-}${CODER_AGENT_TOKEN_FILE:-}${BOUNDARY_LOG_PROXY_AGENT_TOKEN:-}${BOUNDARY_LOG_PROXY_AGENT_TOKEN_FILE:-}" ]; then
+  echo "start-boundary-log-proxy: no agent token (CODER_AGENT_TOKEN or CODER_AGENT_TOKEN_FILE)" >&2
+  exit 1
+fi
+
+install -d -m 0700 "$dir"
+# The socket is given explicitly: --socket would otherwise fall back to
+# CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH, which may name the agent's own socket.
+nohup "$bin" serve \
+  --socket "$socket" \
+  --metrics-addr "$metrics" \
+  --log-format json \
+  </dev/null >"$log" 2>&1 &
+pid=$!
+
+# The socket file appears at bind(2); the "listening" line comes after listen(2).
+for _ in $(seq 1 100); do
+  if [ -S "$socket" ] && grep -q '"message":"listening"' "$log"; then
+    echo "boundary-log-proxy (pid $pid) listens on $socket; metrics on http://$metrics/metrics; log $log"
+    exit 0
+  fi
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "start-boundary-log-proxy: boundary-log-proxy exited; the end of $log:" >&2
+    tail -n 20 "$log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+echo "start-boundary-log-proxy: no socket at $socket after 10 s; see $log" >&2
+exit 1

@@ -1,0 +1,162 @@
+//! The coder transport's flags (`--coder-url`, `--agent-token[-file]`, `--coder-ca-file`,
+//! `--coder-allow-agent-role`) and the fallbacks to the variables coder's agent sets
+//! (`CODER_AGENT_URL`, `CODER_AGENT_TOKEN[_FILE]`, `CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH`),
+//! which clap cannot express (one variable per flag). See docs/command-line.md.
+
+use std::path::PathBuf;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args};
+
+use crate::config::coder::{
+    parse_ca_file, read_token_file, CoderSettings, CoderUrl, NO_CODER_TOKEN, TAKES_CODER_URL,
+};
+use crate::config::{self, AuthToken, Config, ConfigError};
+
+/// coder's agent exports these; they count after the proxy's own variables.
+pub const CODER_AGENT_URL: &str = "CODER_AGENT_URL";
+/// The agent token coder's agent was given.
+pub const CODER_AGENT_TOKEN: &str = "CODER_AGENT_TOKEN";
+/// A file holding it.
+pub const CODER_AGENT_TOKEN_FILE: &str = "CODER_AGENT_TOKEN_FILE";
+/// The socket boundary writes to.
+pub const CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH: &str =
+    "CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH";
+
+#[derive(Debug, Args)]
+pub(super) struct CoderArgs {
+    /// coderd's base URL: forward over coder's Agent API (websocket + yamux + DRPC), as
+    /// the workspace agent does [fallback: CODER_AGENT_URL, when neither --coderd nor --sink].
+    #[arg(long, value_name = "URL", env = "BOUNDARY_LOG_PROXY_CODER_URL",
+          conflicts_with_all = ["coderd", "sink"],
+          value_parser = |s: &str| s.parse::<CoderUrl>())]
+    coder_url: Option<CoderUrl>,
+    /// The workspace agent's token, sent as Coder-Session-Token [fallback: CODER_AGENT_TOKEN].
+    #[arg(long, value_name = "TOKEN", env = "BOUNDARY_LOG_PROXY_AGENT_TOKEN", hide_env_values = true,
+          value_parser = |s: &str| config::parse_token("--agent-token", s))]
+    agent_token: Option<String>,
+    /// Read the agent token from this file, whitespace trimmed [fallback: CODER_AGENT_TOKEN_FILE].
+    #[arg(long, value_name = "PATH", env = "BOUNDARY_LOG_PROXY_AGENT_TOKEN_FILE",
+          conflicts_with = "agent_token",
+          value_parser = |s: &str| read_token_file("--agent-token-file", s))]
+    agent_token_file: Option<AuthToken>,
+    /// Extra PEM root certificates to trust for an https:// --coder-url, besides the system's.
+    #[arg(long, value_name = "PATH", env = "BOUNDARY_LOG_PROXY_CODER_CA_FILE",
+          value_parser = |s: &str| parse_ca_file("--coder-ca-file", s))]
+    coder_ca_file: Option<PathBuf>,
+    /// Connect to a coderd older than v2.31.0 anyway (it then takes the proxy for the agent itself).
+    #[arg(long, env = "BOUNDARY_LOG_PROXY_CODER_ALLOW_AGENT_ROLE", action = ArgAction::SetTrue,
+          value_parser = BoolishValueParser::new())]
+    coder_allow_agent_role: bool,
+}
+
+impl CoderArgs {
+    /// No coder flag given.
+    pub(super) fn none() -> Self {
+        Self {
+            coder_url: None,
+            agent_token: None,
+            agent_token_file: None,
+            coder_ca_file: None,
+            coder_allow_agent_role: false,
+        }
+    }
+}
+
+/// What else decides the coder settings: whether the other destinations or `--socket` were
+/// given (on the command line or through their `BOUNDARY_LOG_PROXY_*` variable).
+pub(super) struct Given {
+    pub(super) coderd: bool,
+    pub(super) sink: bool,
+    pub(super) socket: bool,
+}
+
+/// Fills `config.coder` (and the socket fallback) from the flags and, after them, coder's
+/// agent variables as read by `env`.
+pub(super) fn apply(
+    config: &mut Config,
+    args: CoderArgs,
+    given: Given,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    if !given.socket {
+        if let Some(path) = env(CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH) {
+            config.socket =
+                config::parse_socket_path(&path).map_err(|e| rename(e, SOCKET_FROM_CODER))?;
+        }
+    }
+    let url = match args.coder_url {
+        Some(url) => url,
+        None if !given.coderd && !given.sink => match env(CODER_AGENT_URL) {
+            Some(url) => url.parse().map_err(|e| rename(e, CODER_URL_FROM_CODER))?,
+            None => return Ok(()),
+        },
+        None => return Ok(()),
+    };
+    let token = match (args.agent_token, args.agent_token_file) {
+        (Some(token), _) => AuthToken::new(token),
+        (None, Some(token)) => token,
+        (None, None) => match (env(CODER_AGENT_TOKEN), env(CODER_AGENT_TOKEN_FILE)) {
+            (Some(token), _) => {
+                config::check_token(TOKEN_FROM_CODER, &token)?;
+                AuthToken::new(token)
+            }
+            (None, Some(path)) => read_token_file(TOKEN_FILE_FROM_CODER, &path)?,
+            (None, None) => {
+                return Err(ConfigError::Unusable {
+                    setting: "--coder-url",
+                    value: url.to_string(),
+                    takes: TAKES_CODER_URL,
+                    problem: NO_CODER_TOKEN.to_owned(),
+                })
+            }
+        },
+    };
+    config.sink = None;
+    config.coder = Some(CoderSettings {
+        url,
+        token,
+        ca_file: args.coder_ca_file,
+        allow_agent_role: args.coder_allow_agent_role,
+    });
+    Ok(())
+}
+
+/// How an error names a value taken from one of coder's variables: the flag it stands
+/// for, and the variable (a bad value exits 2 naming both).
+const SOCKET_FROM_CODER: &str = "--socket (from CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH)";
+const CODER_URL_FROM_CODER: &str = "--coder-url (from CODER_AGENT_URL)";
+const TOKEN_FROM_CODER: &str = "--agent-token (from CODER_AGENT_TOKEN)";
+const TOKEN_FILE_FROM_CODER: &str = "--agent-token-file (from CODER_AGENT_TOKEN_FILE)";
+
+/// The same error, naming the flag and the variable the value came from.
+fn rename(error: ConfigError, variable: &'static str) -> ConfigError {
+    match error {
+        ConfigError::Invalid { value, takes, .. } => ConfigError::Invalid {
+            setting: variable,
+            value,
+            takes,
+        },
+        ConfigError::Unusable {
+            value,
+            takes,
+            problem,
+            ..
+        } => ConfigError::Unusable {
+            setting: variable,
+            value,
+            takes,
+            problem,
+        },
+        ConfigError::Secret { takes, problem, .. } => ConfigError::Secret {
+            setting: variable,
+            takes,
+            problem,
+        },
+        ConfigError::Requires { requires, why, .. } => ConfigError::Requires {
+            setting: variable,
+            requires,
+            why,
+        },
+    }
+}

@@ -1,0 +1,151 @@
+//! Keeps the shutdown deadline whatever a reporter does: every call runs on a
+//! thread of its own (`blp-calls`, a current-thread runtime), and the forwarder
+//! only awaits its result. A reporter that blocks its thread inside a call (a
+//! write to a pipe nobody reads, a synchronous client) then stalls that thread
+//! only; the forwarder still sees its cancellation at the deadline, takes the
+//! request back and the server counts it as a `shutdown` drop.
+//!
+//! Each request is counted once, by the forwarder: forwarded when a call's result
+//! reached it, else (cancelled first) dropped. A call given up on is aborted; one
+//! stuck in a blocking write cannot be, and its bytes may still reach the
+//! destination before the process exits, counted as `shutdown` nonetheless.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
+use crate::reporter::{EncodedRequest, Reporter};
+
+/// A reporter whose calls run on their own thread; see the module docs.
+pub struct Isolated<R> {
+    inner: Arc<R>,
+    calls: tokio::runtime::Handle,
+    /// Dropped with the reporter: ends the calls thread (if it is not stuck).
+    _stop: oneshot::Sender<()>,
+}
+
+impl<R: Reporter> Isolated<R> {
+    /// Starts the calls thread for `inner`.
+    pub fn new(inner: R) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let calls = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("blp-calls".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                // Calls still running are dropped (cancelled) with the runtime.
+            })?;
+        Ok(Self {
+            inner: Arc::new(inner),
+            calls,
+            _stop: stop,
+        })
+    }
+
+    /// Runs `call` on the calls thread; dropping the returned future aborts it.
+    fn run<T, F>(&self, call: F) -> impl Future<Output = Result<T, tonic::Status>> + Send
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, tonic::Status>> + Send + 'static,
+    {
+        let handle = AbortOnDrop(self.calls.spawn(call));
+        async move {
+            let mut handle = handle;
+            match (&mut handle.0).await {
+                Ok(result) => result,
+                Err(error) => Err(tonic::Status::internal(format!(
+                    "the reporter's call ended abnormally: {error}"
+                ))),
+            }
+        }
+    }
+}
+
+/// Aborts the call when the forwarder stops waiting for it.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<R: Reporter> Reporter for Isolated<R> {
+    fn report_boundary_logs(
+        &self,
+        request: ReportBoundaryLogsRequest,
+    ) -> impl Future<Output = Result<ReportBoundaryLogsResponse, tonic::Status>> + Send {
+        let inner = self.inner.clone();
+        self.run(async move { inner.report_boundary_logs(request).await })
+    }
+
+    fn report_encoded(
+        &self,
+        request: EncodedRequest,
+    ) -> impl Future<Output = Result<(), tonic::Status>> + Send {
+        let inner = self.inner.clone();
+        self.run(async move { inner.report_encoded(request).await })
+    }
+}
+
+impl<R> std::fmt::Debug for Isolated<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Isolated").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    /// Blocks its thread inside every call until released.
+    struct Blocking {
+        release: Arc<AtomicBool>,
+    }
+
+    impl Reporter for Blocking {
+        async fn report_boundary_logs(
+            &self,
+            _request: ReportBoundaryLogsRequest,
+        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
+            while !self.release.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(ReportBoundaryLogsResponse {})
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_that_blocks_its_thread_can_still_be_given_up_on() {
+        let release = Arc::new(AtomicBool::new(false));
+        let reporter = Isolated::new(Blocking {
+            release: release.clone(),
+        })
+        .unwrap();
+        // On a current-thread runtime, the blocking call would hang this test
+        // if it ran here.
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(200),
+            reporter.report_boundary_logs(ReportBoundaryLogsRequest::default()),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the call is still blocked");
+        release.store(true, Ordering::Release);
+        let done = tokio::time::timeout(
+            Duration::from_secs(10),
+            reporter.report_boundary_logs(ReportBoundaryLogsRequest::default()),
+        )
+        .await;
+        assert!(matches!(done, Ok(Ok(_))), "{done:?}");
+    }
+}

@@ -1,0 +1,218 @@
+//! The forwarder's side of the disk spool: writes requests it cannot deliver now,
+//! reads back the oldest for replay, acknowledges what the destination took, and
+//! keeps the spool's metrics current. Every spool outcome is counted here.
+
+use std::time::Instant;
+
+use crate::events::{
+    ForwardDropReason, ForwardDropped, InternalEvent, SpoolOccupancy, SpoolReplayed, Spooled,
+};
+use crate::metrics::Metrics;
+use crate::reporter::EncodedRequest;
+use crate::spool::{AppendError, Spool};
+
+use super::batch::{Limits, OrderKey, Outgoing};
+
+/// A request read back from the spool, and the record to acknowledge once the
+/// destination took it.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    pub seq: u64,
+    pub request: EncodedRequest,
+    /// Where the request's frames end, as in [`Outgoing::frame_ends`].
+    pub frame_ends: Vec<u32>,
+}
+
+impl Replay {
+    /// The request as the delivery loop sends it (it may be split like any other).
+    pub fn outgoing(&self) -> Outgoing {
+        Outgoing {
+            request: self.request.clone(),
+            // Replays go one at a time: nothing to order against.
+            order: OrderKey {
+                conns: Vec::new(),
+                session: 0,
+            },
+            frame_ends: self.frame_ends.clone(),
+        }
+    }
+}
+
+/// A record's payload: the request's `frame_ends` (one little-endian u32 per frame,
+/// `frames` of them), then the encoded request.
+fn encode_payload(out: &Outgoing, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.reserve(out.frame_ends.len() * 4 + out.request.bytes.len());
+    for end in &out.frame_ends {
+        buf.extend_from_slice(&end.to_le_bytes());
+    }
+    buf.extend_from_slice(&out.request.bytes);
+}
+
+/// Splits a record's payload back; `None` if it is too short for its frame count.
+fn decode_payload(
+    frames: u32,
+    logs: u32,
+    payload: bytes::Bytes,
+) -> Option<(Vec<u32>, EncodedRequest)> {
+    let prefix = frames as usize * 4;
+    if payload.len() < prefix {
+        return None;
+    }
+    let frame_ends = payload[..prefix]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    let request = EncodedRequest {
+        bytes: payload.slice(prefix..),
+        logs,
+        frames,
+    };
+    Some((frame_ends, request))
+}
+
+/// The spool as the forwarder uses it.
+#[derive(Debug)]
+pub struct Spooler {
+    spool: Spool,
+    buf: Vec<u8>,
+    /// How frames still in the ring at shutdown are merged before they are written.
+    pub(super) limits: Limits,
+}
+
+impl Spooler {
+    /// Wraps an open spool; sets the spool gauges.
+    pub fn new(spool: Spool, limits: Limits, metrics: &Metrics) -> Self {
+        let spooler = Self {
+            spool,
+            buf: Vec::new(),
+            limits,
+        };
+        spooler.occupancy(metrics);
+        spooler
+    }
+
+    /// True while records wait for replay.
+    pub fn is_empty(&self) -> bool {
+        self.spool.is_empty()
+    }
+
+    /// Writes `request`, or counts it as `spool_full` when there is no room (or the
+    /// write failed). Returns whether it was written.
+    pub fn append(&mut self, out: &Outgoing, metrics: &Metrics) -> bool {
+        let request = &out.request;
+        encode_payload(out, &mut self.buf);
+        let written = match self.spool.append(request.frames, request.logs, &self.buf) {
+            Ok(()) => true,
+            Err(AppendError::Full) => false,
+            Err(AppendError::Io(error)) => {
+                tracing::error!(dir = %self.spool.dir().display(), %error, "writing to the disk spool");
+                false
+            }
+        };
+        let (frames, logs) = (u64::from(request.frames), u64::from(request.logs));
+        if written {
+            Spooled { frames, logs }.emit(metrics);
+        } else {
+            ForwardDropped {
+                frames,
+                logs,
+                reason: ForwardDropReason::SpoolFull,
+            }
+            .emit(metrics);
+        }
+        self.occupancy(metrics);
+        written
+    }
+
+    /// The oldest record, for replay. Records found damaged are counted as
+    /// `spool_corrupt` and skipped; a read error leaves the record for later.
+    pub fn peek(&mut self, metrics: &Metrics) -> Option<Replay> {
+        let read = self.spool.peek();
+        let corrupt = self.spool.take_corrupt();
+        if corrupt.frames > 0 || corrupt.logs > 0 {
+            ForwardDropped {
+                frames: corrupt.frames,
+                logs: corrupt.logs,
+                reason: ForwardDropReason::SpoolCorrupt,
+            }
+            .emit(metrics);
+            self.occupancy(metrics);
+        }
+        match read {
+            Ok(Some(r)) => match decode_payload(r.frames, r.logs, r.payload) {
+                Some((frame_ends, request)) => Some(Replay {
+                    seq: r.seq,
+                    request,
+                    frame_ends,
+                }),
+                None => {
+                    // Intact by its CRC but not what this proxy writes: skip it, counted.
+                    tracing::error!(
+                        seq = r.seq,
+                        "a spooled record too short for its frame count"
+                    );
+                    let _ = self.spool.ack(r.seq);
+                    ForwardDropped {
+                        frames: u64::from(r.frames),
+                        logs: u64::from(r.logs),
+                        reason: ForwardDropReason::SpoolCorrupt,
+                    }
+                    .emit(metrics);
+                    self.occupancy(metrics);
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(error) => {
+                tracing::error!(dir = %self.spool.dir().display(), %error, "reading the disk spool");
+                None
+            }
+        }
+    }
+
+    /// Every part of `replay` was settled: `delivered` of its logs were delivered,
+    /// the rest refused for good (already counted as `forward_failed`). It leaves
+    /// the spool.
+    pub fn ack(&mut self, replay: &Replay, delivered: u64, metrics: &Metrics) {
+        match self.spool.ack(replay.seq) {
+            Ok(true) => {
+                if delivered > 0 {
+                    SpoolReplayed { logs: delivered }.emit(metrics);
+                }
+            }
+            Ok(false) => tracing::error!(
+                seq = replay.seq,
+                "acknowledged a record that is not the spool's oldest"
+            ),
+            Err(error) => {
+                tracing::error!(dir = %self.spool.dir().display(), %error, "updating the disk spool")
+            }
+        }
+        self.occupancy(metrics);
+    }
+
+    /// Syncs what is due (see [`Spool::tick`]).
+    pub fn tick(&mut self) {
+        if let Err(error) = self.spool.tick(Instant::now()) {
+            tracing::error!(dir = %self.spool.dir().display(), %error, "syncing the disk spool");
+        }
+    }
+
+    /// Makes everything durable (at shutdown).
+    pub fn sync(&mut self) {
+        if let Err(error) = self.spool.flush() {
+            tracing::error!(dir = %self.spool.dir().display(), %error, "syncing the disk spool");
+        }
+    }
+
+    fn occupancy(&self, metrics: &Metrics) {
+        let held = self.spool.held();
+        SpoolOccupancy {
+            bytes: self.spool.disk_bytes(),
+            frames: held.frames,
+            logs: held.logs,
+        }
+        .emit(metrics);
+    }
+}

@@ -1,0 +1,544 @@
+//! The coder reporter: coderd's Agent API as storj DRPC over hashicorp yamux over a
+//! websocket, the way coder's own agent calls it (docs/coder-transport.md). One file per
+//! layer, top-down: [`CoderReporter`] (here) makes each `ReportBoundaryLogs` call with
+//! [`call`] on a stream of the [`session`] (yamux) over the [`websocket`], opened on a
+//! [`net`] connection after the [`buildinfo`] version gate; [`drpc`] is the wire codec.
+
+pub mod buildinfo;
+pub mod call;
+pub mod drpc;
+pub mod net;
+pub mod session;
+pub mod websocket;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prost::Message as _;
+use tonic::Status;
+
+use self::buildinfo::Gate;
+use self::call::{CallError, REPORT_BOUNDARY_LOGS};
+use self::net::{Connector, TlsSetupError};
+use self::session::Session;
+use super::{EncodedRequest, Reporter};
+use crate::config::coder::{CoderSettings, CoderUrl};
+use crate::events::{
+    CoderdConnectFailed, CoderdConnected, CoderdDisconnected, InternalEvent as _,
+    NonUuidSessionForwarded,
+};
+use crate::metrics::{CoderdConnectResult, Metrics};
+use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
+
+/// Default longest wait for each connection step (TCP+TLS, buildinfo, upgrade).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default longest wait for one call, connecting included.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why connecting to coderd failed. Every one is transient for the forwarder: the call
+/// fails with UNAVAILABLE and is retried (on a new connection) under `--retry-max-elapsed`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP, TLS or the HTTP exchange broke.
+    #[error("{what}: {source}")]
+    Network {
+        /// The step.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A step took longer than the connect timeout.
+    #[error("{what}: timed out after {after:?}")]
+    Timeout {
+        /// The step.
+        what: &'static str,
+        /// The timeout.
+        after: Duration,
+    },
+    /// coderd answered with an HTTP error (401 for a wrong token).
+    #[error("{what}: coderd answered HTTP {status}: {message}")]
+    Http {
+        /// The request.
+        what: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// coderd's `message` (and `detail`).
+        message: String,
+    },
+    /// The websocket handshake failed for another reason.
+    #[error("websocket upgrade: {0}")]
+    Upgrade(String),
+    /// `/api/v2/buildinfo` answered something unreadable.
+    #[error("GET /api/v2/buildinfo: {0}")]
+    BuildInfo(String),
+    /// coderd is older than v2.31.0 and `--coder-allow-agent-role` is not set.
+    #[error(
+        "coderd {version} is older than v2.31.0: it would take this proxy for the workspace \
+         agent itself (marking the agent connected and disconnected with it); not connecting. \
+         Upgrade coderd, or pass --coder-allow-agent-role to accept that"
+    )]
+    RefusedVersion {
+        /// The version coderd reported.
+        version: String,
+    },
+}
+
+impl ConnectError {
+    /// How `coderd_connects_total` counts it.
+    pub fn result(&self) -> CoderdConnectResult {
+        match self {
+            Self::Http { .. } => CoderdConnectResult::HttpError,
+            Self::RefusedVersion { .. } => CoderdConnectResult::RefusedVersion,
+            _ => CoderdConnectResult::NetworkError,
+        }
+    }
+}
+
+/// Why a `CoderReporter` could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CoderSetupError {
+    /// The TLS settings (system roots, `--coder-ca-file`).
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// A zero call timeout would fail every call.
+    #[error("the call timeout must be above zero")]
+    ZeroCallTimeout,
+}
+
+/// What a [`CoderReporter`] connects to and how it calls.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CoderConfig {
+    /// coderd's base URL.
+    pub url: CoderUrl,
+    /// The workspace agent's token, sent as `Coder-Session-Token`.
+    pub token: String,
+    /// Extra PEM roots for `https://`.
+    pub ca_file: Option<PathBuf>,
+    /// Connect to coderd older than v2.31.0 anyway.
+    pub allow_agent_role: bool,
+    /// Longest one call may take, connecting included; on expiry it fails with UNAVAILABLE
+    /// and the connection it used is replaced.
+    pub call_timeout: Duration,
+    /// Longest each connection step may take.
+    pub connect_timeout: Duration,
+}
+
+impl CoderConfig {
+    /// Defaults for `url` and `token`: no extra roots, the version gate on, 10 s calls, 5 s
+    /// connection steps.
+    pub fn new(url: CoderUrl, token: impl Into<String>) -> Self {
+        Self {
+            url,
+            token: token.into(),
+            ca_file: None,
+            allow_agent_role: false,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// From the command line's settings.
+    pub fn from_settings(settings: &CoderSettings, call_timeout: Duration) -> Self {
+        Self {
+            ca_file: settings.ca_file.clone(),
+            allow_agent_role: settings.allow_agent_role,
+            call_timeout,
+            ..Self::new(settings.url.clone(), settings.token.expose())
+        }
+    }
+}
+
+impl std::fmt::Debug for CoderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoderConfig")
+            .field("url", &self.url.to_string())
+            .field("token", &"<redacted>")
+            .field("ca_file", &self.ca_file)
+            .field("allow_agent_role", &self.allow_agent_role)
+            .field("call_timeout", &self.call_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// Reports to coderd over the coder transport. Connects lazily and once for all callers
+/// (concurrent calls share one session, a yamux stream each), and replaces the connection
+/// after any transport failure. Cheap to clone; clones share the connection.
+#[derive(Clone, Debug)]
+pub struct CoderReporter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: CoderConfig,
+    connector: Connector,
+    metrics: Arc<Metrics>,
+    /// The session calls use, while it lives.
+    current: Mutex<Option<Arc<Session>>>,
+    /// Held while connecting, so one caller connects and the others wait for it.
+    connecting: tokio::sync::Mutex<Option<Status>>,
+    /// Connection attempts finished, so a waiter sees whether one ended while it waited.
+    attempts: AtomicU64,
+}
+
+impl CoderReporter {
+    /// A reporter that connects on its first call. Must be called inside a Tokio runtime.
+    pub fn new(config: CoderConfig, metrics: Arc<Metrics>) -> Result<Self, CoderSetupError> {
+        if config.call_timeout.is_zero() {
+            return Err(CoderSetupError::ZeroCallTimeout);
+        }
+        let connector = Connector::new(
+            config.url.clone(),
+            config.ca_file.as_deref(),
+            config.connect_timeout,
+        )?;
+        if !config.url.tls() && !config.url.is_loopback() {
+            tracing::warn!(
+                url = %config.url,
+                "--coder-url is plain http:// to a host that is not loopback: the agent token \
+                 and the audit logs travel unencrypted"
+            );
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                connector,
+                metrics,
+                current: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(None),
+                attempts: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// A reporter already connected (for tests and callers that want to fail early).
+    pub async fn connect(config: CoderConfig, metrics: Arc<Metrics>) -> Result<Self, Status> {
+        let reporter =
+            Self::new(config, metrics).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        reporter.session().await?;
+        Ok(reporter)
+    }
+
+    /// Whether a session to coderd is up now.
+    pub fn is_connected(&self) -> bool {
+        self.live().is_some()
+    }
+
+    /// Sends encoded `ReportBoundaryLogsRequest` bytes as they are: OK, UNKNOWN with
+    /// coderd's text for a DRPC Error (permanent), UNAVAILABLE for anything that went wrong
+    /// on the way (transient).
+    pub async fn send(&self, request: &[u8]) -> Result<(), Status> {
+        let used: Mutex<Option<Arc<Session>>> = Mutex::new(None);
+        let work = async {
+            let session = self.session().await?;
+            *used.lock().unwrap_or_else(PoisonError::into_inner) = Some(session.clone());
+            let mut stream = session.open().await.map_err(|e| {
+                self.discard(&session, &e.to_string());
+                Status::unavailable(format!("coderd: opening a stream: {e}"))
+            })?;
+            match call::unary(&mut stream, REPORT_BOUNDARY_LOGS, request).await {
+                Ok(_response) => Ok(()),
+                Err(CallError::Remote { message, .. }) => Err(Status::unknown(message)),
+                Err(e) => {
+                    self.discard(&session, &e.to_string());
+                    Err(Status::unavailable(format!("coderd: {e}")))
+                }
+            }
+        };
+        match tokio::time::timeout(self.inner.config.call_timeout, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                let reason = format!(
+                    "no answer within the call timeout ({:?})",
+                    self.inner.config.call_timeout
+                );
+                if let Some(session) = used.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                    self.discard(&session, &reason);
+                }
+                Err(Status::unavailable(format!("coderd: {reason}")))
+            }
+        }
+    }
+
+    fn live(&self) -> Option<Arc<Session>> {
+        let current = self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        current.as_ref().filter(|s| !s.is_ended()).cloned()
+    }
+
+    /// Stops using `session` (if it is still the current one) so the next call reconnects.
+    fn discard(&self, session: &Arc<Session>, reason: &str) {
+        let mut current = self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, session)) {
+            *current = None;
+            if !session.is_ended() {
+                CoderdDisconnected { reason }.emit(&self.inner.metrics);
+            }
+        }
+    }
+
+    /// The live session, connecting if there is none. Concurrent callers share one attempt
+    /// and its outcome.
+    async fn session(&self) -> Result<Arc<Session>, Status> {
+        if let Some(session) = self.live() {
+            return Ok(session);
+        }
+        let seen = self.inner.attempts.load(Ordering::Acquire);
+        let mut last_failure = self.inner.connecting.lock().await;
+        if let Some(session) = self.live() {
+            return Ok(session);
+        }
+        if self.inner.attempts.load(Ordering::Acquire) != seen {
+            if let Some(status) = last_failure.as_ref() {
+                return Err(status.clone());
+            }
+        }
+        let outcome = self.open_session().await;
+        self.inner.attempts.fetch_add(1, Ordering::Release);
+        match outcome {
+            Ok(session) => {
+                *last_failure = None;
+                *self
+                    .inner
+                    .current
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(session.clone());
+                Ok(session)
+            }
+            Err(error) => {
+                let text = error.to_string();
+                CoderdConnectFailed {
+                    result: error.result(),
+                    url: &self.inner.config.url.to_string(),
+                    error: &text,
+                }
+                .emit(&self.inner.metrics);
+                let status = Status::unavailable(format!("coderd: {text}"));
+                *last_failure = Some(status.clone());
+                Err(status)
+            }
+        }
+    }
+
+    /// Version gate, websocket upgrade, yamux session.
+    async fn open_session(&self) -> Result<Arc<Session>, ConnectError> {
+        let config = &self.inner.config;
+        let io = self.inner.connector.connect().await?;
+        let version = buildinfo::fetch_version(io, &config.url, config.connect_timeout).await?;
+        match buildinfo::gate(&version, config.allow_agent_role) {
+            Gate::Pass => {}
+            Gate::Allowed(version) => tracing::warn!(
+                %version,
+                "coderd is older than v2.31.0; connecting anyway (--coder-allow-agent-role): \
+                 coderd takes this connection for the workspace agent's own"
+            ),
+            Gate::Refused(version) => return Err(ConnectError::RefusedVersion { version }),
+        }
+        let io = self.inner.connector.connect().await?;
+        let ws = tokio::time::timeout(
+            config.connect_timeout,
+            websocket::upgrade(io, &config.url, &config.token),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout {
+            what: "websocket upgrade",
+            after: config.connect_timeout,
+        })??;
+        let reporter = Arc::downgrade(&self.inner);
+        let session = Session::start(ws, move |reason| {
+            // Only while this session is the one in use: a session replaced earlier may end
+            // after its successor connected.
+            let Some(inner) = reporter.upgrade() else {
+                return;
+            };
+            let replaced = inner
+                .current
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|current| !current.is_ended());
+            if !replaced {
+                CoderdDisconnected { reason }.emit(&inner.metrics);
+            }
+        });
+        CoderdConnected {
+            url: &config.url.to_string(),
+            version: &version,
+        }
+        .emit(&self.inner.metrics);
+        Ok(Arc::new(session))
+    }
+
+    /// Sends `request` and, once delivered, counts its logs if its session id is not a
+    /// UUID. The id is read before sending: the scan then pulls the request into the cache
+    /// for the copies the send makes, instead of reading it cold afterwards.
+    async fn send_counting(&self, request: &[u8], logs: u64) -> Result<(), Status> {
+        let non_uuid = session_id(request).filter(|id| !is_uuid(id));
+        self.send(request).await?;
+        if let Some(session_id) = non_uuid {
+            NonUuidSessionForwarded { logs, session_id }.emit(&self.inner.metrics);
+        }
+        Ok(())
+    }
+}
+
+impl Reporter for CoderReporter {
+    async fn report_boundary_logs(
+        &self,
+        request: ReportBoundaryLogsRequest,
+    ) -> Result<ReportBoundaryLogsResponse, Status> {
+        let bytes = request.encode_to_vec();
+        self.send_counting(&bytes, request.logs.len() as u64)
+            .await?;
+        Ok(ReportBoundaryLogsResponse {})
+    }
+
+    async fn report_encoded(&self, request: EncodedRequest) -> Result<(), Status> {
+        self.send_counting(&request.bytes, u64::from(request.logs))
+            .await
+    }
+}
+
+/// The `session_id` (field 2) of an encoded `ReportBoundaryLogsRequest`, read without
+/// decoding the logs; `None` if absent or malformed. The last occurrence wins, as in
+/// protobuf.
+pub fn session_id(bytes: &[u8]) -> Option<&str> {
+    /// A varint at `*at`, advancing past it.
+    #[inline(always)]
+    fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *bytes.get(*at)?;
+            *at += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    let mut found = None;
+    let mut at = 0;
+    while at < bytes.len() {
+        let key = varint(bytes, &mut at)?;
+        let skip = match key & 7 {
+            0 => {
+                varint(bytes, &mut at)?;
+                0
+            }
+            1 => 8,
+            5 => 4,
+            2 => usize::try_from(varint(bytes, &mut at)?).ok()?,
+            _ => return None,
+        };
+        let end = at.checked_add(skip).filter(|&end| end <= bytes.len())?;
+        if key == (2 << 3 | 2) {
+            found = Some(std::str::from_utf8(&bytes[at..end]).ok()?);
+        }
+        at = end;
+    }
+    found
+}
+
+/// Whether `text` is a UUID in a form Go's `uuid.Parse` (which coderd uses) accepts:
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, optionally in braces or after `urn:uuid:`, or
+/// 32 hex digits.
+pub fn is_uuid(text: &str) -> bool {
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    let dashed = |s: &str| {
+        s.len() == 36
+            && s.bytes().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            })
+    };
+    match text.len() {
+        32 => hex(text),
+        36 => dashed(text),
+        38 => text.starts_with('{') && text.ends_with('}') && dashed(&text[1..37]),
+        45 => {
+            text.get(..9)
+                .is_some_and(|p| p.eq_ignore_ascii_case("urn:uuid:"))
+                && dashed(&text[9..])
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_read_from_the_encoded_request() {
+        let request = ReportBoundaryLogsRequest {
+            logs: vec![Default::default(), Default::default()],
+            session_id: "6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f".into(),
+            confined_process_name: "curl".into(),
+        };
+        let bytes = request.encode_to_vec();
+        assert_eq!(
+            session_id(&bytes),
+            Some("6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f")
+        );
+        assert_eq!(
+            session_id(&ReportBoundaryLogsRequest::default().encode_to_vec()),
+            None
+        );
+        assert_eq!(session_id(&bytes[..bytes.len() - 7]), None, "cut short");
+    }
+
+    #[test]
+    fn uuids_are_recognised_in_the_forms_go_accepts() {
+        for ok in [
+            "6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f",
+            "6F1C2B9A-2D4E-4C1B-9B8E-0A1B2C3D4E5F",
+            "{6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f}",
+            "urn:uuid:6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f",
+            "6f1c2b9a2d4e4c1b9b8e0a1b2c3d4e5f",
+        ] {
+            assert!(is_uuid(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "session-1",
+            "6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5",
+            "6f1c2b9a-2d4e-4c1b-9b8e_0a1b2c3d4e5f",
+            "6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5g",
+        ] {
+            assert!(!is_uuid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn connect_errors_count_under_their_result() {
+        let http = ConnectError::Http {
+            what: "websocket upgrade",
+            status: 401,
+            message: "Agent token not authorized.".into(),
+        };
+        assert_eq!(http.result(), CoderdConnectResult::HttpError);
+        assert!(http.to_string().contains("401") && http.to_string().contains("not authorized"));
+        let old = ConnectError::RefusedVersion {
+            version: "v2.30.0".into(),
+        };
+        assert_eq!(old.result(), CoderdConnectResult::RefusedVersion);
+        assert!(old.to_string().contains("v2.30.0"));
+        let timeout = ConnectError::Timeout {
+            what: "connecting",
+            after: Duration::from_secs(5),
+        };
+        assert_eq!(timeout.result(), CoderdConnectResult::NetworkError);
+    }
+}

@@ -1,0 +1,180 @@
+//! The websocket layer: the HTTP upgrade of `GET /api/v2/workspaceagents/me/rpc` (RFC 6455,
+//! via tokio-tungstenite) with the agent token, and the upgraded connection exposed as a
+//! plain byte stream for yamux: binary messages carry bytes, their boundaries mean nothing
+//! (docs/coder-transport.md, "The websocket").
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures_util::io::{AsyncRead, AsyncWrite};
+use futures_util::{Sink, Stream};
+use http::header::{HeaderValue, USER_AGENT};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use super::net::BoxIo;
+use super::ConnectError;
+use crate::config::coder::CoderUrl;
+
+/// The Agent API's endpoint, under the URL's path prefix.
+pub const RPC_PATH: &str = "/api/v2/workspaceagents/me/rpc";
+/// Agent API version 2.0, connecting as a boundary log proxy rather than as the agent
+/// (coderd v2.31.0 and later; older ones ignore `role`).
+pub const RPC_QUERY: &str = "version=2.0&role=boundary-log-proxy";
+/// The header carrying the agent token.
+pub const TOKEN_HEADER: &str = "Coder-Session-Token";
+
+/// Upgrades `io` to a websocket on the rpc endpoint. A non-101 answer becomes
+/// [`ConnectError::Http`] with the status and coderd's JSON `message`.
+pub async fn upgrade(io: BoxIo, url: &CoderUrl, token: &str) -> Result<WsBytes, ConnectError> {
+    let scheme = if url.tls() { "wss" } else { "ws" };
+    let target = format!(
+        "{scheme}://{}{}?{RPC_QUERY}",
+        url.authority(),
+        url.path(RPC_PATH)
+    );
+    let mut request = target
+        .into_client_request()
+        .map_err(|e| ConnectError::Upgrade(e.to_string()))?;
+    let token = HeaderValue::from_str(token)
+        .map_err(|_| ConnectError::Upgrade("the agent token is not a valid header value".into()))?;
+    request.headers_mut().insert(TOKEN_HEADER, token);
+    request.headers_mut().insert(
+        USER_AGENT,
+        HeaderValue::from_static(concat!("boundary-log-proxy/", env!("CARGO_PKG_VERSION"))),
+    );
+    let config = WebSocketConfig::default();
+    match tokio_tungstenite::client_async_with_config(request, io, Some(config)).await {
+        Ok((ws, _response)) => Ok(WsBytes::new(ws)),
+        Err(tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response.body().as_deref().unwrap_or_default();
+            Err(ConnectError::Http {
+                what: "websocket upgrade",
+                status,
+                message: coderd_message(body),
+            })
+        }
+        Err(tungstenite::Error::Io(source)) => Err(ConnectError::Network {
+            what: "websocket upgrade".into(),
+            source,
+        }),
+        Err(e) => Err(ConnectError::Upgrade(e.to_string())),
+    }
+}
+
+/// coderd's error `message` from a JSON body (`{"message": ..., "detail": ...}`), else the
+/// body's first 200 characters.
+pub fn coderd_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Response {
+        message: String,
+        #[serde(default)]
+        detail: String,
+    }
+    match serde_json::from_slice::<Response>(body) {
+        Ok(r) if r.detail.is_empty() => r.message,
+        Ok(r) => format!("{} ({})", r.message, r.detail),
+        Err(_) => String::from_utf8_lossy(body).chars().take(200).collect(),
+    }
+}
+
+/// An upgraded websocket read and written as bytes: each write is sent as one binary
+/// message; reads return the bytes of binary messages in order. Pings are answered by
+/// tungstenite as long as the stream is read (the yamux session reads it continuously).
+/// A close frame or the end of the connection reads as end of stream; a text message is
+/// an error.
+pub struct WsBytes {
+    ws: WebSocketStream<BoxIo>,
+    unread: Bytes,
+}
+
+impl WsBytes {
+    fn new(ws: WebSocketStream<BoxIo>) -> Self {
+        Self {
+            ws,
+            unread: Bytes::new(),
+        }
+    }
+}
+
+fn io_error(error: tungstenite::Error) -> io::Error {
+    match error {
+        tungstenite::Error::Io(e) => e,
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            io::Error::new(io::ErrorKind::BrokenPipe, "websocket closed")
+        }
+        other => io::Error::other(other),
+    }
+}
+
+impl AsyncRead for WsBytes {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            if !self.unread.is_empty() {
+                let n = buf.len().min(self.unread.len());
+                buf[..n].copy_from_slice(&self.unread[..n]);
+                self.unread.advance(n);
+                return Poll::Ready(Ok(n));
+            }
+            match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
+                Some(Ok(Message::Binary(bytes))) => self.unread = bytes,
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Text(_))) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "coderd sent a text websocket message; the rpc endpoint is binary only",
+                    )))
+                }
+                Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(0)),
+                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for WsBytes {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io_error)?;
+        Pin::new(&mut self.ws)
+            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
+            .map_err(io_error)?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.ws).poll_flush(cx).map_err(io_error)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.ws).poll_close(cx).map_err(io_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coderds_json_message_is_what_gets_reported() {
+        let body = br#"{"message":"Agent token not authorized.","detail":"invalid token"}"#;
+        assert_eq!(
+            coderd_message(body),
+            "Agent token not authorized. (invalid token)"
+        );
+        assert_eq!(coderd_message(br#"{"message":"Gone."}"#), "Gone.");
+        assert_eq!(coderd_message(b"502 Bad Gateway"), "502 Bad Gateway");
+    }
+}

@@ -1,0 +1,575 @@
+//! The disk spool: requests the destination could not take, kept in append-only
+//! segment files until it acknowledges them, so a long outage or a restart loses
+//! no audit log (docs/spool.md).
+//!
+//! Layers, one a file: `record` (the bytes of one record), `segment` (one file of
+//! records), `state` (what was acknowledged), `lock` (one process a directory);
+//! this file is the spool itself: append, read the oldest, acknowledge, recover.
+//!
+//! The spool is a queue in the order requests were appended; the forwarder reads
+//! and acknowledges from its head only, so every session's order is kept.
+
+mod lock;
+mod record;
+mod segment;
+mod state;
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+pub use lock::{DirLock, LockError};
+pub use record::{Position, HEADER_LEN};
+
+use record::Header;
+use segment::Segment;
+use state::{Loaded, State};
+
+/// With [`Fsync::Interval`], the longest written data waits for its sync.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// `--spool-max-bytes` default: 256 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+
+/// When appended records are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// After every append, before it returns.
+    Always,
+    /// Within [`SYNC_INTERVAL`] of the append (through [`Spool::tick`]).
+    Interval,
+}
+
+/// Where and how big.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// Most bytes the segment files may take together.
+    pub max_bytes: u64,
+    pub fsync: Fsync,
+    /// A new segment file is started once the current one holds this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl SpoolConfig {
+    /// A config with segments of an eighth of `max_bytes` (4 KiB to 32 MiB).
+    pub fn new(dir: impl Into<PathBuf>, max_bytes: u64, fsync: Fsync) -> Self {
+        Self {
+            dir: dir.into(),
+            max_bytes,
+            fsync,
+            segment_bytes: (max_bytes / 8).clamp(4 << 10, 32 << 20),
+        }
+    }
+}
+
+/// Frames and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub frames: u64,
+    pub logs: u64,
+}
+
+impl Counts {
+    fn add(&mut self, frames: u64, logs: u64) {
+        self.frames += frames;
+        self.logs += logs;
+    }
+    fn between(from: Position, to: Position) -> Counts {
+        if to.seq <= from.seq {
+            return Counts::default();
+        }
+        Counts {
+            frames: to.frame.saturating_sub(from.frame),
+            logs: to.log.saturating_sub(from.log),
+        }
+    }
+}
+
+/// What opening the spool found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recovery {
+    /// Intact records not yet acknowledged: they will be replayed.
+    pub intact: Counts,
+    /// Records lost to damage (corrupt bytes, a torn tail, a missing file).
+    pub corrupt: Counts,
+    /// Bytes cut from segment tails.
+    pub truncated_bytes: u64,
+    /// Bytes that held no intact record (including the truncated ones).
+    pub damaged_bytes: u64,
+    /// The state file was there but did not check: acknowledged records may be replayed again.
+    pub state_damaged: bool,
+}
+
+/// Errors of the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool directory {dir}: {source}")]
+    Dir {
+        dir: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("spool directory {dir} is in use by another process ({source})")]
+    Locked {
+        dir: String,
+        #[source]
+        source: LockError,
+    },
+    #[error("spool {dir}: {source}")]
+    Io {
+        dir: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why an append did not take a record.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// It would take the segment files past `max_bytes`.
+    #[error("the spool is full")]
+    Full,
+    #[error("writing to the spool: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A record read back for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spooled {
+    pub seq: u64,
+    pub frames: u32,
+    pub logs: u32,
+    /// One encoded `ReportBoundaryLogsRequest`.
+    pub payload: Bytes,
+}
+
+/// Where a live record is.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    segment: u64,
+    offset: u64,
+    header: Header,
+}
+
+/// An open spool directory (locked for as long as this lives).
+#[derive(Debug)]
+pub struct Spool {
+    config: SpoolConfig,
+    _lock: DirLock,
+    /// Oldest first; the last one is appended to if `writable`.
+    segments: VecDeque<Segment>,
+    writable: bool,
+    /// Records not yet acknowledged, oldest first.
+    entries: VecDeque<Entry>,
+    /// Position of the next record appended.
+    next: Position,
+    /// Sum of the segment files' lengths.
+    disk_bytes: u64,
+    held: Counts,
+    /// Records found damaged while reading, not yet taken by the caller.
+    corrupt: Counts,
+    state_dirty: bool,
+    dir_dirty: bool,
+    last_sync: Instant,
+    buf: Vec<u8>,
+}
+
+impl Spool {
+    /// Opens (creating if needed) and locks `config.dir`, and recovers what is in it:
+    /// damaged stretches are skipped and counted, torn tails truncated.
+    pub fn open(config: SpoolConfig) -> Result<(Spool, Recovery), SpoolError> {
+        let dir = config.dir.clone();
+        let shown = dir.display().to_string();
+        std::fs::create_dir_all(&dir).map_err(|source| SpoolError::Dir {
+            dir: shown.clone(),
+            source,
+        })?;
+        let lock = DirLock::acquire(&dir).map_err(|source| match source {
+            LockError::Held { .. } => SpoolError::Locked {
+                dir: shown.clone(),
+                source,
+            },
+            LockError::Io { source, .. } => SpoolError::Dir {
+                dir: shown.clone(),
+                source,
+            },
+        })?;
+        let io = |source| SpoolError::Io {
+            dir: shown.clone(),
+            source,
+        };
+        let mut spool = Spool {
+            config,
+            _lock: lock,
+            segments: VecDeque::new(),
+            writable: false,
+            entries: VecDeque::new(),
+            next: Position::default(),
+            disk_bytes: 0,
+            held: Counts::default(),
+            corrupt: Counts::default(),
+            state_dirty: false,
+            dir_dirty: false,
+            last_sync: Instant::now(),
+            buf: Vec::new(),
+        };
+        let recovery = spool.recover().map_err(io)?;
+        Ok((spool, recovery))
+    }
+
+    fn recover(&mut self) -> io::Result<Recovery> {
+        let dir = self.config.dir.clone();
+        let mut recovery = Recovery::default();
+        let saved = match state::load(&dir)? {
+            Loaded::Ok(state) => Some(state),
+            Loaded::Missing => None,
+            Loaded::Damaged => {
+                recovery.state_damaged = true;
+                None
+            }
+        };
+        // Where the next live record should start; unknown without a state file
+        // until the first intact record says.
+        let mut cursor: Option<Position> = saved.map(|s| s.acked);
+        let acked_seq = saved.map_or(0, |s| s.acked.seq);
+        // The furthest position any header vouches for (torn tails included).
+        let mut end: Option<Position> = saved.map(|s| s.appended);
+        // Segments with no record to replay: deleted once the state is saved.
+        let mut useless = Vec::new();
+        // A gap between live records: they are rewritten with contiguous numbers,
+        // so that the next start does not count the same loss again.
+        let mut renumber = false;
+        for (id, path) in segment::list(&dir)? {
+            let mut seg = Segment::open(id, path)?;
+            let bytes = seg.read_all()?;
+            let scan = record::scan(&bytes);
+            recovery.damaged_bytes += scan
+                .damaged
+                .iter()
+                .map(|r| (r.end - r.start) as u64)
+                .sum::<u64>();
+            for (offset, header) in scan.records {
+                if header.at.seq < acked_seq {
+                    continue;
+                }
+                if let Some(c) = cursor {
+                    if header.at.seq < c.seq {
+                        // Numbered behind what was already read: not replayable in order.
+                        recovery
+                            .corrupt
+                            .add(header.frames.into(), header.logs.into());
+                        renumber = true;
+                        continue;
+                    }
+                    let lost = Counts::between(c, header.at);
+                    if lost != Counts::default() || header.at.seq != c.seq {
+                        recovery.corrupt.add(lost.frames, lost.logs);
+                        renumber = true;
+                    }
+                }
+                cursor = Some(header.next());
+                recovery
+                    .intact
+                    .add(header.frames.into(), header.logs.into());
+                self.entries.push_back(Entry {
+                    segment: id,
+                    offset: offset as u64,
+                    header,
+                });
+            }
+            for broken in scan.broken {
+                end = Some(furthest(end, broken.next()));
+            }
+            let has_live = self.entries.back().is_some_and(|e| e.segment == id);
+            if (scan.valid_end as u64) < seg.len {
+                recovery.truncated_bytes += seg.len - scan.valid_end as u64;
+                seg.truncate(scan.valid_end as u64)?;
+            }
+            if has_live {
+                self.disk_bytes += seg.len;
+                self.segments.push_back(seg);
+            } else {
+                useless.push(seg);
+            }
+        }
+        // What was written after the last intact record and did not survive.
+        if let (Some(c), Some(e)) = (cursor, end) {
+            let lost = Counts::between(c, e);
+            recovery.corrupt.add(lost.frames, lost.logs);
+        }
+        // Numbers of lost records are reused: their bytes are gone (truncated) or
+        // skipped for good (renumbering below).
+        self.next = cursor.or(end).unwrap_or_default();
+        self.held = recovery.intact;
+        self.save_state()?;
+        for seg in useless {
+            seg.remove()?;
+        }
+        state::sync_dir(&self.config.dir)?;
+        if renumber {
+            self.renumber()?;
+        }
+        Ok(recovery)
+    }
+
+    /// Copies every live record into new segments, numbered on from the last
+    /// intact one, deleting each old segment once its records are copied (disk use
+    /// stays within the limit plus one segment). A crash half-way only duplicates.
+    fn renumber(&mut self) -> io::Result<()> {
+        let old_segments = std::mem::take(&mut self.segments);
+        let mut old_entries = std::mem::take(&mut self.entries);
+        self.writable = false;
+        self.held = Counts::default();
+        for seg in old_segments {
+            while let Some(entry) = old_entries.front().filter(|e| e.segment == seg.id).copied() {
+                old_entries.pop_front();
+                let h = entry.header;
+                let bytes = seg.read_at(entry.offset, h.record_len())?;
+                self.write(h.frames, h.logs, &bytes[HEADER_LEN..])?;
+            }
+            self.disk_bytes -= seg.len;
+            seg.remove()?;
+        }
+        self.sync()?;
+        self.save_state()
+    }
+
+    /// The directory this spool owns.
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// Frames and logs held (appended, not yet acknowledged).
+    pub fn held(&self) -> Counts {
+        self.held
+    }
+
+    /// Records held.
+    pub fn records(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes the segment files take on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes
+    }
+
+    /// `max_bytes`.
+    pub fn max_bytes(&self) -> u64 {
+        self.config.max_bytes
+    }
+
+    /// Appends one request of `frames` frames and `logs` logs. Durable on return
+    /// with [`Fsync::Always`], within [`SYNC_INTERVAL`] with [`Fsync::Interval`].
+    pub fn append(&mut self, frames: u32, logs: u32, payload: &[u8]) -> Result<(), AppendError> {
+        let len = (HEADER_LEN + payload.len()) as u64;
+        if payload.len() > record::MAX_PAYLOAD_LEN as usize
+            || self.disk_bytes + len > self.config.max_bytes
+        {
+            return Err(AppendError::Full);
+        }
+        self.write(frames, logs, payload)?;
+        if self.config.fsync == Fsync::Always {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Writes one record at the end, starting a segment if needed.
+    fn write(&mut self, frames: u32, logs: u32, payload: &[u8]) -> io::Result<()> {
+        let len = (HEADER_LEN + payload.len()) as u64;
+        let rotate = match self.segments.back() {
+            Some(seg) if self.writable => seg.len >= self.config.segment_bytes,
+            _ => true,
+        };
+        if rotate {
+            if let Some(seg) = self.segments.back_mut().filter(|_| self.writable) {
+                seg.sync()?;
+            }
+            self.segments
+                .push_back(Segment::create(&self.config.dir, self.next.seq)?);
+            self.writable = true;
+            self.dir_dirty = true;
+        }
+        self.buf.clear();
+        record::encode(self.next, frames, logs, payload, &mut self.buf);
+        let seg = self.segments.back_mut().expect("a writable segment");
+        let offset = seg.append(&self.buf)?;
+        let header = record::decode_header(&self.buf).expect("just encoded");
+        self.entries.push_back(Entry {
+            segment: seg.id,
+            offset,
+            header,
+        });
+        self.next = header.next();
+        self.disk_bytes += len;
+        self.held.add(frames.into(), logs.into());
+        self.state_dirty = true;
+        Ok(())
+    }
+
+    /// The oldest record held, read back and checked. A record found damaged is
+    /// dropped from the spool and added to [`Self::take_corrupt`]'s count.
+    pub fn peek(&mut self) -> io::Result<Option<Spooled>> {
+        while let Some(entry) = self.entries.front().copied() {
+            let header = entry.header;
+            let seg = self
+                .segments
+                .iter()
+                .find(|s| s.id == entry.segment)
+                .expect("an entry's segment stays open while it is held");
+            let read = seg.read_at(entry.offset, header.record_len());
+            let intact = match &read {
+                Ok(bytes) => {
+                    record::decode_header(bytes) == Some(header)
+                        && header.payload_matches(&bytes[HEADER_LEN..])
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => false,
+                Err(_) => return read.map(|_| None),
+            };
+            if intact {
+                let payload = Bytes::from(read?).slice(HEADER_LEN..);
+                return Ok(Some(Spooled {
+                    seq: header.at.seq,
+                    frames: header.frames,
+                    logs: header.logs,
+                    payload,
+                }));
+            }
+            self.corrupt.add(header.frames.into(), header.logs.into());
+            self.pop_front()?;
+        }
+        Ok(None)
+    }
+
+    /// Frames and logs of records found damaged by [`Self::peek`] since the last call.
+    pub fn take_corrupt(&mut self) -> Counts {
+        std::mem::take(&mut self.corrupt)
+    }
+
+    /// The destination acknowledged (or refused for good) the oldest record, `seq`:
+    /// it leaves the spool. Returns false if `seq` is not the oldest record.
+    pub fn ack(&mut self, seq: u64) -> io::Result<bool> {
+        match self.entries.front() {
+            Some(entry) if entry.header.at.seq == seq => {
+                self.pop_front()?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn pop_front(&mut self) -> io::Result<()> {
+        if let Some(entry) = self.entries.pop_front() {
+            let h = entry.header;
+            self.held.frames -= u64::from(h.frames);
+            self.held.logs -= u64::from(h.logs);
+            self.state_dirty = true;
+            self.retire_segments()?;
+        }
+        Ok(())
+    }
+
+    /// The first record not yet acknowledged.
+    fn acked(&self) -> Position {
+        self.entries.front().map_or(self.next, |e| e.header.at)
+    }
+
+    /// Deletes segments that hold no record still needed (saving the state first,
+    /// so a crash cannot make their records look lost).
+    fn retire_segments(&mut self) -> io::Result<()> {
+        let keep_from = self.entries.front().map(|e| e.segment);
+        let retire = |seg: &Segment| keep_from.is_none_or(|id| seg.id < id);
+        if !self.segments.front().is_some_and(retire) {
+            return Ok(());
+        }
+        self.save_state()?;
+        while self.segments.front().is_some_and(retire) {
+            let seg = self.segments.pop_front().expect("checked");
+            self.disk_bytes -= seg.len;
+            seg.remove()?;
+            if self.segments.is_empty() {
+                self.writable = false;
+            }
+        }
+        state::sync_dir(&self.config.dir)
+    }
+
+    fn save_state(&mut self) -> io::Result<()> {
+        state::save(
+            &self.config.dir,
+            &State {
+                acked: self.acked(),
+                appended: self.next,
+            },
+        )?;
+        self.state_dirty = false;
+        Ok(())
+    }
+
+    /// Makes everything appended and acknowledged so far durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if let Some(seg) = self.segments.back_mut().filter(|_| self.writable) {
+            seg.sync()?;
+        }
+        if self.dir_dirty {
+            state::sync_dir(&self.config.dir)?;
+            self.dir_dirty = false;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Called at least every [`SYNC_INTERVAL`] / 2 while the spool is in use: syncs
+    /// appended data, and saves how far records were acknowledged, at most once
+    /// per interval.
+    pub fn tick(&mut self, now: Instant) -> io::Result<()> {
+        let dirty = self.state_dirty
+            || self.dir_dirty
+            || (self.writable && self.segments.back().is_some_and(Segment::is_dirty));
+        if dirty && now.duration_since(self.last_sync) >= SYNC_INTERVAL / 2 {
+            self.sync()?;
+            if self.state_dirty {
+                self.save_state()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs everything and saves the state (also done, best effort, on drop).
+    pub fn close(mut self) -> io::Result<()> {
+        self.flush()
+    }
+
+    /// Syncs everything and saves the state now.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.sync()?;
+        self.save_state()
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if let Err(error) = self.flush() {
+            tracing::error!(dir = %self.config.dir.display(), %error, "saving the spool's state");
+        }
+    }
+}
+
+/// The later of two positions (by record number).
+fn furthest(a: Option<Position>, b: Position) -> Position {
+    match a {
+        Some(a) if a.seq >= b.seq => a,
+        _ => b,
+    }
+}
+
+#[cfg(test)]
+mod tests;

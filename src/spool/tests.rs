@@ -1,0 +1,218 @@
+//! Unit tests of the spool: append, read, acknowledge, recover, limits, lock.
+
+use super::*;
+
+fn config(dir: &Path, max_bytes: u64, fsync: Fsync) -> SpoolConfig {
+    SpoolConfig {
+        segment_bytes: 1024,
+        ..SpoolConfig::new(dir, max_bytes, fsync)
+    }
+}
+
+fn payload(i: u32) -> Vec<u8> {
+    format!("request-{i:04}").repeat(8).into_bytes()
+}
+
+fn fill(spool: &mut Spool, range: std::ops::Range<u32>) {
+    for i in range {
+        spool.append(1, i % 5 + 1, &payload(i)).unwrap();
+    }
+}
+
+/// Reads and acknowledges everything; returns the payloads in order.
+fn drain(spool: &mut Spool) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(record) = spool.peek().unwrap() {
+        assert!(spool.ack(record.seq).unwrap());
+        out.push(record.payload.to_vec());
+    }
+    out
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    segment::list(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+#[test]
+fn records_come_back_in_order_and_leave_only_when_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, recovery) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    assert_eq!(recovery, Recovery::default());
+    fill(&mut spool, 0..3);
+    assert_eq!(
+        spool.held(),
+        Counts {
+            frames: 3,
+            logs: 1 + 2 + 3
+        }
+    );
+    let first = spool.peek().unwrap().unwrap();
+    assert_eq!(first.payload, payload(0));
+    assert_eq!(
+        spool.peek().unwrap().unwrap(),
+        first,
+        "peek does not consume"
+    );
+    assert!(
+        !spool.ack(first.seq + 1).unwrap(),
+        "only the oldest can be acknowledged"
+    );
+    assert!(spool.ack(first.seq).unwrap());
+    assert_eq!(drain(&mut spool), [payload(1), payload(2)]);
+    assert_eq!(spool.held(), Counts::default());
+    assert_eq!(spool.disk_bytes(), 0, "an empty spool keeps no segment");
+    assert!(segment_files(dir.path()).is_empty());
+}
+
+#[test]
+fn a_reopened_spool_replays_what_was_not_acknowledged() {
+    for fsync in [Fsync::Always, Fsync::Interval] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, fsync)).unwrap();
+        fill(&mut spool, 0..40);
+        for _ in 0..15 {
+            let seq = spool.peek().unwrap().unwrap().seq;
+            spool.ack(seq).unwrap();
+        }
+        let held = spool.held();
+        spool.close().unwrap();
+
+        let (mut spool, recovery) = Spool::open(config(dir.path(), 1 << 20, fsync)).unwrap();
+        assert_eq!(recovery.intact, held, "{fsync:?}");
+        assert_eq!(recovery.corrupt, Counts::default());
+        let expected: Vec<_> = (15..40).map(payload).collect();
+        fill(&mut spool, 40..42);
+        let mut all = drain(&mut spool);
+        assert_eq!(all.split_off(25), [payload(40), payload(41)]);
+        assert_eq!(all, expected);
+    }
+}
+
+#[test]
+fn acknowledged_segments_are_deleted_as_the_head_moves_past_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    fill(&mut spool, 0..100);
+    let files = segment_files(dir.path()).len();
+    assert!(files > 3, "segments of 1 KiB: {files}");
+    let on_disk: u64 = segment_files(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(spool.disk_bytes(), on_disk);
+    for _ in 0..50 {
+        let seq = spool.peek().unwrap().unwrap().seq;
+        spool.ack(seq).unwrap();
+    }
+    let left = segment_files(dir.path()).len();
+    assert!(left < files && left > 0, "{left} of {files}");
+}
+
+#[test]
+fn a_full_spool_refuses_records_and_never_exceeds_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 10_000;
+    let (mut spool, _) = Spool::open(config(dir.path(), max, Fsync::Interval)).unwrap();
+    let record = (HEADER_LEN + payload(0).len()) as u64;
+    let mut taken = 0;
+    let mut refused = 0;
+    for i in 0..500 {
+        match spool.append(1, 1, &payload(i)) {
+            Ok(()) => taken += 1,
+            Err(AppendError::Full) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(spool.disk_bytes() <= max);
+    }
+    assert_eq!(taken, max / record, "records of {record} bytes");
+    assert_eq!(refused, 500 - taken);
+    // Acknowledging a whole segment makes room again.
+    for _ in 0..20 {
+        let seq = spool.peek().unwrap().unwrap().seq;
+        spool.ack(seq).unwrap();
+    }
+    spool.append(1, 1, &payload(0)).unwrap();
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_its_logs_counted_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Always)).unwrap();
+    fill(&mut spool, 0..3); // logs 1, 2, 3
+    spool.close().unwrap();
+    let path = segment_files(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len - 5).unwrap();
+    drop(file);
+
+    let (mut spool, recovery) = Spool::open(config(dir.path(), 1 << 20, Fsync::Always)).unwrap();
+    assert_eq!(recovery.intact, Counts { frames: 2, logs: 3 });
+    assert_eq!(recovery.corrupt, Counts { frames: 1, logs: 3 });
+    assert_eq!(
+        recovery.truncated_bytes,
+        len - 5 - 2 * (HEADER_LEN + payload(0).len()) as u64
+    );
+    assert_eq!(drain(&mut spool), [payload(0), payload(1)]);
+}
+
+#[test]
+fn a_damaged_record_in_the_middle_is_counted_and_the_ones_after_it_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Always)).unwrap();
+    fill(&mut spool, 0..3);
+    spool.close().unwrap();
+    let path = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let second = HEADER_LEN + payload(0).len();
+    bytes[second + 2] ^= 0xff; // the second record's magic
+    std::fs::write(&path, &bytes).unwrap();
+
+    let (mut spool, recovery) = Spool::open(config(dir.path(), 1 << 20, Fsync::Always)).unwrap();
+    assert_eq!(recovery.corrupt, Counts { frames: 1, logs: 2 });
+    assert_eq!(recovery.intact, Counts { frames: 2, logs: 4 });
+    assert_eq!(drain(&mut spool), [payload(0), payload(2)]);
+}
+
+#[test]
+fn a_record_damaged_after_open_is_skipped_when_read_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Always)).unwrap();
+    fill(&mut spool, 0..2);
+    let path = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[HEADER_LEN + 3] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(drain(&mut spool), [payload(1)]);
+    assert_eq!(spool.take_corrupt(), Counts { frames: 1, logs: 1 });
+    assert_eq!(spool.take_corrupt(), Counts::default());
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    let error = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap_err();
+    assert!(matches!(error, SpoolError::Locked { .. }), "{error}");
+    assert!(
+        error.to_string().contains("in use by another process"),
+        "{error}"
+    );
+    drop(spool);
+    Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+}
+
+#[test]
+fn interval_sync_happens_on_tick_once_the_interval_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    fill(&mut spool, 0..1);
+    assert!(spool.segments.back().unwrap().is_dirty());
+    spool.tick(Instant::now() + SYNC_INTERVAL).unwrap();
+    assert!(!spool.segments.back().unwrap().is_dirty());
+    assert!(!spool.state_dirty);
+}

@@ -1,0 +1,232 @@
+//! The coder transport's flags on the real binary (docs/command-line.md): `--coder-url`
+//! with its token, exactly one destination, and the fallbacks to the variables coder's
+//! agent sets (`CODER_AGENT_URL`, `CODER_AGENT_TOKEN[_FILE]`,
+//! `CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH`) after the proxy's own.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_boundary-log-proxy");
+
+/// The binary with neither `BOUNDARY_LOG_PROXY_*` nor `CODER_AGENT_*` inherited.
+fn proxy(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("BOUNDARY_LOG_PROXY_") || key_text.starts_with("CODER_AGENT_") {
+            command.env_remove(key);
+        }
+    }
+    command.args(args).envs(env.iter().copied());
+    command.output().expect("running the binary")
+}
+
+fn print_config(args: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut all = vec!["serve", "--print-config"];
+    all.extend_from_slice(args);
+    let output = proxy(&all, env);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{all:?} {env:?}: {stderr}");
+    serde_json::from_slice(&output.stdout).expect("print-config prints JSON")
+}
+
+#[track_caller]
+fn assert_flag_error(args: &[&str], env: &[(&str, &str)], names: &[&str]) {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    let output = proxy(&all, env);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: not one line:\n{err}");
+    for name in names {
+        assert!(
+            err.contains(name),
+            "{args:?} {env:?}: {err:?} does not name {name}"
+        );
+    }
+}
+
+#[test]
+fn coder_url_with_a_token_selects_the_coder_transport_and_redacts_the_token() {
+    let config = print_config(
+        &[
+            "--coder-url",
+            "https://coder.example.com",
+            "--agent-token",
+            "s3cret",
+        ],
+        &[],
+    );
+    assert_eq!(config["coder"]["url"], "https://coder.example.com");
+    assert_eq!(config["coder"]["agent_token"], "<redacted>");
+    assert_eq!(config["coder"]["allow_agent_role"], false);
+    assert_eq!(config["sink"], Value::Null);
+    assert_eq!(config["coderd"], Value::Null);
+    assert!(!config.to_string().contains("s3cret"));
+}
+
+#[test]
+fn coder_url_without_any_token_is_a_flag_error() {
+    assert_flag_error(
+        &["--coder-url", "http://127.0.0.1:3000"],
+        &[],
+        &["--coder-url", "agent token"],
+    );
+}
+
+#[test]
+fn two_destinations_are_a_flag_error_from_flags_or_their_variables() {
+    let token = ("BOUNDARY_LOG_PROXY_AGENT_TOKEN", "t");
+    assert_flag_error(
+        &[
+            "--coder-url",
+            "http://127.0.0.1:1",
+            "--coderd",
+            "http://127.0.0.1:2",
+        ],
+        &[token],
+        &["--coder-url", "--coderd"],
+    );
+    assert_flag_error(
+        &["--coder-url", "http://127.0.0.1:1", "--sink", "null"],
+        &[token],
+        &["--coder-url", "--sink"],
+    );
+    assert_flag_error(
+        &["--sink", "null"],
+        &[
+            ("BOUNDARY_LOG_PROXY_CODER_URL", "http://127.0.0.1:1"),
+            token,
+        ],
+        &["--coder-url", "--sink"],
+    );
+}
+
+#[test]
+fn coder_agent_url_and_token_count_only_when_no_other_destination_is_given() {
+    let agent = [
+        ("CODER_AGENT_URL", "http://127.0.0.1:3000"),
+        ("CODER_AGENT_TOKEN", "t"),
+    ];
+    let config = print_config(&[], &agent);
+    assert_eq!(config["coder"]["url"], "http://127.0.0.1:3000");
+    assert_eq!(config["sink"], Value::Null);
+
+    let config = print_config(&["--sink", "null"], &agent);
+    assert_eq!(
+        (config["coder"].clone(), config["sink"].clone()),
+        (Value::Null, "null".into())
+    );
+    let config = print_config(&["--coderd", "http://127.0.0.1:9"], &agent);
+    assert_eq!(config["coder"], Value::Null);
+
+    // The proxy's own variable wins over coder's.
+    let mut env = agent.to_vec();
+    env.push(("BOUNDARY_LOG_PROXY_CODER_URL", "http://127.0.0.1:4000"));
+    assert_eq!(
+        print_config(&[], &env)["coder"]["url"],
+        "http://127.0.0.1:4000"
+    );
+}
+
+#[test]
+fn a_bad_coder_agent_url_names_the_variable() {
+    assert_flag_error(
+        &[],
+        &[
+            ("CODER_AGENT_URL", "coder.example.com"),
+            ("CODER_AGENT_TOKEN", "t"),
+        ],
+        &["CODER_AGENT_URL"],
+    );
+}
+
+#[test]
+fn token_files_are_read_trimmed_and_an_empty_one_names_its_flag_or_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("token");
+    std::fs::write(&good, "\n  t0ken \n").unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "  \n").unwrap();
+    let (good, empty) = (good.to_str().unwrap(), empty.to_str().unwrap());
+    let url = ["--coder-url", "http://127.0.0.1:1"];
+
+    let config = print_config(&[&url[..], &["--agent-token-file", good]].concat(), &[]);
+    assert_eq!(config["coder"]["agent_token"], "<redacted>");
+    print_config(&url, &[("CODER_AGENT_TOKEN_FILE", good)]);
+
+    assert_flag_error(
+        &[&url[..], &["--agent-token-file", empty]].concat(),
+        &[],
+        &["--agent-token-file", "empty"],
+    );
+    assert_flag_error(
+        &url,
+        &[("CODER_AGENT_TOKEN_FILE", empty)],
+        &["CODER_AGENT_TOKEN_FILE"],
+    );
+    assert_flag_error(
+        &[
+            &url[..],
+            &["--agent-token", "t", "--agent-token-file", good],
+        ]
+        .concat(),
+        &[],
+        &["--agent-token-file", "--agent-token"],
+    );
+}
+
+#[test]
+fn a_ca_file_without_a_certificate_is_a_flag_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "no certificate here\n").unwrap();
+    assert_flag_error(
+        &[
+            "--coder-url",
+            "https://c.example",
+            "--agent-token",
+            "t",
+            "--coder-ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &[],
+        &["--coder-ca-file"],
+    );
+}
+
+#[test]
+fn the_socket_falls_back_to_the_variable_boundary_reads_after_the_proxys_own() {
+    let boundary = (
+        "CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH",
+        "/tmp/from-boundary.sock",
+    );
+    assert_eq!(
+        print_config(&[], &[boundary])["socket"],
+        "/tmp/from-boundary.sock"
+    );
+    let own = ("BOUNDARY_LOG_PROXY_SOCKET", "/tmp/own.sock");
+    assert_eq!(
+        print_config(&[], &[boundary, own])["socket"],
+        "/tmp/own.sock"
+    );
+    assert_eq!(
+        print_config(&["--socket", "/tmp/flag.sock"], &[boundary])["socket"],
+        "/tmp/flag.sock"
+    );
+}
+
+#[test]
+fn coder_urls_of_other_schemes_are_flag_errors() {
+    assert_flag_error(
+        &[
+            "--coder-url",
+            "ftp://coder.example.com",
+            "--agent-token",
+            "t",
+        ],
+        &[],
+        &["--coder-url"],
+    );
+}

@@ -1,0 +1,394 @@
+//! The coder reporter's behaviour over real loopback sockets, against the hand-driven test
+//! coderd in tests/support/coder_peer.rs: several calls in flight on one session, a cut
+//! connection or a call without answer failing transiently and the next call reconnecting,
+//! refusals at connect time (401, old coderd, nothing listening) counted by result, and the
+//! non-UUID session counter.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use boundary_log_proxy::metrics::{CoderdConnectResult, Metrics};
+use boundary_log_proxy::proto::agent::{BoundaryLog, ReportBoundaryLogsRequest};
+use boundary_log_proxy::reporter::coder::{CoderConfig, CoderReporter};
+use boundary_log_proxy::reporter::{EncodedRequest, Reporter as _};
+use prost::Message as _;
+use support::coder_peer::{Answer, CoderPeer, PeerConfig, PeerEvent, FIN, RST};
+use support::faults::eventually;
+use support::transcript::{self, Variant};
+use tonic::Code;
+
+const TOKEN: &str = "agent-token-for-tests";
+
+fn variant(name: &str) -> Arc<Variant> {
+    Arc::new(transcript::load().variant(name).clone())
+}
+
+fn reporter_with(
+    peer: &CoderPeer,
+    config: impl FnOnce(&mut CoderConfig),
+) -> (CoderReporter, Arc<Metrics>) {
+    let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+    let mut coder = CoderConfig::new(peer.url.clone(), TOKEN);
+    config(&mut coder);
+    (CoderReporter::new(coder, metrics.clone()).unwrap(), metrics)
+}
+
+fn reporter(peer: &CoderPeer) -> (CoderReporter, Arc<Metrics>) {
+    reporter_with(peer, |_| {})
+}
+
+/// Waits for buildinfo and the upgrade of one connection.
+async fn expect_connection(peer: &mut CoderPeer) {
+    assert!(peer.next_head().await.starts_with("GET /api/v2/buildinfo "));
+    assert!(peer
+        .next_head()
+        .await
+        .starts_with("GET /api/v2/workspaceagents/me/rpc?"));
+}
+
+#[tokio::test]
+async fn four_calls_are_in_flight_at_once_on_one_session_each_on_its_own_stream() {
+    let mut peer = CoderPeer::start(PeerConfig::default()).await;
+    let (reporter, metrics) = reporter(&peer);
+    let b = variant("B");
+    for _ in 0..4 {
+        peer.script(Answer::Hold(b.clone()));
+    }
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let (reporter, request) = (reporter.clone(), b.request_bytes());
+            tokio::spawn(async move { reporter.send(&request).await })
+        })
+        .collect();
+    expect_connection(&mut peer).await;
+    // Every request is in before any is answered: four calls in flight.
+    let mut streams = Vec::new();
+    while streams.len() < 4 {
+        if let PeerEvent::Request(stream) = peer.next().await {
+            streams.push(stream);
+        }
+    }
+    streams.sort_unstable();
+    streams.dedup();
+    assert_eq!(streams.len(), 4, "one yamux stream per call: {streams:?}");
+    assert!(calls.iter().all(|c| !c.is_finished()));
+    peer.release();
+    for call in calls {
+        call.await.unwrap().expect("answered after the release");
+    }
+    assert_eq!(metrics.coderd_connects_for(CoderdConnectResult::Ok), 1);
+}
+
+#[tokio::test]
+async fn a_connection_cut_during_a_call_fails_it_transiently_and_the_next_call_reconnects() {
+    let mut peer = CoderPeer::start(PeerConfig::default()).await;
+    let (reporter, metrics) = reporter(&peer);
+    let b = variant("B");
+    peer.script(Answer::Cut);
+    peer.script(Answer::Replay(b.clone()));
+
+    let status = reporter.send(&b.request_bytes()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    expect_connection(&mut peer).await;
+    assert!(
+        eventually(Duration::from_secs(5), || metrics.coderd_connected.get()
+            == 0)
+        .await,
+        "the end of the connection is noticed"
+    );
+    assert!(!reporter.is_connected());
+
+    reporter
+        .send(&b.request_bytes())
+        .await
+        .expect("a new connection");
+    loop {
+        match peer.next().await {
+            PeerEvent::Head(head) => {
+                assert!(head.starts_with("GET /api/v2/buildinfo "), "{head}");
+                break;
+            }
+            PeerEvent::ConnectionEnded | PeerEvent::Request(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(peer
+        .next_head()
+        .await
+        .starts_with("GET /api/v2/workspaceagents/me/rpc?"));
+    assert_eq!(metrics.coderd_connects_for(CoderdConnectResult::Ok), 2);
+    assert_eq!(metrics.coderd_connected.get(), 1);
+}
+
+#[tokio::test]
+async fn a_call_left_unanswered_times_out_transiently_and_its_connection_is_replaced() {
+    let mut peer = CoderPeer::start(PeerConfig::default()).await;
+    let (reporter, metrics) = reporter_with(&peer, |c| c.call_timeout = Duration::from_millis(500));
+    let b = variant("B");
+    peer.script(Answer::Silent);
+    peer.script(Answer::Replay(b.clone()));
+
+    let status = reporter.send(&b.request_bytes()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("call timeout"), "{status:?}");
+    reporter
+        .send(&b.request_bytes())
+        .await
+        .expect("answered on a new connection");
+    assert_eq!(metrics.coderd_connects_for(CoderdConnectResult::Ok), 2);
+    // Two connections; the abandoned stream was ended (FIN or RST), not left open.
+    let (mut heads, mut abandoned) = (0, None);
+    while heads < 4 || abandoned.is_none() {
+        match peer.next().await {
+            PeerEvent::Head(_) => heads += 1,
+            PeerEvent::Stream(record) if abandoned.is_none() => abandoned = Some(record),
+            _ => {}
+        }
+    }
+    let last = abandoned.unwrap().frames.last().unwrap().header;
+    assert!(last.flags & (FIN | RST) != 0, "{last:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_token_fails_transiently_with_coderds_message_and_is_counted() {
+    let mut peer = CoderPeer::start(PeerConfig {
+        refuse_upgrade: Some((401, r#"{"message":"Agent token not authorized."}"#)),
+        ..PeerConfig::default()
+    })
+    .await;
+    let (reporter, metrics) = reporter(&peer);
+    for attempt in 1..=2 {
+        let status = reporter.send(b"").await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("401"), "{status:?}");
+        assert!(
+            status.message().contains("Agent token not authorized."),
+            "{status:?}"
+        );
+        expect_connection(&mut peer).await;
+        assert_eq!(
+            metrics.coderd_connects_for(CoderdConnectResult::HttpError),
+            attempt
+        );
+    }
+    assert_eq!(metrics.coderd_connected.get(), 0);
+}
+
+#[tokio::test]
+async fn a_coderd_older_than_v2_31_is_refused_before_the_upgrade_unless_allowed() {
+    let mut peer = CoderPeer::start(PeerConfig {
+        version: "v2.30.2",
+        ..PeerConfig::default()
+    })
+    .await;
+    let (reporter, metrics) = reporter(&peer);
+    let status = reporter.send(b"").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("v2.30.2"), "{status:?}");
+    assert!(peer.next_head().await.starts_with("GET /api/v2/buildinfo"));
+    assert_eq!(
+        metrics.coderd_connects_for(CoderdConnectResult::RefusedVersion),
+        1
+    );
+    // Nothing else was asked of coderd: no upgrade.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), peer.events.recv())
+            .await
+            .is_err()
+    );
+
+    let (allowed, metrics) = reporter_with(&peer, |c| c.allow_agent_role = true);
+    let b = variant("B");
+    peer.script(Answer::Replay(b.clone()));
+    allowed
+        .send(&b.request_bytes())
+        .await
+        .expect("--coder-allow-agent-role connects");
+    assert_eq!(metrics.coderd_connects_for(CoderdConnectResult::Ok), 1);
+}
+
+#[tokio::test]
+async fn nothing_listening_is_a_transient_network_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    drop(listener);
+    let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+    let reporter = CoderReporter::new(CoderConfig::new(url, TOKEN), metrics.clone()).unwrap();
+    let status = reporter.send(b"").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        metrics.coderd_connects_for(CoderdConnectResult::NetworkError),
+        1
+    );
+}
+
+fn request(session_id: &str, logs: usize) -> EncodedRequest {
+    let request = ReportBoundaryLogsRequest {
+        logs: vec![BoundaryLog::default(); logs],
+        session_id: session_id.into(),
+        confined_process_name: String::new(),
+    };
+    EncodedRequest {
+        bytes: request.encode_to_vec().into(),
+        logs: logs as u32,
+        frames: 1,
+    }
+}
+
+#[tokio::test]
+async fn logs_forwarded_with_a_session_id_that_is_not_a_uuid_are_counted() {
+    let peer = CoderPeer::start(PeerConfig::default()).await;
+    let (reporter, metrics) = reporter(&peer);
+    let b = variant("B");
+    for _ in 0..2 {
+        peer.script(Answer::Replay(b.clone()));
+    }
+    reporter
+        .report_encoded(request("6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f", 2))
+        .await
+        .unwrap();
+    assert_eq!(metrics.logs_non_uuid_session.get(), 0);
+    reporter
+        .report_encoded(request("session-7", 3))
+        .await
+        .unwrap();
+    assert_eq!(metrics.logs_non_uuid_session.get(), 3);
+}
+
+#[tokio::test]
+async fn a_request_of_a_mebibyte_keeps_to_the_256_kib_stream_window_and_arrives_whole() {
+    let mut peer = CoderPeer::start(PeerConfig::default()).await;
+    let (reporter, _) = reporter(&peer);
+    peer.script(Answer::Replay(variant("B")));
+    let request = ReportBoundaryLogsRequest {
+        logs: (0..1000)
+            .map(|i| BoundaryLog {
+                sequence_number: i,
+                ..BoundaryLog::default()
+            })
+            .collect(),
+        session_id: "6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f".into(),
+        confined_process_name: "x".repeat(1 << 20),
+    }
+    .encode_to_vec();
+    assert!(request.len() > 4 * support::coder_peer::WINDOW as usize);
+    // The peer asserts the window on every Data frame and credits it back as it reads.
+    reporter
+        .send(&request)
+        .await
+        .expect("delivered under flow control");
+    expect_connection(&mut peer).await;
+    let record = peer.next_stream().await;
+    let mut reader = boundary_log_proxy::reporter::coder::drpc::PacketReader::new();
+    reader.push(&record.drpc);
+    let invoke = reader.next_packet().unwrap().unwrap();
+    let message = reader.next_packet().unwrap().unwrap();
+    assert_eq!(
+        invoke.data,
+        "/coder.agent.v2.Agent/ReportBoundaryLogs".as_bytes()
+    );
+    assert_eq!(
+        message.data, request,
+        "the request's bytes as they were given"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_logs_a_wrong_token_once_with_coderds_message_counts_each_attempt_and_drops_after_retries(
+) {
+    use boundary_log_proxy::codec::Tag;
+    use support::proxy::{
+        assert_accounting_totals, free_addr, request, stopped_totals, Client, Process,
+    };
+
+    let peer = CoderPeer::start(PeerConfig {
+        refuse_upgrade: Some((
+            401,
+            r#"{"message":"Agent token not authorized.","detail":"no such token"}"#,
+        )),
+        ..PeerConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let metrics = free_addr();
+    let (url, socket_arg, metrics_arg) = (
+        peer.url.to_string(),
+        socket.to_str().unwrap().to_owned(),
+        metrics.to_string(),
+    );
+    let mut proxy = Process::spawn(&[
+        "serve",
+        "--coder-url",
+        &url,
+        "--agent-token",
+        "wrong-token",
+        "--socket",
+        &socket_arg,
+        "--metrics-addr",
+        &metrics_arg,
+        "--retry-max-elapsed",
+        "2s",
+        "--log-format",
+        "json",
+    ]);
+    proxy.wait_for_socket(&socket, "listening").await;
+    Client::connect(&socket).send_request(
+        Tag::V2,
+        &request("6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f", "curl", 0, 5),
+    );
+    let scrape = proxy
+        .scrape_until(metrics, "the logs dropped after retries", |s| {
+            s.get("logs_dropped_total", Some("reason=\"forward_failed\"")) == 5
+        })
+        .await;
+    let attempts = scrape.get("coderd_connects_total", Some("result=\"http_error\""));
+    assert!(attempts >= 2, "each retry tries to connect: {attempts}");
+    assert_eq!(scrape.get("coderd_connected", None), 0);
+    let exited = proxy.terminate().await;
+    assert!(exited.status.success(), "{:?}", exited.stderr);
+    let refusals: Vec<_> = exited
+        .stderr
+        .iter()
+        .filter(|l| l.contains("Agent token not authorized. (no such token)"))
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert_eq!(
+        refusals.len(),
+        1,
+        "logged once at error level: {:#?}",
+        exited.stderr
+    );
+    assert!(refusals[0].contains("401"), "{}", refusals[0]);
+    assert_accounting_totals(stopped_totals(&exited.stderr), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_to_a_host_that_is_not_loopback_is_accepted_with_a_warning() {
+    use support::proxy::Process;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let socket_arg = socket.to_str().unwrap().to_owned();
+    let mut proxy = Process::spawn(&[
+        "serve",
+        "--coder-url",
+        "http://192.0.2.1:3000",
+        "--agent-token",
+        "t",
+        "--socket",
+        &socket_arg,
+        "--log-format",
+        "json",
+    ]);
+    proxy.wait_for_socket(&socket, "listening").await;
+    let exited = proxy.terminate().await;
+    assert!(exited.status.success(), "{:?}", exited.stderr);
+    let warned = exited.stderr.iter().any(|l| {
+        l.contains("\"level\":\"WARN\"") && l.contains("unencrypted") && l.contains("192.0.2.1")
+    });
+    assert!(warned, "{:#?}", exited.stderr);
+}

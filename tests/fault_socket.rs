@@ -1,0 +1,339 @@
+//! Who owns the socket path. A socket another process serves is never replaced: a
+//! second proxy on the same path exits 1 naming it, and the first keeps serving;
+//! the lock file next to the socket settles concurrent starts. A socket file
+//! deleted or replaced while the proxy runs is noticed within seconds, logged,
+//! counted, shown on `/healthz`, and served again once the path is free; a file
+//! that is not the proxy's own socket is never deleted. Run against the real
+//! binary and the library `Server`, on both readers.
+
+mod support;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use boundary_log_proxy::codec::Tag;
+use boundary_log_proxy::config::IoMode;
+use boundary_log_proxy::reporter::null::NullReporter;
+use boundary_log_proxy::{Config, Server};
+use support::faults::{eventually, frames, sample, Proxy};
+use support::proxy::{free_addr, http_get, request, Client, Process, Scrape, PATIENCE};
+
+/// `serve --socket SOCKET --sink null` with JSON logs, and `/metrics` on `metrics`.
+fn serve_args(socket: &Path, metrics: Option<SocketAddr>) -> Vec<String> {
+    let mut args: Vec<String> = ["serve", "--socket"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    args.push(socket.to_str().unwrap().to_owned());
+    args.extend(
+        [
+            "--sink",
+            "null",
+            "--log-format",
+            "json",
+            "--shutdown-timeout",
+            "2s",
+        ]
+        .map(str::to_owned),
+    );
+    if let Some(metrics) = metrics {
+        args.extend(["--metrics-addr".to_owned(), metrics.to_string()]);
+    }
+    args
+}
+
+fn spawn(args: &[String]) -> Process {
+    Process::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// A proxy serving `socket` with metrics on a free port.
+async fn first_proxy(socket: &Path) -> (Process, SocketAddr) {
+    let metrics = free_addr();
+    let mut process = spawn(&serve_args(socket, Some(metrics)));
+    process.wait_for_socket(socket, "listening").await;
+    process.scrape(metrics).await;
+    (process, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_proxy_on_a_served_path_exits_1_naming_it_and_the_first_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let (first, metrics) = first_proxy(&socket).await;
+
+    let second = spawn(&serve_args(&socket, None))
+        .wait_within(PATIENCE)
+        .await;
+    assert_eq!(second.status.code(), Some(1), "{:#?}", second.stderr);
+    let said = second.stderr.join("\n");
+    assert!(said.contains(socket.to_str().unwrap()), "{said}");
+    assert!(said.contains("another process serves it"), "{said}");
+
+    Client::connect(&socket).send_request(Tag::V2, &request("s", "p", 0, 3));
+    first
+        .scrape_until(metrics, "3 logs received by the first proxy", |s| {
+            s.get("logs_received_total", None) == 3
+        })
+        .await;
+    let exited = first.terminate().await;
+    assert_eq!(exited.status.code(), Some(0), "{:#?}", exited.stderr);
+    assert!(!socket.exists(), "the first proxy removed its socket");
+    assert!(!lock_file(&socket).exists(), "and its lock file");
+}
+
+/// The lock file next to the socket: its path with `.lock` added.
+fn lock_file(socket: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.lock", socket.display()))
+}
+
+/// An exclusive flock on `path`, held until the file is dropped.
+fn hold_lock(path: &Path) -> std::fs::File {
+    let file = std::fs::File::create(path).unwrap();
+    // SAFETY: plain syscall on a descriptor `file` owns.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_while_another_process_holds_the_lock_file_exits_1_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    // A leftover socket that a start would otherwise replace.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let before = std::fs::symlink_metadata(&socket).unwrap();
+    let lock = hold_lock(&lock_file(&socket));
+
+    let exited = spawn(&serve_args(&socket, None))
+        .wait_within(PATIENCE)
+        .await;
+    assert_eq!(exited.status.code(), Some(1), "{:#?}", exited.stderr);
+    let said = exited.stderr.join("\n");
+    assert!(said.contains(socket.to_str().unwrap()), "{said}");
+    assert!(said.contains("another process serves it"), "{said}");
+    let after = std::fs::symlink_metadata(&socket).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (before.dev(), before.ino()),
+        (after.dev(), after.ino()),
+        "the socket file was left alone"
+    );
+    drop(lock);
+}
+
+/// Starts racing on one path, each with its own `Server`; returns the ones that
+/// started.
+fn race_starts(socket: &Path, starters: usize) -> Vec<Server> {
+    let barrier = Arc::new(Barrier::new(starters));
+    let threads: Vec<_> = (0..starters)
+        .map(|_| {
+            let (socket, barrier): (PathBuf, _) = (socket.to_owned(), barrier.clone());
+            std::thread::spawn(move || {
+                let config = Config {
+                    socket,
+                    io: IoMode::Epoll,
+                    ..Config::default()
+                };
+                let server = Server::new(config, &prometheus::Registry::new()).unwrap();
+                barrier.wait();
+                server.start().ok().map(|_| server)
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .collect()
+}
+
+#[test]
+fn concurrent_starts_on_a_leftover_socket_leave_exactly_one_serving() {
+    for round in 0..30 {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("proxy.sock");
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        let started = race_starts(&socket, 4);
+        assert_eq!(started.len(), 1, "round {round}: {} started", started.len());
+        assert!(
+            std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+            "round {round}: the one that started serves the path"
+        );
+        for server in started {
+            server.close();
+        }
+        assert!(!socket.exists(), "round {round}: close removed the socket");
+    }
+}
+
+/// Within this the proxy notices a lost socket and serves a free path again.
+const NOTICE: Duration = Duration::from_secs(5);
+
+const LOST: &str = "agent_boundary_log_proxy_socket_lost_total";
+const BOUND: &str = "agent_boundary_log_proxy_socket_bound";
+
+fn connects(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
+on_both_backends!(
+    a_deleted_socket_file_is_noticed_counted_and_served_again,
+    a_path_taken_by_another_file_is_left_alone_and_served_once_free
+);
+
+async fn a_deleted_socket_file_is_noticed_counted_and_served_again(io: IoMode) {
+    let (dir, config) = Proxy::config(io);
+    let proxy = Proxy::start(dir, config, NullReporter::new()).await;
+    let socket = proxy.socket_path();
+    let mut before = proxy.connect();
+    assert_eq!(sample(&proxy.scrape(), BOUND), Some(1.0));
+
+    std::fs::remove_file(&socket).unwrap();
+    // The new socket accepts connections as soon as it is bound, a moment before
+    // the proxy records it as bound again: wait for both.
+    assert!(
+        eventually(NOTICE, || connects(&socket)
+            && sample(&proxy.scrape(), BOUND) == Some(1.0))
+        .await,
+        "the proxy serves its path again"
+    );
+    let text = proxy.scrape();
+    assert_eq!(sample(&text, LOST), Some(1.0), "{text}");
+    assert_eq!(sample(&text, BOUND), Some(1.0), "{text}");
+
+    // The connection from before the loss and one to the new socket both work.
+    before
+        .write_all(&frames("before", 0, 5, 2).concat())
+        .unwrap();
+    let mut after = proxy.connect();
+    after.write_all(&frames("after", 0, 5, 2).concat()).unwrap();
+    assert!(
+        proxy.wait_settled_at(20, PATIENCE).await,
+        "{:?}",
+        proxy.accounting()
+    );
+    let totals = proxy.close().await;
+    assert_eq!(totals.forwarded, 20);
+}
+
+async fn a_path_taken_by_another_file_is_left_alone_and_served_once_free(io: IoMode) {
+    let (dir, config) = Proxy::config(io);
+    let proxy = Proxy::start(dir, config, NullReporter::new()).await;
+    let socket = proxy.socket_path();
+
+    std::fs::remove_file(&socket).unwrap();
+    std::fs::write(&socket, b"not yours").unwrap();
+    assert!(
+        eventually(NOTICE, || sample(&proxy.scrape(), LOST) == Some(1.0)).await,
+        "the loss is counted:\n{}",
+        proxy.scrape()
+    );
+    assert_eq!(sample(&proxy.scrape(), BOUND), Some(0.0));
+    // Several checks later the file is still there, untouched.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(std::fs::read(&socket).unwrap(), b"not yours");
+
+    std::fs::remove_file(&socket).unwrap();
+    // The new socket accepts connections as soon as it is bound, a moment before
+    // the proxy records it as bound again: wait for both.
+    assert!(
+        eventually(NOTICE, || connects(&socket)
+            && sample(&proxy.scrape(), BOUND) == Some(1.0))
+        .await,
+        "served again once the path is free"
+    );
+    proxy
+        .connect()
+        .write_all(&frames("s", 0, 3, 2).concat())
+        .unwrap();
+    assert!(
+        proxy.wait_settled_at(6, PATIENCE).await,
+        "{:?}",
+        proxy.accounting()
+    );
+
+    // Replaced again and closed: the other file stays.
+    std::fs::remove_file(&socket).unwrap();
+    std::fs::write(&socket, b"still not yours").unwrap();
+    let server = proxy.server.clone();
+    tokio::task::spawn_blocking(move || server.close())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&socket).unwrap(), b"still not yours");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_socket_is_logged_and_healthz_says_so_until_the_path_is_served_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let (mut process, metrics) = first_proxy(&socket).await;
+    assert_eq!(http_get(metrics, "/healthz").unwrap().0, 200);
+
+    std::fs::remove_file(&socket).unwrap();
+    std::fs::write(&socket, b"in the way").unwrap();
+    let healthz = |metrics| {
+        let metrics: SocketAddr = metrics;
+        http_get(metrics, "/healthz").unwrap()
+    };
+    assert!(
+        eventually(NOTICE, || healthz(metrics).0 != 200).await,
+        "/healthz reports the lost socket"
+    );
+    let (code, body) = healthz(metrics);
+    assert_eq!(code, 503);
+    assert!(body.contains("socket"), "{body}");
+    assert!(
+        process.logged("socket file lost"),
+        "{:#?}",
+        process.stderr.get()
+    );
+    let scrape = Scrape::parse(&http_get(metrics, "/metrics").unwrap().1);
+    assert_eq!(scrape.get("socket_lost_total", None), 1);
+    assert_eq!(scrape.get("socket_bound", None), 0);
+
+    std::fs::remove_file(&socket).unwrap();
+    assert!(
+        eventually(NOTICE, || healthz(metrics).0 == 200 && connects(&socket)).await,
+        "served again"
+    );
+    assert!(process.is_running());
+    let exited = process.terminate().await;
+    assert_eq!(exited.status.code(), Some(0), "{:#?}", exited.stderr);
+    assert!(!socket.exists());
+}
+
+/// A tmp cleaner deleting the socket and its lock file: the proxy locks a new lock
+/// file and serves the path again, so a later start still finds it taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lock_file_is_locked_again_and_a_later_start_still_exits_1() {
+    let (dir, config) = Proxy::config(IoMode::Auto);
+    let proxy = Proxy::start(dir, config, NullReporter::new()).await;
+    let socket = proxy.socket_path();
+    let lock = lock_file(&socket);
+    assert!(lock.exists());
+
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::remove_file(&socket).unwrap();
+    assert!(
+        eventually(NOTICE, || lock.exists() && connects(&socket)).await,
+        "the lock file is back and the path served again"
+    );
+    let later = spawn(&serve_args(&socket, None))
+        .wait_within(PATIENCE)
+        .await;
+    assert_eq!(later.status.code(), Some(1), "{:#?}", later.stderr);
+    assert!(
+        later
+            .stderr
+            .join("\n")
+            .contains("another process serves it"),
+        "{:#?}",
+        later.stderr
+    );
+    assert!(connects(&socket), "the first proxy still serves its path");
+    proxy.close().await;
+    assert!(!lock.exists(), "close removes the lock file");
+}

@@ -1,0 +1,275 @@
+//! The disk spool end to end with the real binary and a gRPC coderd that is down:
+//! 50,000 logs arrive (far more than the 4096-frame ring holds), the proxy stops
+//! (SIGTERM, or SIGKILL in the middle of the outage), and a new proxy on the same
+//! spool directory delivers every spooled log once coderd is back, each session in
+//! order, nothing counted as dropped. Also: a second proxy on a spool directory in
+//! use is refused with exit 1.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use support::coderd::{FakeCoderd, Received};
+use support::faults::{frames, write_frames};
+use support::proxy::{
+    assert_accounting_totals, free_addr, stopped_totals, Exited, Process, Scrape,
+};
+
+const SESSIONS: usize = 5;
+const FRAMES_PER_SESSION: usize = 1000;
+const LOGS_PER_FRAME: usize = 10;
+const LOGS: u64 = (SESSIONS * FRAMES_PER_SESSION * LOGS_PER_FRAME) as u64;
+
+struct Serve {
+    proxy: Process,
+    socket: std::path::PathBuf,
+    metrics: SocketAddr,
+}
+
+async fn serve(dir: &Path, coderd: &str, extra: &[&str]) -> Serve {
+    let socket = dir.join("boundary.sock");
+    let spool = dir.join("spool");
+    let metrics = free_addr();
+    let (socket_arg, spool_arg, metrics_arg) = (
+        socket.to_str().unwrap().to_owned(),
+        spool.to_str().unwrap().to_owned(),
+        metrics.to_string(),
+    );
+    let mut args = vec![
+        "serve",
+        "--socket",
+        &socket_arg,
+        "--coderd",
+        coderd,
+        "--spool-dir",
+        &spool_arg,
+        "--metrics-addr",
+        &metrics_arg,
+        "--call-timeout",
+        "2s",
+        "--shutdown-timeout",
+        "3s",
+        "--log-format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let mut proxy = Process::spawn(&args);
+    proxy.wait_for_socket(&socket, "listening").await;
+    Serve {
+        proxy,
+        socket,
+        metrics,
+    }
+}
+
+/// Writes every session's frames on its own connection, in bursts of 100 frames
+/// (each well under the ring's size) `pause` apart; returns the frames written whole.
+async fn boundary_writes(socket: &Path, pause: Duration) -> usize {
+    let mut writers = Vec::new();
+    for s in 0..SESSIONS {
+        let socket = socket.to_owned();
+        writers.push(tokio::task::spawn_blocking(move || {
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            let all = frames(
+                &format!("session-{s}"),
+                0,
+                FRAMES_PER_SESSION,
+                LOGS_PER_FRAME,
+            );
+            let mut written = 0;
+            for burst in all.chunks(100) {
+                let n = write_frames(&mut stream, burst);
+                written += n;
+                if n < burst.len() {
+                    break;
+                }
+                std::thread::sleep(pause);
+            }
+            written
+        }));
+    }
+    let mut total = 0;
+    for w in writers {
+        total += w.await.unwrap();
+    }
+    total
+}
+
+/// Each session's sequence numbers in the order coderd accepted them.
+fn arrival_order(requests: &[Received]) -> BTreeMap<String, Vec<i32>> {
+    let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for r in requests {
+        out.entry(r.request.session_id.clone())
+            .or_default()
+            .extend(r.request.logs.iter().map(|l| l.sequence_number));
+    }
+    out
+}
+
+fn every_log_in_order() -> BTreeMap<String, Vec<i32>> {
+    (0..SESSIONS)
+        .map(|s| {
+            let n = (FRAMES_PER_SESSION * LOGS_PER_FRAME) as i32;
+            (format!("session-{s}"), (0..n).collect())
+        })
+        .collect()
+}
+
+fn assert_exit_0(exited: &Exited) {
+    assert!(
+        exited.status.success(),
+        "exit {:?}; stderr:\n{}",
+        exited.status,
+        exited.stderr.join("\n")
+    );
+}
+
+/// Restarts coderd, runs a proxy on the same spool, and waits until `logs` logs
+/// were delivered and the spool is empty; returns the proxy's final totals.
+async fn replay_after_restart(
+    dir: &Path,
+    coderd: &mut FakeCoderd,
+    logs: u64,
+) -> boundary_log_proxy::metrics::Accounting {
+    coderd.restart().await;
+    let second = serve(dir, &coderd.addr(), &[]).await;
+    let scrape = second
+        .proxy
+        .scrape_until(second.metrics, "the spool replayed", |s: &Scrape| {
+            s.get("logs_forwarded_total", None) >= logs && s.get("spool_logs", None) == 0
+        })
+        .await;
+    assert_eq!(scrape.get("logs_replayed_total", None), logs);
+    let exited = second.proxy.terminate().await;
+    assert_exit_0(&exited);
+    stopped_totals(&exited.stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coderd_down_50000_logs_then_sigterm_and_a_restart_deliver_every_log_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut coderd = FakeCoderd::start().await;
+    coderd.stop().await;
+    let first = serve(dir.path(), &coderd.addr(), &[]).await;
+    assert_eq!(
+        boundary_writes(&first.socket, Duration::from_millis(10)).await,
+        SESSIONS * FRAMES_PER_SESSION
+    );
+    let scrape = first
+        .proxy
+        .scrape_until(first.metrics, "every log spooled", |s: &Scrape| {
+            s.get("logs_received_total", None) == LOGS && s.get("spool_logs", None) == LOGS
+        })
+        .await;
+    assert_eq!(scrape.get("ring_occupancy", None), 0);
+    let exited = first.proxy.terminate().await;
+    assert_exit_0(&exited);
+    let stopped = stopped_totals(&exited.stderr);
+    assert_eq!(stopped.received, LOGS);
+    assert_eq!(stopped.spooled, LOGS, "{stopped:?}");
+    assert_eq!(stopped.settled(), 0, "nothing dropped: {stopped:?}");
+    assert_accounting_totals(stopped, 0);
+
+    let replayed = replay_after_restart(dir.path(), &mut coderd, LOGS).await;
+    assert_eq!(replayed.recovered, LOGS);
+    assert_eq!(replayed.forwarded, LOGS);
+    assert_eq!(replayed.settled(), LOGS, "nothing dropped: {replayed:?}");
+    assert_accounting_totals(replayed, 0);
+    assert_eq!(
+        arrival_order(&coderd.requests()),
+        every_log_in_order(),
+        "every log once, each session in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_in_the_middle_of_the_outage_loses_no_log_that_reached_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut coderd = FakeCoderd::start().await;
+    coderd.stop().await;
+    let first = serve(dir.path(), &coderd.addr(), &["--spool-fsync", "always"]).await;
+    let writing = {
+        let socket = first.socket.clone();
+        tokio::spawn(async move { boundary_writes(&socket, Duration::from_millis(100)).await })
+    };
+    // Mid-outage, while boundary is still writing.
+    let before_kill = first
+        .proxy
+        .scrape_until(first.metrics, "a part spooled", |s: &Scrape| {
+            s.get("logs_spooled_total", None) >= LOGS / 3
+        })
+        .await;
+    first.proxy.signal(libc::SIGKILL);
+    let spooled = before_kill.get("logs_spooled_total", None);
+    let killed = first.proxy.wait().await;
+    assert!(!killed.status.success());
+    let _ = writing.await;
+    assert!(spooled < LOGS, "killed before the end: {spooled}");
+
+    coderd.restart().await;
+    let second = serve(dir.path(), &coderd.addr(), &[]).await;
+    let at_start = second.proxy.scrape(second.metrics).await;
+    let recovered = at_start.get("logs_recovered_total", None);
+    assert!(recovered >= spooled, "{recovered} found, {spooled} spooled");
+    let scrape = second
+        .proxy
+        .scrape_until(second.metrics, "the spool replayed", |s: &Scrape| {
+            s.get("spool_logs", None) == 0
+        })
+        .await;
+    let corrupt = scrape.get("logs_dropped_total", Some(r#"reason="spool_corrupt""#));
+    assert_eq!(
+        scrape.get("logs_forwarded_total", None),
+        recovered - corrupt
+    );
+    let exited = second.proxy.terminate().await;
+    assert_exit_0(&exited);
+    let totals = stopped_totals(&exited.stderr);
+    assert_accounting_totals(totals, 0);
+
+    // Each session got a gap-free prefix of its logs, in order, each once: the
+    // spool kept the oldest frames, and only what was spooled came back.
+    let got = arrival_order(&coderd.requests());
+    let mut delivered = 0u64;
+    for (session, seqs) in &got {
+        assert_eq!(
+            *seqs,
+            (0..seqs.len() as i32).collect::<Vec<_>>(),
+            "{session}"
+        );
+        delivered += seqs.len() as u64;
+    }
+    assert!(
+        delivered >= spooled,
+        "every log spooled before the kill was delivered: {delivered} of {spooled}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_proxy_on_a_spool_directory_in_use_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let coderd = FakeCoderd::start().await;
+    let first = serve(dir.path(), &coderd.addr(), &[]).await;
+    let other = dir.path().join("other.sock");
+    let spool = dir.path().join("spool");
+    let second = Process::spawn(&[
+        "serve",
+        "--socket",
+        other.to_str().unwrap(),
+        "--coderd",
+        &coderd.addr(),
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ]);
+    let exited = second.wait().await;
+    assert_eq!(exited.status.code(), Some(1), "{:?}", exited.stderr);
+    let stderr = exited.stderr.join("\n");
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert!(!other.exists(), "refused before binding its socket");
+    let mut first = first;
+    assert!(first.proxy.is_running(), "the owner keeps running");
+    assert_exit_0(&first.proxy.terminate().await);
+}
