@@ -24,9 +24,13 @@ use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+/// Children get sessions of their own (`--own-sessions`).
+static OWN_SESSIONS: AtomicBool = AtomicBool::new(false);
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -128,6 +132,15 @@ struct RunArgs {
     /// into this file (`.N` appended per run), e.g. `--perf-record /tmp/p.data`.
     #[arg(long)]
     perf_record: Option<PathBuf>,
+    /// Only measure the one-thread references (prost and codec decode), `runs` times.
+    #[arg(long)]
+    references_only: bool,
+    /// Start the proxy, the writer and the sink each in a session of its own
+    /// (setsid), as separately started services are: with the kernel's
+    /// autogroup scheduling each then gets its own share of the CPUs instead of
+    /// every thread competing alone.
+    #[arg(long)]
+    own_sessions: bool,
     /// Arguments of `perf record` before `-p PID -o FILE`.
     #[arg(long, default_value = "-F 4999 -g", allow_hyphen_values = true)]
     perf_args: String,
@@ -275,9 +288,10 @@ fn clock_ticks() -> u64 {
     u64::try_from(hz).unwrap_or(100).max(1)
 }
 
-/// Per live thread of `pid`: (name, ns on CPU from schedstat), summed by name.
-fn thread_cpu(pid: u32) -> Vec<(String, u64)> {
-    let mut by_name: Vec<(String, u64)> = Vec::new();
+/// Per live thread of `pid`: (name, ns on CPU from schedstat, context switches),
+/// summed by name.
+fn thread_cpu(pid: u32) -> Vec<(String, u64, u64)> {
+    let mut by_name: Vec<(String, u64, u64)> = Vec::new();
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return by_name;
     };
@@ -289,9 +303,18 @@ fn thread_cpu(pid: u32) -> Vec<(String, u64)> {
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
-        match by_name.iter_mut().find(|(n, _)| *n == name) {
-            Some(entry) => entry.1 += ns,
-            None => by_name.push((name, ns)),
+        let switches: u64 = fs::read_to_string(dir.join("status"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        match by_name.iter_mut().find(|(n, _, _)| *n == name) {
+            Some(entry) => {
+                entry.1 += ns;
+                entry.2 += switches;
+            }
+            None => by_name.push((name, ns, switches)),
         }
     }
     by_name.sort();
@@ -388,6 +411,15 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &'static str, command: &mut Command) -> io::Result<Self> {
+        if OWN_SESSIONS.load(Ordering::Relaxed) && name != "perf" {
+            // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                });
+            }
+        }
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("BOUNDARY_LOG_PROXY_") {
                 command.env_remove(key);
@@ -575,6 +607,7 @@ fn start_stage(args: &RunArgs, bin: &Path, reporter: ReporterKind) -> io::Result
             let mut command = Command::new(bin);
             command
                 .args(["sink", "--listen", &addr.to_string(), "--quiet"])
+                .args(["--log-level", "warn"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null());
             if reporter == ReporterKind::Coder {
@@ -647,7 +680,7 @@ struct Row {
     written: Duration,
     settled: Duration,
     proxy_cpu_ns: u64,
-    threads: Vec<(String, u64)>,
+    threads: Vec<(String, u64, u64)>,
     writer_cpu_ns: u64,
     sink_cpu_ns: Option<u64>,
     load_before: String,
@@ -777,14 +810,18 @@ fn measure(args: &RunArgs, bin: &Path, reporter: ReporterKind, run: u32) -> io::
     }
     let threads = threads_after
         .iter()
-        .map(|(name, ns)| {
-            let was = threads_before
+        .map(|(name, ns, switches)| {
+            let (was_ns, was_switches) = threads_before
                 .iter()
-                .find(|(n, _)| n == name)
-                .map_or(0, |(_, b)| *b);
-            (name.clone(), ns.saturating_sub(was))
+                .find(|(n, _, _)| n == name)
+                .map_or((0, 0), |(_, b, s)| (*b, *s));
+            (
+                name.clone(),
+                ns.saturating_sub(was_ns),
+                switches.saturating_sub(was_switches),
+            )
         })
-        .filter(|(_, ns)| *ns > 0)
+        .filter(|(_, ns, _)| *ns > 0)
         .collect();
     drop(stage);
     Ok(Row {
@@ -802,16 +839,24 @@ fn measure(args: &RunArgs, bin: &Path, reporter: ReporterKind, run: u32) -> io::
     })
 }
 
-/// CPU ns per log on this thread of prost's full decode and of the codec's
-/// validating decode, over the frames the writer writes.
-fn references(args: &RunArgs) -> io::Result<(f64, f64)> {
+/// CPU ns per log on this thread, over the frames the writer writes.
+struct References {
+    /// prost's full decode of each frame's payload (after framing).
+    prost: f64,
+    /// The codec: framing (the copy into frame arenas) and validation.
+    codec: f64,
+    /// The codec's validation alone (`decode_message` of frames already cut).
+    validation: f64,
+}
+
+fn references(args: &RunArgs) -> io::Result<References> {
     let frames = (200_000 / u64::from(args.logs_per_frame)).max(1);
     let mut bytes = Vec::new();
     SessionStream::new(MEASURED_INDEX, args.logs_per_frame, tag(args.tag))
         .map_err(io::Error::other)?
         .append_frames(frames, Timestamps::Workload, &mut bytes);
     let logs = frames * u64::from(args.logs_per_frame);
-    let mut best = (f64::MAX, f64::MAX);
+    let mut best = (f64::MAX, f64::MAX, f64::MAX);
     for _ in 0..3 {
         let t = thread_cpu_ns();
         let mut prost_logs = 0u64;
@@ -829,17 +874,26 @@ fn references(args: &RunArgs) -> io::Result<(f64, f64)> {
             };
         });
         let prost_ns = thread_cpu_ns() - t;
+        // As the reader does it: each read framed, then its frames validated while
+        // their bytes are in cache; the validation timed apart.
         let t = thread_cpu_ns();
         let mut ours = 0u64;
+        let mut validation_ns = 0u64;
         let mut decoder = FrameDecoder::new();
+        let mut raw = Vec::new();
         for read in bytes.chunks(args.chunk.max(1)) {
             let mut input = read;
             while let Ok(Some(frame)) = decoder.decode(&mut input) {
+                raw.push(frame);
+            }
+            let v = thread_cpu_ns();
+            for frame in raw.drain(..) {
                 if let Ok(Message::Logs(frame)) = decode_message(frame) {
                     ours += u64::from(frame.log_count());
                     std::hint::black_box(&frame);
                 }
             }
+            validation_ns += thread_cpu_ns() - v;
         }
         let ours_ns = thread_cpu_ns() - t;
         if prost_logs != logs || ours != logs {
@@ -847,8 +901,13 @@ fn references(args: &RunArgs) -> io::Result<(f64, f64)> {
         }
         best.0 = best.0.min(prost_ns as f64 / logs as f64);
         best.1 = best.1.min(ours_ns as f64 / logs as f64);
+        best.2 = best.2.min(validation_ns as f64 / logs as f64);
     }
-    Ok(best)
+    Ok(References {
+        prost: best.0,
+        codec: best.1,
+        validation: best.2,
+    })
 }
 
 fn for_each_payload(bytes: &[u8], chunk: usize, mut each: impl FnMut(Tag, bytes::Bytes)) {
@@ -862,6 +921,7 @@ fn for_each_payload(bytes: &[u8], chunk: usize, mut each: impl FnMut(Tag, bytes:
 }
 
 fn harness(args: &RunArgs) -> io::Result<()> {
+    OWN_SESSIONS.store(args.own_sessions, Ordering::Relaxed);
     let bin = match &args.bin {
         Some(bin) => bin.clone(),
         None => {
@@ -880,14 +940,15 @@ fn harness(args: &RunArgs) -> io::Result<()> {
         )));
     }
     println!(
-        "# e2e_bench: {} connections x {} logs/frame, {} logs a run, {}-byte writes, tag {}, writer {:?}, serve {:?}",
+        "# e2e_bench: {} connections x {} logs/frame, {} logs a run, {}-byte writes, tag {}, writer {:?}, serve {:?}, own sessions {}",
         args.connections,
         args.logs_per_frame,
         args.logs,
         args.chunk,
         tag_name(args.tag),
         args.writer,
-        args.proxy_args
+        args.proxy_args,
+        args.own_sessions
     );
     let mut csv = match &args.csv {
         Some(path) => {
@@ -904,11 +965,16 @@ fn harness(args: &RunArgs) -> io::Result<()> {
         None => None,
     };
     for round in 0..args.runs {
-        let (prost_ns, codec_ns) = references(args)?;
+        let refs = references(args)?;
+        let (prost_ns, codec_ns) = (refs.prost, refs.codec);
         println!(
-            "round {round}: reference on one thread: prost decode {prost_ns:.0} ns/log, codec decode (framing + validation) {codec_ns:.0} ns/log; load {}",
+            "round {round}: reference on one thread: prost decode {prost_ns:.0} ns/log, codec decode (framing + validation) {codec_ns:.0} ns/log, validation alone {:.0} ns/log; load {}",
+            refs.validation,
             loadavg()
         );
+        if args.references_only {
+            continue;
+        }
         for &reporter in &args.reporter {
             let row = measure(args, &bin, reporter, round)?;
             let proxy = row.per_log(row.proxy_cpu_ns);
@@ -936,9 +1002,15 @@ fn harness(args: &RunArgs) -> io::Result<()> {
             let threads: Vec<String> = row
                 .threads
                 .iter()
-                .map(|(name, ns)| format!("{name} {:.0}", row.per_log(*ns)))
+                .map(|(name, ns, switches)| {
+                    format!(
+                        "{name} {:.0} ns/log, {:.1} switches/1000 logs",
+                        row.per_log(*ns),
+                        row.per_log(*switches * 1000)
+                    )
+                })
                 .collect();
-            println!("    per thread (schedstat, ns/log): {}", threads.join(", "));
+            println!("    per thread (schedstat): {}", threads.join("; "));
             if let Some(file) = csv.as_mut() {
                 writeln!(
                     file,

@@ -175,6 +175,27 @@ impl InternalEvent for LogsReceived {
     }
 }
 
+/// A frame found the ring full and the reader waited for room (back-pressure on
+/// the writers) before pushing it, or before dropping it when none came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitedForRoom {
+    /// How long the reader waited.
+    pub waited: std::time::Duration,
+    /// True when room came; false when the patience ran out (the frame is dropped).
+    pub room: bool,
+}
+
+impl InternalEvent for WaitedForRoom {
+    fn emit(self, _metrics: &Metrics) {
+        // Counted by what follows: the push, or the `buffer_full` drop.
+        tracing::trace!(
+            waited_us = self.waited.as_micros() as u64,
+            room = self.room,
+            "ring full: the reader waited for room"
+        );
+    }
+}
+
 /// One received frame found the ring full and was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufferFull {

@@ -3,14 +3,15 @@
 //! into the ring, counting every frame it cannot keep.
 
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::codec::{decode_message, FrameDecoder, LogFrame, Message, RawFrame};
 use crate::events::{
     BoundaryStatusReported, BufferFull, ConnectionClosed, ConnectionOpened, ConnectionRejected,
     ForwardDropReason, ForwardDropped, FrameRejected, InternalEvent, LogsReceived, RingOccupancy,
-    SequenceGap, SequenceOutOfOrder,
+    SequenceGap, SequenceOutOfOrder, WaitedForRoom,
 };
 use crate::metrics::{ConnectionRejectReason, FrameRejectReason, Metrics};
 use crate::reader::{CloseCause, ConnInfo, ConnectionHandler, RejectReason};
@@ -32,11 +33,21 @@ pub struct QueuedFrame {
     pub conn: u32,
 }
 
+/// How long the reader waits for room when a frame finds the ring full, by default.
+pub const DEFAULT_RING_FULL_PATIENCE: Duration = Duration::from_millis(10);
+/// While it waits, how often the reader looks at the ring again.
+const ROOM_POLL: Duration = Duration::from_micros(50);
+
 /// The reader's connection handler for the proxy.
 pub struct Intake {
     producer: Producer<QueuedFrame>,
     metrics: Arc<Metrics>,
     sequences: Mutex<SeqTracker>,
+    /// How long a frame that finds the ring full waits for room (see `wait_for_room`).
+    patience: Duration,
+    /// Set when a wait ended without room: frames finding the ring full are then
+    /// dropped at once, until one finds room again.
+    impatient: AtomicBool,
 }
 
 /// Per-connection state: the incremental frame decoder.
@@ -60,7 +71,45 @@ impl Intake {
             producer,
             metrics,
             sequences: Mutex::new(sequences),
+            patience: DEFAULT_RING_FULL_PATIENCE,
+            impatient: AtomicBool::new(false),
         }
+    }
+
+    /// Sets how long a frame that finds the ring full waits for room.
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
+    }
+
+    /// The ring is full. While the forwarder is behind only for a moment (not
+    /// scheduled yet on busy cores, or between drain passes), the reader waits for
+    /// room instead of dropping: it reads nothing meanwhile, so the writers meet
+    /// socket back-pressure, and its core is free for the forwarder. After
+    /// `patience` without room (the destination is slow or down, and the forwarder
+    /// waits for it), the frame is dropped as `buffer_full`, and later frames that
+    /// find the ring full are dropped at once until one finds room again: a stuck
+    /// destination costs the reader one wait per episode, not one per frame.
+    fn wait_for_room(&self) {
+        if self.impatient.load(Ordering::Relaxed) || self.patience.is_zero() {
+            return;
+        }
+        let started = Instant::now();
+        let room = loop {
+            if self.producer.len() < self.producer.capacity() || self.producer.is_closed() {
+                break true;
+            }
+            if started.elapsed() >= self.patience {
+                self.impatient.store(true, Ordering::Relaxed);
+                break false;
+            }
+            std::thread::sleep(ROOM_POLL);
+        };
+        WaitedForRoom {
+            waited: started.elapsed(),
+            room,
+        }
+        .emit(&self.metrics);
     }
 
     /// Handles one complete frame: frame-local errors are counted and skipped.
@@ -126,6 +175,9 @@ impl Intake {
             }
             .emit(&self.metrics);
         }
+        if self.producer.len() >= self.producer.capacity() {
+            self.wait_for_room();
+        }
         match self.producer.push(
             QueuedFrame {
                 frame,
@@ -133,7 +185,11 @@ impl Intake {
             },
             logs,
         ) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.impatient.load(Ordering::Relaxed) {
+                    self.impatient.store(false, Ordering::Relaxed);
+                }
+            }
             Err(PushError::Full(_)) => BufferFull {
                 logs: u64::from(logs),
             }

@@ -16,6 +16,7 @@ pub mod forwarder;
 pub mod intake;
 pub mod loadgen;
 pub mod logging;
+pub mod malloc;
 pub mod metrics;
 pub mod proto;
 pub mod reader;

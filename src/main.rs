@@ -6,6 +6,7 @@ use boundary_log_proxy::cli::{self, Invocation};
 use boundary_log_proxy::{app, logging};
 
 fn main() -> ExitCode {
+    boundary_log_proxy::malloc::tune();
     let invocation = match cli::parse_env() {
         Ok(invocation) => invocation,
         Err(exit) => return exit.report(),

@@ -497,3 +497,119 @@ fn group_nesting_meets_the_recursion_limit_where_prost_does() {
         );
     }
 }
+
+// ---- the canonical fast path ---------------------------------------------------------
+
+/// Canonical requests (as boundary writes them) whose logs take the validator's
+/// fast path, and the edges of it: negative and large numbers (ten-byte varints),
+/// non-ASCII and empty strings, absent fields, a log with nothing set.
+fn canonical_requests() -> Vec<ReportBoundaryLogsRequest> {
+    let mut requests = vec![workload::request("7d1f5a7e-3c2b-4f7e", "claude-code", 0, 4)];
+    let mut odd = workload::request("s", "p", 5, 6);
+    odd.logs[0].sequence_number = -1;
+    odd.logs[1].sequence_number = i32::MAX;
+    if let Some(time) = odd.logs[1].time.as_mut() {
+        time.seconds = i64::MIN;
+        time.nanos = -1;
+    }
+    if let Some(Resource::HttpRequest(http)) = odd.logs[2].resource.as_mut() {
+        http.url = "https://例え.jp/ürl?q=é".into();
+        http.method = String::new();
+    }
+    odd.logs[3].time = None;
+    odd.logs[3].allowed = true;
+    odd.logs[4].resource = Some(Resource::HttpRequest(HttpRequest::default()));
+    odd.logs[5] = BoundaryLog::default();
+    requests.push(odd);
+    requests
+}
+
+/// Every single-byte change of a canonical payload (to values around the ones that
+/// matter: key bytes, varint continuation, UTF-8 lead and continuation bytes) and
+/// every truncation is accepted exactly when prost accepts it, with prost's result.
+#[test]
+fn every_byte_of_a_canonical_request_changed_decodes_as_prost_does() {
+    const VALUES: [u8; 12] = [
+        0x00, 0x01, 0x08, 0x0A, 0x12, 0x1A, 0x20, 0x7F, 0x80, 0xC3, 0xE4, 0xFF,
+    ];
+    let mut cases = 0;
+    for request in canonical_requests() {
+        let v1 = request.encode_to_vec();
+        let v2 = BoundaryMessage {
+            msg: Some(Msg::Logs(request.clone())),
+        }
+        .encode_to_vec();
+        for (tag, payload) in [(Tag::V1, v1), (Tag::V2, v2)] {
+            check_against_prost(tag, &payload).unwrap();
+            for at in 0..payload.len() {
+                for value in VALUES
+                    .into_iter()
+                    .chain([payload[at] ^ 0x80, payload[at].wrapping_add(1)])
+                {
+                    let mut changed = payload.clone();
+                    changed[at] = value;
+                    check_against_prost(tag, &changed)
+                        .unwrap_or_else(|e| panic!("{tag:?} byte {at} = {value:#04x}: {e}"));
+                    cases += 1;
+                }
+                check_against_prost(tag, &payload[..at])
+                    .unwrap_or_else(|e| panic!("{tag:?} cut at {at}: {e}"));
+            }
+        }
+    }
+    assert!(cases > 10_000, "{cases} cases");
+}
+
+/// A log whose string is not UTF-8 is refused, wherever the string sits, whether
+/// or not the rest of its `HttpRequest` is ASCII.
+#[test]
+fn invalid_utf8_in_any_string_of_a_canonical_log_is_refused_as_prost_refuses_it() {
+    for field in 0..3 {
+        for text in [&b"GET\xC3"[..], b"\xFF", b"caf\xC3\xA9\xC3"] {
+            let mut http = Vec::new();
+            for f in 0..3u32 {
+                let value: &[u8] = if f == field { text } else { b"https://x/" };
+                http.extend(len_field(f + 1, value));
+            }
+            let log = [vec![0x08, 0x01], len_field(3, &http), vec![0x20, 0x07]].concat();
+            let payload = [len_field(1, &log), len_field(2, b"s")].concat();
+            assert!(ReportBoundaryLogsRequest::decode(&payload[..]).is_err());
+            check_against_prost(Tag::V1, &payload).unwrap();
+        }
+    }
+}
+
+/// A `logs` record whose length is padded (a valid, longer varint) is forwarded
+/// with its length minimally encoded, as prost would re-encode it.
+#[test]
+fn a_log_record_with_a_padded_length_is_forwarded_minimally_encoded() {
+    let request = workload::request("s", "p", 0, 2);
+    let canonical = request.encode_to_vec();
+    let mut padded = Vec::new();
+    for (i, log) in request.logs.iter().enumerate() {
+        let body = log.encode_to_vec();
+        if i == 1 {
+            // The length as a varint one byte longer than it needs.
+            padded.push(0x0A);
+            let mut len = Vec::new();
+            encode_varint(body.len() as u64, &mut len);
+            *len.last_mut().unwrap() |= 0x80;
+            len.push(0x00);
+            padded.extend(len);
+            padded.extend(body);
+        } else {
+            padded.extend(len_field(1, &body));
+        }
+    }
+    padded.extend(len_field(2, request.session_id.as_bytes()));
+    padded.extend(len_field(3, request.confined_process_name.as_bytes()));
+    assert_ne!(padded, canonical);
+    let Ok(Message::Logs(frame)) = decode_message(RawFrame {
+        tag: Tag::V1,
+        payload: Bytes::from(padded.clone()),
+    }) else {
+        panic!("padded request refused")
+    };
+    assert_eq!(frame.encoded_request().as_ref(), &canonical[..]);
+    check_against_prost(Tag::V1, &padded).unwrap();
+}

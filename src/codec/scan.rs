@@ -7,10 +7,14 @@ use std::ops::Range;
 use prost::encoding::WireType;
 
 use super::wire::{
-    read_body, read_key, read_message, read_scalar, read_string, skip_field, WireResult,
+    is_ascii, is_utf8, read_body, read_key, read_message, read_scalar, read_string, skip_field,
+    WireResult,
 };
 use super::SeqSummary;
 use crate::proto::envelope::BoundaryStatus;
+
+/// Key byte of a `logs` record (field 1, length-delimited).
+const LOGS_KEY: u8 = 0x0A;
 
 /// How far a request segment is in canonical layout (logs, session id, process name,
 /// then nothing known).
@@ -76,6 +80,26 @@ impl RequestScan {
     pub fn walk(&mut self, seg: &[u8], base: usize, budget: u32) -> WireResult<()> {
         self.segments += 1;
         let mut buf = seg;
+        if self.segments == 1 && self.layout == Layout::Logs && budget >= 1 {
+            // The run of canonical `logs` records a request starts with, without
+            // the general loop's bookkeeping per field; it stops at the first
+            // record it does not take, which the loop below then judges.
+            let inner = budget - 1;
+            while let [LOGS_KEY, ref rest @ ..] = *buf {
+                let mut after = rest;
+                let Some(body) = minimal_body(&mut after) else {
+                    break;
+                };
+                let seq = walk_log(body, inner)?;
+                self.push_log(seq);
+                buf = after;
+            }
+            let end = seg.len() - buf.len();
+            if end > 0 {
+                self.canonical_end = end;
+                self.logs_end = end;
+            }
+        }
         while !buf.is_empty() {
             let field_start = seg.len() - buf.len();
             let (tag, wire) = read_key(&mut buf)?;
@@ -143,7 +167,122 @@ impl RequestScan {
 }
 
 /// Validates one `BoundaryLog` body and returns its sequence number.
-fn walk_log(mut buf: &[u8], budget: u32) -> WireResult<i32> {
+#[inline(always)]
+fn walk_log(buf: &[u8], budget: u32) -> WireResult<i32> {
+    // The nested messages' own fields need a budget of at least one.
+    if budget >= 1 {
+        if let Some(seq) = canonical_log(buf) {
+            return Ok(seq);
+        }
+    }
+    walk_log_fields(buf, budget)
+}
+
+/// The fast path: a `BoundaryLog` exactly as prost (and Go's protobuf) writes one,
+/// each field at most once, in field order, with one-byte keys and varints of at
+/// most nine bytes: `allowed`, `time { seconds, nanos }`, `http_request { method,
+/// url, matched_rule }`, `sequence_number`. Returns its sequence number, or `None`
+/// for anything else, valid or not, which `walk_log_fields` then judges. Accepts
+/// only what that walk accepts, with the same result.
+#[inline(always)]
+fn canonical_log(mut buf: &[u8]) -> Option<i32> {
+    if let [0x08, ref rest @ ..] = *buf {
+        buf = rest;
+        short_varint(&mut buf)?;
+    }
+    if let [0x12, ref rest @ ..] = *buf {
+        buf = rest;
+        let mut time = short_body(&mut buf)?;
+        if let [0x08, ref rest @ ..] = *time {
+            time = rest;
+            short_varint(&mut time)?;
+        }
+        if let [0x10, ref rest @ ..] = *time {
+            time = rest;
+            short_varint(&mut time)?;
+        }
+        if !time.is_empty() {
+            return None;
+        }
+    }
+    if let [0x1A, ref rest @ ..] = *buf {
+        buf = rest;
+        let request = short_body(&mut buf)?;
+        canonical_http_request(request)?;
+    }
+    let mut seq = 0;
+    if let [0x20, ref rest @ ..] = *buf {
+        buf = rest;
+        seq = short_varint(&mut buf)? as i32;
+    }
+    buf.is_empty().then_some(seq)
+}
+
+/// An `HttpRequest` of up to three strings in field order. When the whole body is
+/// ASCII (keys, lengths under 128 and text), every string in it is valid UTF-8:
+/// one check for the three.
+#[inline(always)]
+fn canonical_http_request(body: &[u8]) -> Option<()> {
+    let ascii = is_ascii(body);
+    let mut buf = body;
+    for key in [0x0A, 0x12, 0x1A] {
+        if let [k, ref rest @ ..] = *buf {
+            if k == key {
+                buf = rest;
+                let text = short_body(&mut buf)?;
+                if !ascii && !is_utf8(text) {
+                    return None;
+                }
+            }
+        }
+    }
+    buf.is_empty().then_some(())
+}
+
+/// A varint of at most nine bytes (never an overflow or an error in prost);
+/// `None` for anything longer or cut short.
+#[inline(always)]
+fn short_varint(buf: &mut &[u8]) -> Option<u64> {
+    let bytes = *buf;
+    let mut value = 0;
+    for (i, &byte) in bytes.iter().take(9).enumerate() {
+        value |= u64::from(byte & 0x7F) << (7 * i);
+        if byte < 0x80 {
+            *buf = &bytes[i + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// A length-delimited body within `buf` whose length is minimally encoded.
+#[inline(always)]
+fn minimal_body<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let before = buf.len();
+    let len = short_varint(buf)?;
+    if before - buf.len() != prost::encoding::encoded_len_varint(len) || len > buf.len() as u64 {
+        return None;
+    }
+    let (body, rest) = buf.split_at(len as usize);
+    *buf = rest;
+    Some(body)
+}
+
+/// A length-delimited body within `buf`.
+#[inline(always)]
+fn short_body<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = short_varint(buf)?;
+    if len > buf.len() as u64 {
+        return None;
+    }
+    let (body, rest) = buf.split_at(len as usize);
+    *buf = rest;
+    Some(body)
+}
+
+/// Validates one `BoundaryLog` body field by field, as prost does, and returns its
+/// sequence number (the last `sequence_number`, 0 when absent).
+fn walk_log_fields(mut buf: &[u8], budget: u32) -> WireResult<i32> {
     let mut seq = 0;
     while !buf.is_empty() {
         let (tag, wire) = read_key(&mut buf)?;

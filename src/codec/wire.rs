@@ -117,26 +117,32 @@ pub(crate) fn enter(budget: u32) -> WireResult<u32> {
 pub(crate) fn read_string<'a>(wire: WireType, buf: &mut &'a [u8]) -> WireResult<(&'a [u8], bool)> {
     expect_wire(wire, WireType::LengthDelimited)?;
     let (body, minimal) = read_body(buf)?;
-    if !is_ascii(body) && std::str::from_utf8(body).is_err() {
+    if !is_ascii(body) && !is_utf8(body) {
         return Err(malformed("invalid string value: data is not UTF-8 encoded"));
     }
     Ok((body, minimal))
 }
 
+/// Full UTF-8 validation, as `std::str::from_utf8` judges it.
+#[inline]
+pub(crate) fn is_utf8(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok()
+}
+
 /// ASCII check eight bytes at a time, the tail read as an overlapping last word
 /// (the standard one goes byte by byte after its last 64-byte block; URLs are short).
 #[inline(always)]
-fn is_ascii(bytes: &[u8]) -> bool {
+pub(crate) fn is_ascii(bytes: &[u8]) -> bool {
     const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
     let word = |chunk: &[u8]| u64::from_ne_bytes(chunk.try_into().unwrap_or([0x80; 8]));
     if bytes.len() < 8 {
         return bytes.iter().all(u8::is_ascii);
     }
-    let tail = word(&bytes[bytes.len() - 8..]);
+    // Front to back, the tail last: the bytes are read in memory order.
     let all = bytes
         .chunks_exact(8)
-        .fold(tail, |acc, chunk| acc | word(chunk));
-    all & HIGH_BITS == 0
+        .fold(0, |acc, chunk| acc | word(chunk));
+    (all | word(&bytes[bytes.len() - 8..])) & HIGH_BITS == 0
 }
 
 /// A scalar varint field (`bool`, `int32`, `int64`).

@@ -195,6 +195,16 @@ fn room(limits: Limits, frames: usize, bytes: usize, frame_bytes: usize) -> usiz
     by_count.min(by_bytes).max(1)
 }
 
+/// True when a drain pass holds enough to be coalesced now: [`DRAIN_REQUESTS`]
+/// requests' worth of logs or bytes, or `max_logs` frames. Frames of interleaved
+/// sessions then still coalesce into full requests (a pass cut at one request's
+/// worth of logs made eight requests of an eighth each from eight sessions).
+fn pass_full(limits: Limits, frames: usize, logs: usize, bytes: usize) -> bool {
+    logs >= limits.max_logs.saturating_mul(DRAIN_REQUESTS)
+        || bytes >= limits.max_bytes.saturating_mul(DRAIN_REQUESTS)
+        || frames >= limits.max_logs
+}
+
 /// The drain thread's side: ring -> coalesced requests -> channel.
 struct Drain {
     consumer: Consumer<QueuedFrame>,
@@ -240,9 +250,7 @@ impl Drain {
             }
             let stopping = self.stop.load(Ordering::Acquire);
             let lingered = first_at.is_some_and(|t| t.elapsed() >= self.config.linger);
-            let full = logs >= limits.max_logs
-                || bytes >= limits.max_bytes
-                || frames.len() >= limits.max_logs;
+            let full = pass_full(limits, frames.len(), logs, bytes);
             let ring_empty = self.consumer.is_empty();
             if !frames.is_empty() && (full || lingered || stopping || (closed && ring_empty)) {
                 coalesce(&frames, self.learned.limits(), &mut requests);
@@ -305,6 +313,16 @@ mod tests {
         // 14 KB frames: four 1 MiB requests' worth, not 1000 frames (14 MB).
         assert_eq!(room(LIMITS, 0, 0, 14_000), (4usize << 20).div_ceil(14_000));
         assert_eq!(room(LIMITS, 200, 4 << 20, 14_000), 1);
+    }
+
+    #[test]
+    fn a_pass_of_eight_sessions_is_not_cut_at_one_requests_worth() {
+        // 8 sessions x 10-log frames: 100 frames are 1000 logs, 125 per session.
+        assert!(!pass_full(LIMITS, 100, 1000, 150_000));
+        assert!(!pass_full(LIMITS, 399, 3990, 600_000));
+        assert!(pass_full(LIMITS, 400, 4000, 600_000));
+        assert!(pass_full(LIMITS, 1000, 1000, 10_000), "max_logs frames");
+        assert!(pass_full(LIMITS, 4, 400, 4 << 20), "four requests' bytes");
     }
 
     #[test]
