@@ -150,6 +150,16 @@ pub fn decode_message(frame: RawFrame) -> Result<Message, CodecError> {
     }
 }
 
+/// Validates an encoded `ReportBoundaryLogsRequest` (a whole request, of any size) as
+/// prost would decode it (every field, nesting and UTF-8 string checked) and counts its
+/// logs, without materialising it: what a receiver that only counts needs. The count is
+/// prost's `logs.len()` for every input prost accepts; prost's errors are `Decode` here.
+pub fn count_request_logs(bytes: &[u8]) -> Result<u32, CodecError> {
+    let mut scan = RequestScan::default();
+    scan.walk(bytes, 0, RECURSION_LIMIT)?;
+    Ok(scan.log_count)
+}
+
 /// The envelope's variant as prost would leave it: the last one wins, and a
 /// repeated variant merges into the one before.
 enum Variant {
@@ -309,4 +319,30 @@ fn put_string(out: &mut BytesMut, key: u8, text: &[u8]) -> Range<u16> {
 fn narrow(range: Range<usize>) -> Range<u16> {
     debug_assert!(range.end <= MAX_PAYLOAD_LEN);
     range.start as u16..range.end as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counting_a_request_agrees_with_prost_on_valid_and_invalid_bytes() {
+        let request = ReportBoundaryLogsRequest {
+            logs: vec![Default::default(); 1200],
+            session_id: "6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f".into(),
+            confined_process_name: "curl".into(),
+        };
+        let bytes = request.encode_to_vec();
+        assert_eq!(count_request_logs(&bytes).unwrap(), 1200);
+        assert_eq!(count_request_logs(&[]).unwrap(), 0);
+        let bad_utf8 = [0x12, 0x02, 0xff, 0xfe];
+        let cut_short = &bytes[..bytes.len() - 1];
+        for bad in [&bad_utf8[..], cut_short, &[0x0a, 0x05, 0x08][..]] {
+            assert!(ReportBoundaryLogsRequest::decode(bad).is_err());
+            assert!(
+                matches!(count_request_logs(bad), Err(CodecError::Decode(_))),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -15,4 +15,4 @@ pub use frame::{
     decode_header, encode_frame, encode_header, FrameDecoder, Header, RawFrame, Tag, HEADER_LEN,
     MAX_PAYLOAD_LEN,
 };
-pub use message::{decode_message, LogFrame, Message, SeqSummary};
+pub use message::{count_request_logs, decode_message, LogFrame, Message, SeqSummary};

@@ -20,6 +20,7 @@ use self::coder::{CoderSink, CoderSinkConfig};
 use crate::config::SinkProtocol;
 use crate::proto::agent::ReportBoundaryLogsRequest;
 use crate::reporter::stdout::StdoutReporter;
+use prost::Message as _;
 
 /// Largest request the sink accepts: generous, so a proxy configured for large
 /// batches is not refused by its test double.
@@ -112,11 +113,65 @@ impl Sink {
         if let Some(printer) = &self.inner.printer {
             printer.write_request(request)?;
         }
-        self.inner
-            .logs
-            .fetch_add(request.logs.len() as u64, Ordering::Relaxed);
-        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+        self.count(request.logs.len());
         Ok(())
+    }
+
+    /// True when the sink only counts (nothing to print, so a request need not be decoded).
+    pub fn is_quiet(&self) -> bool {
+        self.inner.printer.is_none()
+    }
+
+    /// Decodes an encoded `ReportBoundaryLogsRequest` as far as this sink needs: fully with
+    /// prost when it prints, or, when quiet, only validated and counted by the crate's
+    /// codec (`codec::count_request_logs`: the same checks as prost, no structs built).
+    /// The error is the text a decoding failure is reported with.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Received, String> {
+        if self.is_quiet() {
+            crate::codec::count_request_logs(bytes)
+                .map(|logs| Received::Counted(logs as usize))
+                .map_err(|e| e.to_string())
+        } else {
+            ReportBoundaryLogsRequest::decode(bytes)
+                .map(Received::Decoded)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    /// Records what [`Sink::decode`] gave: prints and counts a decoded request, counts a
+    /// counted one.
+    pub fn record_received(&self, received: &Received) -> io::Result<()> {
+        match received {
+            Received::Decoded(request) => self.record(request),
+            Received::Counted(logs) => {
+                self.count(*logs);
+                Ok(())
+            }
+        }
+    }
+
+    fn count(&self, logs: usize) {
+        self.inner.logs.fetch_add(logs as u64, Ordering::Relaxed);
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A request as the sink received it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// Decoded with prost, to be printed.
+    Decoded(ReportBoundaryLogsRequest),
+    /// Validated and counted only (a quiet sink): its number of logs.
+    Counted(usize),
+}
+
+impl Received {
+    /// The request's number of logs.
+    pub fn logs(&self) -> usize {
+        match self {
+            Self::Decoded(request) => request.logs.len(),
+            Self::Counted(logs) => *logs,
+        }
     }
 }
 
@@ -320,6 +375,25 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quiet_sink_counts_what_a_printing_sink_decodes_and_refuses_the_same_bytes() {
+        let request = ReportBoundaryLogsRequest {
+            logs: vec![Default::default(); 3],
+            session_id: "s".into(),
+            confined_process_name: "p".into(),
+        };
+        let bytes = request.encode_to_vec();
+        let quiet = Sink::quiet();
+        let printing = Sink::printing(StdoutReporter::new());
+        assert_eq!(quiet.decode(&bytes), Ok(Received::Counted(3)));
+        assert_eq!(printing.decode(&bytes), Ok(Received::Decoded(request)));
+        quiet.record_received(&Received::Counted(3)).unwrap();
+        assert_eq!((quiet.logs(), quiet.requests()), (3, 1));
+        let bad_utf8 = [0x12, 0x02, 0xff, 0xfe];
+        assert!(quiet.decode(&bad_utf8).is_err());
+        assert!(printing.decode(&bad_utf8).is_err());
+    }
 
     #[tokio::test]
     async fn coder_only_settings_and_a_unix_socket_for_coder_are_refused_before_binding() {

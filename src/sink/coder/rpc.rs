@@ -9,14 +9,13 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use prost::Message as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt as _};
 
 use super::{Call, CallFault, CoderSink, Cut, Outcome, REPORT_BOUNDARY_LOGS};
-use crate::proto::agent::ReportBoundaryLogsRequest;
 use crate::reporter::coder::drpc::{error_data, Kind, PacketReader, PacketWriter};
+use crate::sink::Received;
 
 /// How long a call cut after its answer waits for the client to close the stream (that
 /// is, to have read the answer) before cutting anyway.
@@ -144,8 +143,9 @@ impl CallContext<'_> {
     ) -> Next {
         let _in_flight = self.sink.call_in_flight();
         let config = self.sink.config();
-        let decoded = ReportBoundaryLogsRequest::decode(&data[..]);
-        let logs = decoded.as_ref().map_or(0, |r| r.logs.len());
+        // A quiet sink validates and counts the request without building prost's structs.
+        let decoded = self.sink.sink().decode(&data);
+        let logs = decoded.as_ref().map_or(0, Received::logs);
         let fault = self.sink.next_call_fault();
         if !config.latency.is_zero() {
             tokio::time::sleep(config.latency).await;
@@ -173,7 +173,7 @@ impl CallContext<'_> {
             let text = format!("batch size {logs} exceeds maximum of {max}");
             return self.refuse(stream, data, logs, text).await;
         }
-        if let Err(error) = self.sink.sink().record(&request) {
+        if let Err(error) = self.sink.sink().record_received(&request) {
             let text = format!("sink: writing log lines: {error}");
             return self.refuse(stream, data, logs, text).await;
         }
@@ -189,14 +189,8 @@ impl CallContext<'_> {
     }
 
     /// Counts and prints the request (coderd stored it), and records the call.
-    fn deliver(
-        &self,
-        request: &ReportBoundaryLogsRequest,
-        data: Bytes,
-        logs: usize,
-        outcome: Outcome,
-    ) {
-        if let Err(error) = self.sink.sink().record(request) {
+    fn deliver(&self, request: &Received, data: Bytes, logs: usize, outcome: Outcome) {
+        if let Err(error) = self.sink.sink().record_received(request) {
             tracing::warn!(%error, "coder sink: cannot print the logs");
         }
         self.record(data, logs, outcome);
