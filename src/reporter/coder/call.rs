@@ -60,7 +60,15 @@ pub async fn unary<S>(stream: &mut S, rpc: &str, request: &[u8]) -> Result<Bytes
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let result = exchange(stream, rpc, request).await;
+    unary_prepared(stream, &request_bytes(rpc, request)).await
+}
+
+/// [`unary`] with its first write already built by [`request_bytes`].
+pub async fn unary_prepared<S>(stream: &mut S, first: &[u8]) -> Result<Bytes, CallError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let result = exchange(stream, first).await;
     if result.is_ok() {
         // drpc's client tells the server the rpc is over unless it already read the server's
         // CloseSend; the recordings show it sent in practice, so it is always sent here. Its
@@ -80,11 +88,11 @@ where
     result
 }
 
-async fn exchange<S>(stream: &mut S, rpc: &str, request: &[u8]) -> Result<Bytes, CallError>
+async fn exchange<S>(stream: &mut S, first: &[u8]) -> Result<Bytes, CallError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    stream.write_all(&request_bytes(rpc, request)).await?;
+    stream.write_all(first).await?;
     stream.flush().await?;
     let mut reader = PacketReader::new();
     // Answers are a few bytes (an empty response message, an error's text).

@@ -7,7 +7,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::io::{AsyncRead, AsyncWrite};
 use futures_util::{Sink, Stream};
 use http::header::{HeaderValue, USER_AGENT};
@@ -83,14 +83,23 @@ pub fn coderd_message(body: &[u8]) -> String {
     }
 }
 
-/// An upgraded websocket read and written as bytes: each write is sent as one binary
-/// message; reads return the bytes of binary messages in order. Pings are answered by
+/// The most bytes gathered into one binary message from several writes (the yamux
+/// session's largest frame, 256 KiB of data, plus its 12-byte header). A single larger
+/// write is still sent whole, as one message.
+const MESSAGE_BYTES: usize = (256 << 10) + 12;
+
+/// An upgraded websocket read and written as bytes: the writes made between two flushes
+/// are sent as one binary message (up to [`MESSAGE_BYTES`]; the yamux session writes a
+/// frame's header and body apart, then flushes), so a frame costs one message, not two;
+/// reads return the bytes of binary messages in order. Pings are answered by
 /// tungstenite as long as the stream is read (the yamux session reads it continuously).
 /// A close frame or the end of the connection reads as end of stream; a text message is
 /// an error.
 pub struct WsBytes {
     ws: WebSocketStream<BoxIo>,
     unread: Bytes,
+    /// Written bytes not yet handed to the websocket as a message.
+    unsent: BytesMut,
 }
 
 impl WsBytes {
@@ -98,7 +107,21 @@ impl WsBytes {
         Self {
             ws,
             unread: Bytes::new(),
+            unsent: BytesMut::new(),
         }
+    }
+
+    /// Hands the unsent bytes to the websocket as one binary message.
+    fn poll_send_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.unsent.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io_error)?;
+        let message = self.unsent.split().freeze();
+        Pin::new(&mut self.ws)
+            .start_send(Message::Binary(message))
+            .map_err(io_error)?;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -147,18 +170,20 @@ impl AsyncWrite for WsBytes {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io_error)?;
-        Pin::new(&mut self.ws)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
-            .map_err(io_error)?;
+        if self.unsent.len() + buf.len() > MESSAGE_BYTES {
+            ready!(self.poll_send_unsent(cx))?;
+        }
+        self.unsent.extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send_unsent(cx))?;
         Pin::new(&mut self.ws).poll_flush(cx).map_err(io_error)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send_unsent(cx))?;
         Pin::new(&mut self.ws).poll_close(cx).map_err(io_error)
     }
 }
