@@ -176,3 +176,32 @@ async fn run_sink_serves_until_shutdown_then_removes_the_socket() {
     task.await.unwrap().unwrap();
     assert!(!path.exists());
 }
+
+#[tokio::test]
+async fn a_quiet_sink_refuses_what_a_printing_sink_refuses_and_counts_nothing_for_it() {
+    let bad_utf8 = EncodedRequest {
+        bytes: bytes::Bytes::from_static(&[0x12, 0x02, 0xff, 0xfe]),
+        logs: 0,
+        frames: 1,
+    };
+    for sink in [
+        Sink::quiet(),
+        Sink::printing(StdoutReporter::with_writer(Capture::new().boxed())),
+    ] {
+        let (url, _stop, _task) =
+            spawn_sink(&sink, SinkListener::bind("127.0.0.1:0").await.unwrap());
+        let reporter = GrpcReporter::new(GrpcReporterConfig::new(&url)).unwrap();
+        let refused = reporter.report_encoded(bad_utf8.clone()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Internal, "{refused:?}");
+        assert_eq!((sink.logs(), sink.requests()), (0, 0));
+        let request = sample_request();
+        reporter
+            .report_boundary_logs(request.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            (sink.logs(), sink.requests()),
+            (request.logs.len() as u64, 1)
+        );
+    }
+}
