@@ -17,6 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::ReaderError;
 
@@ -100,7 +101,7 @@ fn clear_leftover(path: &Path) -> Result<(), ReaderError> {
             kind: describe(file_type),
         });
     }
-    if is_served(path)? {
+    if stays_served(path)? {
         return Err(ReaderError::PathServed {
             path: path.to_owned(),
         });
@@ -112,6 +113,30 @@ fn clear_leftover(path: &Path) -> Result<(), ReaderError> {
             path: path.to_owned(),
             source,
         }),
+    }
+}
+
+/// How long a socket that still accepts connections is watched before it counts
+/// as served. A proxy killed with SIGKILL (its lock already released) leaves an
+/// io_uring listener that keeps accepting into its backlog for a moment while the
+/// kernel tears the ring down (about 0.2 s seen), though nothing will ever take
+/// those connections: a restart at once must not mistake it for a live server.
+const SERVED_GRACE: Duration = Duration::from_secs(1);
+/// How often the socket is probed again during [`SERVED_GRACE`].
+const SERVED_POLL: Duration = Duration::from_millis(25);
+
+/// Whether the socket at `path` is still served after [`SERVED_GRACE`]: a live
+/// server answers every probe; a dying listener starts refusing within it.
+fn stays_served(path: &Path) -> Result<bool, ReaderError> {
+    let deadline = Instant::now() + SERVED_GRACE;
+    loop {
+        if !is_served(path)? {
+            return Ok(false);
+        }
+        if Instant::now() >= deadline {
+            return Ok(true);
+        }
+        std::thread::sleep(SERVED_POLL);
     }
 }
 
