@@ -63,6 +63,7 @@ async fn the_start_script_leaves_a_proxy_on_its_own_socket_delivering_to_coderd(
         state.display().to_string(),
         metrics.to_string(),
     );
+    let (url2, state_arg2, metrics_arg2) = (url.clone(), state_arg.clone(), metrics_arg.clone());
     let output = tokio::task::spawn_blocking(move || {
         run_script(&[
             ("HOME", "/nonexistent"),
@@ -110,6 +111,29 @@ async fn the_start_script_leaves_a_proxy_on_its_own_socket_delivering_to_coderd(
         .expect("the metrics address the script gave");
     assert_eq!(status, 200);
     assert_eq!(Scrape::parse(&body).get("coderd_connected", None), 1);
+
+    // Run again while the proxy serves: the script leaves it and its log alone.
+    let lines_before = log_lines(&state.join("proxy.log"));
+    let again = tokio::task::spawn_blocking(move || {
+        run_script(&[
+            ("HOME", "/nonexistent"),
+            ("BOUNDARY_LOG_PROXY_BIN", BINARY),
+            ("BOUNDARY_LOG_PROXY_DIR", &state_arg2),
+            ("BOUNDARY_LOG_PROXY_METRICS_ADDR", &metrics_arg2),
+            ("CODER_AGENT_URL", &url2),
+            ("CODER_AGENT_TOKEN", "agent-token"),
+        ])
+    })
+    .await
+    .unwrap();
+    let again_out = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{again_out}");
+    assert!(again_out.contains("already serves"), "{again_out}");
+    let lines_after = log_lines(&state.join("proxy.log"));
+    assert!(
+        lines_after.starts_with(&lines_before),
+        "the running proxy's log was kept"
+    );
 
     // SAFETY: kill(2) with a pid the script reported for the proxy it started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);

@@ -42,24 +42,33 @@ if [ -z "${CODER_AGENT_TOKEN:-}${CODER_AGENT_TOKEN_FILE:-}${BOUNDARY_LOG_PROXY_A
 fi
 
 install -d -m 0700 "$dir"
+# Run twice (a start script re-run, an agent restart): a proxy already serving the
+# socket holds its lock file; leave it (and its log) alone.
+if [ -S "$socket" ] && command -v flock >/dev/null 2>&1 \
+  && ! flock -n "$socket.lock" true 2>/dev/null; then
+  echo "boundary-log-proxy already serves $socket (it holds $socket.lock); log $log"
+  exit 0
+fi
+# The log is appended to: a restart keeps what the previous proxy said.
+from=$(($(wc -c <"$log" 2>/dev/null || echo 0) + 1))
 # The socket is given explicitly: --socket would otherwise fall back to
 # CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH, which may name the agent's own socket.
 nohup "$bin" serve \
   --socket "$socket" \
   --metrics-addr "$metrics" \
   --log-format json \
-  </dev/null >"$log" 2>&1 &
+  </dev/null >>"$log" 2>&1 &
 pid=$!
 
 # The socket file appears at bind(2); the "listening" line comes after listen(2).
 for _ in $(seq 1 100); do
-  if [ -S "$socket" ] && grep -q '"message":"listening"' "$log"; then
+  if [ -S "$socket" ] && tail -c +"$from" "$log" | grep -q '"message":"listening"'; then
     echo "boundary-log-proxy (pid $pid) listens on $socket; metrics on http://$metrics/metrics; log $log"
     exit 0
   fi
   if ! kill -0 "$pid" 2>/dev/null; then
     echo "start-boundary-log-proxy: boundary-log-proxy exited; the end of $log:" >&2
-    tail -n 20 "$log" >&2
+    tail -c +"$from" "$log" | tail -n 20 >&2
     exit 1
   fi
   sleep 0.1
