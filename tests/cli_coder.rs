@@ -71,8 +71,21 @@ fn coder_url_without_any_token_is_a_flag_error() {
     assert_flag_error(
         &["--coder-url", "http://127.0.0.1:3000"],
         &[],
-        &["--coder-url", "agent token"],
+        &["--coder-url", "needs an agent token"],
     );
+    assert_flag_error(
+        &[],
+        &[("CODER_AGENT_URL", "http://127.0.0.1:3000")],
+        &["--coder-url (from CODER_AGENT_URL)", "needs an agent token"],
+    );
+}
+
+#[test]
+fn a_missing_token_does_not_call_a_good_url_invalid() {
+    let output = proxy(&["serve", "--coder-url", "http://127.0.0.1:3000"], &[]);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(!err.contains("invalid value"), "{err}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 
 use crate::config::coder::{
-    parse_ca_file, read_token_file, CoderSettings, CoderUrl, NO_CODER_TOKEN, TAKES_CODER_URL,
+    parse_ca_file, read_token_file, CoderSettings, CoderUrl, NO_CODER_TOKEN,
 };
 use crate::config::{self, AuthToken, Config, ConfigError};
 
@@ -85,10 +85,13 @@ pub(super) fn apply(
                 config::parse_socket_path(&path).map_err(|e| rename(e, SOCKET_FROM_CODER))?;
         }
     }
-    let url = match args.coder_url {
-        Some(url) => url,
+    let (url, url_setting) = match args.coder_url {
+        Some(url) => (url, "--coder-url"),
         None if !given.coderd && !given.sink => match env(CODER_AGENT_URL) {
-            Some(url) => url.parse().map_err(|e| rename(e, CODER_URL_FROM_CODER))?,
+            Some(url) => (
+                url.parse().map_err(|e| rename(e, CODER_URL_FROM_CODER))?,
+                CODER_URL_FROM_CODER,
+            ),
             None => return Ok(()),
         },
         None => return Ok(()),
@@ -103,11 +106,10 @@ pub(super) fn apply(
             }
             (None, Some(path)) => read_token_file(TOKEN_FILE_FROM_CODER, &path)?,
             (None, None) => {
-                return Err(ConfigError::Unusable {
-                    setting: "--coder-url",
-                    value: url.to_string(),
-                    takes: TAKES_CODER_URL,
-                    problem: NO_CODER_TOKEN.to_owned(),
+                return Err(ConfigError::Requires {
+                    setting: url_setting,
+                    requires: "an agent token",
+                    why: NO_CODER_TOKEN,
                 })
             }
         },

@@ -126,7 +126,7 @@ pub const TAKES_CA_FILE: &str = "a readable PEM file holding one or more CA cert
 pub const TAKES_TOKEN_FILE: &str =
     "a readable file holding the agent token (surrounding whitespace is trimmed)";
 /// Why a `--coder-url` without a token cannot be used.
-pub const NO_CODER_TOKEN: &str = "no agent token: give --agent-token or --agent-token-file \
+pub const NO_CODER_TOKEN: &str = "give --agent-token or --agent-token-file \
      (or set CODER_AGENT_TOKEN or CODER_AGENT_TOKEN_FILE)";
 
 /// A `--coder-ca-file`: readable, and holding at least one PEM certificate.
