@@ -61,8 +61,8 @@ pub(crate) fn start<H: ConnectionHandler>(args: &StartArgs<H>) -> Result<Started
     let mut workers = Vec::with_capacity(args.threads);
     for index in 0..args.threads {
         let name = format!("blp-uring-{index}");
-        let wake_fd = match sys::eventfd() {
-            Ok(fd) => Arc::new(fd),
+        let (wake_fd, rebind_fd) = match sys::eventfd().and_then(|w| Ok((w, sys::eventfd()?))) {
+            Ok((wake_fd, rebind_fd)) => (Arc::new(wake_fd), Arc::new(rebind_fd)),
             Err(source) => {
                 super::abandon(workers, &args.stop);
                 return Err(ReaderError::WorkerSetup {
@@ -71,28 +71,11 @@ pub(crate) fn start<H: ConnectionHandler>(args: &StartArgs<H>) -> Result<Started
                 });
             }
         };
-        let waker = wake_fd.clone();
-        let wake = Box::new(move || {
-            if let Err(err) = sys::signal_eventfd(waker.as_fd()) {
-                tracing::error!(error = %err, "cannot wake an io_uring reader thread");
-            }
-        });
-        let rebind_fd = match sys::eventfd() {
-            Ok(fd) => Arc::new(fd),
-            Err(source) => {
-                super::abandon(workers, &args.stop);
-                return Err(ReaderError::WorkerSetup {
-                    thread: name,
-                    source,
-                });
-            }
-        };
-        let rebinder = rebind_fd.clone();
-        let rebind = Box::new(move || {
-            if let Err(err) = sys::signal_eventfd(rebinder.as_fd()) {
-                tracing::error!(error = %err, "cannot wake an io_uring reader thread for a new socket");
-            }
-        });
+        let wake = Box::new(signaller(&wake_fd, "cannot wake an io_uring reader thread"));
+        let rebind = Box::new(signaller(
+            &rebind_fd,
+            "cannot wake an io_uring reader thread for a new socket",
+        ));
         let (listeners, handler, policy, stop) = (
             args.listeners.clone(),
             args.handler.clone(),
@@ -112,6 +95,17 @@ pub(crate) fn start<H: ConnectionHandler>(args: &StartArgs<H>) -> Result<Started
         }
     }
     Ok(Started { workers })
+}
+
+/// A closure that signals `fd` (an eventfd a reader thread polls), logging `failure`
+/// if it cannot.
+fn signaller(fd: &Arc<OwnedFd>, failure: &'static str) -> impl Fn() + Send + Sync + 'static {
+    let fd = fd.clone();
+    move || {
+        if let Err(err) = sys::signal_eventfd(fd.as_fd()) {
+            tracing::error!(error = %err, "{failure}");
+        }
+    }
 }
 
 /// What a completion belongs to, packed into its user_data.
