@@ -52,7 +52,15 @@ impl PathLock {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&path)
-                .map_err(|e| error("open", e))?;
+                .map_err(|e| match socket.parent() {
+                    Some(dir) if e.kind() == io::ErrorKind::NotFound && !dir.exists() => {
+                        ReaderError::NoDirectory {
+                            path: socket.to_owned(),
+                            dir: dir.to_owned(),
+                        }
+                    }
+                    _ => error("open", e),
+                })?;
             // SAFETY: plain syscall on a descriptor `file` owns and keeps open.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
                 let source = io::Error::last_os_error();
@@ -158,5 +166,17 @@ mod tests {
             "{err}"
         );
         assert_eq!(fs::read(&target).unwrap(), b"data");
+    }
+
+    #[test]
+    fn a_socket_path_in_a_missing_directory_says_the_directory_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("absent").join("proxy.sock");
+        let err = PathLock::acquire(&socket).unwrap_err();
+        assert!(
+            matches!(&err, ReaderError::NoDirectory { dir: d, .. } if d == &dir.path().join("absent")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("does not exist"), "{err}");
     }
 }

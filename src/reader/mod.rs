@@ -223,6 +223,8 @@ pub enum ReaderError {
     PathServed { path: PathBuf },
     #[error("socket path {path}: another process serves it (it holds the lock file {lock})")]
     PathLocked { path: PathBuf, lock: PathBuf },
+    #[error("socket path {path}: its directory {dir} does not exist (the proxy creates the socket, not its directory)")]
+    NoDirectory { path: PathBuf, dir: PathBuf },
     #[error("socket lock file {path}: {step} failed: {source}")]
     Lock {
         path: PathBuf,
