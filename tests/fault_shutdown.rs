@@ -242,6 +242,31 @@ struct Stopped {
     socket_left: bool,
 }
 
+impl Stopped {
+    /// Exit 0 within `timeout` (plus [`EXIT_SLACK`]), the books balanced, the
+    /// socket file removed.
+    #[track_caller]
+    fn assert_clean_exit_within(&self, timeout: Duration) {
+        assert_eq!(self.code, Some(0), "{:#?}", self.stderr);
+        assert!(
+            self.took <= timeout + EXIT_SLACK,
+            "exit took {:?}",
+            self.took
+        );
+        assert_accounting_totals(self.totals, 0);
+        assert!(!self.socket_left, "the socket file is removed");
+    }
+
+    /// All `received` logs were still held at the stop and are counted `shutdown`.
+    #[track_caller]
+    fn assert_all_counted_shutdown(&self, received: u64) {
+        let totals = self.totals;
+        assert_eq!(totals.received, received, "{totals:?}");
+        assert_eq!(totals.forwarded, 0, "{totals:?}");
+        assert_eq!(totals.dropped_shutdown, received, "{totals:?}");
+    }
+}
+
 /// Loads `binary` until it has received `logs` logs from every writer, sends
 /// SIGTERM and waits for the exit: what [`Binary::wait`] reports, and the frames
 /// the writers wrote whole.
@@ -342,17 +367,8 @@ async fn sighup_with_coderd_stalled_counts_held_logs_as_shutdown_removes_the_soc
         "the forwarder is stuck in a call"
     );
     let stopped = binary.stop_with(libc::SIGHUP, PATIENCE).await;
-    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.stderr);
-    assert!(
-        stopped.took <= Duration::from_secs(1) + EXIT_SLACK,
-        "exit took {:?}",
-        stopped.took
-    );
-    assert_eq!(stopped.totals.received, 100, "{:?}", stopped.totals);
-    assert_eq!(stopped.totals.forwarded, 0, "{:?}", stopped.totals);
-    assert_eq!(stopped.totals.dropped_shutdown, 100, "{:?}", stopped.totals);
-    assert_accounting_totals(stopped.totals, 0);
-    assert!(!stopped.socket_left, "the socket file is removed");
+    stopped.assert_clean_exit_within(Duration::from_secs(1));
+    stopped.assert_all_counted_shutdown(100);
 }
 
 /// SIGUSR1, SIGUSR2 and SIGPIPE mean nothing to the proxy: it logs and ignores
@@ -396,17 +412,10 @@ async fn sigterm_with_stdout_a_pipe_nobody_reads_exits_within_the_deadline() {
     let stopped = binary
         .stop_with(libc::SIGTERM, Duration::from_secs(15))
         .await;
-    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.stderr);
-    assert!(
-        stopped.took <= Duration::from_secs(1) + EXIT_SLACK,
-        "exit took {:?}",
-        stopped.took
-    );
+    stopped.assert_clean_exit_within(Duration::from_secs(1));
     let totals = stopped.totals;
     assert_eq!(totals.received, 2000, "{totals:?}");
     assert!(totals.dropped_shutdown > 0, "{totals:?}");
-    assert_accounting_totals(totals, 0);
-    assert!(!stopped.socket_left, "the socket file is removed");
     let mut printed = String::new();
     std::io::Read::read_to_string(&mut reader, &mut printed).expect("read the pipe");
     let whole_lines = printed.matches('\n').count() as u64;
@@ -428,16 +437,8 @@ async fn sigterm_with_coderd_accepting_and_never_answering_exits_within_the_dead
     let stopped = binary
         .stop_with(libc::SIGTERM, Duration::from_secs(15))
         .await;
-    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.stderr);
-    assert!(
-        stopped.took <= Duration::from_secs(1) + EXIT_SLACK,
-        "exit took {:?}",
-        stopped.took
-    );
-    assert_eq!(stopped.totals.received, 100, "{:?}", stopped.totals);
-    assert_eq!(stopped.totals.dropped_shutdown, 100, "{:?}", stopped.totals);
-    assert_accounting_totals(stopped.totals, 0);
-    assert!(!stopped.socket_left, "the socket file is removed");
+    stopped.assert_clean_exit_within(Duration::from_secs(1));
+    stopped.assert_all_counted_shutdown(100);
     drop(silent);
 }
 
@@ -546,15 +547,6 @@ async fn sigterm_with_coder_calls_never_answered_exits_within_the_deadline() {
     let stopped = binary
         .stop_with(libc::SIGTERM, Duration::from_secs(15))
         .await;
-    assert_eq!(stopped.code, Some(0), "{:#?}", stopped.stderr);
-    assert!(
-        stopped.took <= Duration::from_secs(1) + EXIT_SLACK,
-        "exit took {:?}",
-        stopped.took
-    );
-    assert_eq!(stopped.totals.received, 100, "{:?}", stopped.totals);
-    assert_eq!(stopped.totals.forwarded, 0, "{:?}", stopped.totals);
-    assert_eq!(stopped.totals.dropped_shutdown, 100, "{:?}", stopped.totals);
-    assert_accounting_totals(stopped.totals, 0);
-    assert!(!stopped.socket_left, "the socket file is removed");
+    stopped.assert_clean_exit_within(Duration::from_secs(1));
+    stopped.assert_all_counted_shutdown(100);
 }
