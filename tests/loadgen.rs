@@ -30,13 +30,18 @@ async fn wait_for_logs(reporter: &NullReporter, logs: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_frame_loadgen_sends_is_received_and_forwarded() {
-    for tag in [FrameTag::V1, FrameTag::V2] {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("proxy.sock");
+/// The proxy as a library on `socket`, forwarding to a null reporter that counts.
+struct NullProxy {
+    server: Server,
+    reporter: Arc<NullReporter>,
+    cancel: CancellationToken,
+    forwarder: tokio::task::JoinHandle<Result<(), boundary_log_proxy::ServerError>>,
+}
+
+impl NullProxy {
+    fn start(socket: &std::path::Path) -> Self {
         let config = Config {
-            socket: socket.clone(),
+            socket: socket.to_owned(),
             sink: Some(SinkKind::Null),
             batch_linger: Duration::from_millis(1),
             ..Config::default()
@@ -49,6 +54,31 @@ async fn every_frame_loadgen_sends_is_received_and_forwarded() {
             let (server, reporter, cancel) = (server.clone(), reporter.clone(), cancel.clone());
             tokio::spawn(async move { server.run_forwarder(cancel, reporter).await })
         };
+        Self {
+            server,
+            reporter,
+            cancel,
+            forwarder,
+        }
+    }
+
+    /// Stops the forwarder and closes the server.
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.forwarder.await.unwrap().unwrap();
+        let server = self.server;
+        tokio::task::spawn_blocking(move || server.close())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_frame_loadgen_sends_is_received_and_forwarded() {
+    for tag in [FrameTag::V1, FrameTag::V2] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("proxy.sock");
+        let proxy = NullProxy::start(&socket);
 
         let args = args(socket, tag);
         let options = RunOptions {
@@ -65,10 +95,10 @@ async fn every_frame_loadgen_sends_is_received_and_forwarded() {
         assert!(summary.bytes > summary.logs * 100, "{summary}");
         assert!(summary.logs_per_second() > 0.0);
 
-        wait_for_logs(&reporter, summary.logs).await;
-        let metrics = server.metrics().clone();
+        wait_for_logs(&proxy.reporter, summary.logs).await;
+        let metrics = proxy.server.metrics().clone();
         let totals = metrics.accounting();
-        assert_eq!(reporter.logs(), summary.logs, "{tag}: {totals:?}");
+        assert_eq!(proxy.reporter.logs(), summary.logs, "{tag}: {totals:?}");
         assert_eq!(totals.received, summary.logs);
         assert_eq!(totals.forwarded, summary.logs);
         assert_eq!(
@@ -77,12 +107,7 @@ async fn every_frame_loadgen_sends_is_received_and_forwarded() {
         );
         assert_eq!(metrics.sequence_gaps.get(), 0, "sequence numbers run on");
         assert_eq!(metrics.sequence_out_of_order.get(), 0);
-
-        cancel.cancel();
-        forwarder.await.unwrap().unwrap();
-        tokio::task::spawn_blocking(move || server.close())
-            .await
-            .unwrap();
+        proxy.stop().await;
     }
 }
 
@@ -166,32 +191,15 @@ async fn loadgen_started_before_the_proxy_waits_for_the_socket_and_every_frame_a
         "loadgen gave up before the proxy started"
     );
 
-    let config = Config {
-        socket: socket.clone(),
-        sink: Some(SinkKind::Null),
-        batch_linger: Duration::from_millis(1),
-        ..Config::default()
-    };
-    let server = Server::new(config, &prometheus::Registry::new()).unwrap();
-    server.start().unwrap();
-    let reporter = Arc::new(NullReporter::new());
-    let cancel = CancellationToken::new();
-    let forwarder = {
-        let (server, cancel, reporter) = (server.clone(), cancel.clone(), reporter.clone());
-        tokio::spawn(async move { server.run_forwarder(cancel, reporter).await })
-    };
+    let proxy = NullProxy::start(&socket);
     let summary = tokio::task::spawn_blocking(move || load.join().unwrap())
         .await
         .unwrap()
         .expect("loadgen connects once the proxy listens");
     assert_eq!(summary.frames, 4 * 250);
-    wait_for_logs(&reporter, summary.logs).await;
-    assert_eq!(reporter.logs(), 4 * 250 * 10);
-    cancel.cancel();
-    forwarder.await.unwrap().unwrap();
-    let totals = server.metrics().accounting();
+    wait_for_logs(&proxy.reporter, summary.logs).await;
+    assert_eq!(proxy.reporter.logs(), 4 * 250 * 10);
+    let totals = proxy.server.metrics().accounting();
     assert_eq!((totals.received, totals.forwarded), (10_000, 10_000));
-    tokio::task::spawn_blocking(move || server.close())
-        .await
-        .unwrap();
+    proxy.stop().await;
 }
