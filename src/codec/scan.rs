@@ -244,6 +244,11 @@ fn canonical_http_request(body: &[u8]) -> Option<()> {
 #[inline(always)]
 fn short_varint(buf: &mut &[u8]) -> Option<u64> {
     let bytes = *buf;
+    // Most varints here (lengths, booleans, small numbers) are one byte.
+    if let [byte @ 0..=0x7F, ref rest @ ..] = *bytes {
+        *buf = rest;
+        return Some(u64::from(byte));
+    }
     let mut value = 0;
     for (i, &byte) in bytes.iter().take(9).enumerate() {
         value |= u64::from(byte & 0x7F) << (7 * i);
