@@ -205,8 +205,17 @@ fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
 
 /// `boundary-log-proxy sink`: a gRPC or coder-protocol server printing what it receives,
 /// until SIGTERM/SIGINT/SIGHUP.
+///
+/// It runs on one thread: a test stand-in for coderd shares the machine with the proxy
+/// it measures, and one thread moves a request through its websocket, yamux and DRPC
+/// tasks without waking another thread at each hand-off.
 pub fn sink(args: SinkArgs) -> Result<(), AppError> {
-    runtime()?.block_on(async move {
+    tokio::runtime::Builder::new_current_thread()
+        .thread_name("blp-sink")
+        .enable_all()
+        .build()
+        .map_err(AppError::Runtime)?
+        .block_on(async move {
         let mut signals = Signals::install()?;
         let options = SinkOptions {
             listen: args.listen.to_string(),
