@@ -216,20 +216,20 @@ pub fn sink(args: SinkArgs) -> Result<(), AppError> {
         .build()
         .map_err(AppError::Runtime)?
         .block_on(async move {
-        let mut signals = Signals::install()?;
-        let options = SinkOptions {
-            listen: args.listen.to_string(),
-            quiet: args.quiet,
-            protocol: args.protocol,
-            token: args.token.map(|t| t.expose().to_owned()),
-            coder_version: args.coder_version,
-        };
-        run(options, async move {
-            signals.stop_requested().await;
+            let mut signals = Signals::install()?;
+            let options = SinkOptions {
+                listen: args.listen.to_string(),
+                quiet: args.quiet,
+                protocol: args.protocol,
+                token: args.token.map(|t| t.expose().to_owned()),
+                coder_version: args.coder_version,
+            };
+            run(options, async move {
+                signals.stop_requested().await;
+            })
+            .await?;
+            Ok(())
         })
-        .await?;
-        Ok(())
-    })
 }
 
 /// `boundary-log-proxy loadgen`: acts as boundary (progress on stderr every second),

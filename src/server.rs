@@ -136,6 +136,12 @@ impl BoundSocket {
     }
 }
 
+/// Where the forwarder's calls run: on its own task, or on the calls thread.
+enum Calls<R> {
+    Direct(R),
+    Isolated(forwarder::Isolated<R>),
+}
+
 impl Server {
     /// Builds the engine (ring, metrics on `registry`) without touching the socket.
     pub fn new(config: Config, registry: &prometheus::Registry) -> Result<Self, ServerError> {
@@ -291,9 +297,16 @@ impl Server {
         reporter: R,
     ) -> Result<(), ServerError> {
         // Calls run on their own thread, so a reporter that blocks cannot hold
-        // up cancellation (the shutdown deadline).
-        let reporter = forwarder::Isolated::new(reporter)
-            .map_err(|e| ServerError::Forwarder(forwarder::ForwarderError::CallsThread(e)))?;
+        // up cancellation (the shutdown deadline); one whose calls never block is
+        // called directly.
+        let calls =
+            if reporter.calls_may_block() {
+                Calls::Isolated(forwarder::Isolated::new(reporter).map_err(|e| {
+                    ServerError::Forwarder(forwarder::ForwarderError::CallsThread(e))
+                })?)
+            } else {
+                Calls::Direct(reporter)
+            };
         let state = {
             let mut slot = self
                 .inner
@@ -327,14 +340,15 @@ impl Server {
                 stop.cancel();
             })
         };
-        let result = forwarder::run(
-            state,
-            forwarder_config,
-            self.inner.metrics.clone(),
-            &reporter,
-            stop.clone(),
-        )
-        .await;
+        let metrics = self.inner.metrics.clone();
+        let result = match &calls {
+            Calls::Direct(reporter) => {
+                forwarder::run(state, forwarder_config, metrics, reporter, stop.clone()).await
+            }
+            Calls::Isolated(reporter) => {
+                forwarder::run(state, forwarder_config, metrics, reporter, stop.clone()).await
+            }
+        };
         stop.cancel();
         let _ = watcher.await;
         let mut state = result?;

@@ -236,6 +236,7 @@ fn request(session_id: &str, logs: usize) -> EncodedRequest {
         bytes: request.encode_to_vec().into(),
         logs: logs as u32,
         frames: 1,
+        records_end: None,
     }
 }
 

@@ -635,3 +635,52 @@ async fn after_stop_intake_the_forwarder_delivers_everything_and_returns_by_itse
     assert!(!proxy.server.socket_path().exists());
     assert_accounting(proxy.metrics(), 0);
 }
+
+/// Records the name of the thread each call ran on.
+#[derive(Default)]
+struct ThreadRecorder {
+    may_block: bool,
+    threads: std::sync::Mutex<Vec<String>>,
+}
+
+impl boundary_log_proxy::reporter::Reporter for ThreadRecorder {
+    async fn report_boundary_logs(
+        &self,
+        _: ReportBoundaryLogsRequest,
+    ) -> Result<boundary_log_proxy::proto::agent::ReportBoundaryLogsResponse, tonic::Status> {
+        let name = std::thread::current().name().unwrap_or("").to_owned();
+        self.threads.lock().unwrap().push(name);
+        Ok(Default::default())
+    }
+
+    fn calls_may_block(&self) -> bool {
+        self.may_block
+    }
+}
+
+async fn calls_run_on(may_block: bool) -> Vec<String> {
+    let proxy = TestProxy::start(IoMode::Auto, |_| {});
+    let reporter = std::sync::Arc::new(ThreadRecorder {
+        may_block,
+        ..Default::default()
+    });
+    let forwarder = proxy.forward(reporter.clone());
+    proxy.connect().send(&vector("v1_single.bin"));
+    proxy.wait_forwarded(1).await;
+    forwarder.stop().await;
+    proxy.close().await;
+    assert_accounting(proxy.metrics(), 0);
+    let threads = reporter.threads.lock().unwrap().clone();
+    threads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_may_block_run_on_the_calls_thread_and_the_others_on_the_forwarders_task() {
+    assert_eq!(calls_run_on(true).await, ["blp-calls"]);
+    let direct = calls_run_on(false).await;
+    assert_eq!(direct.len(), 1);
+    assert_ne!(
+        direct[0], "blp-calls",
+        "no hand-off for a reporter that never blocks"
+    );
+}

@@ -23,6 +23,7 @@ fn encoded(
         bytes: request.encode_to_vec().into(),
         logs: u32::try_from(request.logs.len()).unwrap(),
         frames: 1,
+        records_end: None,
     }
 }
 
@@ -77,6 +78,7 @@ async fn encoded_bytes_go_on_the_wire_unchanged() {
             bytes: bytes.clone().into(),
             logs: 2,
             frames: 1,
+            records_end: None,
         })
         .await
         .unwrap();
@@ -94,6 +96,7 @@ async fn undecodable_bytes_are_not_decoded_locally_but_sent() {
             bytes: garbage.into(),
             logs: 1,
             frames: 1,
+            records_end: None,
         })
         .await
         .unwrap_err();

@@ -21,6 +21,7 @@ async fn counts_logs_and_requests_from_both_entry_points() {
             bytes: prost::Message::encode_to_vec(&sample_request()).into(),
             logs: 2,
             frames: 1,
+            records_end: None,
         })
         .await
         .unwrap();
@@ -36,6 +37,7 @@ async fn encoded_requests_are_counted_without_decoding() {
             bytes: vec![0xff; 16].into(),
             logs: 7,
             frames: 3,
+            records_end: None,
         })
         .await
         .expect("the null reporter does not decode");
@@ -51,6 +53,7 @@ async fn a_shared_reporter_keeps_counting_where_the_caller_can_read_it() {
             bytes: vec![0xff; 4].into(),
             logs: 5,
             frames: 1,
+            records_end: None,
         })
         .await
         .expect("Arc forwards to the inner report_encoded, which does not decode");

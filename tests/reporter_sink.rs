@@ -45,6 +45,7 @@ async fn send_two_requests(url: &str) -> Vec<String> {
             bytes: first.encode_to_vec().into(),
             logs: 2,
             frames: 1,
+            records_end: None,
         })
         .await
         .unwrap();
@@ -183,6 +184,7 @@ async fn a_quiet_sink_refuses_what_a_printing_sink_refuses_and_counts_nothing_fo
         bytes: bytes::Bytes::from_static(&[0x12, 0x02, 0xff, 0xfe]),
         logs: 0,
         frames: 1,
+        records_end: None,
     };
     for sink in [
         Sink::quiet(),

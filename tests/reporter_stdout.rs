@@ -97,6 +97,7 @@ async fn encoded_requests_print_the_same_lines() {
             bytes: request.encode_to_vec().into(),
             logs: 2,
             frames: 1,
+            records_end: None,
         })
         .await
         .unwrap();

@@ -176,10 +176,15 @@ impl Groups<'_> {
             .iter()
             .find(|(c, _)| *c == queued.conn)
             .map(|&(_, g)| g);
-        let joinable = self
-            .groups
-            .iter()
-            .rposition(|g| g.open && frames[g.pieces[0].frame].frame.request_key() == key);
+        // At most one group of a session and process is open at a time (a new one is
+        // only started when none is, or after closing it), so when the connection's
+        // newest group is open and of this key it is the one: one comparison instead
+        // of one per open group (boundary writes one session per connection).
+        let key_of = |g: &Group| frames[g.pieces[0].frame].frame.request_key();
+        let joinable = match floor {
+            Some(f) if self.groups[f].open && key_of(&self.groups[f]) == key => Some(f),
+            _ => self.groups.iter().rposition(|g| g.open && key_of(g) == key),
+        };
         let target = match joinable {
             Some(g)
                 if floor.is_none_or(|f| f <= g)
@@ -232,6 +237,7 @@ fn encode(frames: &[QueuedFrame], group: &Group) -> Outgoing {
             frame_ends.push(logs);
         }
     }
+    let records_end = buf.len() as u32;
     put_string_field(&mut buf, SESSION_ID_KEY, session);
     put_string_field(&mut buf, PROCESS_NAME_KEY, process);
     Outgoing {
@@ -239,6 +245,7 @@ fn encode(frames: &[QueuedFrame], group: &Group) -> Outgoing {
             bytes: buf.freeze(),
             logs,
             frames: frame_ends.len() as u32,
+            records_end: Some(records_end),
         },
         order: OrderKey {
             conns,
@@ -274,6 +281,16 @@ pub(super) fn first_record_len(records: &[u8]) -> usize {
             .min(records.len()),
         Err(_) => records.len(),
     }
+}
+
+/// Where the log records at the start of a request built by [`coalesce`] end: the
+/// first byte that does not begin a field-1 record.
+pub(super) fn records_end(request: &[u8]) -> u32 {
+    let mut at = 0;
+    while request.get(at) == Some(&LOGS_KEY) {
+        at += first_record_len(&request[at..]);
+    }
+    at as u32
 }
 
 /// Appends a length-delimited field; proto3 omits empty strings.
@@ -348,6 +365,58 @@ mod tests {
         // s1/codex and s1/claude-code share no connection and differ in process.
         assert!(!out[0].order.conflicts(&out[2].order));
         assert!(!out[0].order.conflicts(&out[1].order));
+    }
+
+    #[test]
+    fn a_connection_switching_sessions_joins_the_open_group_of_each_session() {
+        // Connection 1 writes s1, s2, then s1 again: its newest group (s2) is not of
+        // the frame's key, so the frame must find s1's group further back, which
+        // connection 2 also joined.
+        let frames = [
+            queued("s1", "codex", 0, 2, 1),
+            queued("s1", "codex", 0, 3, 2),
+            queued("s2", "codex", 0, 1, 1),
+            queued("s1", "codex", 3, 1, 2),
+            queued("s1", "codex", 2, 1, 1),
+        ];
+        let mut out = Vec::new();
+        coalesce(&frames, LIMITS, &mut out);
+        let summary: Vec<_> = out
+            .iter()
+            .map(decode)
+            .map(|r| (r.session_id, r.logs.len()))
+            .collect();
+        // The last s1 frame of connection 1 may not go back into the first group (its
+        // s2 frame came after), so it starts a third.
+        assert_eq!(
+            summary,
+            [("s1".into(), 6), ("s2".into(), 1), ("s1".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn records_end_is_where_the_session_id_and_process_name_begin() {
+        let frames = [
+            queued("s1", "codex", 0, 3, 1),
+            queued("s2", "", 0, 2, 2),
+            queued("", "codex", 0, 1, 3),
+        ];
+        let mut out = Vec::new();
+        coalesce(&frames, LIMITS, &mut out);
+        assert_eq!(out.len(), 3);
+        for o in &out {
+            let bytes = &o.request.bytes;
+            let end = o.request.records_end.expect("the forwarder's requests say") as usize;
+            let records = ReportBoundaryLogsRequest::decode(&bytes[..end]).unwrap();
+            let trailer = ReportBoundaryLogsRequest::decode(&bytes[end..]).unwrap();
+            let whole = decode(o);
+            assert_eq!(records.logs, whole.logs);
+            assert!(trailer.logs.is_empty());
+            assert_eq!(
+                (trailer.session_id, trailer.confined_process_name),
+                (whole.session_id, whole.confined_process_name)
+            );
+        }
     }
 
     #[test]

@@ -73,8 +73,9 @@ impl<'a> Records<'a> {
         self.ends.last().copied().unwrap_or(0)
     }
 
-    /// One request of the records `logs` (indices), with the same trailer.
-    fn request(&self, logs: Range<usize>) -> bytes::Bytes {
+    /// One request of the records `logs` (indices), with the same trailer, and where
+    /// its records end.
+    fn request(&self, logs: Range<usize>) -> (bytes::Bytes, u32) {
         let start = if logs.start == 0 {
             0
         } else {
@@ -85,7 +86,7 @@ impl<'a> Records<'a> {
         let mut buf = BytesMut::with_capacity(end - start + trailer.len());
         buf.put_slice(&self.bytes[start..end]);
         buf.put_slice(trailer);
-        buf.freeze()
+        (buf.freeze(), (end - start) as u32)
     }
 }
 
@@ -99,14 +100,18 @@ fn cut(out: &Outgoing, records: &Records<'_>, at: usize) -> (Outgoing, Outgoing)
     let (head_ends, tail_ends): (Vec<u32>, Vec<u32>) =
         out.frame_ends.iter().partition(|&&end| end <= at32);
     let tail_ends: Vec<u32> = tail_ends.into_iter().map(|end| end - at32).collect();
-    let part = |logs: Range<usize>, frame_ends: Vec<u32>| Outgoing {
-        request: EncodedRequest {
-            bytes: records.request(logs.clone()),
-            logs: logs.len() as u32,
-            frames: frame_ends.len() as u32,
-        },
-        order: out.order.clone(),
-        frame_ends,
+    let part = |logs: Range<usize>, frame_ends: Vec<u32>| {
+        let (bytes, records_end) = records.request(logs.clone());
+        Outgoing {
+            request: EncodedRequest {
+                bytes,
+                logs: logs.len() as u32,
+                frames: frame_ends.len() as u32,
+                records_end: Some(records_end),
+            },
+            order: out.order.clone(),
+            frame_ends,
+        }
     };
     (part(0..at, head_ends), part(at..count, tail_ends))
 }

@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::reporter::EncodedRequest;
 use crate::spool::{AppendError, Fsync, Spool};
 
-use super::batch::{Limits, OrderKey, Outgoing};
+use super::batch::{self, Limits, OrderKey, Outgoing};
 
 /// A request read back from the spool, and the record to acknowledge once the
 /// destination took it.
@@ -64,6 +64,7 @@ fn decode_payload(
         .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
         .collect();
     let request = EncodedRequest {
+        records_end: Some(batch::records_end(&payload[prefix..])),
         bytes: payload.slice(prefix..),
         logs,
         frames,

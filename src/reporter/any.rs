@@ -80,4 +80,13 @@ impl Reporter for AnyReporter {
             Self::Null(r) => r.report_encoded(request).await,
         }
     }
+
+    fn calls_may_block(&self) -> bool {
+        match self {
+            Self::Coder(r) => r.calls_may_block(),
+            Self::Grpc(r) => r.calls_may_block(),
+            Self::Stdout(r) => r.calls_may_block(),
+            Self::Null(r) => r.calls_may_block(),
+        }
+    }
 }

@@ -25,6 +25,12 @@ pub struct EncodedRequest {
     pub logs: u32,
     /// Received frames merged into it.
     pub frames: u32,
+    /// Where the log records end in `bytes` and the session id and process name fields
+    /// begin, when the request was built that way (the forwarder builds every request
+    /// so); `None` when unknown. A reporter that reads the session id (the coder
+    /// reporter counts non-UUID ones) then reads from here instead of stepping over
+    /// every log record.
+    pub records_end: Option<u32>,
 }
 
 impl EncodedRequest {
@@ -54,6 +60,15 @@ pub trait Reporter: Send + Sync + 'static {
             self.report_boundary_logs(decoded).await.map(drop)
         }
     }
+
+    /// Whether a call may hold up the thread it runs on (blocking I/O, a synchronous
+    /// client, unbounded work). The server then runs every call on a thread of its own
+    /// so that the shutdown deadline holds whatever a call does; a reporter whose calls
+    /// always return promptly without blocking (the null reporter) says `false` and is
+    /// called on the forwarder's own task, without that hand-off. Default `true`.
+    fn calls_may_block(&self) -> bool {
+        true
+    }
 }
 
 /// A shared reporter reports as the one it points to, so a caller can hand the
@@ -71,5 +86,9 @@ impl<R: Reporter> Reporter for Arc<R> {
         request: EncodedRequest,
     ) -> impl Future<Output = Result<(), tonic::Status>> + Send {
         R::report_encoded(self, request)
+    }
+
+    fn calls_may_block(&self) -> bool {
+        R::calls_may_block(self)
     }
 }

@@ -48,4 +48,9 @@ impl Reporter for NullReporter {
         self.count(u64::from(request.logs));
         Ok(())
     }
+
+    /// A call is two atomic additions.
+    fn calls_may_block(&self) -> bool {
+        false
+    }
 }

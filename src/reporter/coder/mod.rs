@@ -388,15 +388,20 @@ impl CoderReporter {
     }
 
     /// Sends `request` and, once delivered, counts its logs if its session id is not a
-    /// UUID. The id is read right after the request was copied into the call's DRPC
-    /// packets: the forwarder's thread wrote the request, and the id's scan, which hops
-    /// from record to record, waits on a cache miss per log when it reads the request
-    /// first or after the send's later copies have evicted it (about 25-40 ns per log,
-    /// 5-10% of the proxy's CPU on this path in profiles), while the copy's sequential
-    /// read brings the whole request into this thread's cache.
-    async fn send_counting(&self, request: &[u8], logs: u64) -> Result<(), Status> {
+    /// UUID. The id is read from `records_end` (where the forwarder's requests keep
+    /// it, after the log records) when known: a scan from the start hops from record
+    /// to record, about 12 ns per log, 4% of the proxy's CPU on this path in profiles.
+    async fn send_counting(
+        &self,
+        request: &[u8],
+        records_end: Option<u32>,
+        logs: u64,
+    ) -> Result<(), Status> {
         let first = call::request_bytes(REPORT_BOUNDARY_LOGS, request);
-        let non_uuid = session_id(request).filter(|id| !is_uuid(id));
+        let trailer = records_end
+            .and_then(|at| request.get(at as usize..))
+            .unwrap_or(request);
+        let non_uuid = session_id(trailer).filter(|id| !is_uuid(id));
         self.send_prepared(&first).await?;
         if let Some(session_id) = non_uuid {
             NonUuidSessionForwarded { logs, session_id }.emit(&self.inner.metrics);
@@ -411,13 +416,13 @@ impl Reporter for CoderReporter {
         request: ReportBoundaryLogsRequest,
     ) -> Result<ReportBoundaryLogsResponse, Status> {
         let bytes = request.encode_to_vec();
-        self.send_counting(&bytes, request.logs.len() as u64)
+        self.send_counting(&bytes, None, request.logs.len() as u64)
             .await?;
         Ok(ReportBoundaryLogsResponse {})
     }
 
     async fn report_encoded(&self, request: EncodedRequest) -> Result<(), Status> {
-        self.send_counting(&request.bytes, u64::from(request.logs))
+        self.send_counting(&request.bytes, request.records_end, u64::from(request.logs))
             .await
     }
 }
