@@ -49,6 +49,50 @@ const SPOOL_TICK: Duration = Duration::from_millis(50);
 /// (a 4096-frame ring fills from half to full in no less than this at 400 k frames/s).
 const BACKLOG_POLL: Duration = Duration::from_millis(5);
 
+/// The drain thread's requests as the delivery loop takes them: one message a drain
+/// pass, so the loop is woken once a pass rather than once a request (each wake-up a
+/// futex call on the drain thread and a context switch here), then handed out one
+/// at a time in the order they were built.
+pub(super) struct Incoming {
+    rx: mpsc::Receiver<Vec<Outgoing>>,
+    pass: std::vec::IntoIter<Outgoing>,
+}
+
+impl Incoming {
+    pub(super) fn new(rx: mpsc::Receiver<Vec<Outgoing>>) -> Self {
+        Self {
+            rx,
+            pass: Vec::new().into_iter(),
+        }
+    }
+
+    /// The next request if one is there now.
+    pub(super) fn try_recv(&mut self) -> Result<Outgoing, mpsc::error::TryRecvError> {
+        loop {
+            if let Some(out) = self.pass.next() {
+                return Ok(out);
+            }
+            self.pass = self.rx.try_recv()?.into_iter();
+        }
+    }
+
+    /// The next request; `None` once the channel is closed and empty. Cancel safe: a
+    /// pass is only taken in the poll that returns its first request.
+    pub(super) async fn recv(&mut self) -> Option<Outgoing> {
+        loop {
+            if let Some(out) = self.pass.next() {
+                return Some(out);
+            }
+            self.pass = self.rx.recv().await?.into_iter();
+        }
+    }
+
+    /// Closes the channel; what was sent can still be received.
+    pub(super) fn close(&mut self) {
+        self.rx.close();
+    }
+}
+
 /// How a delivery ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -108,7 +152,7 @@ impl<R> Copy for Ctx<'_, R> {}
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn deliver_all<R: Reporter>(
     mut pending: VecDeque<Outgoing>,
-    rx: &mut mpsc::Receiver<Outgoing>,
+    rx: &mut Incoming,
     config: &ForwarderConfig,
     learned: &Learned,
     metrics: &Metrics,
@@ -614,11 +658,11 @@ mod tests {
             retry_max_elapsed: Duration::ZERO,
         };
         let learned = Learned::new(limits);
-        let (tx, mut rx) = mpsc::channel(1);
+        let (tx, rx) = mpsc::channel(1);
         drop(tx);
         let left = deliver_all(
             requests.into(),
-            &mut rx,
+            &mut Incoming::new(rx),
             &config,
             &learned,
             &metrics,
@@ -747,7 +791,8 @@ mod tests {
         };
         let learned = Learned::new(WIDE);
         let cancel = CancellationToken::new();
-        let (_tx, mut rx) = mpsc::channel(1);
+        let (_tx, rx) = mpsc::channel(1);
+        let mut rx = Incoming::new(rx);
         let deliver = deliver_all(
             requests.into(),
             &mut rx,

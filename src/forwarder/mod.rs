@@ -35,9 +35,10 @@ const IDLE_TICK: Duration = Duration::from_millis(100);
 /// thread looks at the ring. Far below the time a full ring takes to fill (4096
 /// frames in 200 us would be 20 M frames/s), and a small part of any linger.
 const PARTIAL_POLL: Duration = Duration::from_micros(200);
-/// Requests built ahead of those being delivered. Small, so that while coderd is
-/// slow or down the backlog stays in the ring, where overflow is counted.
-const AHEAD: usize = 2;
+/// Drain passes built ahead of the requests being delivered (each up to
+/// [`DRAIN_REQUESTS`] requests' bytes, sent as one message). Small, so that while
+/// coderd is slow or down the backlog stays in the ring, where overflow is counted.
+const AHEAD: usize = 1;
 
 /// How the forwarder batches and retries.
 #[derive(Debug, Clone, Copy)]
@@ -132,7 +133,8 @@ pub async fn run<R: Reporter>(
     reporter: &R,
     cancel: CancellationToken,
 ) -> Result<ForwarderState, ForwarderError> {
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(AHEAD);
+    let (tx, rx) = mpsc::channel::<Vec<Outgoing>>(AHEAD);
+    let mut rx = flight::Incoming::new(rx);
     let (done_tx, done_rx) = oneshot::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let waker = state.consumer.handle();
@@ -219,10 +221,9 @@ struct Drain {
 impl Drain {
     /// Runs until stopped or until the ring is closed and empty; returns the
     /// consumer and any requests it built but could not hand over.
-    fn run(mut self, tx: mpsc::Sender<Outgoing>) -> (Consumer<QueuedFrame>, Vec<Outgoing>) {
+    fn run(mut self, tx: mpsc::Sender<Vec<Outgoing>>) -> (Consumer<QueuedFrame>, Vec<Outgoing>) {
         let limits = self.config.limits;
         let mut frames: Vec<QueuedFrame> = Vec::with_capacity(limits.max_logs.min(1 << 16));
-        let mut requests = Vec::new();
         let mut leftover = Vec::new();
         let mut logs = 0usize;
         let mut bytes = 0usize;
@@ -253,15 +254,14 @@ impl Drain {
             let full = pass_full(limits, frames.len(), logs, bytes);
             let ring_empty = self.consumer.is_empty();
             if !frames.is_empty() && (full || lingered || stopping || (closed && ring_empty)) {
+                let mut requests = Vec::new();
                 coalesce(&frames, self.learned.limits(), &mut requests);
                 frames.clear();
                 (logs, bytes, first_at) = (0, 0, None);
-                for request in requests.drain(..) {
-                    if stopping || !leftover.is_empty() {
-                        leftover.push(request);
-                    } else if let Err(refused) = tx.blocking_send(request) {
-                        leftover.push(refused.0);
-                    }
+                if stopping || !leftover.is_empty() {
+                    leftover.extend(requests);
+                } else if let Err(refused) = tx.blocking_send(requests) {
+                    leftover.extend(refused.0);
                 }
                 continue;
             }
