@@ -62,7 +62,7 @@ pub(super) fn sink_ping(value: u32) -> [u8; HEADER_LEN] {
 }
 
 /// Where one direction of the stream is: inside a header, inside a body, or between frames.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct FrameTracker {
     header: [u8; HEADER_LEN],
     have: usize,
@@ -78,6 +78,12 @@ impl FrameTracker {
     /// Follows `input` (bytes on their way, not changed).
     pub(super) fn track(&mut self, input: &[u8]) {
         self.walk(input, None, |_| false);
+    }
+
+    /// [`track`](Self::track), asking `take` about every non-data frame header as
+    /// [`filter`](Self::filter) would, without copying anything.
+    pub(super) fn track_taking(&mut self, input: &[u8], take: impl FnMut(&Header) -> bool) {
+        self.walk(input, None, take);
     }
 
     /// Copies `input` to `out` minus every body-less frame whose header `take` returns true
@@ -172,6 +178,29 @@ mod tests {
             assert_eq!(&out[..], &want[..], "chunks of {chunk}");
             assert_eq!(seen, [7]);
             assert!(tracker.at_boundary());
+        }
+    }
+
+    #[test]
+    fn tracking_sees_the_same_pongs_as_filtering_without_copying() {
+        let mut stream = data(1, &pong(SINK_PING_BIT | 4));
+        stream.extend_from_slice(&pong(SINK_PING_BIT | 5));
+        stream.extend_from_slice(&data(2, b"x"));
+        for chunk in [1, 5, stream.len()] {
+            let (mut tracked, mut filtered) = (FrameTracker::default(), FrameTracker::default());
+            let (mut seen_tracking, mut seen_filtering) = (Vec::new(), Vec::new());
+            let mut out = BytesMut::new();
+            for piece in stream.chunks(chunk) {
+                tracked.track_taking(piece, |h| {
+                    h.sink_pong().map(|v| seen_tracking.push(v)).is_some()
+                });
+                filtered.filter(piece, &mut out, |h| {
+                    h.sink_pong().map(|v| seen_filtering.push(v)).is_some()
+                });
+                assert_eq!(tracked.at_boundary(), filtered.at_boundary());
+            }
+            assert_eq!(seen_tracking, [5], "a pong inside a data body is data");
+            assert_eq!(seen_tracking, seen_filtering);
         }
     }
 

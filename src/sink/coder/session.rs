@@ -180,19 +180,31 @@ where
     while let Some(message) = ws_in.next().await {
         match message {
             Ok(Message::Binary(data)) => {
-                bytes.clear();
-                tracker.filter(&data, &mut bytes, |header| {
+                // Most messages hold none of the sink's pongs: they pass as they are,
+                // and only a message with one is copied without it.
+                let before = tracker.clone();
+                let mut pongs = 0;
+                tracker.track_taking(&data, |header| {
                     let Some(value) = header.sink_pong() else {
                         return false;
                     };
                     answered
                         .yamux
                         .fetch_max(u64::from(value), Ordering::Relaxed);
-                    answered.moved.notify_one();
-                    counters.yamux_pongs.fetch_add(1, Ordering::Relaxed);
+                    pongs += 1;
                     true
                 });
-                if let Err(error) = to_yamux.write_all(&bytes).await {
+                let written = if pongs == 0 {
+                    to_yamux.write_all(&data).await
+                } else {
+                    answered.moved.notify_one();
+                    counters.yamux_pongs.fetch_add(pongs, Ordering::Relaxed);
+                    bytes.clear();
+                    let mut again = before;
+                    again.filter(&data, &mut bytes, |header| header.sink_pong().is_some());
+                    to_yamux.write_all(&bytes).await
+                };
+                if let Err(error) = written {
                     return end(format!("the yamux session is gone: {error}"));
                 }
             }
