@@ -492,6 +492,40 @@ async fn sigterm_during_a_coderd_outage_meets_the_shutdown_timeout() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_coderd_holds_a_call_unanswered_meets_the_shutdown_timeout() {
+    // coderd takes the call and sits on it: the call is an await the forwarder drops at
+    // its deadline, wherever it runs.
+    let coderd = TestCoderd::start(|c| c.latency = Duration::from_secs(60)).await;
+    let proxy = Proxy::start(
+        &coderd.url(),
+        "t",
+        &["--shutdown-timeout", "1s", "--call-timeout", "120s"],
+    )
+    .await;
+    write_session(&proxy, 1, 0, 1, 4);
+    eventually("coderd holds the call", || {
+        coderd.sink.max_calls_in_flight() == 1
+    })
+    .await;
+    let started = std::time::Instant::now();
+    proxy.process.sigterm();
+    let exited = proxy.process.wait_within(Duration::from_secs(1 + 5)).await;
+    assert!(exited.status.success(), "{:?}", exited.status);
+    assert!(
+        started.elapsed() < Duration::from_secs(1) + Duration::from_millis(1500),
+        "exit took {:?}",
+        started.elapsed()
+    );
+    let totals = stopped_totals(&exited.stderr);
+    assert_accounting_totals(totals, 0);
+    assert_eq!(
+        (totals.forwarded, totals.dropped_shutdown),
+        (0, 4),
+        "{totals:?}"
+    );
+}
+
 /// A TLS front for the sink with a certificate for 127.0.0.1 made here; returns its port
 /// and the certificate's PEM file.
 async fn tls_coderd(coderd: &TestCoderd, dir: &std::path::Path) -> (SocketAddr, PathBuf) {

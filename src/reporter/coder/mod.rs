@@ -425,6 +425,12 @@ impl Reporter for CoderReporter {
         self.send_counting(&request.bytes, request.records_end, u64::from(request.logs))
             .await
     }
+
+    /// Every wait in a call (connect, TLS, the websocket upgrade, yamux, the answer) is
+    /// an await the forwarder can drop at its deadline; nothing blocks the thread.
+    fn calls_may_block(&self) -> bool {
+        false
+    }
 }
 
 /// The `session_id` (field 2) of an encoded `ReportBoundaryLogsRequest`, read without

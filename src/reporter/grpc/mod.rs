@@ -275,6 +275,12 @@ impl Reporter for GrpcReporter {
     async fn report_encoded(&self, request: EncodedRequest) -> Result<(), Status> {
         self.call(Outbound::Encoded(request.bytes)).await
     }
+
+    /// tonic's calls are awaits (connect, HTTP/2, the answer) the forwarder can drop
+    /// at its deadline; nothing blocks the thread.
+    fn calls_may_block(&self) -> bool {
+        false
+    }
 }
 
 /// Parses `http://HOST:PORT` or `unix:/PATH` into a tonic endpoint.
