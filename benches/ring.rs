@@ -53,6 +53,7 @@ fn item(frames: &[LogFrame], id: u32, n: u64) -> BenchItem {
     QueuedFrame {
         frame: frames[(n % frames.len() as u64) as usize].clone(),
         conn: id,
+        key_run: 0,
     }
 }
 

@@ -3,7 +3,7 @@
 //! into the ring, counting every frame it cannot keep.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,12 @@ pub const MAX_STATUS_COUNT: i64 = 1 << 53;
 pub struct QueuedFrame {
     pub frame: LogFrame,
     pub conn: u32,
+    /// The run of frames of one connection with one session id and process name it
+    /// belongs to: two frames with the same non-zero `key_run` have the same session
+    /// id and process name, so the forwarder can group them without reading those
+    /// bytes again (a cache miss each, on another core). Different runs may still
+    /// share a key; 0 says nothing.
+    pub key_run: u64,
 }
 
 /// How long the reader waits for room when a frame finds the ring full, by default.
@@ -48,6 +54,8 @@ pub struct Intake {
     /// Set when a wait ended without room: frames finding the ring full are then
     /// dropped at once, until one finds room again.
     impatient: AtomicBool,
+    /// The next `QueuedFrame::key_run` (from 1).
+    next_key_run: AtomicU64,
 }
 
 /// Per-connection state: the incremental frame decoder.
@@ -57,6 +65,8 @@ pub struct Connection {
     decoder: FrameDecoder,
     /// The sequence tracker's key of this connection's session id.
     session: KeyCache,
+    /// The key run of this connection's last frame, and its session id and process name.
+    key_run: KeyRun,
     /// Set once a fatal framing error was counted, so the close counts nothing more.
     failed: bool,
 }
@@ -73,6 +83,7 @@ impl Intake {
             sequences: Mutex::new(sequences),
             patience: DEFAULT_RING_FULL_PATIENCE,
             impatient: AtomicBool::new(false),
+            next_key_run: AtomicU64::new(1),
         }
     }
 
@@ -161,7 +172,9 @@ impl Intake {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
         });
-        let key = read.session.key(sequences, frame.request_key().0);
+        let (session, process) = frame.request_key();
+        let key = read.session.key(sequences, session);
+        let key_run = read.key_run.of(session, process, &self.next_key_run);
         let findings = sequences.observe_as(key, &frame, read.now);
         if findings.missing > 0 {
             SequenceGap {
@@ -182,6 +195,7 @@ impl Intake {
             QueuedFrame {
                 frame,
                 conn: read.conn,
+                key_run,
             },
             logs,
         ) {
@@ -210,7 +224,43 @@ struct Read<'a> {
     conn: u32,
     now: Instant,
     session: &'a mut KeyCache,
+    key_run: &'a mut KeyRun,
     sequences: Option<MutexGuard<'a, SeqTracker>>,
+}
+
+/// One connection's current run of frames with the same session id and process name.
+#[derive(Debug, Default)]
+struct KeyRun {
+    run: u64,
+    session: Vec<u8>,
+    process: Vec<u8>,
+}
+
+/// Longest session id plus process name a run remembers; a frame with longer ones
+/// starts a run of its own.
+const KEY_RUN_MAX: usize = 256;
+
+impl KeyRun {
+    /// The run of a frame with this key: the current one if the key is the same,
+    /// else a new one from `next`.
+    fn of(&mut self, session: &[u8], process: &[u8], next: &AtomicU64) -> u64 {
+        if self.run != 0 && self.session == session && self.process == process {
+            return self.run;
+        }
+        self.run = next.fetch_add(1, Ordering::Relaxed);
+        if session.len() + process.len() <= KEY_RUN_MAX {
+            self.session.clear();
+            self.session.extend_from_slice(session);
+            self.process.clear();
+            self.process.extend_from_slice(process);
+        } else {
+            // Not remembered: the next frame starts another run.
+            let run = self.run;
+            self.run = 0;
+            return run;
+        }
+        self.run
+    }
 }
 
 impl ConnectionHandler for Intake {
@@ -223,6 +273,7 @@ impl ConnectionHandler for Intake {
             id: info.id as u32,
             decoder: FrameDecoder::new(),
             session: KeyCache::default(),
+            key_run: KeyRun::default(),
             failed: false,
         }
     }
@@ -234,6 +285,7 @@ impl ConnectionHandler for Intake {
             conn: conn.id,
             now: Instant::now(),
             session: &mut conn.session,
+            key_run: &mut conn.key_run,
             sequences: None,
         };
         let flow = loop {
@@ -278,5 +330,33 @@ impl ConnectionHandler for Intake {
             RejectReason::PeerUid => ConnectionRejectReason::PeerUid,
         };
         ConnectionRejected { reason }.emit(&self.metrics);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_run_lasts_while_the_session_id_and_process_name_stay_the_same() {
+        let next = AtomicU64::new(1);
+        let (mut a, mut b) = (KeyRun::default(), KeyRun::default());
+        let first = a.of(b"s1", b"codex", &next);
+        assert_ne!(first, 0);
+        assert_eq!(a.of(b"s1", b"codex", &next), first);
+        let other_conn = b.of(b"s1", b"codex", &next);
+        assert_ne!(other_conn, first, "runs are per connection");
+        let process_changed = a.of(b"s1", b"claude", &next);
+        assert_ne!(process_changed, first);
+        let back = a.of(b"s1", b"codex", &next);
+        assert!(
+            ![first, process_changed].contains(&back),
+            "a key coming back is a new run"
+        );
+        // Keys too long to remember: every frame a run of its own.
+        let long = vec![b'x'; KEY_RUN_MAX];
+        let l1 = a.of(&long, b"codex", &next);
+        let l2 = a.of(&long, b"codex", &next);
+        assert!(l1 != l2 && l1 != 0 && l2 != 0);
     }
 }

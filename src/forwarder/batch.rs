@@ -160,8 +160,8 @@ struct Groups<'a> {
     frames: &'a [QueuedFrame],
     limits: Limits,
     groups: Vec<Group>,
-    /// (conn, group index).
-    conn_group: Vec<(u32, usize)>,
+    /// (conn, group index, key run of the connection's last frame in it).
+    conn_group: Vec<(u32, usize, u64)>,
 }
 
 impl Groups<'_> {
@@ -174,17 +174,25 @@ impl Groups<'_> {
         let floor = self
             .conn_group
             .iter()
-            .find(|(c, _)| *c == queued.conn)
-            .map(|&(_, g)| g);
+            .find(|(c, _, _)| *c == queued.conn)
+            .map(|&(_, g, run)| (g, run));
         // At most one group of a session and process is open at a time (a new one is
         // only started when none is, or after closing it), so when the connection's
-        // newest group is open and of this key it is the one: one comparison instead
-        // of one per open group (boundary writes one session per connection).
+        // newest group is open and of this key it is the one. It is of this key when
+        // the connection's last frame in it is of the same key run (no bytes read, where
+        // comparing them missed the cache: boundary writes one session per connection),
+        // or when the keys compare equal.
         let key_of = |g: &Group| frames[g.pieces[0].frame].frame.request_key();
+        let same_run = |run: u64| run != 0 && run == queued.key_run;
         let joinable = match floor {
-            Some(f) if self.groups[f].open && key_of(&self.groups[f]) == key => Some(f),
+            Some((f, run))
+                if self.groups[f].open && (same_run(run) || key_of(&self.groups[f]) == key) =>
+            {
+                Some(f)
+            }
             _ => self.groups.iter().rposition(|g| g.open && key_of(g) == key),
         };
+        let floor = floor.map(|(g, _)| g);
         let target = match joinable {
             Some(g)
                 if floor.is_none_or(|f| f <= g)
@@ -211,9 +219,9 @@ impl Groups<'_> {
         group.logs += piece.logs;
         group.bytes += bytes;
         group.pieces.push(piece);
-        match self.conn_group.iter_mut().find(|(c, _)| *c == conn) {
-            Some(entry) => entry.1 = target,
-            None => self.conn_group.push((conn, target)),
+        match self.conn_group.iter_mut().find(|(c, _, _)| *c == conn) {
+            Some(entry) => (entry.1, entry.2) = (target, queued.key_run),
+            None => self.conn_group.push((conn, target, queued.key_run)),
         }
     }
 }
@@ -318,9 +326,13 @@ mod tests {
 
     fn queued(session: &str, process: &str, first_seq: i32, logs: usize, conn: u32) -> QueuedFrame {
         let request = workload::request(session, process, first_seq, logs);
+        // One key run per connection and key, as the intake numbers them.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (conn, session, process).hash(&mut hasher);
         QueuedFrame {
             frame: LogFrame::from_request(&request).unwrap(),
             conn,
+            key_run: hasher.finish() | 1,
         }
     }
 
@@ -479,6 +491,7 @@ mod tests {
         QueuedFrame {
             frame: LogFrame::from_request(&request).unwrap(),
             conn,
+            key_run: 0,
         }
     }
 
@@ -504,6 +517,7 @@ mod tests {
                 QueuedFrame {
                     frame: LogFrame::from_request(&request).unwrap(),
                     conn: 1,
+                    key_run: 0,
                 }
             })
             .collect();

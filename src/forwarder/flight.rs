@@ -642,6 +642,7 @@ mod tests {
                 ))
                 .unwrap(),
                 conn: 1,
+                key_run: 0,
             })
             .collect()
     }

@@ -220,6 +220,7 @@ mod tests {
                 ))
                 .unwrap(),
                 conn: 1,
+                key_run: 0,
             })
             .collect();
         let mut out = Vec::new();

@@ -271,6 +271,7 @@ mod tests {
             .map(|i| QueuedFrame {
                 frame: LogFrame::from_request(&workload::request("s", "p", i * 60, 60)).unwrap(),
                 conn: 1,
+                key_run: 0,
             })
             .collect();
         let mut out = Vec::new();
