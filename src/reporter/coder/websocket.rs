@@ -47,7 +47,8 @@ pub async fn upgrade(io: BoxIo, url: &CoderUrl, token: &str) -> Result<WsBytes, 
         USER_AGENT,
         HeaderValue::from_static(concat!("boundary-log-proxy/", env!("CARGO_PKG_VERSION"))),
     );
-    let config = WebSocketConfig::default();
+    // The client reads coderd's short answers and pings only.
+    let config = read_config(4 << 10);
     match tokio_tungstenite::client_async_with_config(request, io, Some(config)).await {
         Ok((ws, _response)) => Ok(WsBytes::new(ws)),
         Err(tungstenite::Error::Http(response)) => {
@@ -65,6 +66,14 @@ pub async fn upgrade(io: BoxIo, url: &CoderUrl, token: &str) -> Result<WsBytes, 
         }),
         Err(e) => Err(ConnectError::Upgrade(e.to_string())),
     }
+}
+
+/// tungstenite's configuration with reads of at most `read_buffer` bytes. tungstenite
+/// zero-fills the buffer it reads into before every read, up to this size (128 KiB by
+/// default), whether or not data is waiting: a side that only reads short answers and
+/// pings zeroes far less with a small one.
+pub fn read_config(read_buffer: usize) -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(read_buffer)
 }
 
 /// coderd's error `message` from a JSON body (`{"message": ..., "detail": ...}`), else the

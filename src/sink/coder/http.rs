@@ -23,6 +23,10 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::{session, CoderSink, BUILDINFO_PATH, RPC_PATH, TOKEN_HEADER};
 
+/// Most bytes tungstenite reads at a time (and zero-fills before each read): the client's
+/// requests come in messages of up to a yamux frame (256 KiB), read in 64 KiB steps.
+const READ_BUFFER: usize = 64 << 10;
+
 /// coderd's answer to a token it does not know.
 pub const UNAUTHORIZED_MESSAGE: &str = "Workspace agent not authorized.";
 /// coderd's answer to a request without a token.
@@ -69,8 +73,12 @@ where
     };
     match on_upgrade.await {
         Ok(upgraded) => {
-            let websocket =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            let websocket = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(crate::reporter::coder::websocket::read_config(READ_BUFFER)),
+            )
+            .await;
             session::run(sink, connection, websocket, fd).await;
         }
         Err(error) => tracing::warn!(%error, connection, "coder sink: the upgrade failed"),

@@ -51,12 +51,13 @@ pub(super) async fn serve_stream(
         return;
     }
     let mut reader = PacketReader::new();
+    let mut scratch = vec![0u8; READ_BYTES];
     // The DRPC stream invoked and its method, until the call is answered.
     let mut invoked: Option<(u64, String)> = None;
     loop {
         let packet = match reader.next_packet() {
             Ok(Some(packet)) => packet,
-            Ok(None) => match read_more(&mut stream, &mut reader).await {
+            Ok(None) => match read_more(&mut stream, &mut reader, &mut scratch).await {
                 Ok(0) => break,
                 Ok(_) => continue,
                 Err(error) => {
@@ -119,11 +120,17 @@ pub(super) async fn serve_stream(
     let _ = stream.shutdown().await;
 }
 
-/// Reads what the client sent next into `reader`; 0 at the end of the stream.
-async fn read_more(stream: &mut Stream, reader: &mut PacketReader) -> std::io::Result<usize> {
-    let buf = reader.buffer_mut();
-    buf.reserve(READ_BYTES);
-    stream.read_buf(buf).await
+/// Reads what the client sent next into `reader` through `scratch`; 0 at the end of the
+/// stream. Not `read_buf` into the reader's buffer: through the futures-to-tokio
+/// compatibility layer that zeroes the reserved spare capacity (16 KiB) on every read.
+async fn read_more(
+    stream: &mut Stream,
+    reader: &mut PacketReader,
+    scratch: &mut [u8],
+) -> std::io::Result<usize> {
+    let n = stream.read(scratch).await?;
+    reader.push(&scratch[..n]);
+    Ok(n)
 }
 
 /// One call being answered.
