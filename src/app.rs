@@ -194,9 +194,14 @@ impl Signals {
     }
 }
 
+/// The proxy's async runtime: the delivery loop, the reporter's connection, the metrics
+/// endpoint and the signals. One worker: reading, validating and batching run on threads
+/// of their own, and with a second worker each hand-off between the delivery loop and the
+/// connection's task woke the other thread (2.6 against 0.9 context switches per 1000
+/// logs through the coder transport, 4.7 against 1.1 through gRPC, in e2e_bench).
 fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("blp-runtime")
         .enable_all()
         .build()

@@ -84,12 +84,13 @@ async fn coderd_down_with_a_small_ring_counts_only_the_overflow_as_buffer_full()
     const CAPACITY: usize = 16;
     const LOGS: usize = 4;
     const FRAMES: usize = 200;
-    // Frames held outside the ring while coderd is down: one being retried, the
-    // next request (taken off the channel, waiting because it shares the retried
-    // one's connection), two queued ahead in the channel, and one drained batch
-    // (batch_max_logs / LOGS = 1 frame per request, up to batch_max_logs frames
-    // per drain) on the drain thread.
-    const IN_FLIGHT: usize = 1 + 1 + 2 + LOGS;
+    // Frames held outside the ring while coderd is down (batch_max_logs / LOGS = 1
+    // frame per request, a drain pass of batch_max_logs frames = PASS requests): one
+    // being retried, the next request (waiting because it shares the retried one's
+    // connection), the rest of the pass the delivery loop is handing out, one pass
+    // queued in the channel, and one on the drain thread waiting to be queued.
+    const PASS: usize = LOGS;
+    const IN_FLIGHT: usize = 1 + 1 + 3 * PASS;
 
     let mut coderd = FakeCoderd::start().await;
     coderd.stop().await;
