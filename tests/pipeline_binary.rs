@@ -293,9 +293,11 @@ async fn with_coderd_down_the_ring_fills_and_every_log_is_counted() {
             s.get("logs_received_total", None) == 80
         })
         .await;
-    // The stuck forwarder holds at most a few frames (one in delivery, one waiting
-    // its turn, two queued, two in hand; --batch-max-logs 2), so after the flood the ring is full and
-    // stays full: more frames are all dropped, and the gauge shows it.
+    // The stuck forwarder holds at most a few frames (--batch-max-logs 2: a request is
+    // one frame, a drain pass two): one in delivery, the next waiting its turn and the
+    // rest of its pass, a pass queued, a pass in hand on the drain thread; 7 at most.
+    // So after the flood the ring is full and stays full: more frames are all dropped
+    // (at least 50 - 4 - 7), and the gauge shows it.
     for i in 40..50 {
         client.send_request(Tag::V2, &request("down", "codex", i * 2, 2));
     }
@@ -310,7 +312,7 @@ async fn with_coderd_down_the_ring_fills_and_every_log_is_counted() {
     let scrape = proxy.scrape_until(metrics, "a scrape", |_| true).await;
     let full_batches = scrape.get("batches_dropped_total", Some(r#"reason="buffer_full""#));
     let full_logs = scrape.get("logs_dropped_total", Some(r#"reason="buffer_full""#));
-    assert!(full_batches >= 40, "the ring overflowed:\n{}", scrape.text);
+    assert!(full_batches >= 39, "the ring overflowed:\n{}", scrape.text);
     assert_eq!(full_logs, 2 * full_batches);
     assert_eq!(scrape.get("ring_capacity", None), 4);
     assert_eq!(
