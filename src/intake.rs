@@ -16,7 +16,7 @@ use crate::events::{
 use crate::metrics::{ConnectionRejectReason, FrameRejectReason, Metrics};
 use crate::reader::{CloseCause, ConnInfo, ConnectionHandler, RejectReason};
 use crate::ring::{Producer, PushError};
-use crate::seqgap::{KeyCache, SeqTracker};
+use crate::seqgap::{KeyCache, SeqTracker, SessionKey};
 
 /// Largest drop count one `BoundaryStatus` may carry: 2^53, the largest integer a
 /// Prometheus sample (a float64) holds exactly. boundary would have to drop 100 M
@@ -173,8 +173,16 @@ impl Intake {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
         });
         let (session, process) = frame.request_key();
-        let key = read.session.key(sequences, session);
-        let key_run = read.key_run.of(session, process, &self.next_key_run);
+        let (key_run, same_run) = read.key_run.of(session, process, &self.next_key_run);
+        // Within a run the session id is the same: its tracker key too.
+        let key = match read.key_run.tracker_key {
+            Some(key) if same_run => key,
+            _ => {
+                let key = read.session.key(sequences, session);
+                read.key_run.tracker_key = Some(key);
+                key
+            }
+        };
         let findings = sequences.observe_as(key, &frame, read.now);
         if findings.missing > 0 {
             SequenceGap {
@@ -234,6 +242,8 @@ struct KeyRun {
     run: u64,
     session: Vec<u8>,
     process: Vec<u8>,
+    /// The sequence tracker's key of the run's session id, once looked up.
+    tracker_key: Option<SessionKey>,
 }
 
 /// Longest session id plus process name a run remembers; a frame with longer ones
@@ -241,12 +251,13 @@ struct KeyRun {
 const KEY_RUN_MAX: usize = 256;
 
 impl KeyRun {
-    /// The run of a frame with this key: the current one if the key is the same,
-    /// else a new one from `next`.
-    fn of(&mut self, session: &[u8], process: &[u8], next: &AtomicU64) -> u64 {
+    /// The run of a frame with this key, and whether it is the current one (the key
+    /// is the same as the last frame's): else a new one from `next`.
+    fn of(&mut self, session: &[u8], process: &[u8], next: &AtomicU64) -> (u64, bool) {
         if self.run != 0 && self.session == session && self.process == process {
-            return self.run;
+            return (self.run, true);
         }
+        self.tracker_key = None;
         self.run = next.fetch_add(1, Ordering::Relaxed);
         if session.len() + process.len() <= KEY_RUN_MAX {
             self.session.clear();
@@ -257,9 +268,9 @@ impl KeyRun {
             // Not remembered: the next frame starts another run.
             let run = self.run;
             self.run = 0;
-            return run;
+            return (run, false);
         }
-        self.run
+        (self.run, false)
     }
 }
 
@@ -341,22 +352,23 @@ mod tests {
     fn a_key_run_lasts_while_the_session_id_and_process_name_stay_the_same() {
         let next = AtomicU64::new(1);
         let (mut a, mut b) = (KeyRun::default(), KeyRun::default());
-        let first = a.of(b"s1", b"codex", &next);
+        let first = a.of(b"s1", b"codex", &next).0;
         assert_ne!(first, 0);
-        assert_eq!(a.of(b"s1", b"codex", &next), first);
-        let other_conn = b.of(b"s1", b"codex", &next);
+        assert_eq!(a.of(b"s1", b"codex", &next).0, first);
+        assert!(a.of(b"s1", b"codex", &next).1, "the same run says so");
+        let other_conn = b.of(b"s1", b"codex", &next).0;
         assert_ne!(other_conn, first, "runs are per connection");
-        let process_changed = a.of(b"s1", b"claude", &next);
+        let process_changed = a.of(b"s1", b"claude", &next).0;
         assert_ne!(process_changed, first);
-        let back = a.of(b"s1", b"codex", &next);
+        let back = a.of(b"s1", b"codex", &next).0;
         assert!(
             ![first, process_changed].contains(&back),
             "a key coming back is a new run"
         );
         // Keys too long to remember: every frame a run of its own.
         let long = vec![b'x'; KEY_RUN_MAX];
-        let l1 = a.of(&long, b"codex", &next);
-        let l2 = a.of(&long, b"codex", &next);
+        let l1 = a.of(&long, b"codex", &next).0;
+        let l2 = a.of(&long, b"codex", &next).0;
         assert!(l1 != l2 && l1 != 0 && l2 != 0);
     }
 }
