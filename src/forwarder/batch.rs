@@ -381,9 +381,10 @@ mod tests {
 
     #[test]
     fn a_connection_switching_sessions_joins_the_open_group_of_each_session() {
-        // Connection 1 writes s1, s2, then s1 again: its newest group (s2) is not of
-        // the frame's key, so the frame must find s1's group further back, which
-        // connection 2 also joined.
+        // Connection 1 writes s1, s2, then s1 again. For its last frame the
+        // connection's newest group (s2's) is not of the frame's key, so the groups'
+        // keys are compared: s1's open group (which connection 2 joined too) is older
+        // than connection 1's s2 frame, and joining it would reorder connection 1.
         let frames = [
             queued("s1", "codex", 0, 2, 1),
             queued("s1", "codex", 0, 3, 2),
@@ -398,8 +399,7 @@ mod tests {
             .map(decode)
             .map(|r| (r.session_id, r.logs.len()))
             .collect();
-        // The last s1 frame of connection 1 may not go back into the first group (its
-        // s2 frame came after), so it starts a third.
+        // So it starts a third group.
         assert_eq!(
             summary,
             [("s1".into(), 6), ("s2".into(), 1), ("s1".into(), 1)]
