@@ -273,3 +273,34 @@ async fn a_second_proxy_on_a_spool_directory_in_use_exits_1() {
     assert!(first.proxy.is_running(), "the owner keeps running");
     assert_exit_0(&first.proxy.terminate().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_goes_to_the_spool_while_every_delivery_slot_is_retrying() {
+    // Five sessions written all at once: four requests take the four delivery slots
+    // and retry against the stopped coderd before any of them has failed, and no
+    // slot frees up for minutes (--retry-max-elapsed). The ring fills; that alone
+    // must send the backlog to the spool, not the end of a request's retries.
+    let dir = tempfile::tempdir().unwrap();
+    let mut coderd = FakeCoderd::start().await;
+    coderd.stop().await;
+    let first = serve(dir.path(), &coderd.addr(), &["--retry-max-elapsed", "10m"]).await;
+    assert_eq!(
+        boundary_writes(&first.socket, Duration::ZERO).await,
+        SESSIONS * FRAMES_PER_SESSION
+    );
+    let scrape = first
+        .proxy
+        .scrape_until(first.metrics, "the backlog spooled", |s: &Scrape| {
+            s.get("logs_spooled_total", None) > 0
+        })
+        .await;
+    assert!(scrape.get("spool_logs", None) > 0);
+    let exited = first.proxy.terminate().await;
+    assert_exit_0(&exited);
+    let stopped = stopped_totals(&exited.stderr);
+    assert_accounting_totals(stopped, 0);
+    // Everything not lost to the full ring is on disk at exit, and comes back.
+    assert_eq!(stopped.spooled, LOGS - stopped.dropped_buffer_full);
+    let replayed = replay_after_restart(dir.path(), &mut coderd, stopped.spooled).await;
+    assert_eq!(replayed.forwarded, stopped.spooled);
+}

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::batch::{OrderKey, Outgoing};
@@ -134,6 +134,9 @@ struct Ctx<'a, R> {
     reporter: &'a R,
     /// Set while the destination's last answer was a transient error.
     failing: &'a AtomicBool,
+    /// Notified when `failing` is set: the loop then starts watching the ring's fill,
+    /// even while every delivery is still retrying and nothing else wakes it.
+    began_failing: &'a Notify,
     /// Whether a request whose retries ran out goes to a spool.
     spooled: bool,
 }
@@ -161,12 +164,14 @@ pub(super) async fn deliver_all<R: Reporter>(
     mut spool: Option<SpoolLink<'_>>,
 ) -> VecDeque<Outgoing> {
     let failing = AtomicBool::new(false);
+    let began_failing = Notify::new();
     let ctx = Ctx {
         config,
         learned,
         metrics,
         reporter,
         failing: &failing,
+        began_failing: &began_failing,
         spooled: spool.is_some(),
     };
     let mut flights: Vec<Delivery<'_>> = Vec::with_capacity(MAX_IN_FLIGHT);
@@ -293,6 +298,9 @@ pub(super) async fn deliver_all<R: Reporter>(
             // An async block: the timer is only made (and the clock read) when polled.
             _ = async { tokio::time::sleep(BACKLOG_POLL).await },
                 if ctx.spooled && !spooling && failing.load(Ordering::Relaxed) => {}
+            // A delivery found the destination failing after this select began.
+            () = began_failing.notified(),
+                if ctx.spooled && !spooling && !failing.load(Ordering::Relaxed) => {}
         }
     }
     drop(replaying);
@@ -487,6 +495,7 @@ async fn attempt<R: Reporter>(
         metrics,
         reporter,
         failing,
+        began_failing,
         ..
     } = ctx;
     let mut backoff = Backoff::new(budget);
@@ -520,8 +529,8 @@ async fn attempt<R: Reporter>(
             };
         }
         let retryable = failure == Failure::Retryable;
-        if retryable {
-            failing.store(true, Ordering::Relaxed);
+        if retryable && !failing.swap(true, Ordering::Relaxed) {
+            began_failing.notify_one();
         }
         ForwardAttemptFailed {
             retryable,
