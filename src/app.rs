@@ -44,7 +44,7 @@ pub enum AppError {
 /// as docs/command-line.md (`--shutdown-timeout`) says and returns `Ok` (exit 0).
 pub fn serve(config: Config) -> Result<(), AppError> {
     config.validate()?;
-    let runtime = runtime()?;
+    let runtime = runtime(if config.spool_dir.is_some() { 2 } else { 1 })?;
     let result = runtime.block_on(serve_async(config));
     // Whatever is still blocked (a write nobody reads) does not hold up the exit.
     runtime.shutdown_timeout(EXIT_GRACE);
@@ -195,13 +195,16 @@ impl Signals {
 }
 
 /// The proxy's async runtime: the delivery loop, the reporter's connection, the metrics
-/// endpoint and the signals. One worker: reading, validating and batching run on threads
-/// of their own, and with a second worker each hand-off between the delivery loop and the
-/// connection's task woke the other thread (2.6 against 0.9 context switches per 1000
-/// logs through the coder transport, 4.7 against 1.1 through gRPC, in e2e_bench).
-fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
+/// endpoint and the signals. One worker without a spool: reading, validating and batching
+/// run on threads of their own, and with a second worker each hand-off between the
+/// delivery loop and the connection's task woke the other thread (2.6 against 0.9 context
+/// switches per 1000 logs through the coder transport, 4.7 against 1.1 through gRPC, in
+/// e2e_bench). Two with a spool: the delivery loop writes and syncs the spool's files
+/// itself, and a slow disk must not hold up `/metrics`, `/healthz`, the signals or the
+/// coder session's keep-alive answers meanwhile.
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, AppError> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(workers)
         .thread_name("blp-runtime")
         .enable_all()
         .build()
@@ -211,30 +214,36 @@ fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
 /// `boundary-log-proxy sink`: a gRPC or coder-protocol server printing what it receives,
 /// until SIGTERM/SIGINT/SIGHUP.
 ///
-/// It runs on one thread: a test stand-in for coderd shares the machine with the proxy
-/// it measures, and one thread moves a request through its websocket, yamux and DRPC
-/// tasks without waking another thread at each hand-off.
+/// With `--quiet` it runs on one thread: a test stand-in for coderd shares the machine
+/// with the proxy it measures, and one thread moves a request through its websocket,
+/// yamux and DRPC tasks without waking another thread at each hand-off. Printing, it
+/// keeps two workers: a stdout pipe that stops being read blocks the thread writing to
+/// it, and the other keeps the sink's connections (and their keep-alives) going.
 pub fn sink(args: SinkArgs) -> Result<(), AppError> {
-    tokio::runtime::Builder::new_current_thread()
-        .thread_name("blp-sink")
-        .enable_all()
-        .build()
-        .map_err(AppError::Runtime)?
-        .block_on(async move {
-            let mut signals = Signals::install()?;
-            let options = SinkOptions {
-                listen: args.listen.to_string(),
-                quiet: args.quiet,
-                protocol: args.protocol,
-                token: args.token.map(|t| t.expose().to_owned()),
-                coder_version: args.coder_version,
-            };
-            run(options, async move {
-                signals.stop_requested().await;
-            })
-            .await?;
-            Ok(())
+    let runtime = if args.quiet {
+        tokio::runtime::Builder::new_current_thread()
+            .thread_name("blp-sink")
+            .enable_all()
+            .build()
+            .map_err(AppError::Runtime)?
+    } else {
+        runtime(2)?
+    };
+    runtime.block_on(async move {
+        let mut signals = Signals::install()?;
+        let options = SinkOptions {
+            listen: args.listen.to_string(),
+            quiet: args.quiet,
+            protocol: args.protocol,
+            token: args.token.map(|t| t.expose().to_owned()),
+            coder_version: args.coder_version,
+        };
+        run(options, async move {
+            signals.stop_requested().await;
         })
+        .await?;
+        Ok(())
+    })
 }
 
 /// `boundary-log-proxy loadgen`: acts as boundary (progress on stderr every second),
