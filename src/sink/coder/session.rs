@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
-use super::frames::{sink_ping, FrameTracker};
+use super::frames::{sink_ping, FrameTracker, Passed};
 use super::{rpc, CoderSink, Cut, Keepalive};
 
 /// Bytes the pipe between the websocket and the yamux session holds in each direction.
@@ -180,29 +180,29 @@ where
     while let Some(message) = ws_in.next().await {
         match message {
             Ok(Message::Binary(data)) => {
-                // Most messages hold none of the sink's pongs: they pass as they are,
-                // and only a message with one is copied without it.
-                let before = tracker.clone();
+                // Most messages hold none of the sink's pongs and cut no header: they
+                // pass as they are; the others are copied without the pongs.
                 let mut pongs = 0;
-                tracker.track_taking(&data, |header| {
-                    let Some(value) = header.sink_pong() else {
-                        return false;
-                    };
-                    answered
-                        .yamux
-                        .fetch_max(u64::from(value), Ordering::Relaxed);
-                    pongs += 1;
-                    true
-                });
-                let written = if pongs == 0 {
-                    to_yamux.write_all(&data).await
-                } else {
+                let passed = tracker.pass(
+                    &data,
+                    &mut bytes,
+                    |header| header.sink_pong().is_some(),
+                    |header| {
+                        if let Some(value) = header.sink_pong() {
+                            answered
+                                .yamux
+                                .fetch_max(u64::from(value), Ordering::Relaxed);
+                            pongs += 1;
+                        }
+                    },
+                );
+                if pongs > 0 {
                     answered.moved.notify_one();
                     counters.yamux_pongs.fetch_add(pongs, Ordering::Relaxed);
-                    bytes.clear();
-                    let mut again = before;
-                    again.filter(&data, &mut bytes, |header| header.sink_pong().is_some());
-                    to_yamux.write_all(&bytes).await
+                }
+                let written = match passed {
+                    Passed::AsIs => to_yamux.write_all(&data).await,
+                    Passed::Filtered => to_yamux.write_all(&bytes).await,
                 };
                 if let Err(error) = written {
                     return end(format!("the yamux session is gone: {error}"));
