@@ -135,11 +135,12 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "loadgen: sent {} frames, {} logs, {} bytes on {} connections in {:.3} s: {:.0} frames/s, {:.0} logs/s, {:.1} MB/s",
+            "loadgen: sent {} frames, {} logs, {} bytes on {} connection{} in {:.3} s: {:.0} frames/s, {:.0} logs/s, {:.1} MB/s",
             self.frames,
             self.logs,
             self.bytes,
             self.connections,
+            if self.connections == 1 { "" } else { "s" },
             self.elapsed.as_secs_f64(),
             self.frames_per_second(),
             self.logs_per_second(),
@@ -640,6 +641,19 @@ mod tests {
     use crate::codec::{decode_message, FrameDecoder, Message};
     use crate::proto::agent::ReportBoundaryLogsRequest;
     use crate::proto::envelope::{boundary_message::Msg, BoundaryMessage};
+
+    #[test]
+    fn the_summary_counts_connections_in_the_singular_and_the_plural() {
+        let summary = |connections| Summary {
+            connections,
+            frames: 10,
+            logs: 100,
+            bytes: 1000,
+            elapsed: Duration::from_secs(1),
+        };
+        assert!(summary(1).to_string().contains(" on 1 connection in "));
+        assert!(summary(8).to_string().contains(" on 8 connections in "));
+    }
 
     fn decode_all(bytes: &[u8], tag: Tag) -> Vec<ReportBoundaryLogsRequest> {
         let mut decoder = FrameDecoder::new();

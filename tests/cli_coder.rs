@@ -243,3 +243,24 @@ fn coder_urls_of_other_schemes_are_flag_errors() {
         &["--coder-url"],
     );
 }
+
+#[test]
+fn loadgen_writes_to_the_socket_boundary_would_use_unless_told_otherwise() {
+    // Nothing listens on any of these: the error names the path loadgen tried.
+    let tried = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["loadgen", "--frames", "1", "--wait-for-socket", "0s"];
+        all.extend_from_slice(args);
+        let output = proxy(&all, env);
+        assert!(!output.status.success(), "{args:?} {env:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let boundary = (
+        "CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH",
+        "/nonexistent/from-boundary.sock",
+    );
+    assert!(tried(&[], &[boundary]).contains("/nonexistent/from-boundary.sock"));
+    let own = ("BOUNDARY_LOG_PROXY_SOCKET", "/nonexistent/own.sock");
+    assert!(tried(&[], &[boundary, own]).contains("/nonexistent/own.sock"));
+    assert!(tried(&["--socket", "/nonexistent/flag.sock"], &[boundary])
+        .contains("/nonexistent/flag.sock"));
+}

@@ -80,9 +80,8 @@ pub(super) fn apply(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     if !given.socket {
-        if let Some(path) = env(CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH) {
-            config.socket =
-                config::parse_socket_path(&path).map_err(|e| rename(e, SOCKET_FROM_CODER))?;
+        if let Some(path) = socket_from_coder(&env)? {
+            config.socket = path;
         }
     }
     let (url, url_setting) = match args.coder_url {
@@ -122,6 +121,16 @@ pub(super) fn apply(
         allow_agent_role: args.coder_allow_agent_role,
     });
     Ok(())
+}
+
+/// The socket path boundary itself reads (`CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH`),
+/// if set; a bad one is a flag error naming `--socket` and the variable.
+pub(super) fn socket_from_coder(
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<std::path::PathBuf>, ConfigError> {
+    env(CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH)
+        .map(|path| config::parse_socket_path(&path).map_err(|e| rename(e, SOCKET_FROM_CODER)))
+        .transpose()
 }
 
 /// How an error names a value taken from one of coder's variables: the flag it stands

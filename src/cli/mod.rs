@@ -203,6 +203,29 @@ impl From<ServeArgs> for Config {
     }
 }
 
+/// `loadgen`'s settings: the flags, then the socket boundary itself would use
+/// (`CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH`) when `--socket` was not given, as
+/// `serve` does: loadgen acts as boundary.
+fn loadgen_args(
+    cmd: LoadgenCmd,
+    matches: Option<&clap::ArgMatches>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<LoadgenArgs, config::ConfigError> {
+    let socket_given = matches.is_some_and(|m| {
+        matches!(
+            m.value_source("socket"),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        )
+    });
+    let mut args = LoadgenArgs::from(cmd);
+    if !socket_given {
+        if let Some(path) = coder::socket_from_coder(&env)? {
+            args.socket = path;
+        }
+    }
+    Ok(args)
+}
+
 /// `serve`'s settings: the flags, then the coder transport's fallbacks.
 fn serve_config(
     mut args: ServeArgs,
@@ -406,7 +429,12 @@ where
                     Invocation::Serve(serve_config(*serve, serve_matches).map_err(usage)?)
                 }
                 Command::Sink(sink) => Invocation::Sink(sink.into()),
-                Command::Loadgen(loadgen) => Invocation::Loadgen(loadgen.into()),
+                Command::Loadgen(loadgen) => Invocation::Loadgen(
+                    loadgen_args(loadgen, matches.subcommand_matches("loadgen"), |name| {
+                        std::env::var(name).ok()
+                    })
+                    .map_err(usage)?,
+                ),
             };
             // Checks that need more than one value, or the whole settings, are flag
             // errors too: they exit 2 naming the flag (and its variable) like the rest.
