@@ -16,7 +16,7 @@ use crate::events::{
 use crate::metrics::{ConnectionRejectReason, FrameRejectReason, Metrics};
 use crate::reader::{CloseCause, ConnInfo, ConnectionHandler, RejectReason};
 use crate::ring::{Producer, PushError};
-use crate::seqgap::{KeyCache, SeqTracker, SessionKey};
+use crate::seqgap::{SeqTracker, SessionKey};
 
 /// Largest drop count one `BoundaryStatus` may carry: 2^53, the largest integer a
 /// Prometheus sample (a float64) holds exactly. boundary would have to drop 100 M
@@ -63,8 +63,6 @@ pub struct Intake {
 pub struct Connection {
     id: u32,
     decoder: FrameDecoder,
-    /// The sequence tracker's key of this connection's session id.
-    session: KeyCache,
     /// The key run of this connection's last frame, and its session id and process name.
     key_run: KeyRun,
     /// Set once a fatal framing error was counted, so the close counts nothing more.
@@ -173,16 +171,9 @@ impl Intake {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
         });
         let (session, process) = frame.request_key();
-        let (key_run, same_run) = read.key_run.of(session, process, &self.next_key_run);
-        // Within a run the session id is the same: its tracker key too.
-        let key = match read.key_run.tracker_key {
-            Some(key) if same_run => key,
-            _ => {
-                let key = read.session.key(sequences, session);
-                read.key_run.tracker_key = Some(key);
-                key
-            }
-        };
+        let (key_run, key) = read
+            .key_run
+            .of(session, process, &self.next_key_run, sequences);
         let findings = sequences.observe_as(key, &frame, read.now);
         if findings.missing > 0 {
             SequenceGap {
@@ -231,46 +222,54 @@ impl Intake {
 struct Read<'a> {
     conn: u32,
     now: Instant,
-    session: &'a mut KeyCache,
     key_run: &'a mut KeyRun,
     sequences: Option<MutexGuard<'a, SeqTracker>>,
 }
 
-/// One connection's current run of frames with the same session id and process name.
+/// One connection's current run of frames with the same session id and process name
+/// (boundary writes one session per connection), and the sequence tracker's key of that
+/// session id: both are worked out once a run, not once a frame.
 #[derive(Debug, Default)]
 struct KeyRun {
+    /// 0 while there is no run to continue.
     run: u64,
     session: Vec<u8>,
     process: Vec<u8>,
-    /// The sequence tracker's key of the run's session id, once looked up.
     tracker_key: Option<SessionKey>,
 }
 
 /// Longest session id plus process name a run remembers; a frame with longer ones
-/// starts a run of its own.
+/// starts a run of its own (and its session id is hashed again).
 const KEY_RUN_MAX: usize = 256;
 
 impl KeyRun {
-    /// The run of a frame with this key, and whether it is the current one (the key
-    /// is the same as the last frame's): else a new one from `next`.
-    fn of(&mut self, session: &[u8], process: &[u8], next: &AtomicU64) -> (u64, bool) {
-        if self.run != 0 && self.session == session && self.process == process {
-            return (self.run, true);
+    /// The run of a frame with this key and the tracker's key of its session id: the
+    /// current run's if the key is the same as the last frame's, else a new run (from
+    /// `next`) and key (from `tracker`).
+    fn of(
+        &mut self,
+        session: &[u8],
+        process: &[u8],
+        next: &AtomicU64,
+        tracker: &SeqTracker,
+    ) -> (u64, SessionKey) {
+        if let Some(key) = self.tracker_key {
+            if self.session == session && self.process == process {
+                return (self.run, key);
+            }
         }
-        self.tracker_key = None;
-        self.run = next.fetch_add(1, Ordering::Relaxed);
+        let run = next.fetch_add(1, Ordering::Relaxed);
+        let key = tracker.key(session);
         if session.len() + process.len() <= KEY_RUN_MAX {
             self.session.clear();
             self.session.extend_from_slice(session);
             self.process.clear();
             self.process.extend_from_slice(process);
+            (self.run, self.tracker_key) = (run, Some(key));
         } else {
-            // Not remembered: the next frame starts another run.
-            let run = self.run;
-            self.run = 0;
-            return (run, false);
+            (self.run, self.tracker_key) = (0, None);
         }
-        (self.run, false)
+        (run, key)
     }
 }
 
@@ -283,7 +282,6 @@ impl ConnectionHandler for Intake {
             // Ids only need to tell live connections apart within one drain.
             id: info.id as u32,
             decoder: FrameDecoder::new(),
-            session: KeyCache::default(),
             key_run: KeyRun::default(),
             failed: false,
         }
@@ -295,7 +293,6 @@ impl ConnectionHandler for Intake {
         let mut read = Read {
             conn: conn.id,
             now: Instant::now(),
-            session: &mut conn.session,
             key_run: &mut conn.key_run,
             sequences: None,
         };
@@ -351,24 +348,31 @@ mod tests {
     #[test]
     fn a_key_run_lasts_while_the_session_id_and_process_name_stay_the_same() {
         let next = AtomicU64::new(1);
+        let tracker = SeqTracker::new(64, Duration::from_secs(60));
+        let of = |run: &mut KeyRun, session: &[u8], process: &[u8]| {
+            let (id, key) = run.of(session, process, &next, &tracker);
+            assert_eq!(key, tracker.key(session), "the tracker's own key");
+            id
+        };
         let (mut a, mut b) = (KeyRun::default(), KeyRun::default());
-        let first = a.of(b"s1", b"codex", &next).0;
+        let first = of(&mut a, b"s1", b"codex");
         assert_ne!(first, 0);
-        assert_eq!(a.of(b"s1", b"codex", &next).0, first);
-        assert!(a.of(b"s1", b"codex", &next).1, "the same run says so");
-        let other_conn = b.of(b"s1", b"codex", &next).0;
+        assert_eq!(of(&mut a, b"s1", b"codex"), first);
+        let other_conn = of(&mut b, b"s1", b"codex");
         assert_ne!(other_conn, first, "runs are per connection");
-        let process_changed = a.of(b"s1", b"claude", &next).0;
+        let process_changed = of(&mut a, b"s1", b"claude");
         assert_ne!(process_changed, first);
-        let back = a.of(b"s1", b"codex", &next).0;
+        let session_changed = of(&mut a, b"s2", b"claude");
+        assert_ne!(session_changed, process_changed);
+        let back = of(&mut a, b"s1", b"codex");
         assert!(
-            ![first, process_changed].contains(&back),
+            ![first, process_changed, session_changed].contains(&back),
             "a key coming back is a new run"
         );
         // Keys too long to remember: every frame a run of its own.
         let long = vec![b'x'; KEY_RUN_MAX];
-        let l1 = a.of(&long, b"codex", &next).0;
-        let l2 = a.of(&long, b"codex", &next).0;
+        let l1 = of(&mut a, &long, b"codex");
+        let l2 = of(&mut a, &long, b"codex");
         assert!(l1 != l2 && l1 != 0 && l2 != 0);
     }
 }

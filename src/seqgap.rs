@@ -20,9 +20,6 @@ use crate::codec::LogFrame;
 pub const DEFAULT_MAX_SESSIONS: usize = 4096;
 /// Idle time after which a session is forgotten, by default.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);
-/// Session ids up to this long are remembered by a [`KeyCache`]; longer ones are
-/// hashed every time (a cache holds at most this much per connection).
-const CACHED_ID_MAX: usize = 256;
 /// No entry: the end of the recency list.
 const NIL: u32 = u32::MAX;
 
@@ -267,35 +264,6 @@ impl SeqTracker {
             n => self.entries[n as usize].newer = slot,
         }
         self.newest = slot;
-    }
-}
-
-/// Remembers the key of the last session id seen on one connection (boundary
-/// writes one session per connection), so a connection's session id is hashed
-/// once rather than once per frame.
-#[derive(Debug, Default)]
-pub struct KeyCache {
-    id: Vec<u8>,
-    key: Option<SessionKey>,
-}
-
-impl KeyCache {
-    /// The key of `session_id` in `tracker` (the same tracker every time).
-    pub fn key(&mut self, tracker: &SeqTracker, session_id: &[u8]) -> SessionKey {
-        match self.key {
-            Some(key) if self.id == session_id => key,
-            _ => {
-                let key = tracker.key(session_id);
-                if session_id.len() <= CACHED_ID_MAX {
-                    self.id.clear();
-                    self.id.extend_from_slice(session_id);
-                    self.key = Some(key);
-                } else {
-                    self.key = None;
-                }
-                key
-            }
-        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use boundary_log_proxy::codec::LogFrame;
-use boundary_log_proxy::seqgap::{KeyCache, SeqFindings, SeqTracker};
+use boundary_log_proxy::seqgap::{SeqFindings, SeqTracker};
 use boundary_log_proxy::workload;
 
 const EXPIRY: Duration = Duration::from_secs(600);
@@ -284,17 +284,17 @@ fn a_session_seen_again_moves_ahead_of_the_eviction_order() {
 #[test]
 fn a_connection_that_changes_session_id_is_tracked_under_the_new_one() {
     let mut t = tracker();
-    let mut cache = KeyCache::default();
     let now = Instant::now();
-    let mut observe = |t: &mut SeqTracker, frame: &LogFrame| {
-        let key = cache.key(t, frame.request_key().0);
+    // As the intake does: the frame's key looked up apart from the observation.
+    let observe = |t: &mut SeqTracker, frame: &LogFrame| {
+        let key = t.key(frame.request_key().0);
         t.observe_as(key, frame, now)
     };
     assert_eq!(observe(&mut t, &run("first", 0, 10)), found(0, 0));
     assert_eq!(observe(&mut t, &run("second", 100, 10)), found(0, 0));
     assert_eq!(observe(&mut t, &run("first", 15, 1)), found(5, 0));
     assert_eq!(observe(&mut t, &run("second", 110, 1)), found(0, 0));
-    // Keys from the cache are the tracker's own: observe() sees the same sessions.
+    // Keys looked up apart are the tracker's own: observe() sees the same sessions.
     assert_eq!(t.observe(&run("second", 113, 1), now), found(2, 0));
     let long = "x".repeat(1_000);
     assert_eq!(observe(&mut t, &run(&long, 7, 1)), found(0, 0));
