@@ -336,6 +336,12 @@ mod tests {
         }
     }
 
+    fn coalesced(frames: &[QueuedFrame], limits: Limits) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        coalesce(frames, limits, &mut out);
+        out
+    }
+
     fn decode(out: &Outgoing) -> ReportBoundaryLogsRequest {
         out.request.decode().unwrap()
     }
@@ -348,8 +354,7 @@ mod tests {
             queued("s1", "codex", 3, 4, 1),
             queued("s1", "claude-code", 0, 1, 3),
         ];
-        let mut out = Vec::new();
-        coalesce(&frames, LIMITS, &mut out);
+        let out = coalesced(&frames, LIMITS);
         let requests: Vec<_> = out.iter().map(decode).collect();
         let keys: Vec<_> = requests
             .iter()
@@ -392,8 +397,7 @@ mod tests {
             queued("s1", "codex", 3, 1, 2),
             queued("s1", "codex", 2, 1, 1),
         ];
-        let mut out = Vec::new();
-        coalesce(&frames, LIMITS, &mut out);
+        let out = coalesced(&frames, LIMITS);
         let summary: Vec<_> = out
             .iter()
             .map(decode)
@@ -413,8 +417,7 @@ mod tests {
             queued("s2", "", 0, 2, 2),
             queued("", "codex", 0, 1, 3),
         ];
-        let mut out = Vec::new();
-        coalesce(&frames, LIMITS, &mut out);
+        let out = coalesced(&frames, LIMITS);
         assert_eq!(out.len(), 3);
         for o in &out {
             let bytes = &o.request.bytes;
@@ -439,8 +442,7 @@ mod tests {
             queued("s3", "codex", 0, 2, 2),
             queued("s3", "codex", 2, 2, 3),
         ];
-        let mut out = Vec::new();
-        coalesce(&frames, LIMITS, &mut out);
+        let out = coalesced(&frames, LIMITS);
         assert_eq!(out.len(), 3);
         let keys: Vec<&OrderKey> = out.iter().map(|o| &o.order).collect();
         assert_eq!(keys[2].conns, [2, 3]);
@@ -464,8 +466,7 @@ mod tests {
             max_logs: 10,
             ..LIMITS
         };
-        let mut out = Vec::new();
-        coalesce(&frames, limits, &mut out);
+        let out = coalesced(&frames, limits);
         let logs: Vec<u32> = out.iter().map(|r| r.request.logs).collect();
         assert_eq!(logs, [6, 6]);
         assert!(
@@ -525,8 +526,7 @@ mod tests {
             max_logs: 100_000,
             max_bytes: 100_000,
         };
-        let mut out = Vec::new();
-        coalesce(&frames, limits, &mut out);
+        let out = coalesced(&frames, limits);
         for o in &out {
             assert!(
                 o.request.bytes.len() <= limits.max_bytes,
@@ -563,8 +563,7 @@ mod tests {
             max_logs: 100,
             ..LIMITS
         };
-        let mut out = Vec::new();
-        coalesce(&frames, limits, &mut out);
+        let out = coalesced(&frames, limits);
         assert_eq!(out.len(), 50);
         assert!(out.iter().all(|o| o.request.logs == 100));
         assert_eq!(seqs(&out), (1000..6000).collect::<Vec<_>>());
@@ -584,8 +583,7 @@ mod tests {
             max_logs: 1000,
             max_bytes: total / 3,
         };
-        let mut out = Vec::new();
-        coalesce(&[frame], limits, &mut out);
+        let out = coalesced(&[frame], limits);
         assert!(out.len() >= 3, "{} parts", out.len());
         for o in &out {
             assert!(o.request.bytes.len() <= limits.max_bytes);
@@ -601,8 +599,7 @@ mod tests {
             max_logs: 1000,
             max_bytes: 10,
         };
-        let mut out = Vec::new();
-        coalesce(&[frame], limits, &mut out);
+        let out = coalesced(&[frame], limits);
         assert_eq!(
             out.iter().map(|o| o.request.logs).collect::<Vec<_>>(),
             [1, 1, 1]
@@ -617,8 +614,7 @@ mod tests {
             max_logs: 100,
             ..LIMITS
         };
-        let mut out = Vec::new();
-        coalesce(&frames, limits, &mut out);
+        let out = coalesced(&frames, limits);
         let shape: Vec<(u32, u32)> = out
             .iter()
             .map(|o| (o.request.logs, o.request.frames))
