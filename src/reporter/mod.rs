@@ -63,9 +63,10 @@ pub trait Reporter: Send + Sync + 'static {
 
     /// Whether a call may hold up the thread it runs on (blocking I/O, a synchronous
     /// client, unbounded work). The server then runs every call on a thread of its own
-    /// so that the shutdown deadline holds whatever a call does; a reporter whose calls
-    /// always return promptly without blocking (the null reporter) says `false` and is
-    /// called on the forwarder's own task, without that hand-off. Default `true`.
+    /// so that the shutdown deadline holds whatever a call does. A reporter whose calls
+    /// never block the thread (they only await, so the forwarder can drop them at the
+    /// deadline: the null, gRPC and coder reporters) says `false` and is called on the
+    /// forwarder's own task, without that hand-off. Default `true`.
     fn calls_may_block(&self) -> bool {
         true
     }
