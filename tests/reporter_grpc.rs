@@ -482,33 +482,3 @@ async fn calls_succeed_again_after_coderd_crashes_and_comes_back() {
     call_until_delivered(&reporter, 40).await;
     assert_eq!(coderd.requests().len(), 2);
 }
-
-#[tokio::test]
-async fn a_request_in_parts_reaches_coderd_as_their_concatenation() {
-    let request = sample_request();
-    let bytes = request.encode_to_vec();
-    // Cut where the forwarder would not (inside a record) as well as between records.
-    let mut parts = boundary_log_proxy::reporter::RequestBytes::new();
-    for piece in [
-        &bytes[..1],
-        &bytes[1..7],
-        &bytes[7..bytes.len() - 3],
-        &bytes[bytes.len() - 3..],
-    ] {
-        parts.push(bytes::Bytes::copy_from_slice(piece));
-    }
-    assert_eq!(parts.parts().len(), 4);
-    let coderd = FakeCoderd::start().await;
-    reporter(&coderd.addr())
-        .report_encoded(EncodedRequest {
-            bytes: parts,
-            logs: 2,
-            frames: 1,
-            records_end: None,
-        })
-        .await
-        .unwrap();
-    let received = &coderd.requests()[0];
-    assert_eq!(received.raw.as_ref(), bytes.as_slice());
-    assert_eq!(received.request, request);
-}

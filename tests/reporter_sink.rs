@@ -181,7 +181,7 @@ async fn run_sink_serves_until_shutdown_then_removes_the_socket() {
 #[tokio::test]
 async fn a_quiet_sink_refuses_what_a_printing_sink_refuses_and_counts_nothing_for_it() {
     let bad_utf8 = EncodedRequest {
-        bytes: bytes::Bytes::from_static(&[0x12, 0x02, 0xff, 0xfe]).into(),
+        bytes: bytes::Bytes::from_static(&[0x12, 0x02, 0xff, 0xfe]),
         logs: 0,
         frames: 1,
         records_end: None,

@@ -82,13 +82,6 @@ impl LogFrame {
     pub fn encoded_logs(&self) -> &[u8] {
         &self.bytes[usize::from(self.logs.start)..usize::from(self.logs.end)]
     }
-    /// Bytes `records` of [`LogFrame::encoded_logs`], sharing the frame's buffer (no
-    /// copy), for a request that holds them as one of its parts.
-    pub fn encoded_logs_part(&self, records: Range<usize>) -> Bytes {
-        let start = usize::from(self.logs.start);
-        debug_assert!(records.end <= usize::from(self.logs.end) - start);
-        self.bytes.slice(start + records.start..start + records.end)
-    }
     /// The whole request as wire bytes (logs, session id, process name).
     pub fn encoded_request(&self) -> &Bytes {
         &self.bytes

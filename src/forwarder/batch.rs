@@ -9,7 +9,7 @@ use std::ops::Range;
 use bytes::{BufMut, BytesMut};
 
 use crate::intake::QueuedFrame;
-use crate::reporter::{EncodedRequest, RequestBytes};
+use crate::reporter::EncodedRequest;
 
 /// Field 1 (`logs`), field 2 (`session_id`) and field 3 (`confined_process_name`),
 /// wire type 2.
@@ -226,17 +226,8 @@ impl Groups<'_> {
     }
 }
 
-/// Most received frames whose buffers one request holds; the records of the rest are
-/// copied. A held frame keeps its whole receive arena (up to one maximum payload,
-/// 32 KiB) alive until the request is done, so this bounds what a request can pin to
-/// 4 MiB however small and scattered its frames are. Boundary's usual frames (tens of
-/// logs) fill a 1000-log request well under it.
-pub const MAX_HELD_FRAMES: usize = 128;
-
-/// Builds one request: every piece's log records, then the shared session id and
-/// process name once. The records are not copied: the request holds slices of the
-/// frames' own buffers (up to [`MAX_HELD_FRAMES`] of them, the rest copied into one
-/// buffer), then one small buffer with the session id and process name.
+/// Writes one request: every piece's log records, then the shared session id and
+/// process name once.
 fn encode(frames: &[QueuedFrame], group: &Group) -> Outgoing {
     let (session, process) = frames[group.pieces[0].frame].frame.request_key();
     let mut conns: Vec<u32> = group.pieces.iter().map(|p| frames[p.frame].conn).collect();
@@ -244,31 +235,22 @@ fn encode(frames: &[QueuedFrame], group: &Group) -> Outgoing {
     conns.dedup();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (session, process).hash(&mut hasher);
-    let held = group.pieces.len().min(MAX_HELD_FRAMES);
-    let mut bytes = RequestBytes::with_capacity(held + 1);
-    let copied_len: usize = group.pieces[held..].iter().map(|p| p.records.len()).sum();
-    let mut tail = BytesMut::with_capacity(copied_len + trailer_len(session, process));
+    let mut buf = BytesMut::with_capacity(group.bytes + trailer_len(session, process));
     let mut frame_ends = Vec::new();
     let mut logs = 0u32;
-    for (n, piece) in group.pieces.iter().enumerate() {
-        let frame = &frames[piece.frame].frame;
-        if n < held {
-            bytes.push(frame.encoded_logs_part(piece.records.clone()));
-        } else {
-            tail.put_slice(&frame.encoded_logs()[piece.records.clone()]);
-        }
+    for piece in &group.pieces {
+        buf.put_slice(&frames[piece.frame].frame.encoded_logs()[piece.records.clone()]);
         logs += piece.logs as u32;
         if piece.ends_frame {
             frame_ends.push(logs);
         }
     }
-    let records_end = (bytes.len() + tail.len()) as u32;
-    put_string_field(&mut tail, SESSION_ID_KEY, session);
-    put_string_field(&mut tail, PROCESS_NAME_KEY, process);
-    bytes.push(tail.freeze());
+    let records_end = buf.len() as u32;
+    put_string_field(&mut buf, SESSION_ID_KEY, session);
+    put_string_field(&mut buf, PROCESS_NAME_KEY, process);
     Outgoing {
         request: EncodedRequest {
-            bytes,
+            bytes: buf.freeze(),
             logs,
             frames: frame_ends.len() as u32,
             records_end: Some(records_end),
@@ -429,57 +411,6 @@ mod tests {
     }
 
     #[test]
-    fn a_request_holds_its_frames_records_without_copying_them() {
-        let frames = [
-            queued("s1", "codex", 0, 3, 1),
-            queued("s1", "codex", 3, 2, 1),
-        ];
-        let out = coalesced(&frames, LIMITS);
-        assert_eq!(out.len(), 1);
-        let parts = out[0].request.bytes.parts();
-        assert_eq!(parts.len(), 3, "two frames' records, then the trailer");
-        for (part, queued) in parts.iter().zip(&frames) {
-            assert_eq!(part.as_ptr(), queued.frame.encoded_logs().as_ptr());
-            assert_eq!(part.len(), queued.frame.encoded_logs().len());
-        }
-        assert_eq!(decode(&out[0]).logs.len(), 5);
-    }
-
-    #[test]
-    fn a_request_holds_at_most_max_held_frames_buffers_and_copies_the_rest() {
-        let count = MAX_HELD_FRAMES + 30;
-        let frames: Vec<QueuedFrame> = (0..count)
-            .map(|i| queued("s1", "codex", i as i32, 1, 1))
-            .collect();
-        let out = coalesced(&frames, LIMITS);
-        assert_eq!(out.len(), 1);
-        let request = &out[0].request;
-        let parts = request.bytes.parts();
-        assert_eq!(
-            parts.len(),
-            MAX_HELD_FRAMES + 1,
-            "held frames, then one copied tail"
-        );
-        for (part, queued) in parts.iter().zip(&frames[..MAX_HELD_FRAMES]) {
-            assert_eq!(part.as_ptr(), queued.frame.encoded_logs().as_ptr());
-        }
-        let copied: usize = frames[MAX_HELD_FRAMES..]
-            .iter()
-            .map(|q| q.frame.encoded_logs().len())
-            .sum();
-        let tail = parts.last().unwrap();
-        assert_eq!(tail.len(), copied + trailer_len(b"s1", b"codex"));
-        assert_eq!(
-            request.records_end,
-            Some((request.bytes.len() - trailer_len(b"s1", b"codex")) as u32)
-        );
-        let decoded = decode(&out[0]);
-        let seqs: Vec<i32> = decoded.logs.iter().map(|l| l.sequence_number).collect();
-        assert_eq!(seqs, (0..count as i32).collect::<Vec<_>>());
-        assert_eq!(decoded.session_id, "s1");
-    }
-
-    #[test]
     fn records_end_is_where_the_session_id_and_process_name_begin() {
         let frames = [
             queued("s1", "codex", 0, 3, 1),
@@ -489,7 +420,7 @@ mod tests {
         let out = coalesced(&frames, LIMITS);
         assert_eq!(out.len(), 3);
         for o in &out {
-            let bytes = o.request.bytes.to_bytes();
+            let bytes = &o.request.bytes;
             let end = o.request.records_end.expect("the forwarder's requests say") as usize;
             let records = ReportBoundaryLogsRequest::decode(&bytes[..end]).unwrap();
             let trailer = ReportBoundaryLogsRequest::decode(&bytes[end..]).unwrap();

@@ -8,7 +8,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::batch::{first_record_len, Limits, Outgoing, LOGS_KEY};
 use crate::reporter::grpc::Oversize;
-use crate::reporter::{EncodedRequest, RequestBytes};
+use crate::reporter::EncodedRequest;
 use crate::sync::atomic::{AtomicUsize, Ordering};
 
 /// The limits one destination was found to take: the configured ones until it
@@ -52,16 +52,13 @@ impl Learned {
 
 /// A request's log records: where each ends (byte offsets from the start) and the
 /// bytes after them (the session id and process name fields).
-struct Records {
-    bytes: bytes::Bytes,
+struct Records<'a> {
+    bytes: &'a [u8],
     ends: Vec<usize>,
 }
 
-impl Records {
-    /// The records of `request` (copied into one buffer when in parts: splitting is
-    /// the rare path of a refusal or a lowered limit).
-    fn of(request: &RequestBytes) -> Self {
-        let bytes = request.to_bytes();
+impl<'a> Records<'a> {
+    fn of(bytes: &'a [u8]) -> Self {
         let mut ends = Vec::new();
         let mut at = 0;
         while bytes.get(at) == Some(&LOGS_KEY) {
@@ -96,7 +93,7 @@ impl Records {
 /// Cuts `out` after its first `at` logs (`0 < at < logs`) into two requests of the
 /// same session id and process name, each frame counted with the part holding its
 /// last log. Both keep `out`'s order key.
-fn cut(out: &Outgoing, records: &Records, at: usize) -> (Outgoing, Outgoing) {
+fn cut(out: &Outgoing, records: &Records<'_>, at: usize) -> (Outgoing, Outgoing) {
     let count = records.ends.len();
     debug_assert!(0 < at && at < count);
     let at32 = at as u32;
@@ -107,7 +104,7 @@ fn cut(out: &Outgoing, records: &Records, at: usize) -> (Outgoing, Outgoing) {
         let (bytes, records_end) = records.request(logs.clone());
         Outgoing {
             request: EncodedRequest {
-                bytes: bytes.into(),
+                bytes,
                 logs: logs.len() as u32,
                 frames: frame_ends.len() as u32,
                 records_end: Some(records_end),

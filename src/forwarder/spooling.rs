@@ -46,7 +46,7 @@ fn encode_payload(out: &Outgoing, buf: &mut Vec<u8>) {
     for end in &out.frame_ends {
         buf.extend_from_slice(&end.to_le_bytes());
     }
-    bytes::BufMut::put(buf, out.request.bytes.reader());
+    buf.extend_from_slice(&out.request.bytes);
 }
 
 /// Splits a record's payload back; `None` if it is too short for its frame count.
@@ -65,7 +65,7 @@ fn decode_payload(
         .collect();
     let request = EncodedRequest {
         records_end: Some(batch::records_end(&payload[prefix..])),
-        bytes: payload.slice(prefix..).into(),
+        bytes: payload.slice(prefix..),
         logs,
         frames,
     };

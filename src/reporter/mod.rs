@@ -4,26 +4,23 @@ pub mod any;
 pub mod coder;
 pub mod grpc;
 pub mod null;
-pub mod request;
 pub mod stdout;
 
 use std::future::Future;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use prost::Message as _;
 
 use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
-
-pub use self::request::RequestBytes;
 
 /// One merged `ReportBoundaryLogsRequest`, already encoded as protobuf wire bytes,
 /// with the counts the forwarder accounts in (a "frame" is one received frame, the
 /// unit coder calls a batch).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedRequest {
-    /// The request's wire bytes, in parts (the forwarder's requests hold the received
-    /// frames' records uncopied; see [`RequestBytes`]).
-    pub bytes: RequestBytes,
+    /// The request's wire bytes.
+    pub bytes: Bytes,
     /// Logs inside.
     pub logs: u32,
     /// Received frames merged into it.
@@ -39,7 +36,7 @@ pub struct EncodedRequest {
 impl EncodedRequest {
     /// Decodes the bytes into the generated message.
     pub fn decode(&self) -> Result<ReportBoundaryLogsRequest, tonic::Status> {
-        ReportBoundaryLogsRequest::decode(self.bytes.reader())
+        ReportBoundaryLogsRequest::decode(self.bytes.clone())
             .map_err(|e| tonic::Status::internal(format!("re-decoding a merged request: {e}")))
     }
 }

@@ -5,7 +5,7 @@
 
 use std::io;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures_util::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::drpc::{self, Kind, PacketReader, PacketWriter, WireError};
@@ -43,18 +43,12 @@ impl From<WireError> for CallError {
 
 /// The bytes a call writes first: Invoke(`rpc`), Message(`request`), CloseSend.
 pub fn request_bytes(rpc: &str, request: &[u8]) -> Vec<u8> {
-    request_bytes_from(rpc, request)
-}
-
-/// [`request_bytes`] with the request read from a `bytes::Buf` (the forwarder's
-/// requests come in parts): its bytes are copied once, into the Message packet.
-pub fn request_bytes_from<D: Buf>(rpc: &str, request: D) -> Vec<u8> {
     let mut out = Vec::with_capacity(
-        drpc::packet_wire_len(drpc::Id::new(1, 2), request.remaining()) + 64 + rpc.len(),
+        drpc::packet_wire_len(drpc::Id::new(1, 2), request.len()) + 64 + rpc.len(),
     );
     let mut writer = PacketWriter::new(DRPC_STREAM);
     writer.put(&mut out, Kind::Invoke, rpc.as_bytes());
-    writer.put_from(&mut out, Kind::Message, request);
+    writer.put(&mut out, Kind::Message, request);
     writer.put(&mut out, Kind::CloseSend, b"");
     out
 }

@@ -196,19 +196,6 @@ pub fn put_frame<B: BufMut>(
     control: bool,
     data: &[u8],
 ) {
-    put_frame_header(buf, id, kind, done, control, data.len());
-    buf.put_slice(data);
-}
-
-/// Appends a frame's header for `data_len` bytes of data, which the caller appends next.
-fn put_frame_header<B: BufMut>(
-    buf: &mut B,
-    id: Id,
-    kind: Kind,
-    done: bool,
-    control: bool,
-    data_len: usize,
-) {
     let mut byte = kind.wire() << 1;
     if done {
         byte |= 0x01;
@@ -219,32 +206,22 @@ fn put_frame_header<B: BufMut>(
     buf.put_u8(byte);
     put_varint(buf, id.stream);
     put_varint(buf, id.message);
-    put_varint(buf, data_len as u64);
+    put_varint(buf, data.len() as u64);
+    buf.put_slice(data);
 }
 
 /// Appends a packet as drpc writes it: frames of at most [`MAX_FRAME_DATA`] bytes of data,
 /// done set on the last one only (an empty packet is one empty frame).
 pub fn put_packet<B: BufMut>(buf: &mut B, id: Id, kind: Kind, control: bool, data: &[u8]) {
-    put_packet_from(buf, id, kind, control, data);
-}
-
-/// [`put_packet`] with the data read from a `bytes::Buf` (a request in parts), copied
-/// straight into the frames.
-pub fn put_packet_from<B: BufMut, D: Buf>(
-    buf: &mut B,
-    id: Id,
-    kind: Kind,
-    control: bool,
-    mut data: D,
-) {
+    let mut rest = data;
     loop {
-        let take = data.remaining().min(MAX_FRAME_DATA);
-        let done = take == data.remaining();
-        put_frame_header(buf, id, kind, done, control, take);
-        buf.put((&mut data).take(take));
-        if done {
+        let take = rest.len().min(MAX_FRAME_DATA);
+        let (chunk, tail) = rest.split_at(take);
+        put_frame(buf, id, kind, tail.is_empty(), control, chunk);
+        if tail.is_empty() {
             return;
         }
+        rest = tail;
     }
 }
 
@@ -303,13 +280,8 @@ impl PacketWriter {
 
     /// Appends the next packet (split into frames as needed) and returns its id.
     pub fn put<B: BufMut>(&mut self, buf: &mut B, kind: Kind, data: &[u8]) -> Id {
-        self.put_from(buf, kind, data)
-    }
-
-    /// [`PacketWriter::put`] with the data read from a `bytes::Buf`.
-    pub fn put_from<B: BufMut, D: Buf>(&mut self, buf: &mut B, kind: Kind, data: D) -> Id {
         let id = self.next;
-        put_packet_from(buf, id, kind, false, data);
+        put_packet(buf, id, kind, false, data);
         self.next.message += 1;
         id
     }
@@ -463,25 +435,6 @@ mod tests {
         let mut buf = Vec::new();
         put_packet(&mut buf, id, kind, false, data);
         buf
-    }
-
-    #[test]
-    fn a_packet_from_parts_is_framed_as_the_same_bytes_in_one_piece() {
-        let data: Vec<u8> = (0..2 * MAX_FRAME_DATA + 100).map(|i| i as u8).collect();
-        let id = Id::new(1, 2);
-        // Cuts on, just before and just after the 64 KiB frame boundaries.
-        let mut parts = crate::reporter::RequestBytes::new();
-        let cuts = [0, 10, MAX_FRAME_DATA - 1, MAX_FRAME_DATA + 1, 2 * MAX_FRAME_DATA];
-        for pair in cuts.windows(2) {
-            parts.push(Bytes::copy_from_slice(&data[pair[0]..pair[1]]));
-        }
-        parts.push(Bytes::copy_from_slice(&data[2 * MAX_FRAME_DATA..]));
-        let mut from_parts = Vec::new();
-        put_packet_from(&mut from_parts, id, Kind::Message, false, parts.reader());
-        assert_eq!(from_parts, encode(id, Kind::Message, &data));
-        let packets = read_all(&from_parts).unwrap();
-        assert_eq!(packets.len(), 1);
-        assert_eq!(packets[0].data, data);
     }
 
     fn read_all(bytes: &[u8]) -> Result<Vec<Packet>, WireError> {

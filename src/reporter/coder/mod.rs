@@ -23,7 +23,7 @@ use self::buildinfo::Gate;
 use self::call::{CallError, REPORT_BOUNDARY_LOGS};
 use self::net::{Connector, TlsSetupError};
 use self::session::Session;
-use super::{EncodedRequest, Reporter, RequestBytes};
+use super::{EncodedRequest, Reporter};
 use crate::config::coder::{CoderSettings, CoderUrl};
 use crate::events::{
     CoderdConnectFailed, CoderdConnected, CoderdDisconnected, InternalEvent as _,
@@ -393,16 +393,15 @@ impl CoderReporter {
     /// to record, about 12 ns per log, 4% of the proxy's CPU on this path in profiles.
     async fn send_counting(
         &self,
-        request: &RequestBytes,
+        request: &[u8],
         records_end: Option<u32>,
         logs: u64,
     ) -> Result<(), Status> {
-        let first = call::request_bytes_from(REPORT_BOUNDARY_LOGS, request.reader());
-        let trailer = match records_end {
-            Some(at) => request.tail(at as usize),
-            None => request.to_bytes(),
-        };
-        let non_uuid = session_id(&trailer).filter(|id| !is_uuid(id));
+        let first = call::request_bytes(REPORT_BOUNDARY_LOGS, request);
+        let trailer = records_end
+            .and_then(|at| request.get(at as usize..))
+            .unwrap_or(request);
+        let non_uuid = session_id(trailer).filter(|id| !is_uuid(id));
         self.send_prepared(&first).await?;
         if let Some(session_id) = non_uuid {
             NonUuidSessionForwarded { logs, session_id }.emit(&self.inner.metrics);
@@ -416,7 +415,7 @@ impl Reporter for CoderReporter {
         &self,
         request: ReportBoundaryLogsRequest,
     ) -> Result<ReportBoundaryLogsResponse, Status> {
-        let bytes = RequestBytes::from(request.encode_to_vec());
+        let bytes = request.encode_to_vec();
         self.send_counting(&bytes, None, request.logs.len() as u64)
             .await?;
         Ok(ReportBoundaryLogsResponse {})

@@ -1,17 +1,16 @@
 //! The call's codec: writes already-encoded request bytes as they are (or encodes a
 //! message straight into tonic's buffer) and decodes the empty response with prost.
 
-use bytes::BufMut as _;
+use bytes::{BufMut as _, Bytes};
 use prost::Message as _;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
 use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
-use crate::reporter::RequestBytes;
 
 /// What one call carries: wire bytes from the forwarder, or a message to encode.
 pub(super) enum Outbound {
-    Encoded(RequestBytes),
+    Encoded(Bytes),
     Message(ReportBoundaryLogsRequest),
 }
 
@@ -54,7 +53,7 @@ impl Encoder for RawEncoder {
         match item {
             Outbound::Encoded(bytes) => {
                 dst.reserve(bytes.len());
-                dst.put(bytes.reader());
+                dst.put_slice(&bytes);
                 Ok(())
             }
             Outbound::Message(message) => message
