@@ -100,7 +100,14 @@ const MESSAGE_BYTES: usize = (256 << 10) + 12;
 /// An upgraded websocket read and written as bytes: the writes made between two flushes
 /// are sent as one binary message (up to [`MESSAGE_BYTES`]; the yamux session writes a
 /// frame's header and body apart, then flushes), so a frame costs one message, not two;
-/// reads return the bytes of binary messages in order. Pings are answered by
+/// reads return the bytes of binary messages in order.
+///
+/// A flush right after writes is put off by one turn of the task: it wakes the task and
+/// answers pending, and the next flush with no write in between sends. The yamux session
+/// flushes after every frame, and goes on to write the frames already queued when a
+/// flush is pending, so the frames queued together (a call's DRPC Close and its stream's
+/// FIN, the next call's request, window updates) leave as one message and one `write`
+/// instead of one each. Pings are answered by
 /// tungstenite as long as the stream is read (the yamux session reads it continuously).
 /// A close frame or the end of the connection reads as end of stream; a text message is
 /// an error.
@@ -109,6 +116,8 @@ pub struct WsBytes {
     unread: Bytes,
     /// Written bytes not yet handed to the websocket as a message.
     unsent: BytesMut,
+    /// Whether bytes were written since the last flush was asked for.
+    wrote: bool,
 }
 
 impl WsBytes {
@@ -117,6 +126,7 @@ impl WsBytes {
             ws,
             unread: Bytes::new(),
             unsent: BytesMut::new(),
+            wrote: false,
         }
     }
 
@@ -183,10 +193,16 @@ impl AsyncWrite for WsBytes {
             ready!(self.poll_send_unsent(cx))?;
         }
         self.unsent.extend_from_slice(buf);
+        self.wrote = true;
         Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if std::mem::take(&mut self.wrote) {
+            // One more turn for the frames queued behind this one (see the type's doc).
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         ready!(self.poll_send_unsent(cx))?;
         Pin::new(&mut self.ws).poll_flush(cx).map_err(io_error)
     }
@@ -200,6 +216,39 @@ impl AsyncWrite for WsBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::io::AsyncWriteExt as _;
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    #[tokio::test]
+    async fn frames_written_and_flushed_in_one_turn_leave_as_one_message() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let client = WebSocketStream::from_raw_socket(Box::new(ours) as BoxIo, Role::Client, None);
+        let mut coderd = WebSocketStream::from_raw_socket(theirs, Role::Server, None).await;
+        let mut bytes = WsBytes::new(client.await);
+        // As the yamux session writes a call's Close and then its FIN: a frame, a flush,
+        // the next queued frame, a flush, all in one poll.
+        std::future::poll_fn(|cx| {
+            assert!(Pin::new(&mut bytes).poll_write(cx, b"close").is_ready());
+            assert!(
+                Pin::new(&mut bytes).poll_flush(cx).is_pending(),
+                "put off a turn"
+            );
+            assert!(Pin::new(&mut bytes).poll_write(cx, b"fin").is_ready());
+            assert!(Pin::new(&mut bytes).poll_flush(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        // The next turn's flush, with nothing written in between, sends.
+        bytes.flush().await.unwrap();
+        let message = coderd.next().await.unwrap().unwrap();
+        assert_eq!(message, Message::Binary(Bytes::from_static(b"closefin")));
+        // A lone write is sent by the flush that follows it, one turn later.
+        bytes.write_all(b"next").await.unwrap();
+        bytes.flush().await.unwrap();
+        let message = coderd.next().await.unwrap().unwrap();
+        assert_eq!(message, Message::Binary(Bytes::from_static(b"next")));
+    }
 
     #[test]
     fn coderds_json_message_is_what_gets_reported() {
