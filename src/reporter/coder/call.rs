@@ -3,6 +3,7 @@
 //! (failure) packet, whether or not the server's CloseSend follows; then Close after a
 //! success, and the stream closed (docs/coder-transport.md, "One call").
 
+use std::borrow::Cow;
 use std::io;
 
 use bytes::Bytes;
@@ -53,6 +54,48 @@ pub fn request_bytes(rpc: &str, request: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Request data up to this size is copied behind its frame header; longer data is
+/// written from where it lies, as a write of its own.
+const INLINE_DATA: usize = 4 << 10;
+
+/// The bytes of [`request_bytes`] as consecutive writes: the DRPC framing (Invoke, each
+/// Message frame's header, CloseSend) in small buffers of its own, the request's data
+/// borrowed where it lies rather than copied behind them. Each write becomes one yamux
+/// frame; the frames of one call leave together (see `websocket::WsBytes`), so the
+/// request's bytes are copied once fewer on their way out.
+pub fn request_writes<'a>(rpc: &str, request: &'a [u8]) -> Vec<Cow<'a, [u8]>> {
+    let mut writes = Vec::with_capacity(3 + 2 * request.len().div_ceil(drpc::MAX_FRAME_DATA));
+    let mut head = Vec::with_capacity(64 + rpc.len());
+    let mut writer = PacketWriter::new(DRPC_STREAM);
+    writer.put(&mut head, Kind::Invoke, rpc.as_bytes());
+    let id = writer.next_id();
+    let mut rest = request;
+    loop {
+        let (data, tail) = rest.split_at(rest.len().min(drpc::MAX_FRAME_DATA));
+        drpc::put_frame_header(
+            &mut head,
+            id,
+            Kind::Message,
+            tail.is_empty(),
+            false,
+            data.len(),
+        );
+        if data.len() <= INLINE_DATA {
+            head.extend_from_slice(data);
+        } else {
+            writes.push(Cow::Owned(std::mem::take(&mut head)));
+            writes.push(Cow::Borrowed(data));
+        }
+        if tail.is_empty() {
+            break;
+        }
+        rest = tail;
+    }
+    writer.put(&mut head, Kind::CloseSend, b"");
+    writes.push(Cow::Owned(head));
+    writes
+}
+
 /// Makes one unary call of `rpc` with the encoded `request` on `stream` (a fresh yamux
 /// stream) and returns the response message's bytes. The stream is closed on return,
 /// whatever the outcome.
@@ -60,11 +103,11 @@ pub async fn unary<S>(stream: &mut S, rpc: &str, request: &[u8]) -> Result<Bytes
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    unary_prepared(stream, &request_bytes(rpc, request)).await
+    unary_prepared(stream, &request_writes(rpc, request)).await
 }
 
-/// [`unary`] with its first write already built by [`request_bytes`].
-pub async fn unary_prepared<S>(stream: &mut S, first: &[u8]) -> Result<Bytes, CallError>
+/// [`unary`] with its first writes already built by [`request_writes`].
+pub async fn unary_prepared<S>(stream: &mut S, first: &[Cow<'_, [u8]>]) -> Result<Bytes, CallError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -88,11 +131,13 @@ where
     result
 }
 
-async fn exchange<S>(stream: &mut S, first: &[u8]) -> Result<Bytes, CallError>
+async fn exchange<S>(stream: &mut S, first: &[Cow<'_, [u8]>]) -> Result<Bytes, CallError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    stream.write_all(first).await?;
+    for write in first {
+        stream.write_all(write).await?;
+    }
     stream.flush().await?;
     let mut reader = PacketReader::new();
     // Answers are a few bytes (an empty response message, an error's text).
@@ -186,6 +231,56 @@ mod tests {
         ) -> std::task::Poll<io::Result<()>> {
             self.closed = true;
             std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn the_writes_of_a_request_are_its_drpc_bytes_with_long_data_left_where_it_lies() {
+        let max = drpc::MAX_FRAME_DATA;
+        for len in [
+            0,
+            1,
+            INLINE_DATA,
+            INLINE_DATA + 1,
+            max - 1,
+            max,
+            max + 1,
+            max + INLINE_DATA + 1,
+            2 * max + 7,
+        ] {
+            let request: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let writes = request_writes(REPORT_BOUNDARY_LOGS, &request);
+            assert_eq!(
+                writes.concat(),
+                request_bytes(REPORT_BOUNDARY_LOGS, &request),
+                "{len} bytes"
+            );
+            for write in &writes {
+                if let Cow::Borrowed(data) = write {
+                    assert!(
+                        data.len() > INLINE_DATA,
+                        "{len} bytes: short data is copied"
+                    );
+                    let at = data.as_ptr() as usize - request.as_ptr() as usize;
+                    assert!(
+                        at + data.len() <= request.len(),
+                        "{len} bytes: borrowed from the request"
+                    );
+                }
+            }
+            let borrowed: usize = writes
+                .iter()
+                .filter_map(|w| matches!(w, Cow::Borrowed(_)).then_some(w.len()))
+                .sum();
+            let long: usize = request
+                .chunks(max)
+                .filter(|c| c.len() > INLINE_DATA)
+                .map(<[u8]>::len)
+                .sum();
+            assert_eq!(
+                borrowed, long,
+                "{len} bytes: every long frame's data is borrowed"
+            );
         }
     }
 

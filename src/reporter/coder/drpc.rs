@@ -196,6 +196,20 @@ pub fn put_frame<B: BufMut>(
     control: bool,
     data: &[u8],
 ) {
+    put_frame_header(buf, id, kind, done, control, data.len());
+    buf.put_slice(data);
+}
+
+/// Appends the header of a frame whose `data_len` bytes of data the caller writes next
+/// (to send data without copying it behind its header).
+pub fn put_frame_header<B: BufMut>(
+    buf: &mut B,
+    id: Id,
+    kind: Kind,
+    done: bool,
+    control: bool,
+    data_len: usize,
+) {
     let mut byte = kind.wire() << 1;
     if done {
         byte |= 0x01;
@@ -206,8 +220,7 @@ pub fn put_frame<B: BufMut>(
     buf.put_u8(byte);
     put_varint(buf, id.stream);
     put_varint(buf, id.message);
-    put_varint(buf, data.len() as u64);
-    buf.put_slice(data);
+    put_varint(buf, data_len as u64);
 }
 
 /// Appends a packet as drpc writes it: frames of at most [`MAX_FRAME_DATA`] bytes of data,
@@ -276,6 +289,13 @@ impl PacketWriter {
         Self {
             next: Id::new(stream, 1),
         }
+    }
+
+    /// Takes the next packet's id, for a packet the caller frames itself.
+    pub fn next_id(&mut self) -> Id {
+        let id = self.next;
+        self.next.message += 1;
+        id
     }
 
     /// Appends the next packet (split into frames as needed) and returns its id.

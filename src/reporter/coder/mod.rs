@@ -11,6 +11,7 @@ pub mod net;
 pub mod session;
 pub mod websocket;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -232,13 +233,13 @@ impl CoderReporter {
     /// coderd's text for a DRPC Error (permanent), UNAVAILABLE for anything that went wrong
     /// on the way (transient).
     pub async fn send(&self, request: &[u8]) -> Result<(), Status> {
-        self.send_prepared(&call::request_bytes(REPORT_BOUNDARY_LOGS, request))
+        self.send_prepared(&call::request_writes(REPORT_BOUNDARY_LOGS, request))
             .await
     }
 
-    /// [`CoderReporter::send`] with the call's first write already built by
-    /// [`call::request_bytes`].
-    async fn send_prepared(&self, first: &[u8]) -> Result<(), Status> {
+    /// [`CoderReporter::send`] with the call's first writes already built by
+    /// [`call::request_writes`].
+    async fn send_prepared(&self, first: &[Cow<'_, [u8]>]) -> Result<(), Status> {
         let used: Mutex<Option<Arc<Session>>> = Mutex::new(None);
         let work = async {
             let session = self.session().await?;
@@ -397,7 +398,7 @@ impl CoderReporter {
         records_end: Option<u32>,
         logs: u64,
     ) -> Result<(), Status> {
-        let first = call::request_bytes(REPORT_BOUNDARY_LOGS, request);
+        let first = call::request_writes(REPORT_BOUNDARY_LOGS, request);
         let trailer = records_end
             .and_then(|at| request.get(at as usize..))
             .unwrap_or(request);
