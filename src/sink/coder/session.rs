@@ -3,18 +3,23 @@
 //! each inbound yamux stream served by `rpc`, plus the keep-alive pings coderd sends
 //! (websocket pings, yamux pings) and the connection cuts the tests inject.
 //!
-//! The websocket and the yamux session meet through an in-memory pipe, pumped by two tasks
-//! (one a direction), so neither direction ever waits on the other.
+//! The websocket and the yamux session meet through two pumps, one a direction, so neither
+//! direction ever waits on the other: inbound, each message's bytes go over a bounded
+//! channel and the session reads them from there (no copy on the way); outbound, the
+//! session writes into an in-memory pipe that the other pump reads in up to 64 KiB
+//! messages.
 
 use std::os::fd::RawFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf as _, Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, DuplexStream};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
@@ -23,7 +28,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
 use super::frames::{sink_ping, FrameTracker, Passed};
 use super::{rpc, CoderSink, Cut, Keepalive};
@@ -34,6 +38,57 @@ const PIPE_BYTES: usize = 256 << 10;
 const READ_BYTES: usize = 64 << 10;
 /// How long a websocket close frame may take to go out before the connection is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Websocket messages the inbound pump may hand over before the yamux session has read
+/// them (each up to one client message, at most 256 KiB from the proxy).
+const INBOUND_MESSAGES: usize = 4;
+
+/// The yamux session's byte stream: reads take the inbound pump's message bytes as they
+/// are, writes go into the pipe to the outbound pump. A closed channel reads as the end
+/// of the stream.
+struct SessionIo {
+    reads: mpsc::Receiver<Bytes>,
+    /// What is left of the message being read.
+    unread: Bytes,
+    writes: WriteHalf<DuplexStream>,
+}
+
+impl futures_util::io::AsyncRead for SessionIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        while self.unread.is_empty() {
+            match ready!(self.reads.poll_recv(cx)) {
+                Some(bytes) => self.unread = bytes,
+                None => return Poll::Ready(Ok(0)),
+            }
+        }
+        let n = buf.len().min(self.unread.len());
+        buf[..n].copy_from_slice(&self.unread[..n]);
+        self.unread.advance(n);
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl futures_util::io::AsyncWrite for SessionIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.writes).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.writes).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.writes).poll_shutdown(cx)
+    }
+}
 
 /// Which part of the session ended, and why.
 #[derive(Debug)]
@@ -80,7 +135,14 @@ pub(super) async fn run<S>(
     let config = sink.config();
     let (ws_out, ws_in) = websocket.split();
     let (yamux_end, pump_end) = tokio::io::duplex(PIPE_BYTES);
-    let (from_yamux, to_yamux) = tokio::io::split(pump_end);
+    let (_, yamux_writes) = tokio::io::split(yamux_end);
+    let (from_yamux, _) = tokio::io::split(pump_end);
+    let (to_yamux, yamux_reads) = mpsc::channel(INBOUND_MESSAGES);
+    let yamux_io = SessionIo {
+        reads: yamux_reads,
+        unread: Bytes::new(),
+        writes: yamux_writes,
+    };
     let answered = Arc::new(Answered::default());
     let (cut_tx, mut cut_rx) = mpsc::unbounded_channel::<Cut>();
     let (close_tx, close_rx) = oneshot::channel::<()>();
@@ -95,7 +157,7 @@ pub(super) async fn run<S>(
         [config.websocket_keepalive, config.yamux_keepalive],
         close_rx,
     ));
-    parts.spawn(serve_yamux(sink, connection, yamux_end, cut_tx));
+    parts.spawn(serve_yamux(sink, connection, yamux_io, cut_tx));
 
     let ended = tokio::select! {
         Some(cut) = cut_rx.recv() => {
@@ -167,7 +229,7 @@ fn set_zero_linger(fd: RawFd) {
 async fn inbound<S>(
     sink: CoderSink,
     mut ws_in: SplitStream<WebSocketStream<S>>,
-    mut to_yamux: WriteHalf<DuplexStream>,
+    to_yamux: mpsc::Sender<Bytes>,
     answered: Arc<Answered>,
 ) -> Ended
 where
@@ -200,12 +262,15 @@ where
                     answered.moved.notify_one();
                     counters.yamux_pongs.fetch_add(pongs, Ordering::Relaxed);
                 }
-                let written = match passed {
-                    Passed::AsIs => to_yamux.write_all(&data).await,
-                    Passed::Filtered => to_yamux.write_all(&bytes).await,
+                let passed = match passed {
+                    Passed::AsIs => data,
+                    Passed::Filtered => bytes.split().freeze(),
                 };
-                if let Err(error) = written {
-                    return end(format!("the yamux session is gone: {error}"));
+                if passed.is_empty() {
+                    continue;
+                }
+                if to_yamux.send(passed).await.is_err() {
+                    return end("the yamux session is gone".into());
                 }
             }
             Ok(Message::Pong(payload)) => {
@@ -337,12 +402,11 @@ async fn sleep_until(at: Option<Instant>) {
 async fn serve_yamux(
     sink: CoderSink,
     connection: u64,
-    pipe: DuplexStream,
+    io: SessionIo,
     cut: mpsc::UnboundedSender<Cut>,
 ) -> Ended {
     let end = |why: String| Ended::new(Part::Yamux, why);
-    let mut session =
-        yamux::Connection::new(pipe.compat(), yamux::Config::default(), yamux::Mode::Server);
+    let mut session = yamux::Connection::new(io, yamux::Config::default(), yamux::Mode::Server);
     let mut calls = JoinSet::new();
     loop {
         tokio::select! {
@@ -424,6 +488,42 @@ impl Pinger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_session_reads_the_messages_bytes_in_order_and_ends_when_the_pump_does() {
+        use futures_util::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (yamux_end, mut pump_end) = tokio::io::duplex(1024);
+        let (_, writes) = tokio::io::split(yamux_end);
+        let (tx, reads) = mpsc::channel(INBOUND_MESSAGES);
+        let mut io = SessionIo {
+            reads,
+            unread: Bytes::new(),
+            writes,
+        };
+        for message in [&b"yamux-"[..], b"", b"header", b"+body"] {
+            tx.send(Bytes::from_static(message)).await.unwrap();
+        }
+        drop(tx);
+        // Reads of any size cut across messages; the closed channel is the end.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4];
+        loop {
+            let n = io.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"yamux-header+body");
+        // Writes reach the outbound pump's end of the pipe.
+        io.write_all(b"answer").await.unwrap();
+        io.flush().await.unwrap();
+        let mut out = [0u8; 6];
+        tokio::io::AsyncReadExt::read_exact(&mut pump_end, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(&out, b"answer");
+    }
 
     const KEEPALIVE: Keepalive = Keepalive {
         interval: Duration::from_secs(10),
