@@ -107,10 +107,11 @@ const MESSAGE_BYTES: usize = (256 << 10) + 12;
 /// flushes after every frame, and goes on to write the frames already queued when a
 /// flush is pending, so the frames queued together (a call's DRPC Close and its stream's
 /// FIN, the next call's request, window updates) leave as one message and one `write`
-/// instead of one each. Pings are answered by
-/// tungstenite as long as the stream is read (the yamux session reads it continuously).
-/// A close frame or the end of the connection reads as end of stream; a text message is
-/// an error.
+/// instead of one each.
+///
+/// Pings are answered by tungstenite as long as the stream is read (the yamux session
+/// reads it continuously). A close frame or the end of the connection reads as end of
+/// stream; a text message is an error.
 pub struct WsBytes {
     ws: WebSocketStream<BoxIo>,
     unread: Bytes,

@@ -32,7 +32,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::frames::{sink_ping, FrameTracker, Passed};
 use super::{rpc, CoderSink, Cut, Keepalive};
 
-/// Bytes the pipe between the websocket and the yamux session holds in each direction.
+/// Bytes the pipe from the yamux session to the outbound pump holds.
 const PIPE_BYTES: usize = 256 << 10;
 /// Bytes read from the yamux session at a time (one websocket message at most).
 const READ_BYTES: usize = 64 << 10;
