@@ -350,6 +350,16 @@ impl PacketReader {
         }
     }
 
+    /// A reader accepting packets up to [`MAX_PACKET_DATA`] whose buffer starts with room
+    /// for `capacity` bytes: a side that receives large messages (the sink) then does not
+    /// grow it, copying what it holds, as a frame of up to 64 KiB arrives.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            buf: BytesMut::with_capacity(capacity),
+            ..Self::new()
+        }
+    }
+
     /// Adds bytes read off the stream.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt as _};
 
 use super::{Call, CallFault, CoderSink, Cut, Outcome, REPORT_BOUNDARY_LOGS};
-use crate::reporter::coder::drpc::{error_data, Kind, PacketReader, PacketWriter};
+use crate::reporter::coder::drpc::{self, error_data, Kind, PacketReader, PacketWriter};
 use crate::sink::Received;
 
 /// How long a call cut after its answer waits for the client to close the stream (that
@@ -50,7 +50,8 @@ pub(super) async fn serve_stream(
         tracing::debug!(%error, connection, "coder sink: acknowledging a yamux stream");
         return;
     }
-    let mut reader = PacketReader::new();
+    // Requests come in frames of up to 64 KiB, read in up to READ_BYTES at a time.
+    let mut reader = PacketReader::with_capacity(drpc::MAX_FRAME_DATA + READ_BYTES);
     let mut scratch = vec![0u8; READ_BYTES];
     // The DRPC stream invoked and its method, until the call is answered.
     let mut invoked: Option<(u64, String)> = None;
