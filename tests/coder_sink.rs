@@ -11,7 +11,7 @@ use boundary_log_proxy::metrics::CoderdConnectResult;
 use boundary_log_proxy::sink::coder::{
     CallFault, Cut, HttpReject, Keepalive, Outcome, REPORT_BOUNDARY_LOGS,
 };
-use futures_util::StreamExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use prost::Message as _;
 use support::coder_sink::TestCoderd;
 use support::proxy::{eventually, request};
@@ -442,5 +442,41 @@ async fn a_request_of_several_windows_arrives_intact() {
     assert!(
         calls[0].request == sent,
         "the request arrived byte for byte"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_message_over_a_mebibyte_ends_the_connection() {
+    let coderd = TestCoderd::start(|c| {
+        c.websocket_keepalive = None;
+        c.yamux_keepalive = None;
+    })
+    .await;
+    // Four times the proxy's largest message passes; a message over 1 MiB does not (the
+    // sink queues up to four messages per connection, so this bounds its buffering).
+    // The message is well-formed yamux: pings (type 2, SYN) that the sink would answer.
+    let ping = [0u8, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7];
+    let message: Vec<u8> = ping.repeat((1 << 20) / ping.len() + 1);
+    assert!(message.len() > 1 << 20);
+    let mut websocket = raw_websocket(&coderd).await;
+    websocket
+        .send(Message::Binary(message.into()))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match websocket.next().await {
+                None | Some(Err(_)) => return "closed",
+                Some(Ok(Message::Close(_))) => return "close frame",
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the sink ends the connection");
+    assert!(["closed", "close frame"].contains(&ended));
+    assert!(
+        coderd.sink.calls().is_empty(),
+        "nothing of it reached a call"
     );
 }
