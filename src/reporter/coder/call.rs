@@ -1,5 +1,6 @@
 //! The unary DRPC call on one yamux stream, as storj drpc's client makes it: Invoke, Message
-//! and CloseSend on DRPC stream 1 in one write; done at the first Message (success) or Error
+//! and CloseSend on DRPC stream 1, written one after the other before any answer is read
+//! (see `request_writes`); done at the first Message (success) or Error
 //! (failure) packet, whether or not the server's CloseSend follows; then Close after a
 //! success, and the stream closed (docs/coder-transport.md, "One call").
 
@@ -60,9 +61,10 @@ const INLINE_DATA: usize = 4 << 10;
 
 /// The bytes of [`request_bytes`] as consecutive writes: the DRPC framing (Invoke, each
 /// Message frame's header, CloseSend) in small buffers of its own, the request's data
-/// borrowed where it lies rather than copied behind them. Each write becomes one yamux
-/// frame; the frames of one call leave together (see `websocket::WsBytes`), so the
-/// request's bytes are copied once fewer on their way out.
+/// borrowed where it lies rather than copied behind them, so the request's bytes are
+/// copied once fewer on their way out. Each write becomes a yamux frame (or several,
+/// when the stream's send window is short), and the frames queued before the session's
+/// task runs usually leave in one websocket message (see `websocket::WsBytes`).
 pub fn request_writes<'a>(rpc: &str, request: &'a [u8]) -> Vec<Cow<'a, [u8]>> {
     let mut writes = Vec::with_capacity(3 + 2 * request.len().div_ceil(drpc::MAX_FRAME_DATA));
     let mut head = Vec::with_capacity(64 + rpc.len());

@@ -356,7 +356,9 @@ impl PacketReader {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             buf: BytesMut::with_capacity(capacity),
-            ..Self::new()
+            current: Id::new(1, 1),
+            partial: None,
+            max_packet: MAX_PACKET_DATA,
         }
     }
 

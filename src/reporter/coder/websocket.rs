@@ -221,6 +221,8 @@ mod tests {
     use futures_util::StreamExt as _;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
     #[tokio::test]
     async fn frames_written_and_flushed_in_one_turn_leave_as_one_message() {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
@@ -240,15 +242,32 @@ mod tests {
             Poll::Ready(())
         })
         .await;
-        // The next turn's flush, with nothing written in between, sends.
-        bytes.flush().await.unwrap();
-        let message = coderd.next().await.unwrap().unwrap();
-        assert_eq!(message, Message::Binary(Bytes::from_static(b"closefin")));
+        // The next turn's flush, with nothing written in between, sends. (A lost wake-up
+        // would hang: each wait is bounded.)
+        tokio::time::timeout(WAIT, bytes.flush())
+            .await
+            .expect("flushed")
+            .unwrap();
+        let message = tokio::time::timeout(WAIT, coderd.next())
+            .await
+            .expect("sent");
+        assert_eq!(
+            message.unwrap().unwrap(),
+            Message::Binary(Bytes::from_static(b"closefin"))
+        );
         // A lone write is sent by the flush that follows it, one turn later.
         bytes.write_all(b"next").await.unwrap();
-        bytes.flush().await.unwrap();
-        let message = coderd.next().await.unwrap().unwrap();
-        assert_eq!(message, Message::Binary(Bytes::from_static(b"next")));
+        tokio::time::timeout(WAIT, bytes.flush())
+            .await
+            .expect("flushed")
+            .unwrap();
+        let message = tokio::time::timeout(WAIT, coderd.next())
+            .await
+            .expect("sent");
+        assert_eq!(
+            message.unwrap().unwrap(),
+            Message::Binary(Bytes::from_static(b"next"))
+        );
     }
 
     #[test]

@@ -224,8 +224,8 @@ fn set_zero_linger(fd: RawFd) {
     }
 }
 
-/// Websocket -> yamux: binary messages' bytes into the pipe, less the answers to the
-/// sink's yamux pings; websocket pongs noted.
+/// Websocket -> yamux: binary messages' bytes over the channel to the session, less the
+/// answers to the sink's yamux pings; websocket pongs noted.
 async fn inbound<S>(
     sink: CoderSink,
     mut ws_in: SplitStream<WebSocketStream<S>>,
