@@ -401,11 +401,7 @@ async fn call_and_watch_the_end(coderd: &TestCoderd) -> Ending {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_kind_of_cut_ends_the_connection_as_named() {
-    let coderd = TestCoderd::start(|c| {
-        c.websocket_keepalive = None;
-        c.yamux_keepalive = None;
-    })
-    .await;
+    let coderd = coderd_without_pings().await;
     for (cut, ending) in [
         (Cut::TcpClose, Ending::Eof),
         (Cut::TcpReset, Ending::Reset),
@@ -447,11 +443,7 @@ async fn a_request_of_several_windows_arrives_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_message_over_a_mebibyte_ends_the_connection() {
-    let coderd = TestCoderd::start(|c| {
-        c.websocket_keepalive = None;
-        c.yamux_keepalive = None;
-    })
-    .await;
+    let coderd = coderd_without_pings().await;
     // Four times the proxy's largest message passes; a message over 1 MiB does not (the
     // sink queues up to four messages per connection, so this bounds its buffering).
     // The message is well-formed yamux: pings (type 2, SYN) that the sink would answer.
@@ -479,4 +471,13 @@ async fn a_websocket_message_over_a_mebibyte_ends_the_connection() {
         coderd.sink.calls().is_empty(),
         "nothing of it reached a call"
     );
+}
+
+/// A sink that sends no keep-alive pings of either kind, so a test sees only its own traffic.
+async fn coderd_without_pings() -> TestCoderd {
+    TestCoderd::start(|c| {
+        c.websocket_keepalive = None;
+        c.yamux_keepalive = None;
+    })
+    .await
 }

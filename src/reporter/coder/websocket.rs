@@ -242,32 +242,33 @@ mod tests {
             Poll::Ready(())
         })
         .await;
-        // The next turn's flush, with nothing written in between, sends. (A lost wake-up
-        // would hang: each wait is bounded.)
-        tokio::time::timeout(WAIT, bytes.flush())
-            .await
-            .expect("flushed")
-            .unwrap();
-        let message = tokio::time::timeout(WAIT, coderd.next())
-            .await
-            .expect("sent");
+        // The next turn's flush, with nothing written in between, sends.
         assert_eq!(
-            message.unwrap().unwrap(),
-            Message::Binary(Bytes::from_static(b"closefin"))
+            flush_and_receive(&mut bytes, &mut coderd).await,
+            b"closefin"[..]
         );
         // A lone write is sent by the flush that follows it, one turn later.
         bytes.write_all(b"next").await.unwrap();
+        assert_eq!(
+            flush_and_receive(&mut bytes, &mut coderd).await,
+            b"next"[..]
+        );
+    }
+
+    /// Flushes `bytes` and returns the binary message `coderd` then receives; each wait
+    /// is bounded, so a lost wake-up fails instead of hanging.
+    async fn flush_and_receive(
+        bytes: &mut WsBytes,
+        coderd: &mut WebSocketStream<tokio::io::DuplexStream>,
+    ) -> Bytes {
         tokio::time::timeout(WAIT, bytes.flush())
             .await
             .expect("flushed")
             .unwrap();
-        let message = tokio::time::timeout(WAIT, coderd.next())
-            .await
-            .expect("sent");
-        assert_eq!(
-            message.unwrap().unwrap(),
-            Message::Binary(Bytes::from_static(b"next"))
-        );
+        match tokio::time::timeout(WAIT, coderd.next()).await {
+            Ok(Some(Ok(Message::Binary(data)))) => data,
+            other => panic!("expected a binary message, got {other:?}"),
+        }
     }
 
     #[test]
