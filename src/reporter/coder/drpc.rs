@@ -342,23 +342,22 @@ impl PacketReader {
 
     /// A reader accepting packets up to `max_packet` bytes of data.
     pub fn with_max_packet(max_packet: usize) -> Self {
-        Self {
-            buf: BytesMut::with_capacity(4096),
-            current: Id::new(1, 1),
-            partial: None,
-            max_packet,
-        }
+        Self::with(max_packet, 4096)
     }
 
     /// A reader accepting packets up to [`MAX_PACKET_DATA`] whose buffer starts with room
     /// for `capacity` bytes: a side that receives large messages (the sink) then does not
     /// grow it, copying what it holds, as a frame of up to 64 KiB arrives.
     pub fn with_capacity(capacity: usize) -> Self {
+        Self::with(MAX_PACKET_DATA, capacity)
+    }
+
+    fn with(max_packet: usize, capacity: usize) -> Self {
         Self {
             buf: BytesMut::with_capacity(capacity),
             current: Id::new(1, 1),
             partial: None,
-            max_packet: MAX_PACKET_DATA,
+            max_packet,
         }
     }
 
