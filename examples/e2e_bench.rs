@@ -321,6 +321,25 @@ fn thread_cpu(pid: u32) -> Vec<(String, u64, u64)> {
     by_name
 }
 
+/// Busy and total time of all CPUs from `/proc/stat`'s `cpu` line, in clock ticks:
+/// busy is everything but idle and iowait (steal included, as time the machine did not
+/// give us).
+fn machine_ticks() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
 fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -685,6 +704,8 @@ struct Row {
     sink_cpu_ns: Option<u64>,
     load_before: String,
     load_after: String,
+    /// Share of all CPUs' time spent busy (any process) over the run, 0..1.
+    machine_busy: f64,
 }
 
 impl Row {
@@ -758,6 +779,7 @@ fn measure(args: &RunArgs, bin: &Path, reporter: ReporterKind, run: u32) -> io::
     };
     let profiler = Profiler::start(args, stage.proxy.pid(), run)?;
     let load_before = loadavg();
+    let machine_before = machine_ticks();
     let proxy_before = proc_cpu_ns(stage.proxy.pid())?;
     let threads_before = thread_cpu(stage.proxy.pid());
     let sink_before = match &stage.sink {
@@ -804,6 +826,7 @@ fn measure(args: &RunArgs, bin: &Path, reporter: ReporterKind, run: u32) -> io::
         None => None,
     };
     let load_after = loadavg();
+    let machine_after = machine_ticks();
     drop(profiler);
     if let Some(w) = writer {
         w.finish()?;
@@ -836,6 +859,8 @@ fn measure(args: &RunArgs, bin: &Path, reporter: ReporterKind, run: u32) -> io::
         sink_cpu_ns: sink_before.zip(sink_after).map(|(b, a)| a - b),
         load_before,
         load_after,
+        machine_busy: (machine_after.0 - machine_before.0) as f64
+            / (machine_after.1 - machine_before.1).max(1) as f64,
     })
 }
 
@@ -980,7 +1005,7 @@ fn harness(args: &RunArgs) -> io::Result<()> {
             let proxy = row.per_log(row.proxy_cpu_ns);
             let sink = row.sink_cpu_ns.map(|ns| row.per_log(ns));
             println!(
-                "round {round} {:?}: {} logs written, {} received, {} delivered, {} dropped ({} buffer_full), {} frames rejected; written in {:.3} s, settled in {:.3} s: {:.2} M delivered logs/s; proxy CPU {:.0} ns/log ({:.2} cores; {:.2}x prost's decode); writer {:.0} ns/log{}; load {} -> {}",
+                "round {round} {:?}: {} logs written, {} received, {} delivered, {} dropped ({} buffer_full), {} frames rejected; written in {:.3} s, settled in {:.3} s: {:.2} M delivered logs/s; proxy CPU {:.0} ns/log ({:.2} cores; {:.2}x prost's decode); writer {:.0} ns/log{}; machine {:.0}% busy; load {} -> {}",
                 row.reporter,
                 row.logs,
                 row.counters.received,
@@ -996,6 +1021,7 @@ fn harness(args: &RunArgs) -> io::Result<()> {
                 proxy / prost_ns,
                 row.per_log(row.writer_cpu_ns),
                 sink.map(|s| format!("; sink {s:.0} ns/log")).unwrap_or_default(),
+                row.machine_busy * 100.0,
                 row.load_before,
                 row.load_after,
             );
