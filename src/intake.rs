@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use crate::codec::{decode_message, CodecError, FrameDecoder, LogFrame, Message, RawFrame};
+use crate::codec::{decode_message, FrameDecoder, LogFrame, Message, RawFrame};
 use crate::events::{
     BoundaryStatusReported, BufferFull, ConnectionClosed, ConnectionOpened, ConnectionRejected,
     ForwardDropReason, ForwardDropped, FrameRejected, InternalEvent, LogsReceived, RingOccupancy,
@@ -290,41 +288,6 @@ impl ConnectionHandler for Intake {
     }
 
     fn data(&self, conn: &mut Connection, mut bytes: &[u8]) -> ControlFlow<()> {
-        self.read(conn, |decoder| decoder.decode(&mut bytes))
-    }
-
-    /// The frames lying whole in a receive buffer handed over are slices of it, not
-    /// copies (`FrameDecoder::decode_shared`).
-    fn data_owned(&self, conn: &mut Connection, mut bytes: Bytes) -> ControlFlow<()> {
-        self.read(conn, |decoder| decoder.decode_shared(&mut bytes))
-    }
-
-    fn closed(&self, conn: Connection, _cause: CloseCause) {
-        if !conn.failed {
-            if let Err(error) = conn.decoder.finish() {
-                FrameRejected::from(&error).emit(&self.metrics);
-            }
-        }
-        ConnectionClosed.emit(&self.metrics);
-    }
-
-    fn rejected(&self, reason: RejectReason) {
-        let reason = match reason {
-            RejectReason::Limit => ConnectionRejectReason::Limit,
-            RejectReason::PeerUid => ConnectionRejectReason::PeerUid,
-        };
-        ConnectionRejected { reason }.emit(&self.metrics);
-    }
-}
-
-impl Intake {
-    /// Takes in one read's frames, cut by `next` from the read's bytes until it returns
-    /// `Ok(None)` (the bytes used up) or a framing error (the connection closes).
-    fn read(
-        &self,
-        conn: &mut Connection,
-        mut next: impl FnMut(&mut FrameDecoder) -> Result<Option<RawFrame>, CodecError>,
-    ) -> ControlFlow<()> {
         let mut frames = 0usize;
         // One clock reading per read: the frames of one read arrived together.
         let mut read = Read {
@@ -334,7 +297,7 @@ impl Intake {
             sequences: None,
         };
         let flow = loop {
-            match next(&mut conn.decoder) {
+            match conn.decoder.decode(&mut bytes) {
                 Ok(Some(raw)) => {
                     frames += 1;
                     self.frame(&mut read, raw);
@@ -358,6 +321,23 @@ impl Intake {
             .emit(&self.metrics);
         }
         flow
+    }
+
+    fn closed(&self, conn: Connection, _cause: CloseCause) {
+        if !conn.failed {
+            if let Err(error) = conn.decoder.finish() {
+                FrameRejected::from(&error).emit(&self.metrics);
+            }
+        }
+        ConnectionClosed.emit(&self.metrics);
+    }
+
+    fn rejected(&self, reason: RejectReason) {
+        let reason = match reason {
+            RejectReason::Limit => ConnectionRejectReason::Limit,
+            RejectReason::PeerUid => ConnectionRejectReason::PeerUid,
+        };
+        ConnectionRejected { reason }.emit(&self.metrics);
     }
 }
 

@@ -95,22 +95,10 @@ fn a_decoder_holds_at_most_one_frame_whatever_the_chunking() {
             let (chunk, after) = rest.split_at(len);
             rest = after;
             let mut input = chunk;
-            // Every other round, each chunk handed over whole, as the io_uring reader
-            // hands over a receive buffer.
-            let mut shared = (round % 2 == 1).then(|| bytes::Bytes::copy_from_slice(chunk));
             let before = live();
             let mut frames = Vec::new();
-            match shared.as_mut() {
-                Some(shared) => {
-                    while let Some(frame) = decoder.decode_shared(shared).unwrap() {
-                        frames.push(frame);
-                    }
-                }
-                None => {
-                    while let Some(frame) = decoder.decode(&mut input).unwrap() {
-                        frames.push(frame);
-                    }
-                }
+            while let Some(frame) = decoder.decode(&mut input).unwrap() {
+                frames.push(frame);
             }
             // What the decoder itself keeps, once the frames it cut are gone.
             drop(frames);
@@ -176,26 +164,6 @@ fn keep_log_frames(stream: &[u8], chunk: usize) -> (Vec<LogFrame>, isize) {
     (kept, pinned)
 }
 
-/// As [`keep_log_frames`], with each chunk handed over whole (`decode_shared`, as the
-/// io_uring reader hands over a receive buffer): kept frames are slices of the chunks.
-fn keep_log_frames_shared(stream: &[u8], chunk: usize) -> (Vec<LogFrame>, isize) {
-    let before = live();
-    let mut kept = Vec::with_capacity(1024);
-    let reserved = live() - before;
-    let mut decoder = FrameDecoder::new();
-    for piece in stream.chunks(chunk) {
-        let mut input = bytes::Bytes::copy_from_slice(piece);
-        while let Some(raw) = decoder.decode_shared(&mut input).unwrap() {
-            if let Ok(Message::Logs(frame)) = decode_message(raw) {
-                kept.push(frame);
-            }
-        }
-    }
-    drop(decoder);
-    let pinned = live() - before - reserved;
-    (kept, pinned)
-}
-
 #[test]
 fn a_frame_kept_in_the_ring_pins_at_most_one_frame_of_memory() {
     // The worst input for sharing: each read holds one small valid frame and
@@ -221,15 +189,6 @@ fn a_frame_kept_in_the_ring_pins_at_most_one_frame_of_memory() {
             "chunks of {chunk}: each kept frame pins {each} bytes"
         );
     }
-    // Receive buffers handed over (16 KiB, the io_uring reader's): a kept frame pins
-    // the buffer it is a slice of, one buffer at most.
-    let (kept, pinned) = keep_log_frames_shared(&stream, 16 * 1024);
-    assert_eq!(kept.len(), 200);
-    let each = pinned / 200;
-    assert!(
-        each as usize <= 16 * 1024 + BOOKKEEPING,
-        "buffers handed over: each kept frame pins {each} bytes"
-    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Framing: the 4-byte header (tag in the top 8 bits, length in the low 24) and an
 //! incremental decoder that turns arbitrarily split byte chunks into frames.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::CodecError;
 
@@ -84,12 +84,9 @@ pub struct RawFrame {
 /// Incremental decoder for one connection. Holds at most one header plus one
 /// maximum payload of unconsumed bytes.
 ///
-/// From borrowed input ([`decode`](FrameDecoder::decode)) each byte is copied once,
-/// into an arena shared by the payloads of the frames cut from it. From shared input
-/// ([`decode_shared`](FrameDecoder::decode_shared)) a frame lying whole in the input
-/// is a slice of it, not a copy; only a frame split across inputs is collected in the
-/// arena. When the decoder stops at a frame boundary with its input used up it lets
-/// go of the arena, so an idle decoder holds no heap memory.
+/// Each input byte is copied once, into an arena shared by the payloads of the
+/// frames cut from it. When the decoder stops at a frame boundary with its input
+/// used up it lets go of the arena, so an idle decoder holds no heap memory.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     /// Arena the current payload is collected in; its spare capacity is kept for the
@@ -155,43 +152,6 @@ impl FrameDecoder {
             tag: header.tag,
             payload,
         }))
-    }
-
-    /// As [`decode`](FrameDecoder::decode), from the front of shared `input`: a frame
-    /// whose header and payload lie whole in `input` (none of it buffered from earlier
-    /// input) comes back as a slice of `input`'s allocation, without a copy; anything
-    /// else goes through the arena as in `decode`. The frames, errors and buffered
-    /// state are the same as `decode` gives for the same bytes.
-    pub fn decode_shared(&mut self, input: &mut Bytes) -> Result<Option<RawFrame>, CodecError> {
-        if self.failed.is_none() && self.pending.is_none() && self.head_len == 0 {
-            if let Some(head) = input.first_chunk::<HEADER_LEN>() {
-                let header = match decode_header(*head) {
-                    Ok(header) => header,
-                    Err(err) => {
-                        input.advance(HEADER_LEN);
-                        self.failed = Some(err.clone());
-                        return Err(err);
-                    }
-                };
-                if input.len() >= HEADER_LEN + header.len {
-                    let payload = input.slice(HEADER_LEN..HEADER_LEN + header.len);
-                    input.advance(HEADER_LEN + header.len);
-                    if input.is_empty() {
-                        // An arena kept from a frame collected earlier in this input.
-                        self.release_idle();
-                    }
-                    return Ok(Some(RawFrame {
-                        tag: header.tag,
-                        payload,
-                    }));
-                }
-            }
-        }
-        let mut rest: &[u8] = input;
-        let result = self.decode(&mut rest);
-        let used = input.len() - rest.len();
-        input.advance(used);
-        result
     }
 
     /// At end of stream: `Err(Truncated)` when a partial frame is buffered.
@@ -412,118 +372,6 @@ mod tests {
             [1; 300][..]
         );
         assert_eq!(decoder.arena_capacity(), 0);
-    }
-
-    /// Frames (or the error) and end state of `chunks` fed to `decode`, and to
-    /// `decode_shared` as shared chunks.
-    fn both_ways(chunks: &[&[u8]]) -> [(Vec<RawFrame>, Option<CodecError>, usize); 2] {
-        let mut borrowed = (Vec::new(), None, 0);
-        let mut decoder = FrameDecoder::new();
-        'chunks: for chunk in chunks {
-            let mut input = *chunk;
-            loop {
-                match decoder.decode(&mut input) {
-                    Ok(Some(frame)) => borrowed.0.push(frame),
-                    Ok(None) => break,
-                    Err(err) => {
-                        borrowed.1 = Some(err);
-                        break 'chunks;
-                    }
-                }
-            }
-        }
-        borrowed.2 = decoder.buffered();
-        let mut shared = (Vec::new(), None, 0);
-        let mut decoder = FrameDecoder::new();
-        'shared: for chunk in chunks {
-            let mut input = Bytes::copy_from_slice(chunk);
-            loop {
-                match decoder.decode_shared(&mut input) {
-                    Ok(Some(frame)) => shared.0.push(frame),
-                    Ok(None) => {
-                        assert!(input.is_empty(), "None only when the input is used up");
-                        break;
-                    }
-                    Err(err) => {
-                        shared.1 = Some(err);
-                        break 'shared;
-                    }
-                }
-            }
-        }
-        shared.2 = decoder.buffered();
-        [borrowed, shared]
-    }
-
-    #[test]
-    fn shared_input_gives_the_frames_borrowed_input_gives_at_every_split() {
-        let mut stream = Vec::new();
-        for (i, len) in [0usize, 1, 3, 4, 5, 100, 700, 0, 33]
-            .into_iter()
-            .enumerate()
-        {
-            let tag = if i % 2 == 0 { Tag::V1 } else { Tag::V2 };
-            encode_frame(tag, &vec![i as u8; len], &mut stream).unwrap();
-        }
-        for a in 0..=stream.len() {
-            for b in [a, a + 1, a + 3, a + 4, a + 5, a + 101, stream.len()] {
-                let b = b.min(stream.len());
-                let [borrowed, shared] = both_ways(&[&stream[..a], &stream[a..b], &stream[b..]]);
-                assert_eq!(borrowed, shared, "cut at {a} and {b}");
-                assert_eq!(shared.0.len(), 9);
-            }
-        }
-        // Truncated: the same buffered state.
-        for cut in 0..stream.len() {
-            let [borrowed, shared] = both_ways(&[&stream[..cut]]);
-            assert_eq!(borrowed, shared, "truncated at {cut}");
-        }
-    }
-
-    #[test]
-    fn shared_input_reports_a_bad_header_as_borrowed_input_does() {
-        let mut stream = Vec::new();
-        encode_frame(Tag::V1, &[7; 10], &mut stream).unwrap();
-        stream.extend_from_slice(&[9, 0, 0, 1, 0]); // tag 9
-        let [borrowed, shared] = both_ways(&[&stream]);
-        assert_eq!(shared.1, Some(CodecError::UnsupportedTag(9)));
-        assert_eq!(borrowed, shared);
-        let too_large = (0x0100_0000u32 | (MAX_PAYLOAD_LEN as u32 + 1)).to_be_bytes();
-        let [borrowed, shared] = both_ways(&[&too_large, &[0; 8]]);
-        assert_eq!(shared.1, Some(CodecError::TooLarge(MAX_PAYLOAD_LEN + 1)));
-        assert_eq!(borrowed, shared);
-    }
-
-    #[test]
-    fn a_frame_whole_in_shared_input_is_a_slice_of_it_and_a_split_one_is_collected() {
-        let mut stream = Vec::new();
-        for i in 0..3u8 {
-            encode_frame(Tag::V2, &[i; 200], &mut stream).unwrap();
-        }
-        // The third frame is cut after 50 of its payload bytes.
-        let cut = 2 * 204 + 54;
-        let first = Bytes::copy_from_slice(&stream[..cut]);
-        let range = first.as_ptr_range();
-        let mut decoder = FrameDecoder::new();
-        let mut input = first.clone();
-        for i in 0..2u8 {
-            let frame = decoder.decode_shared(&mut input).unwrap().unwrap();
-            assert_eq!(frame.payload[..], [i; 200][..]);
-            assert!(
-                range.contains(&frame.payload.as_ptr()),
-                "frame {i} is a slice of the input"
-            );
-        }
-        assert_eq!(decoder.decode_shared(&mut input), Ok(None));
-        assert_eq!(decoder.buffered(), 54);
-        let mut input = Bytes::copy_from_slice(&stream[cut..]);
-        let last = decoder.decode_shared(&mut input).unwrap().unwrap();
-        assert_eq!(last.payload[..], [2; 200][..]);
-        assert!(
-            !range.contains(&last.payload.as_ptr()),
-            "collected, not a slice"
-        );
-        assert_eq!(decoder.arena_capacity(), 0, "idle at the boundary");
     }
 
     #[test]

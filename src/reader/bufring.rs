@@ -1,13 +1,11 @@
 //! The provided-buffer ring one io_uring shares among all its connections: the
-//! kernel picks a free buffer for each receive completion; the reader either hands
-//! the bytes over and gives the buffer straight back, or keeps the whole buffer as
-//! the storage of the frames cut from it and puts a fresh one in its place.
+//! kernel picks a free buffer for each receive completion, the reader hands the
+//! bytes over and gives the buffer straight back.
 
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use bytes::Bytes;
 use io_uring::types::BufRingEntry;
 use io_uring::Submitter;
 
@@ -55,29 +53,20 @@ impl Drop for Mapping {
 
 /// `count` buffers of `buf_len` bytes and the ring of entries describing them.
 ///
-/// Every buffer id is, at any time, either in the ring (the kernel may fill its
-/// buffer) or handed out by one completion and not yet [`recycle`](BufRing::recycle)d
-/// (the reader may read it). [`adopt`](BufRing::adopt) hands a filled buffer's memory
-/// over for good and puts the id back in the ring with a new buffer. The local `tail`
-/// counts entries ever published.
-///
-/// The entries live in their own mapping, which the kernel pins when the ring is
-/// registered (hence `MADV_DONTFORK` there). The buffers are ordinary heap
-/// allocations: the kernel only copies into them at a receive, through the address
-/// published, so they need no pinning and can change hands.
+/// Every buffer is, at any time, either in the ring (the kernel may fill it) or
+/// handed out by one completion and not yet [`recycle`](BufRing::recycle)d (the
+/// reader may read it). The local `tail` counts entries ever published.
 pub(crate) struct BufRing {
     entries: Mapping,
-    /// The buffer of each id: `buf_len` bytes of capacity, length 0 (the kernel writes
-    /// into the spare capacity, through the address published).
-    buffers: Vec<Vec<u8>>,
+    buffers: Mapping,
     count: u16,
     buf_len: u32,
     tail: u16,
     handed_out: Vec<bool>,
 }
 
-// SAFETY: the mapping and the buffers are plain memory owned by this value; moving
-// it to another thread moves that ownership with it.
+// SAFETY: the mappings are plain memory owned by this value; moving it to another
+// thread moves that ownership with it.
 unsafe impl Send for BufRing {}
 
 impl BufRing {
@@ -92,9 +81,7 @@ impl BufRing {
             (usize::from(count) * std::mem::size_of::<BufRingEntry>()).next_multiple_of(page);
         let mut ring = BufRing {
             entries: Mapping::new(entries_len)?,
-            buffers: (0..count)
-                .map(|_| Vec::with_capacity(buf_len as usize))
-                .collect(),
+            buffers: Mapping::new(usize::from(count) * buf_len as usize)?,
             count,
             buf_len,
             tail: 0,
@@ -139,36 +126,14 @@ impl BufRing {
         assert!(index < self.handed_out.len() && len <= self.buf_len as usize);
         let was_out = std::mem::replace(&mut self.handed_out[index], true);
         assert!(!was_out, "buffer {bid} handed out twice");
-        // SAFETY: `len` is within the buffer's capacity (asserted above); the caller
-        // guarantees the kernel handed this buffer out, wrote its first `len` bytes,
-        // and no longer writes it.
-        unsafe { std::slice::from_raw_parts(self.buffers[index].as_ptr(), len) }
-    }
-
-    /// Takes buffer `bid` out of the ring for good: its `len` bytes the kernel wrote
-    /// become the returned `Bytes` (no copy; the allocation is freed when the last
-    /// slice of it is dropped), and `bid` goes back into the ring with a fresh buffer.
-    ///
-    /// # Safety
-    ///
-    /// As for [`take`](BufRing::take): `bid` and `len` come from one completion that
-    /// selected a buffer of this ring's group, and `bid` was not taken since.
-    pub(crate) unsafe fn adopt(&mut self, bid: u16, len: usize) -> Bytes {
-        let index = usize::from(bid);
-        assert!(index < self.handed_out.len() && len <= self.buf_len as usize);
-        assert!(
-            !self.handed_out[index],
-            "buffer {bid} adopted while handed out"
-        );
-        let fresh = Vec::with_capacity(self.buf_len as usize);
-        let mut filled = std::mem::replace(&mut self.buffers[index], fresh);
-        // SAFETY: the caller guarantees the kernel wrote the first `len` bytes of this
-        // buffer (within its capacity, asserted above) and no longer writes it: the
-        // completion took it out of the ring, and its id is published below only with
-        // the fresh buffer's address.
-        unsafe { filled.set_len(len) };
-        self.publish(bid);
-        Bytes::from(filled)
+        // SAFETY: in bounds of the buffers mapping (asserted above); the caller
+        // guarantees the kernel handed this buffer out and no longer writes it.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.buffers.ptr.as_ptr().add(index * self.buf_len as usize),
+                len,
+            )
+        }
     }
 
     /// Gives buffer `bid`, taken by [`take`](BufRing::take), back to the kernel.
@@ -183,7 +148,7 @@ impl BufRing {
 
     fn publish(&mut self, bid: u16) {
         let slot = usize::from(self.tail & (self.count - 1));
-        let addr = self.buffers[usize::from(bid)].as_ptr() as u64;
+        let addr = self.buffers.ptr.as_ptr() as u64 + u64::from(bid) * u64::from(self.buf_len);
         // SAFETY: `slot < count`, inside the entries mapping. The kernel reads only
         // entries between its head and the published tail; this slot is past the
         // tail, so the kernel does not read it until the store below.
@@ -240,40 +205,7 @@ mod tests {
         let entry = unsafe { &*entries };
         assert_eq!(entry.bid(), 2);
         assert_eq!(entry.len(), 128);
-        assert_eq!(entry.addr(), ring.buffers[2].as_ptr() as u64);
-    }
-
-    #[test]
-    fn an_adopted_buffer_leaves_with_its_bytes_and_its_id_returns_with_a_new_buffer() {
-        let mut ring = BufRing::new(4, 128).unwrap();
-        let old_addr = ring.buffers[1].as_ptr();
-        // As the kernel does: write into the published buffer's spare capacity.
-        // SAFETY: test only: no kernel owns this ring; 5 bytes fit the 128 of capacity.
-        unsafe { std::ptr::copy_nonoverlapping(b"hello".as_ptr(), old_addr.cast_mut(), 5) };
-        // SAFETY: test only: the 5 bytes were just written, nothing else writes them.
-        let bytes = unsafe { ring.adopt(1, 5) };
-        assert_eq!(&bytes[..], b"hello");
-        assert_eq!(bytes.as_ptr(), old_addr, "handed over, not copied");
-        assert_eq!(ring.tail, 5, "the id went back into the ring");
-        assert!(!ring.handed_out[1]);
-        let entries = ring.entries.ptr.as_ptr().cast::<BufRingEntry>();
-        // SAFETY: slot 0 (tail 4 & 3) was just written; nothing else touches it.
-        let entry = unsafe { &*entries };
-        assert_eq!(entry.bid(), 1);
-        assert_eq!(entry.len(), 128);
-        assert_ne!(entry.addr(), old_addr as u64, "with a fresh buffer");
-        assert_eq!(entry.addr(), ring.buffers[1].as_ptr() as u64);
-        assert_eq!(ring.buffers[1].capacity(), 128);
-    }
-
-    #[test]
-    #[should_panic(expected = "adopted while handed out")]
-    fn adopting_a_buffer_already_taken_is_refused() {
-        let mut ring = BufRing::new(4, 128).unwrap();
-        // SAFETY: test only: no kernel owns this ring.
-        let _ = unsafe { ring.take(3, 0) };
-        // SAFETY: as above.
-        let _ = unsafe { ring.adopt(3, 0) };
+        assert_eq!(entry.addr(), ring.buffers.ptr.as_ptr() as u64 + 2 * 128);
     }
 
     #[test]

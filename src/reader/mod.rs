@@ -41,8 +41,6 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use bytes::Bytes;
-
 pub use listener::{bind, bind_if_free, describe};
 pub use lock::{lock_path, PathLock};
 pub use probe::FORCE_URING_ERRNO_ENV;
@@ -210,12 +208,6 @@ pub trait ConnectionHandler: Send + Sync + 'static {
     fn open(&self, info: &ConnInfo) -> Self::State;
     /// The next bytes of the connection's stream. `Break` closes the connection now.
     fn data(&self, state: &mut Self::State, bytes: &[u8]) -> ControlFlow<()>;
-    /// As [`data`](ConnectionHandler::data), with the bytes in a buffer of their own
-    /// that the handler may keep (the io_uring reader hands over a filled receive
-    /// buffer instead of lending it). By default, lends them to `data`.
-    fn data_owned(&self, state: &mut Self::State, bytes: Bytes) -> ControlFlow<()> {
-        self.data(state, &bytes)
-    }
     /// The connection ended; called exactly once for every `open`.
     fn closed(&self, state: Self::State, cause: CloseCause);
     /// A connection was accepted and closed at once without `open`.

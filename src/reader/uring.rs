@@ -28,11 +28,6 @@ const CQ_ENTRIES: u32 = 4096;
 const BUF_COUNT: u16 = 256;
 /// Bytes per provided buffer (a frame of the largest size spans three).
 const BUF_LEN: u32 = 16 * 1024;
-/// A receive of at least this many bytes hands its buffer over to the handler (whose
-/// frames then keep it, so a kept frame pins at most one buffer); a shorter one is
-/// lent and the buffer given straight back, so a lone small frame does not pin a
-/// whole buffer (it is copied into an allocation of its own size).
-const HAND_OVER_MIN: usize = BUF_LEN as usize / 2;
 /// The buffer group id of each ring's provided-buffer ring.
 const BGID: u16 = 0;
 /// Pause before re-arming an accept that failed (e.g. EMFILE).
@@ -480,26 +475,15 @@ impl<H: ConnectionHandler> RingWorker<H> {
         let mut close = None;
         if let Some(bid) = cqueue::buffer_select(flags) {
             let len = usize::try_from(result).unwrap_or(0);
-            let flow = if len >= HAND_OVER_MIN && conn.state.is_some() {
-                // SAFETY: the buffer id and the result come from this completion of a
-                // receive on this ring's buffer group; the id was not taken since.
-                let bytes = unsafe { self.bufs.adopt(bid, len) };
-                conn.state
-                    .as_mut()
-                    .map(|state| self.handler.data_owned(state, bytes))
-            } else {
-                // SAFETY: as above.
-                let bytes = unsafe { self.bufs.take(bid, len) };
-                let flow = match conn.state.as_mut() {
-                    Some(state) if !bytes.is_empty() => Some(self.handler.data(state, bytes)),
-                    _ => None,
-                };
-                self.bufs.recycle(bid);
-                flow
-            };
-            if flow.is_some_and(|flow| flow.is_break()) {
-                close = Some(CloseCause::Handler);
+            // SAFETY: the buffer id and the result come from this completion of a
+            // receive on this ring's buffer group.
+            let bytes = unsafe { self.bufs.take(bid, len) };
+            if let Some(state) = conn.state.as_mut() {
+                if !bytes.is_empty() && self.handler.data(state, bytes).is_break() {
+                    close = Some(CloseCause::Handler);
+                }
             }
+            self.bufs.recycle(bid);
         }
         if conn.state.is_some() && close.is_none() {
             match result {
