@@ -34,6 +34,27 @@ fn run_script(env: &[(&str, &str)]) -> Output {
     command.output().expect("running the script")
 }
 
+/// The proxy's pid from the script's "boundary-log-proxy (pid N) listens on ..." line.
+fn started_pid(stdout: &str) -> i32 {
+    stdout
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {stdout:?}"))
+}
+
+/// Stops the proxy the script started and waits until it is gone.
+fn stop(pid: i32) {
+    // SAFETY: kill(2) with a pid the script reported for the proxy it started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + PATIENCE;
+    while !gone(pid) {
+        assert!(Instant::now() < deadline, "the proxy did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Whether process `pid` is gone (or a zombie nobody reaped yet).
 fn gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -82,17 +103,10 @@ async fn the_start_script_leaves_a_proxy_on_its_own_socket_delivering_to_coderd(
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let pid: i32 = stdout
-        .split("(pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {stdout:?}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stderr, "", "a first start prints nothing to stderr");
+    let pid = started_pid(&stdout);
 
     let socket = state.join("boundary-audit.sock");
     let sent = request(SESSION, "claude-code", 0, 6);
@@ -135,13 +149,9 @@ async fn the_start_script_leaves_a_proxy_on_its_own_socket_delivering_to_coderd(
         "the running proxy's log was kept"
     );
 
-    // SAFETY: kill(2) with a pid the script reported for the proxy it started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let deadline = Instant::now() + PATIENCE;
-    while !gone(pid) {
-        assert!(Instant::now() < deadline, "the proxy did not stop");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tokio::task::spawn_blocking(move || stop(pid))
+        .await
+        .unwrap();
     let totals = stopped_totals(&log_lines(&state.join("proxy.log")));
     assert_accounting_totals(totals, 0);
     assert_eq!(totals.forwarded, 6);
@@ -157,4 +167,53 @@ fn the_start_script_refuses_to_start_without_the_agents_token() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("CODER_AGENT_TOKEN"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_script_sees_the_proxy_serving_whatever_its_log_level() {
+    // The proxy's "listening" line is an info line; at warn it is never written.
+    let coderd = TestCoderd::start(|c| c.token = Some("agent-token".into())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (url, state_arg, metrics_arg) = (
+        coderd.url(),
+        state.display().to_string(),
+        free_addr().to_string(),
+    );
+    let started = Instant::now();
+    let output = tokio::task::spawn_blocking(move || {
+        run_script(&[
+            ("HOME", "/nonexistent"),
+            ("BOUNDARY_LOG_PROXY_BIN", BINARY),
+            ("BOUNDARY_LOG_PROXY_DIR", &state_arg),
+            ("BOUNDARY_LOG_PROXY_METRICS_ADDR", &metrics_arg),
+            ("BOUNDARY_LOG_PROXY_LOG_LEVEL", "warn"),
+            ("CODER_AGENT_URL", &url),
+            ("CODER_AGENT_TOKEN", "agent-token"),
+        ])
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        // Do not leave the proxy behind when the script gave up on it.
+        let _ = Command::new("pkill")
+            .args(["-f", &state.display().to_string()])
+            .status();
+    }
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "returned as soon as the proxy served"
+    );
+    let pid = started_pid(&stdout);
+    let sent = request(SESSION, "claude-code", 0, 2);
+    let mut client = Client::connect(&state.join("boundary-audit.sock"));
+    client.send(&workload::frame(Tag::V2, &sent));
+    client.finish();
+    eventually("the logs at coderd", || coderd.delivered().len() == 1).await;
+    tokio::task::spawn_blocking(move || stop(pid))
+        .await
+        .unwrap();
 }

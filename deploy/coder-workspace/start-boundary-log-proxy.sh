@@ -50,7 +50,10 @@ if [ -S "$socket" ] && command -v flock >/dev/null 2>&1 \
   exit 0
 fi
 # The log is appended to: a restart keeps what the previous proxy said.
-from=$(($(wc -c <"$log" 2>/dev/null || echo 0) + 1))
+from=1
+if [ -f "$log" ]; then
+  from=$(($(wc -c <"$log") + 1))
+fi
 # The socket is given explicitly: --socket would otherwise fall back to
 # CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH, which may name the agent's own socket.
 nohup "$bin" serve \
@@ -60,9 +63,22 @@ nohup "$bin" serve \
   </dev/null >>"$log" 2>&1 &
 pid=$!
 
-# The socket file appears at bind(2); the "listening" line comes after listen(2).
+# Whether the proxy's /healthz answers 200 (bash's /dev/tcp: no curl needed). It
+# answers only once the socket listens, whatever the log level (the "listening" line
+# is an info line).
+healthy() {
+  local host=${metrics%:*} port=${metrics##*:} status=
+  host=${host#[}
+  host=${host%]}
+  exec 3<>"/dev/tcp/$host/$port" || return 1
+  printf 'GET /healthz HTTP/1.0\r\nHost: %s\r\n\r\n' "$metrics" >&3
+  IFS= read -r -t 2 status <&3 || true
+  exec 3<&- 3>&-
+  [[ $status == "HTTP/1."?" 200"* ]]
+}
+
 for _ in $(seq 1 100); do
-  if [ -S "$socket" ] && tail -c +"$from" "$log" | grep -q '"message":"listening"'; then
+  if [ -S "$socket" ] && kill -0 "$pid" 2>/dev/null && healthy 2>/dev/null; then
     echo "boundary-log-proxy (pid $pid) listens on $socket; metrics on http://$metrics/metrics; log $log"
     exit 0
   fi
