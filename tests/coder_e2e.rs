@@ -526,19 +526,34 @@ async fn sigterm_while_coderd_holds_a_call_unanswered_meets_the_shutdown_timeout
     );
 }
 
-/// A TLS front for the sink with a certificate for 127.0.0.1 made here; returns its port
-/// and the certificate's PEM file.
+/// A TLS front for the sink with a self-signed certificate for 127.0.0.1 made here;
+/// returns its port and the certificate's PEM file.
 async fn tls_coderd(coderd: &TestCoderd, dir: &std::path::Path) -> (SocketAddr, PathBuf) {
+    tls_coderd_with(coderd, dir, rcgen::IsCa::NoCa).await
+}
+
+/// As [`tls_coderd`], the certificate marked as a CA or not (`openssl req -x509` marks
+/// its self-signed certificates `CA:TRUE`).
+async fn tls_coderd_with(
+    coderd: &TestCoderd,
+    dir: &std::path::Path,
+    is_ca: rcgen::IsCa,
+) -> (SocketAddr, PathBuf) {
     use tokio_rustls::rustls;
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .expect("a self-signed certificate");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("certificate parameters");
+    params.is_ca = is_ca;
+    let signing_key = rcgen::KeyPair::generate().expect("a key");
+    let cert = params
+        .self_signed(&signing_key)
+        .expect("a self-signed certificate");
     let pem = dir.join("coderd-ca.pem");
-    std::fs::write(&pem, certified.cert.pem()).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    std::fs::write(&pem, cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
     let config = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .with_single_cert(vec![cert.der().clone()], key)
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -585,6 +600,40 @@ async fn tls_to_a_coderd_with_a_private_ca_needs_coder_ca_file() {
     assert!(scrape.get("coderd_connects_total", Some("result=\"network_error\"")) >= 1);
     assert!(!delivered_raw(&coderd).contains_key(&session(2)));
     doubting.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_ca_certificate_as_coderds_own_is_refused_with_what_to_do() {
+    // rustls refuses a certificate marked CA:TRUE as the server's own, even when it is the
+    // trusted one; the operator must learn why, not only that the handshake failed.
+    let coderd = TestCoderd::start(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let (addr, pem) = tls_coderd_with(&coderd, dir.path(), ca).await;
+    let url = format!("https://{addr}");
+    let proxy = Proxy::start(
+        &url,
+        "t",
+        &[
+            "--coder-ca-file",
+            pem.to_str().unwrap(),
+            "--retry-max-elapsed",
+            "1s",
+        ],
+    )
+    .await;
+    write_session(&proxy, 1, 0, 1, 2);
+    proxy
+        .scrape_until("the logs dropped", |s| {
+            s.get("logs_dropped_total", Some("reason=\"forward_failed\"")) == 2
+        })
+        .await;
+    assert!(
+        proxy.logged_with(&["CA:TRUE", "CA:FALSE", "--coder-ca-file"]),
+        "the failure says what is wrong with the certificate and what to do"
+    );
+    assert!(delivered_raw(&coderd).is_empty());
+    proxy.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

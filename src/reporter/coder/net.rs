@@ -131,9 +131,35 @@ impl Connector {
             .await
             .map_err(|source| ConnectError::Network {
                 what: format!("TLS handshake with {addr}"),
-                source,
+                source: explain_handshake_error(source),
             })?;
         Ok(Box::new(stream))
+    }
+}
+
+/// What to do about coderd's certificate when it is marked as a CA.
+const CA_AS_SERVER_CERTIFICATE: &str = "coderd's certificate is marked as a CA \
+(basicConstraints CA:TRUE, as `openssl req -x509` makes them) and is used as the \
+server's own: rustls refuses that even when the certificate is the one in \
+--coder-ca-file (Go's TLS in the Coder agent accepts it). Give coderd a server \
+certificate signed by that CA and keep the CA in --coder-ca-file, or make the \
+self-signed certificate with basicConstraints CA:FALSE";
+
+/// The handshake's error, with what to do added where rustls' own words do not say it.
+fn explain_handshake_error(error: std::io::Error) -> std::io::Error {
+    let ca_as_server = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|error| match error {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+                other.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity)
+            }
+            _ => false,
+        });
+    if ca_as_server {
+        std::io::Error::new(error.kind(), format!("{error}: {CA_AS_SERVER_CERTIFICATE}"))
+    } else {
+        error
     }
 }
 
