@@ -53,7 +53,7 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct LogArgs {
-    /// Format of the proxy's own logs on stderr.
+    /// Format of this command's own logs on stderr.
     #[arg(
         long,
         env = "BOUNDARY_LOG_PROXY_LOG_FORMAT",
@@ -61,7 +61,7 @@ struct LogArgs {
         default_value_t
     )]
     log_format: LogFormat,
-    /// Level of the proxy's own logs: error, warn, info, debug, trace, off, or a
+    /// Level of this command's own logs: error, warn, info, debug, trace, off, or a
     /// filter such as info,boundary_log_proxy=debug.
     #[arg(long, env = "BOUNDARY_LOG_PROXY_LOG_LEVEL", default_value = "info",
           value_parser = |s: &str| s.parse::<LogFilter>())]
@@ -87,15 +87,18 @@ struct ServeArgs {
     #[arg(long, value_name = "OCTAL", env = "BOUNDARY_LOG_PROXY_SOCKET_MODE", default_value = "0600",
           value_parser = config::parse_socket_mode)]
     socket_mode: u32,
-    /// coderd's Agent API: http://HOST:PORT (h2c) or unix:/path.
+    /// A gRPC server implementing coder's Agent service: http://HOST:PORT (h2c) or
+    /// unix:/path. Not coderd itself, which serves its Agent API over a websocket: for
+    /// coderd use --coder-url.
     #[arg(long, value_name = "URL", env = "BOUNDARY_LOG_PROXY_CODERD",
           value_parser = |s: &str| s.parse::<CoderdEndpoint>())]
     coderd: Option<CoderdEndpoint>,
-    /// Sent as the coder-session-token metadata on every call.
+    /// Sent as the coder-session-token metadata on every call to --coderd.
     #[arg(long, value_name = "TOKEN", env = "BOUNDARY_LOG_PROXY_AUTH_TOKEN", hide_env_values = true,
           value_parser = |s: &str| config::parse_token("--auth-token", s))]
     auth_token: Option<String>,
-    /// Embedded reporter used instead of coderd [default: stdout when --coderd is absent].
+    /// Embedded reporter used instead of coderd [default: stdout when neither --coderd nor
+    /// --coder-url (or CODER_AGENT_URL) is given].
     #[arg(
         long,
         env = "BOUNDARY_LOG_PROXY_SINK",
@@ -256,7 +259,8 @@ fn serve_config(
 
 #[derive(Debug, Args)]
 struct SinkCmd {
-    /// Where to listen: HOST:PORT (h2c) or unix:/path.
+    /// Where to listen: HOST:PORT or unix:/path (gRPC without TLS); HOST:PORT only with
+    /// --protocol coder (HTTP/1.1).
     #[arg(long, value_name = "ADDR", env = "BOUNDARY_LOG_PROXY_LISTEN",
           value_parser = |s: &str| s.parse::<ListenAddr>())]
     listen: ListenAddr,
@@ -284,7 +288,7 @@ struct SinkCmd {
 
 #[derive(Debug, Args)]
 struct LoadgenCmd {
-    /// The proxy's socket.
+    /// The proxy's socket [fallback: CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH, as serve].
     #[arg(long, value_name = "PATH", env = "BOUNDARY_LOG_PROXY_SOCKET",
           default_value_os_t = default_socket_path(), value_parser = config::parse_socket_path)]
     socket: PathBuf,
