@@ -264,3 +264,104 @@ fn loadgen_writes_to_the_socket_boundary_would_use_unless_told_otherwise() {
     assert!(tried(&["--socket", "/nonexistent/flag.sock"], &[boundary])
         .contains("/nonexistent/flag.sock"));
 }
+
+// The tests below pass --print-config: without the check they fail at once instead of
+// serving until killed.
+
+#[test]
+fn a_coder_transport_setting_without_the_coder_transport_is_a_flag_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t\n").unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(
+        &ca,
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .unwrap()
+            .cert
+            .pem(),
+    )
+    .unwrap();
+    let grpc = ["--coderd", "http://127.0.0.1:3000"];
+    for (flag, value) in [
+        ("--agent-token", Some("t")),
+        ("--agent-token-file", Some(token.to_str().unwrap())),
+        ("--coder-ca-file", Some(ca.to_str().unwrap())),
+        ("--coder-allow-agent-role", None),
+    ] {
+        let given: Vec<&str> = [flag].into_iter().chain(value).collect();
+        // With the gRPC destination, the embedded sink, or no destination at all.
+        for destination in [&grpc[..], &["--sink", "null"][..], &[][..]] {
+            assert_flag_error(
+                &[&["--print-config"][..], destination, &given[..]].concat(),
+                &[],
+                &[flag, "--coder-url"],
+            );
+        }
+    }
+    // The proxy's own variable counts as the flag.
+    assert_flag_error(
+        &["--print-config", grpc[0], grpc[1]],
+        &[("BOUNDARY_LOG_PROXY_AGENT_TOKEN", "t")],
+        &["--agent-token", "--coder-url"],
+    );
+    // The agent's own variables are only fallbacks: they are no error with --coderd.
+    print_config(
+        &grpc,
+        &[
+            ("CODER_AGENT_URL", "https://coder.example.com"),
+            ("CODER_AGENT_TOKEN", "t"),
+        ],
+    );
+}
+
+#[test]
+fn the_grpc_token_with_the_coder_transport_is_a_flag_error() {
+    for (args, env) in [
+        (
+            &[
+                "--print-config",
+                "--coder-url",
+                "https://c.example",
+                "--agent-token",
+                "a",
+                "--auth-token",
+                "b",
+            ][..],
+            &[][..],
+        ),
+        (
+            &["--print-config", "--agent-token", "a", "--auth-token", "b"][..],
+            &[("CODER_AGENT_URL", "https://c.example")][..],
+        ),
+    ] {
+        assert_flag_error(args, env, &["--auth-token", "--coderd", "--agent-token"]);
+    }
+}
+
+#[test]
+fn a_ca_file_for_a_plain_http_coderd_is_a_flag_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(
+        &ca,
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .unwrap()
+            .cert
+            .pem(),
+    )
+    .unwrap();
+    assert_flag_error(
+        &[
+            "--print-config",
+            "--coder-url",
+            "http://127.0.0.1:3000",
+            "--agent-token",
+            "t",
+            "--coder-ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &[],
+        &["--coder-ca-file", "https://"],
+    );
+}

@@ -75,7 +75,7 @@ pub(super) struct Given {
 /// agent variables as read by `env`.
 pub(super) fn apply(
     config: &mut Config,
-    args: CoderArgs,
+    mut args: CoderArgs,
     given: Given,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
@@ -84,17 +84,33 @@ pub(super) fn apply(
             config.socket = path;
         }
     }
-    let (url, url_setting) = match args.coder_url {
+    let (url, url_setting) = match args.coder_url.take() {
         Some(url) => (url, "--coder-url"),
         None if !given.coderd && !given.sink => match env(CODER_AGENT_URL) {
             Some(url) => (
                 url.parse().map_err(|e| rename(e, CODER_URL_FROM_CODER))?,
                 CODER_URL_FROM_CODER,
             ),
-            None => return Ok(()),
+            None => return unused(&args),
         },
-        None => return Ok(()),
+        None => return unused(&args),
     };
+    // The gRPC reporter's token would be silently unused: the coder transport sends the
+    // agent token.
+    if config.auth_token.is_some() {
+        return Err(ConfigError::Requires {
+            setting: "--auth-token",
+            requires: "--coderd",
+            why: "the coder transport sends the agent token (--agent-token) instead",
+        });
+    }
+    if args.coder_ca_file.is_some() && !url.tls() {
+        return Err(ConfigError::Requires {
+            setting: "--coder-ca-file",
+            requires: "an https:// coderd URL",
+            why: "a plain http:// connection uses no certificate",
+        });
+    }
     let token = match (args.agent_token, args.agent_token_file) {
         (Some(token), _) => AuthToken::new(token),
         (None, Some(token)) => token,
@@ -121,6 +137,26 @@ pub(super) fn apply(
         allow_agent_role: args.coder_allow_agent_role,
     });
     Ok(())
+}
+
+/// Without the coder transport, a coder transport setting given (as a flag or its
+/// `BOUNDARY_LOG_PROXY_*` variable) would be silently unused: a flag error naming it.
+/// coder's agent variables are only fallbacks and are not looked at here.
+fn unused(args: &CoderArgs) -> Result<(), ConfigError> {
+    let given = [
+        ("--agent-token", args.agent_token.is_some()),
+        ("--agent-token-file", args.agent_token_file.is_some()),
+        ("--coder-ca-file", args.coder_ca_file.is_some()),
+        ("--coder-allow-agent-role", args.coder_allow_agent_role),
+    ];
+    match given.into_iter().find(|(_, given)| *given) {
+        Some((setting, _)) => Err(ConfigError::Requires {
+            setting,
+            requires: "--coder-url",
+            why: "it is a setting of the coder transport, which is not in use",
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The socket path boundary itself reads (`CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH`),
