@@ -265,6 +265,14 @@ fn loadgen_writes_to_the_socket_boundary_would_use_unless_told_otherwise() {
         .contains("/nonexistent/flag.sock"));
 }
 
+/// A PEM file in `dir` holding one (self-signed) certificate.
+fn ca_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let ca = dir.join("ca.pem");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(&ca, certified.cert.pem()).unwrap();
+    ca
+}
+
 // The tests below pass --print-config: without the check they fail at once instead of
 // serving until killed.
 
@@ -273,15 +281,7 @@ fn a_coder_transport_setting_without_the_coder_transport_is_a_flag_error() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "t\n").unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(
-        &ca,
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-            .unwrap()
-            .cert
-            .pem(),
-    )
-    .unwrap();
+    let ca = ca_file(dir.path());
     let grpc = ["--coderd", "http://127.0.0.1:3000"];
     for (flag, value) in [
         ("--agent-token", Some("t")),
@@ -342,15 +342,7 @@ fn the_grpc_token_with_the_coder_transport_is_a_flag_error() {
 #[test]
 fn a_ca_file_for_a_plain_http_coderd_is_a_flag_error() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(
-        &ca,
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-            .unwrap()
-            .cert
-            .pem(),
-    )
-    .unwrap();
+    let ca = ca_file(dir.path());
     assert_flag_error(
         &[
             "--print-config",

@@ -55,6 +55,26 @@ fn stop(pid: i32) {
     }
 }
 
+/// The script's environment as a workspace agent gives it, with the proxy's binary, its
+/// directory and metrics address; `more` added.
+fn agent_env<'a>(
+    state: &'a str,
+    metrics: &'a str,
+    url: &'a str,
+    more: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("HOME", "/nonexistent"),
+        ("BOUNDARY_LOG_PROXY_BIN", BINARY),
+        ("BOUNDARY_LOG_PROXY_DIR", state),
+        ("BOUNDARY_LOG_PROXY_METRICS_ADDR", metrics),
+        ("CODER_AGENT_URL", url),
+        ("CODER_AGENT_TOKEN", "agent-token"),
+    ];
+    env.extend_from_slice(more);
+    env
+}
+
 /// Whether process `pid` is gone (or a zombie nobody reaped yet).
 fn gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -86,19 +106,16 @@ async fn the_start_script_leaves_a_proxy_on_its_own_socket_delivering_to_coderd(
     );
     let (url2, state_arg2, metrics_arg2) = (url.clone(), state_arg.clone(), metrics_arg.clone());
     let output = tokio::task::spawn_blocking(move || {
-        run_script(&[
-            ("HOME", "/nonexistent"),
-            ("BOUNDARY_LOG_PROXY_BIN", BINARY),
-            ("BOUNDARY_LOG_PROXY_DIR", &state_arg),
-            ("BOUNDARY_LOG_PROXY_METRICS_ADDR", &metrics_arg),
-            ("CODER_AGENT_URL", &url),
-            ("CODER_AGENT_TOKEN", "agent-token"),
+        run_script(&agent_env(
+            &state_arg,
+            &metrics_arg,
+            &url,
             // The agent's own socket: the script must not let --socket fall back to it.
-            (
+            &[(
                 "CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH",
                 "/nonexistent/agent/boundary-audit.sock",
-            ),
-        ])
+            )],
+        ))
     })
     .await
     .unwrap();
@@ -129,14 +146,7 @@ async fn the_start_script_leaves_a_proxy_on_its_own_socket_delivering_to_coderd(
     // Run again while the proxy serves: the script leaves it and its log alone.
     let lines_before = log_lines(&state.join("proxy.log"));
     let again = tokio::task::spawn_blocking(move || {
-        run_script(&[
-            ("HOME", "/nonexistent"),
-            ("BOUNDARY_LOG_PROXY_BIN", BINARY),
-            ("BOUNDARY_LOG_PROXY_DIR", &state_arg2),
-            ("BOUNDARY_LOG_PROXY_METRICS_ADDR", &metrics_arg2),
-            ("CODER_AGENT_URL", &url2),
-            ("CODER_AGENT_TOKEN", "agent-token"),
-        ])
+        run_script(&agent_env(&state_arg2, &metrics_arg2, &url2, &[]))
     })
     .await
     .unwrap();
@@ -182,15 +192,12 @@ async fn the_start_script_sees_the_proxy_serving_whatever_its_log_level() {
     );
     let started = Instant::now();
     let output = tokio::task::spawn_blocking(move || {
-        run_script(&[
-            ("HOME", "/nonexistent"),
-            ("BOUNDARY_LOG_PROXY_BIN", BINARY),
-            ("BOUNDARY_LOG_PROXY_DIR", &state_arg),
-            ("BOUNDARY_LOG_PROXY_METRICS_ADDR", &metrics_arg),
-            ("BOUNDARY_LOG_PROXY_LOG_LEVEL", "warn"),
-            ("CODER_AGENT_URL", &url),
-            ("CODER_AGENT_TOKEN", "agent-token"),
-        ])
+        run_script(&agent_env(
+            &state_arg,
+            &metrics_arg,
+            &url,
+            &[("BOUNDARY_LOG_PROXY_LOG_LEVEL", "warn")],
+        ))
     })
     .await
     .unwrap();
