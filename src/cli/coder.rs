@@ -91,9 +91,9 @@ pub(super) fn apply(
                 url.parse().map_err(|e| rename(e, CODER_URL_FROM_CODER))?,
                 CODER_URL_FROM_CODER,
             ),
-            None => return unused(&args),
+            None => return refuse_unused_coder_settings(&args),
         },
-        None => return unused(&args),
+        None => return refuse_unused_coder_settings(&args),
     };
     // The gRPC reporter's token would be silently unused: the coder transport sends the
     // agent token.
@@ -142,7 +142,7 @@ pub(super) fn apply(
 /// Without the coder transport, a coder transport setting given (as a flag or its
 /// `BOUNDARY_LOG_PROXY_*` variable) would be silently unused: a flag error naming it.
 /// coder's agent variables are only fallbacks and are not looked at here.
-fn unused(args: &CoderArgs) -> Result<(), ConfigError> {
+fn refuse_unused_coder_settings(args: &CoderArgs) -> Result<(), ConfigError> {
     let given = [
         ("--agent-token", args.agent_token.is_some()),
         ("--agent-token-file", args.agent_token_file.is_some()),
