@@ -93,6 +93,14 @@ impl Proxy {
             .any(|line| parts.iter().all(|p| line.contains(p)))
     }
 
+    /// Waits until a log line contains all of `parts`. An event is counted before it is
+    /// logged, and stderr is read by another thread: a scrape showing the count does not
+    /// mean the line has been read yet.
+    async fn logs_eventually(&self, parts: &[&str]) {
+        let what = format!("a log line with {parts:?}");
+        eventually(&what, || self.logged_with(parts)).await;
+    }
+
     /// SIGTERM; checks the exit and the books on the `stopped` line.
     async fn stop(self) -> Exited {
         let exited = self.process.terminate().await;
@@ -219,11 +227,9 @@ async fn a_wrong_token_is_logged_with_coderds_message_counted_and_survived() {
         .await;
     assert!(scrape.get("coderd_connects_total", Some("result=\"http_error\"")) >= 1);
     assert_eq!(scrape.get("coderd_connected", None), 0);
-    assert!(
-        proxy.logged_with(&["401", "Workspace agent not authorized."]),
-        "{}",
-        proxy.process.stderr.get().join("\n")
-    );
+    proxy
+        .logs_eventually(&["401", "Workspace agent not authorized."])
+        .await;
     assert!(coderd.sink.calls().is_empty());
     assert!(coderd.sink.connects().iter().all(|c| c.status == 401));
     // Still serving: the next log is counted too.
@@ -247,7 +253,7 @@ async fn a_coderd_below_v2_31_is_refused_before_the_upgrade_and_counted() {
         })
         .await;
     assert!(scrape.get("coderd_connects_total", Some("result=\"refused_version\"")) >= 1);
-    assert!(proxy.logged_with(&["v2.30.0"]));
+    proxy.logs_eventually(&["v2.30.0"]).await;
     assert!(coderd.sink.buildinfo_requests() >= 1);
     assert!(coderd.sink.connects().is_empty(), "never upgraded");
     proxy.stop().await;
@@ -268,7 +274,7 @@ async fn a_drpc_error_is_counted_forward_failed_at_once_without_a_retry() {
         })
         .await;
     assert_eq!(coderd.sink.calls().len(), 1, "sent once");
-    assert!(proxy.logged_with(&["injected failure"]));
+    proxy.logs_eventually(&["injected failure"]).await;
     let written = write_session(&proxy, 2, 0, 1, 2);
     let scrape = proxy.forwarded(2).await;
     assert_accounting_totals(scrape.accounting(), 0);
@@ -628,10 +634,10 @@ async fn a_self_signed_ca_certificate_as_coderds_own_is_refused_with_what_to_do(
             s.get("logs_dropped_total", Some("reason=\"forward_failed\"")) == 2
         })
         .await;
-    assert!(
-        proxy.logged_with(&["CA:TRUE", "CA:FALSE", "--coder-ca-file"]),
-        "the failure says what is wrong with the certificate and what to do"
-    );
+    // The failure says what is wrong with the certificate and what to do.
+    proxy
+        .logs_eventually(&["CA:TRUE", "CA:FALSE", "--coder-ca-file"])
+        .await;
     assert!(delivered_raw(&coderd).is_empty());
     proxy.stop().await;
 }
@@ -660,7 +666,9 @@ async fn the_sink_binary_serves_the_coder_protocol_to_the_proxy_binary() {
             s.get("coderd_connects_total", Some("result=\"http_error\"")) >= 1
         })
         .await;
-    assert!(refused.logged_with(&["401", "Workspace agent not authorized."]));
+    refused
+        .logs_eventually(&["401", "Workspace agent not authorized."])
+        .await;
     refused.stop().await;
 
     let proxy = Proxy::start(&url, "T", &[]).await;
