@@ -71,27 +71,14 @@ pub fn request_writes<'a>(rpc: &str, request: &'a [u8]) -> Vec<Cow<'a, [u8]>> {
     let mut writer = PacketWriter::new(DRPC_STREAM);
     writer.put(&mut head, Kind::Invoke, rpc.as_bytes());
     let id = writer.next_id();
-    let mut rest = request;
-    loop {
-        let (data, tail) = rest.split_at(rest.len().min(drpc::MAX_FRAME_DATA));
-        drpc::put_frame_header(
-            &mut head,
-            id,
-            Kind::Message,
-            tail.is_empty(),
-            false,
-            data.len(),
-        );
+    for (data, done) in drpc::packet_frames(request) {
+        drpc::put_frame_header(&mut head, id, Kind::Message, done, false, data.len());
         if data.len() <= INLINE_DATA {
             head.extend_from_slice(data);
         } else {
             writes.push(Cow::Owned(std::mem::take(&mut head)));
             writes.push(Cow::Borrowed(data));
         }
-        if tail.is_empty() {
-            break;
-        }
-        rest = tail;
     }
     writer.put(&mut head, Kind::CloseSend, b"");
     writes.push(Cow::Owned(head));

@@ -223,18 +223,21 @@ pub fn put_frame_header<B: BufMut>(
     put_varint(buf, data_len as u64);
 }
 
-/// Appends a packet as drpc writes it: frames of at most [`MAX_FRAME_DATA`] bytes of data,
-/// done set on the last one only (an empty packet is one empty frame).
+/// A packet's data cut into frames as drpc cuts it: at most [`MAX_FRAME_DATA`] bytes each,
+/// with whether it is the last (done) one; an empty packet is one empty frame.
+pub fn packet_frames(data: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
+    let count = data.len().div_ceil(MAX_FRAME_DATA).max(1);
+    (0..count).map(move |i| {
+        let start = i * MAX_FRAME_DATA;
+        let end = (start + MAX_FRAME_DATA).min(data.len());
+        (&data[start..end], i + 1 == count)
+    })
+}
+
+/// Appends a packet as drpc writes it: its [`packet_frames`], done set on the last only.
 pub fn put_packet<B: BufMut>(buf: &mut B, id: Id, kind: Kind, control: bool, data: &[u8]) {
-    let mut rest = data;
-    loop {
-        let take = rest.len().min(MAX_FRAME_DATA);
-        let (chunk, tail) = rest.split_at(take);
-        put_frame(buf, id, kind, tail.is_empty(), control, chunk);
-        if tail.is_empty() {
-            return;
-        }
-        rest = tail;
+    for (chunk, done) in packet_frames(data) {
+        put_frame(buf, id, kind, done, control, chunk);
     }
 }
 
@@ -300,9 +303,8 @@ impl PacketWriter {
 
     /// Appends the next packet (split into frames as needed) and returns its id.
     pub fn put<B: BufMut>(&mut self, buf: &mut B, kind: Kind, data: &[u8]) -> Id {
-        let id = self.next;
+        let id = self.next_id();
         put_packet(buf, id, kind, false, data);
-        self.next.message += 1;
         id
     }
 }
