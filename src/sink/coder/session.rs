@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::{Buf as _, Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, SimplexStream};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
@@ -50,7 +50,7 @@ struct SessionIo {
     reads: mpsc::Receiver<Bytes>,
     /// What is left of the message being read.
     unread: Bytes,
-    writes: WriteHalf<DuplexStream>,
+    writes: WriteHalf<SimplexStream>,
 }
 
 impl futures_util::io::AsyncRead for SessionIo {
@@ -134,9 +134,7 @@ pub(super) async fn run<S>(
 {
     let config = sink.config();
     let (ws_out, ws_in) = websocket.split();
-    let (yamux_end, pump_end) = tokio::io::duplex(PIPE_BYTES);
-    let (_, yamux_writes) = tokio::io::split(yamux_end);
-    let (from_yamux, _) = tokio::io::split(pump_end);
+    let (from_yamux, yamux_writes) = tokio::io::simplex(PIPE_BYTES);
     let (to_yamux, yamux_reads) = mpsc::channel(INBOUND_MESSAGES);
     let yamux_io = SessionIo {
         reads: yamux_reads,
@@ -301,7 +299,7 @@ where
 async fn outbound<S>(
     sink: CoderSink,
     mut ws_out: SplitSink<WebSocketStream<S>, Message>,
-    mut from_yamux: ReadHalf<DuplexStream>,
+    mut from_yamux: ReadHalf<SimplexStream>,
     answered: Arc<Answered>,
     [websocket, yamux]: [Option<Keepalive>; 2],
     mut close: oneshot::Receiver<()>,
@@ -492,8 +490,7 @@ mod tests {
     #[tokio::test]
     async fn the_session_reads_the_messages_bytes_in_order_and_ends_when_the_pump_does() {
         use futures_util::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let (yamux_end, mut pump_end) = tokio::io::duplex(1024);
-        let (_, writes) = tokio::io::split(yamux_end);
+        let (mut pump_end, writes) = tokio::io::simplex(1024);
         let (tx, reads) = mpsc::channel(INBOUND_MESSAGES);
         let mut io = SessionIo {
             reads,
