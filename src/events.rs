@@ -320,10 +320,23 @@ impl InternalEvent for ForwardAttemptFailed<'_> {
         };
         let code = self.status.code();
         let message = self.status.message();
+        let cause = status_cause(self.status);
         if self.retryable {
-            tracing::warn!(?code, message, suppressed, "forwarding failed; will retry");
+            tracing::warn!(
+                ?code,
+                message,
+                cause,
+                suppressed,
+                "forwarding failed; will retry"
+            );
         } else {
-            tracing::error!(?code, message, suppressed, "forwarding failed permanently");
+            tracing::error!(
+                ?code,
+                message,
+                cause,
+                suppressed,
+                "forwarding failed permanently"
+            );
         }
     }
 }
@@ -705,6 +718,25 @@ fn count_call(metrics: &Metrics, result: ForwardResult, latency: Duration) {
         .observe(latency.as_secs_f64());
 }
 
+/// The errors under a status made on this side (a transport failure), outermost first,
+/// joined by ": ", without the ones that only repeat the status's message; empty for a
+/// status received from the destination.
+fn status_cause(status: &tonic::Status) -> String {
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        let text = err.to_string();
+        if text != status.message() {
+            if !cause.is_empty() {
+                cause.push_str(": ");
+            }
+            cause.push_str(&text);
+        }
+        source = err.source();
+    }
+    cause
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -715,6 +747,16 @@ mod tests {
 
     fn metrics() -> Arc<Metrics> {
         Metrics::new(&Registry::new()).unwrap()
+    }
+
+    #[test]
+    fn a_transport_failures_cause_is_spelled_out_and_a_received_status_has_none() {
+        let broken = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let mut made_here = tonic::Status::unavailable("transport error");
+        made_here.set_source(Arc::new(broken));
+        assert_eq!(status_cause(&made_here), "broken pipe");
+        let received = tonic::Status::permission_denied("workspace agent not authorized");
+        assert_eq!(status_cause(&received), "");
     }
 
     #[test]

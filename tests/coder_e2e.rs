@@ -41,6 +41,11 @@ struct Proxy {
 
 impl Proxy {
     async fn start(coder_url: &str, token: &str, extra: &[&str]) -> Self {
+        Self::spawn(&["--coder-url", coder_url, "--agent-token", token], extra).await
+    }
+
+    /// The binary forwarding to `destination` (its flags), with `extra` flags.
+    async fn spawn(destination: &[&str], extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("proxy.sock");
         let metrics = free_addr();
@@ -49,15 +54,12 @@ impl Proxy {
             "serve",
             "--socket",
             &socket_arg,
-            "--coder-url",
-            coder_url,
-            "--agent-token",
-            token,
             "--metrics-addr",
             &metrics_arg,
             "--log-format",
             "json",
         ];
+        args.extend_from_slice(destination);
         args.extend_from_slice(extra);
         let mut process = Process::spawn(&args);
         process.wait_for_socket(&socket, "listening").await;
@@ -256,6 +258,28 @@ async fn a_coderd_below_v2_31_is_refused_before_the_upgrade_and_counted() {
     proxy.logs_eventually(&["v2.30.0"]).await;
     assert!(coderd.sink.buildinfo_requests() >= 1);
     assert!(coderd.sink.connects().is_empty(), "never upgraded");
+    proxy.stop().await;
+}
+
+/// `--coderd` names a gRPC Agent service. Pointed at coderd itself, which serves no gRPC,
+/// every call fails as a transport error; the proxy finds coderd's buildinfo there and
+/// says to use `--coder-url`. The logs are retried and then counted, as for any outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coderd_given_as_the_grpc_destination_is_named_with_the_flag_to_use_instead() {
+    let coderd = TestCoderd::start(|c| c.version = "v2.31.2".into()).await;
+    let url = coderd.url();
+    let proxy = Proxy::spawn(&["--coderd", &url], &["--retry-max-elapsed", "1s"]).await;
+    write_session(&proxy, 1, 0, 1, 5);
+    proxy
+        .scrape_until("the logs dropped", |s| {
+            s.get("logs_dropped_total", Some("reason=\"forward_failed\"")) == 5
+        })
+        .await;
+    proxy
+        .logs_eventually(&["is coderd v2.31.2", "--coder-url", &url])
+        .await;
+    assert!(coderd.sink.buildinfo_requests() >= 1);
+    assert!(coderd.sink.calls().is_empty());
     proxy.stop().await;
 }
 

@@ -28,7 +28,7 @@ pub enum AnyReporterError {
 #[derive(Debug)]
 pub enum AnyReporter {
     Coder(CoderReporter),
-    Grpc(GrpcReporter),
+    Grpc(Box<GrpcReporter>),
     Stdout(StdoutReporter),
     Null(NullReporter),
 }
@@ -51,7 +51,7 @@ impl AnyReporter {
                 if let Some(token) = auth_token {
                     grpc = grpc.auth_token(token.expose());
                 }
-                Self::Grpc(GrpcReporter::new(grpc)?)
+                Self::Grpc(Box::new(GrpcReporter::new(grpc)?))
             }
             Destination::Sink(SinkKind::Stdout) => Self::Stdout(StdoutReporter::new()),
             Destination::Sink(SinkKind::Null) => Self::Null(NullReporter::new()),

@@ -98,7 +98,7 @@ fn leading_number(text: &str) -> Option<usize> {
 
 /// Whether the status was made on this side from a connection-level error, rather
 /// than received from coderd (a received status carries no source).
-fn caused_by_transport(status: &Status) -> bool {
+pub(super) fn caused_by_transport(status: &Status) -> bool {
     let mut source = status.source();
     while let Some(err) = source {
         if err.is::<hyper::Error>()

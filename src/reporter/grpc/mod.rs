@@ -4,6 +4,7 @@
 
 mod codec;
 mod failure;
+mod probe;
 
 use std::fmt;
 use std::time::Duration;
@@ -14,8 +15,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use self::codec::{Outbound, RawCodec};
-use self::failure::deadline_from_local_timeout;
+use self::failure::{caused_by_transport, deadline_from_local_timeout};
 pub use self::failure::{classify, oversize, Failure, Oversize};
+use self::probe::CoderdProbe;
 use super::{EncodedRequest, Reporter};
 use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
 
@@ -161,6 +163,7 @@ pub struct GrpcReporter {
     call_timeout: Duration,
     max_message_bytes: usize,
     coderd: String,
+    probe: CoderdProbe,
 }
 
 impl GrpcReporter {
@@ -205,6 +208,7 @@ impl GrpcReporter {
             auth_token,
             call_timeout: config.call_timeout,
             max_message_bytes: config.max_message_bytes,
+            probe: CoderdProbe::new(&config.coderd),
             coderd: config.coderd,
         })
     }
@@ -221,6 +225,10 @@ impl GrpcReporter {
             )));
         }
         match tokio::time::timeout(self.call_timeout, self.call_unbounded(body)).await {
+            Ok(Err(status)) if caused_by_transport(&status) => {
+                self.probe.after_transport_failure();
+                Err(status)
+            }
             Ok(result) => result,
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "no answer from coderd within {:?}",

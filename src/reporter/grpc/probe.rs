@@ -1,0 +1,70 @@
+//! Diagnosis of a `--coderd` destination whose gRPC calls fail at the transport: when it
+//! answers coderd's `GET /api/v2/buildinfo`, it is coderd itself, which serves its Agent
+//! API over DRPC on a websocket (`--coder-url`), not over gRPC, and the log says so.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::coder::CoderUrl;
+use crate::reporter::coder::{buildinfo, net::Connector};
+
+/// Longest the probe waits for the connection, and then for buildinfo's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks the destination once, after the first call that failed at the transport, whether
+/// it is coderd. Cheap to clone; clones share the once. `None` for destinations coderd
+/// cannot be (`unix:`).
+#[derive(Debug, Clone)]
+pub(super) struct CoderdProbe(Option<Arc<Probe>>);
+
+#[derive(Debug)]
+struct Probe {
+    /// The destination as an `http://` base URL.
+    url: CoderUrl,
+    started: AtomicBool,
+}
+
+impl CoderdProbe {
+    /// A probe of the `--coderd` URL `coderd`.
+    pub(super) fn new(coderd: &str) -> Self {
+        let url = coderd.parse::<CoderUrl>().ok().filter(|url| !url.tls());
+        Self(url.map(|url| {
+            Arc::new(Probe {
+                url,
+                started: AtomicBool::new(false),
+            })
+        }))
+    }
+
+    /// A call failed at the transport: the first time, asks the destination in the
+    /// background (one HTTP/1.1 request on a connection of its own) and logs an error
+    /// naming the flag to use if coderd answers. Anything else (no answer, an HTTP
+    /// error, another body) logs nothing more: the failed calls are already logged.
+    pub(super) fn after_transport_failure(&self) {
+        let Some(probe) = &self.0 else {
+            return;
+        };
+        if probe.started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let url = probe.url.clone();
+        tokio::spawn(async move {
+            let Ok(connector) = Connector::new(url.clone(), None, PROBE_TIMEOUT) else {
+                return;
+            };
+            let Ok(io) = connector.connect().await else {
+                return;
+            };
+            if let Ok(version) = buildinfo::fetch_version(io, &url, PROBE_TIMEOUT).await {
+                tracing::error!(
+                    coderd = %url,
+                    version,
+                    "--coderd {url} is coderd {version}, which serves its Agent API over \
+                     DRPC on a websocket, not gRPC: every call fails; forward to it with \
+                     --coder-url {url} (and the agent's token) instead"
+                );
+            }
+        });
+    }
+}
