@@ -357,3 +357,34 @@ fn a_ca_file_for_a_plain_http_coderd_is_a_flag_error() {
         &["--coder-ca-file", "https://"],
     );
 }
+
+#[test]
+fn a_boolean_variable_that_is_not_one_names_the_spellings_it_takes() {
+    let env = [
+        ("BOUNDARY_LOG_PROXY_CODER_URL", "http://127.0.0.1:1"),
+        ("BOUNDARY_LOG_PROXY_AGENT_TOKEN", "t"),
+        ("BOUNDARY_LOG_PROXY_CODER_ALLOW_AGENT_ROLE", "maybe"),
+    ];
+    assert_flag_error(
+        &["--print-config"],
+        &env,
+        &[
+            "BOUNDARY_LOG_PROXY_CODER_ALLOW_AGENT_ROLE",
+            "maybe",
+            "true or false",
+        ],
+    );
+    for (yes, no) in [("true", "false"), ("1", "0"), ("YES", "No"), ("on", "off")] {
+        let role = |v| print_config(&[], &[env[0], env[1], (env[2].0, v)]);
+        assert_eq!(role(yes)["coder"]["allow_agent_role"], true, "{yes}");
+        assert_eq!(role(no)["coder"]["allow_agent_role"], false, "{no}");
+    }
+    // The sink's --quiet reads its variable the same way.
+    let output = proxy(
+        &["sink", "--listen", "127.0.0.1:1"],
+        &[("BOUNDARY_LOG_PROXY_QUIET", "maybe")],
+    );
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.contains("true or false"), "{err}");
+}

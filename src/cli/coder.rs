@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 
-use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 
 use crate::config::coder::{
@@ -46,7 +45,7 @@ pub(super) struct CoderArgs {
     coder_ca_file: Option<PathBuf>,
     /// Connect to a coderd older than v2.31.0 anyway (it then takes the proxy for the agent itself).
     #[arg(long, env = "BOUNDARY_LOG_PROXY_CODER_ALLOW_AGENT_ROLE", action = ArgAction::SetTrue,
-          value_parser = BoolishValueParser::new())]
+          value_parser = super::parse_bool)]
     coder_allow_agent_role: bool,
 }
 

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::builder::BoolishValueParser;
 use clap::error::ErrorKind;
 use clap::{ArgAction, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
@@ -266,7 +265,7 @@ struct SinkCmd {
     listen: ListenAddr,
     /// Print only a periodic count instead of every log.
     #[arg(long, env = "BOUNDARY_LOG_PROXY_QUIET", action = ArgAction::SetTrue,
-          value_parser = BoolishValueParser::new())]
+          value_parser = parse_bool)]
     quiet: bool,
     #[command(flatten)]
     log: LogArgs,
@@ -472,6 +471,17 @@ fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
         args.insert(at, OsString::from("serve"));
     }
     args
+}
+
+/// A switch's value from its variable: the spellings clap's boolish parser takes
+/// (`true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0`, `y`/`n`, `t`/`f`, any case), with
+/// them named in the error.
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" | "y" | "t" => Ok(true),
+        "false" | "no" | "off" | "0" | "n" | "f" => Ok(false),
+        _ => Err("expected true or false (or yes/no, on/off, 1/0)".to_owned()),
+    }
 }
 
 /// `BOUNDARY_LOG_PROXY_RING_CAPACITY` for `--ring-capacity`.
