@@ -1,7 +1,7 @@
 //! The three commands' entry points, called by `main` with parsed settings; each
 //! returns `Err` for a failure to start (main prints it and exits 1).
 
-use crate::config::{Config, ConfigError, LoadgenArgs, SinkArgs};
+use crate::config::{Config, ConfigError, LoadgenArgs, SinkArgs, SinkKind};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -67,7 +67,13 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
     let reporter = AnyReporter::from_config(&config, server.metrics())?;
     let backend = server.start()?;
     health.watch_socket(server.metrics().socket_bound.clone());
-    tracing::info!(socket = %server.socket_path().display(), io = %backend, "listening");
+    tracing::info!(
+        socket = %server.socket_path().display(),
+        io = %backend,
+        destination = %destination(&config),
+        metrics = %config.metrics_addr.map_or("off".to_owned(), |addr| addr.to_string()),
+        "listening"
+    );
 
     let stop_metrics = CancellationToken::new();
     let metrics_task = metrics_listener.map(|listener| {
@@ -139,6 +145,20 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
         "stopped"
     );
     Ok(())
+}
+
+/// Where the logs go, for the start-up line: coderd's URL (coder transport), the gRPC
+/// destination, or the embedded sink.
+fn destination(config: &Config) -> String {
+    match (&config.coder, &config.coderd, config.sink) {
+        (Some(coder), _, _) => format!("coderd {} (coder transport)", coder.url),
+        (None, Some(coderd), _) => format!("gRPC {coderd}"),
+        (None, None, Some(sink)) => match sink {
+            SinkKind::Stdout => "--sink stdout".to_owned(),
+            SinkKind::Null => "--sink null".to_owned(),
+        },
+        (None, None, None) => "none".to_owned(),
+    }
 }
 
 /// The signals the proxy handles, listened to from the start (before the socket is

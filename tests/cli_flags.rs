@@ -542,6 +542,19 @@ type Combination = (
 );
 
 const BAD_COMBINATIONS: &[Combination] = &[
+    // The gRPC destination's token without that destination would be silently unused.
+    (
+        &["serve", "--sink", "null", "--auth-token", "t0ken"],
+        &[],
+        &["--auth-token", "--coderd"],
+        "needs",
+    ),
+    (
+        &["serve"],
+        &[("BOUNDARY_LOG_PROXY_AUTH_TOKEN", "t0ken")],
+        &["--auth-token", "--coderd"],
+        "needs",
+    ),
     (
         &["sink", "--listen", "127.0.0.1:1", "--token", "t0ken"],
         &[],

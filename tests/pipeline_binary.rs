@@ -104,6 +104,15 @@ async fn serve_sends_the_auth_token_to_coderd_and_never_logs_it() {
 
     let exited = proxy.terminate().await;
     assert!(exited.stdout.is_empty(), "no sink output with --coderd");
+    let listening = exited
+        .stderr
+        .iter()
+        .find(|line| line.contains("listening"))
+        .expect("a listening line");
+    assert!(
+        listening.contains(&format!("gRPC {url}")),
+        "the start-up line names where the logs go: {listening}"
+    );
     assert!(
         !exited.stderr.join("\n").contains("s3cret"),
         "the token never appears in the proxy's logs"

@@ -253,6 +253,15 @@ fn serve_config(
     coder::apply(&mut config, coder_args, given, |name| {
         std::env::var(name).ok()
     })?;
+    // The gRPC destination's token would be silently unused without that destination.
+    if config.auth_token.is_some() && config.coderd.is_none() {
+        return Err(config::ConfigError::Requires {
+            setting: "--auth-token",
+            requires: "--coderd",
+            why: "it is the token of the gRPC destination, which is not in use",
+        }
+        .into());
+    }
     Ok(config)
 }
 
