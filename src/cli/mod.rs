@@ -259,8 +259,7 @@ fn serve_config(
             setting: "--auth-token",
             requires: "--coderd",
             why: "it is the token of the gRPC destination, which is not in use",
-        }
-        .into());
+        });
     }
     Ok(config)
 }
