@@ -821,3 +821,26 @@ fn print_config_into_a_closed_pipe_exits_quietly_instead_of_panicking() {
 fn is_proxy_variable(name: &str) -> bool {
     name.starts_with("BOUNDARY_LOG_PROXY_") || name.starts_with("CODER_AGENT_")
 }
+
+#[test]
+fn loadgen_logs_per_frame_too_many_for_one_frame_is_a_flag_error() {
+    for logs in ["160", "100000"] {
+        let output = proxy_bounded(
+            &[
+                "loadgen",
+                "--socket",
+                "/tmp/never-a-proxy.sock",
+                "--wait-for-socket",
+                "0s",
+                "--logs-per-frame",
+                logs,
+            ],
+            &[],
+        );
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{logs}: {err}");
+        assert_eq!(err.lines().count(), 1, "{logs}: not one line:\n{err}");
+        assert!(err.contains("--logs-per-frame"), "{err}");
+        assert!(err.contains("32768"), "{err}");
+    }
+}

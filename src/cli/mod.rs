@@ -225,6 +225,23 @@ fn loadgen_args(
             args.socket = path;
         }
     }
+    // Every connection's frames must fit the frame limit (their sessions differ in length).
+    for index in 0..args.connections {
+        let tag = crate::loadgen::tag(args.tag);
+        if let Err(crate::loadgen::LoadgenError::FrameTooLarge { bytes, .. }) =
+            crate::loadgen::SessionStream::new(index, args.logs_per_frame, tag)
+        {
+            return Err(config::ConfigError::Unusable {
+                setting: "--logs-per-frame",
+                value: args.logs_per_frame.to_string(),
+                takes: "as many logs as fit one frame",
+                problem: format!(
+                    "its frames would carry {bytes}-byte payloads, over the {}-byte frame limit",
+                    crate::codec::MAX_PAYLOAD_LEN
+                ),
+            });
+        }
+    }
     Ok(args)
 }
 
