@@ -115,11 +115,18 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
             .await
             .map_err(|e| AppError::Task(format!("stopping the reader: {e}")))?;
     }
-    // The forwarder returns once the closed ring is empty and all is delivered.
-    if tokio::time::timeout_at(deadline.into(), &mut forwarder)
-        .await
-        .is_err()
-    {
+    // The forwarder returns once the closed ring is empty and all is delivered. A second
+    // stop signal ends the wait at once, as the deadline would.
+    let drained = tokio::select! {
+        ended = tokio::time::timeout_at(deadline.into(), &mut forwarder) => ended.is_ok(),
+        () = signals.stop_requested() => {
+            tracing::warn!(
+                "second stop signal: not waiting out the drain; what is still held is counted as at the deadline"
+            );
+            false
+        }
+    };
+    if !drained {
         cancel.cancel();
         let _ = forwarder.await;
     }

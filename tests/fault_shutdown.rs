@@ -371,6 +371,35 @@ async fn sighup_with_coderd_stalled_counts_held_logs_as_shutdown_removes_the_soc
     stopped.assert_all_counted_shutdown(100);
 }
 
+/// An operator who does not want to wait out a long `--shutdown-timeout` signals again:
+/// the second stop signal ends the drain at once, and what is still held is counted
+/// `shutdown` as at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_ends_the_drain_at_once_and_counts_what_is_held() {
+    let coderd = FakeCoderd::start().await;
+    coderd.set_behaviour(Behaviour::normal().with_delay(Duration::from_secs(3600)));
+    let mut binary = Binary::serve(&coderd.addr(), &["--shutdown-timeout", "60s"]).await;
+    let _client = held_logs(&binary, "twice", 50).await;
+    assert!(
+        coderd.wait_for_calls(1, PATIENCE).await,
+        "the forwarder is stuck in a call"
+    );
+    binary.process.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(binary.process.is_running(), "draining, within the 60 s");
+    let stopped = binary.stop_with(libc::SIGINT, PATIENCE).await;
+    stopped.assert_clean_exit_within(Duration::ZERO);
+    stopped.assert_all_counted_shutdown(100);
+    assert!(
+        stopped
+            .stderr
+            .iter()
+            .any(|line| line.contains("second stop signal")),
+        "{:#?}",
+        stopped.stderr
+    );
+}
+
 /// SIGUSR1, SIGUSR2 and SIGPIPE mean nothing to the proxy: it logs and ignores
 /// them (their default action would kill it, buffered logs lost uncounted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
