@@ -131,7 +131,7 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
         let _ = forwarder.await;
     }
     let metrics = server.metrics().clone();
-    tokio::task::spawn_blocking(move || server.close())
+    tokio::task::spawn_blocking(move || server.close_by(deadline))
         .await
         .map_err(|e| AppError::Task(format!("closing: {e}")))?;
     stop_metrics.cancel();

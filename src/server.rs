@@ -56,9 +56,15 @@ struct Inner {
     forwarder_returned: Condvar,
     /// Fired by `close` to stop a running forwarder.
     closing: CancellationToken,
+    /// The reporters' calls threads still running, which `close` waits for.
+    call_threads: Arc<forwarder::CallThreads>,
     /// The socket watcher thread, while the reader runs.
     watch: Mutex<Option<Watch>>,
 }
+
+/// Least time `close` gives a reporter's calls thread to end after its forwarder
+/// returned, even past the deadline: a thread with no call running ends at once.
+const THREAD_END_GRACE: Duration = Duration::from_millis(100);
 
 /// How often the running server checks that its socket file is still its own.
 const SOCKET_CHECK: Duration = Duration::from_secs(1);
@@ -169,6 +175,7 @@ impl Server {
                 forwarder: Mutex::new(Some(state)),
                 forwarder_returned: Condvar::new(),
                 closing: CancellationToken::new(),
+                call_threads: Arc::default(),
                 watch: Mutex::new(None),
             }),
         })
@@ -299,14 +306,15 @@ impl Server {
         // Calls run on their own thread, so a reporter that blocks cannot hold
         // up cancellation (the shutdown deadline); one whose calls never block is
         // called directly.
-        let calls =
-            if reporter.calls_may_block() {
-                Calls::Isolated(forwarder::Isolated::new(reporter).map_err(|e| {
+        let calls = if reporter.calls_may_block() {
+            Calls::Isolated(
+                forwarder::Isolated::new(reporter, &self.inner.call_threads).map_err(|e| {
                     ServerError::Forwarder(forwarder::ForwarderError::CallsThread(e))
-                })?)
-            } else {
-                Calls::Direct(reporter)
-            };
+                })?,
+            )
+        } else {
+            Calls::Direct(reporter)
+        };
         let state = {
             let mut slot = self
                 .inner
@@ -389,10 +397,18 @@ impl Server {
     /// Stops everything: the reader (reading what is waiting, within the shutdown
     /// timeout), the ring, and a running forwarder; counts what is still buffered as
     /// dropped for shutdown; removes the socket file. Blocks until every thread the
-    /// server started has ended; call it from a blocking context.
+    /// server started has ended; call it from a blocking context. A reporter call that
+    /// blocks its thread (see [`Reporter::calls_may_block`]) is waited for until the
+    /// shutdown timeout; if it still blocks then, `close` logs an error and returns, and
+    /// that thread ends when the call does.
     pub fn close(&self) {
+        self.close_by(Instant::now() + self.inner.config.shutdown_timeout);
+    }
+
+    /// [`Server::close`] within a shutdown that began earlier and ends at `deadline`.
+    pub(crate) fn close_by(&self, deadline: Instant) {
         let timeout = self.inner.config.shutdown_timeout;
-        self.stop_intake(Instant::now() + timeout);
+        self.stop_intake(deadline);
         self.inner.closing.cancel();
         {
             let slot = self
@@ -412,6 +428,18 @@ impl Server {
                 ),
                 None => {}
             }
+        }
+        // A reporter call blocking its thread keeps that thread after the forwarder
+        // gave up on it; it ends when the call returns.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !self
+            .inner
+            .call_threads
+            .wait_ended(left.max(THREAD_END_GRACE))
+        {
+            tracing::error!(
+                "a reporter call still blocks its thread (blp-calls); the thread ends when the call returns"
+            );
         }
         let mut lifecycle = self.inner.lifecycle();
         if let Lifecycle::Draining { socket } =

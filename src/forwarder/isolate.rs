@@ -11,13 +11,58 @@
 //! destination before the process exits, counted as `shutdown` nonetheless.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
 use crate::reporter::{EncodedRequest, Reporter};
+
+/// The calls threads still running, so that the server's `close` can wait for them: a
+/// thread ends once its reporter is dropped and the call it runs (if any) has returned.
+#[derive(Debug, Default)]
+pub struct CallThreads {
+    live: Mutex<usize>,
+    ended: Condvar,
+}
+
+impl CallThreads {
+    /// Waits until no calls thread runs, or `timeout` has passed; true when none runs.
+    pub fn wait_ended(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        while *live > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            live = self
+                .ended
+                .wait_timeout(live, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    fn started(self: &Arc<Self>) -> LiveThread {
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        LiveThread(self.clone())
+    }
+}
+
+/// Held by a calls thread while it runs; counts it ended when dropped (a panic too).
+struct LiveThread(Arc<CallThreads>);
+
+impl Drop for LiveThread {
+    fn drop(&mut self) {
+        *self.0.live.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.0.ended.notify_all();
+    }
+}
 
 /// A reporter whose calls run on their own thread; see the module docs.
 pub struct Isolated<R> {
@@ -28,20 +73,23 @@ pub struct Isolated<R> {
 }
 
 impl<R: Reporter> Isolated<R> {
-    /// Starts the calls thread for `inner`.
-    pub fn new(inner: R) -> std::io::Result<Self> {
+    /// Starts the calls thread for `inner`, counted in `threads` while it runs.
+    pub fn new(inner: R, threads: &Arc<CallThreads>) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let calls = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
+        let live = threads.started();
         std::thread::Builder::new()
             .name("blp-calls".into())
             .spawn(move || {
+                let _live = live;
                 runtime.block_on(async {
                     let _ = stopped.await;
                 });
                 // Calls still running are dropped (cancelled) with the runtime.
+                drop(runtime);
             })?;
         Ok(Self {
             inner: Arc::new(inner),
@@ -128,9 +176,12 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_call_that_blocks_its_thread_can_still_be_given_up_on() {
         let release = Arc::new(AtomicBool::new(false));
-        let reporter = Isolated::new(Blocking {
-            release: release.clone(),
-        })
+        let reporter = Isolated::new(
+            Blocking {
+                release: release.clone(),
+            },
+            &Arc::new(CallThreads::default()),
+        )
         .unwrap();
         // On a current-thread runtime, the blocking call would hang this test
         // if it ran here.

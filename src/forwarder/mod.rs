@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use batch::{coalesce, Limits, OrderKey, Outgoing};
-pub use isolate::Isolated;
+pub use isolate::{CallThreads, Isolated};
 pub use retry::Backoff;
 pub use split::Learned;
 pub use spooling::{Replay, Spooler};
