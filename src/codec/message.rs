@@ -325,6 +325,35 @@ fn narrow(range: Range<usize>) -> Range<u16> {
 mod tests {
     use super::*;
 
+    /// docs/wire-format.md: a log's unknown fields reach coderd as boundary sent them;
+    /// the request's own unknown fields are left out.
+    #[test]
+    fn unknown_fields_inside_a_log_pass_through_and_the_requests_own_are_left_out() {
+        let log = [
+            0x20, 0x07, // sequence_number 7
+            0x98, 0x06, 0x05, // field 99, varint 5 (unknown)
+        ];
+        let mut payload = vec![0x0a, log.len() as u8];
+        payload.extend_from_slice(&log);
+        payload.extend_from_slice(&[0x12, 0x01, b's']); // session_id "s"
+        payload.extend_from_slice(&[0xf8, 0x06, 0x01]); // field 111, varint 1 (unknown)
+        let frame = RawFrame {
+            tag: Tag::V1,
+            payload: Bytes::from(payload),
+        };
+        let Ok(Message::Logs(frame)) = decode_message(frame) else {
+            panic!("a valid request");
+        };
+        assert_eq!(frame.log_count(), 1);
+        assert_eq!(frame.sequence_numbers().collect::<Vec<_>>(), [7]);
+        let mut logs = vec![0x0a, log.len() as u8];
+        logs.extend_from_slice(&log);
+        assert_eq!(frame.encoded_logs(), &logs[..]);
+        let mut request = logs;
+        request.extend_from_slice(&[0x12, 0x01, b's']);
+        assert_eq!(&frame.encoded_request()[..], &request[..]);
+    }
+
     #[test]
     fn counting_a_request_agrees_with_prost_on_valid_and_invalid_bytes() {
         let request = ReportBoundaryLogsRequest {
