@@ -84,21 +84,38 @@ fn now_ms() -> u64 {
 }
 
 /// A frame was skipped, or closed its connection (see the codec's bad-input table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameRejected {
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRejected<'a> {
     /// Why.
     pub reason: FrameRejectReason,
+    /// The connection it came on (the id of the reader's debug lines), if known.
+    pub conn: Option<u64>,
+    /// What was wrong with it, when the codec said.
+    pub error: Option<&'a CodecError>,
 }
 
-impl From<&CodecError> for FrameRejected {
-    fn from(error: &CodecError) -> Self {
+impl<'a> FrameRejected<'a> {
+    /// The codec's `error` on connection `conn`.
+    pub fn of(error: &'a CodecError, conn: u64) -> Self {
         Self {
             reason: error.into(),
+            conn: Some(conn),
+            error: Some(error),
         }
     }
 }
 
-impl InternalEvent for FrameRejected {
+impl<'a> From<&'a CodecError> for FrameRejected<'a> {
+    fn from(error: &'a CodecError) -> Self {
+        Self {
+            reason: error.into(),
+            conn: None,
+            error: Some(error),
+        }
+    }
+}
+
+impl InternalEvent for FrameRejected<'_> {
     fn emit(self, metrics: &Metrics) {
         static LIMITS: [LogLimiter; FrameRejectReason::ALL.len()] =
             [const { LogLimiter::new() }; FrameRejectReason::ALL.len()];
@@ -111,7 +128,13 @@ impl InternalEvent for FrameRejected {
             .position(|&r| r == self.reason)
             .unwrap_or(0);
         if let Some(suppressed) = LIMITS[index].admit() {
-            tracing::warn!(reason = %self.reason, suppressed, "rejected a frame from boundary");
+            tracing::warn!(
+                reason = %self.reason,
+                conn = self.conn,
+                error = self.error.map(tracing::field::display),
+                suppressed,
+                "rejected a frame from boundary"
+            );
         }
     }
 }
@@ -121,6 +144,10 @@ impl InternalEvent for FrameRejected {
 pub struct ConnectionRejected {
     /// Why.
     pub reason: ConnectionRejectReason,
+    /// The connecting process's uid, when the kernel gave one.
+    pub peer_uid: Option<u32>,
+    /// Its pid, when the kernel gave one.
+    pub peer_pid: Option<i32>,
 }
 
 impl InternalEvent for ConnectionRejected {
@@ -132,7 +159,13 @@ impl InternalEvent for ConnectionRejected {
             .inc();
         let index = usize::from(self.reason == ConnectionRejectReason::PeerUid);
         if let Some(suppressed) = LIMITS[index].admit() {
-            tracing::warn!(reason = %self.reason, suppressed, "rejected a connection");
+            tracing::warn!(
+                reason = %self.reason,
+                peer_uid = self.peer_uid,
+                peer_pid = self.peer_pid,
+                suppressed,
+                "rejected a connection"
+            );
         }
     }
 }
@@ -911,6 +944,8 @@ mod tests {
         ConnectionClosed.emit(&m);
         ConnectionRejected {
             reason: ConnectionRejectReason::PeerUid,
+            peer_uid: Some(1000),
+            peer_pid: Some(42),
         }
         .emit(&m);
         assert_eq!(m.connections.get(), 1);

@@ -14,7 +14,7 @@ use crate::events::{
     SequenceGap, SequenceOutOfOrder, WaitedForRoom,
 };
 use crate::metrics::{ConnectionRejectReason, FrameRejectReason, Metrics};
-use crate::reader::{CloseCause, ConnInfo, ConnectionHandler, RejectReason};
+use crate::reader::{CloseCause, ConnInfo, ConnectionHandler, Peer, RejectReason};
 use crate::ring::{Producer, PushError};
 use crate::seqgap::{SeqTracker, SessionKey};
 
@@ -62,6 +62,8 @@ pub struct Intake {
 #[derive(Debug)]
 pub struct Connection {
     id: u32,
+    /// The reader's id of the connection (its debug lines'), for the rejection lines.
+    conn_id: u64,
     decoder: FrameDecoder,
     /// The key run of this connection's last frame, and its session id and process name.
     key_run: KeyRun,
@@ -142,11 +144,13 @@ impl Intake {
                     .emit(&self.metrics),
                     _ => FrameRejected {
                         reason: FrameRejectReason::BadStatus,
+                        conn: Some(read.conn_id),
+                        error: None,
                     }
                     .emit(&self.metrics),
                 }
             }
-            Err(error) => FrameRejected::from(&error).emit(&self.metrics),
+            Err(error) => FrameRejected::of(&error, read.conn_id).emit(&self.metrics),
         }
     }
 
@@ -156,6 +160,8 @@ impl Intake {
             // Nothing to deliver: no ring slot, no call.
             FrameRejected {
                 reason: FrameRejectReason::Empty,
+                conn: Some(read.conn_id),
+                error: None,
             }
             .emit(&self.metrics);
             return;
@@ -221,6 +227,7 @@ impl Intake {
 /// sequence tracker, locked at the first frame of logs and held to the read's end.
 struct Read<'a> {
     conn: u32,
+    conn_id: u64,
     now: Instant,
     key_run: &'a mut KeyRun,
     sequences: Option<MutexGuard<'a, SeqTracker>>,
@@ -281,6 +288,7 @@ impl ConnectionHandler for Intake {
         Connection {
             // Ids only need to tell live connections apart within one drain.
             id: info.id as u32,
+            conn_id: info.id,
             decoder: FrameDecoder::new(),
             key_run: KeyRun::default(),
             failed: false,
@@ -292,6 +300,7 @@ impl ConnectionHandler for Intake {
         // One clock reading per read: the frames of one read arrived together.
         let mut read = Read {
             conn: conn.id,
+            conn_id: conn.conn_id,
             now: Instant::now(),
             key_run: &mut conn.key_run,
             sequences: None,
@@ -305,7 +314,7 @@ impl ConnectionHandler for Intake {
                 Ok(None) => break ControlFlow::Continue(()),
                 Err(error) => {
                     conn.failed = true;
-                    FrameRejected::from(&error).emit(&self.metrics);
+                    FrameRejected::of(&error, conn.conn_id).emit(&self.metrics);
                     break ControlFlow::Break(());
                 }
             }
@@ -326,18 +335,23 @@ impl ConnectionHandler for Intake {
     fn closed(&self, conn: Connection, _cause: CloseCause) {
         if !conn.failed {
             if let Err(error) = conn.decoder.finish() {
-                FrameRejected::from(&error).emit(&self.metrics);
+                FrameRejected::of(&error, conn.conn_id).emit(&self.metrics);
             }
         }
         ConnectionClosed.emit(&self.metrics);
     }
 
-    fn rejected(&self, reason: RejectReason) {
+    fn rejected(&self, reason: RejectReason, peer: Peer) {
         let reason = match reason {
             RejectReason::Limit => ConnectionRejectReason::Limit,
             RejectReason::PeerUid => ConnectionRejectReason::PeerUid,
         };
-        ConnectionRejected { reason }.emit(&self.metrics);
+        ConnectionRejected {
+            reason,
+            peer_uid: peer.uid,
+            peer_pid: peer.pid,
+        }
+        .emit(&self.metrics);
     }
 }
 

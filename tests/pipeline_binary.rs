@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -550,3 +551,47 @@ fn promtool_check(scrape: &Scrape) {
 }
 
 on_io_modes!(the_stdout_sink_prints_the_contract_json_lines);
+
+/// A rejection's warning tells the operator where to look: a rejected frame names its
+/// connection and what was wrong with it, a rejected connection whose process it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_are_logged_with_their_connection_and_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, socket) = serve(dir.path(), &["--sink", "null"]).await;
+    let mut client = Client::connect(&socket);
+    client.send(&vector("v1_garbage_protobuf.bin"));
+    client.send(&vector("unknown_tag.bin"));
+    assert!(client.closed_by_proxy(PATIENCE), "an unknown tag closes it");
+    let exited = proxy.terminate().await;
+    let warned = |what: &str, parts: &[&str]| {
+        exited
+            .stderr
+            .iter()
+            .find(|line| line.contains(what) && parts.iter().all(|p| line.contains(p)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {what} line with {parts:?}:\n{:#?}", exited.stderr))
+    };
+    let decode = warned("rejected a frame", &["decode_error", "\"conn\":1"]);
+    assert!(decode.contains("\"error\":"), "{decode}");
+    let tag = warned("rejected a frame", &["unsupported_tag", "\"conn\":1"]);
+    assert!(tag.contains("\"error\":"), "{tag}");
+
+    // A peer whose uid is not allowed.
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    let dir = tempfile::tempdir().unwrap();
+    let other = (me + 1).to_string();
+    let (proxy, socket) = serve(dir.path(), &["--sink", "null", "--allow-uid", &other]).await;
+    let mut client = Client::connect(&socket);
+    assert!(client.closed_by_proxy(PATIENCE), "not an allowed uid");
+    let exited = proxy.terminate().await;
+    let line = exited
+        .stderr
+        .iter()
+        .find(|line| line.contains("rejected a connection"))
+        .unwrap_or_else(|| panic!("no rejection line:\n{:#?}", exited.stderr));
+    assert!(line.contains(&format!("\"peer_uid\":{me}")), "{line}");
+    assert!(
+        line.contains(&format!("\"peer_pid\":{}", std::process::id())),
+        "{line}"
+    );
+}

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boundary_log_proxy::reader::{
-    self, CloseCause, ConnInfo, ConnectionHandler, IoMode, ReaderConfig, RejectReason,
+    self, CloseCause, ConnInfo, ConnectionHandler, IoMode, Peer, ReaderConfig, RejectReason,
 };
 
 /// Counts calls; per-connection state is zero-sized, so memory growth is the reader's.
@@ -43,7 +43,7 @@ impl ConnectionHandler for Counting {
     fn closed(&self, _: (), _: CloseCause) {
         self.closed.fetch_add(1, Ordering::Relaxed);
     }
-    fn rejected(&self, _: RejectReason) {}
+    fn rejected(&self, _: RejectReason, _: Peer) {}
 }
 
 fn wait_until(what: &str, timeout: Duration, cond: impl Fn() -> bool) {

@@ -177,6 +177,15 @@ pub enum CloseCause {
     Shutdown,
 }
 
+/// The process at the other end of a rejected connection, as SO_PEERCRED gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Peer {
+    /// Its uid, when the kernel gave one.
+    pub uid: Option<u32>,
+    /// Its pid, when the kernel gave one.
+    pub pid: Option<i32>,
+}
+
 /// Why a connection was accepted and closed at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
@@ -210,8 +219,8 @@ pub trait ConnectionHandler: Send + Sync + 'static {
     fn data(&self, state: &mut Self::State, bytes: &[u8]) -> ControlFlow<()>;
     /// The connection ended; called exactly once for every `open`.
     fn closed(&self, state: Self::State, cause: CloseCause);
-    /// A connection was accepted and closed at once without `open`.
-    fn rejected(&self, reason: RejectReason);
+    /// A connection from `peer` was accepted and closed at once without `open`.
+    fn rejected(&self, reason: RejectReason, peer: Peer);
 }
 
 /// Errors of the socket side.

@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::sys;
-use super::{ConnInfo, ConnectionHandler, RejectReason};
+use super::{ConnInfo, ConnectionHandler, Peer, RejectReason};
 
 /// Decides which accepted connections stay open; one per reader, shared by its threads.
 #[derive(Debug)]
@@ -49,7 +49,11 @@ impl Admission {
             Err(reason) => {
                 drop(conn);
                 tracing::debug!(reason = reason.as_label(), peer_uid = ?cred.map(|c| c.uid), "connection rejected");
-                handler.rejected(reason);
+                let peer = Peer {
+                    uid: cred.map(|c| c.uid),
+                    pid: cred.map(|c| c.pid),
+                };
+                handler.rejected(reason, peer);
                 None
             }
         }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use boundary_log_proxy::reader::{
-    self, Backend, CloseCause, ConnInfo, ConnectionHandler, IoMode, Reader, ReaderConfig,
+    self, Backend, CloseCause, ConnInfo, ConnectionHandler, IoMode, Peer, Reader, ReaderConfig,
     RejectReason,
 };
 
@@ -249,7 +249,7 @@ impl ConnectionHandler for Recorder {
         });
     }
 
-    fn rejected(&self, reason: RejectReason) {
+    fn rejected(&self, reason: RejectReason, _peer: Peer) {
         self.update(|s| s.rejected.push(reason));
     }
 }
