@@ -88,8 +88,8 @@ fn now_ms() -> u64 {
 pub struct FrameRejected<'a> {
     /// Why.
     pub reason: FrameRejectReason,
-    /// The connection it came on (the id of the reader's debug lines), if known.
-    pub conn: Option<u64>,
+    /// The connection it came on (the id of the reader's debug lines).
+    pub conn: u64,
     /// What was wrong with it, when the codec said.
     pub error: Option<&'a CodecError>,
 }
@@ -99,17 +99,7 @@ impl<'a> FrameRejected<'a> {
     pub fn of(error: &'a CodecError, conn: u64) -> Self {
         Self {
             reason: error.into(),
-            conn: Some(conn),
-            error: Some(error),
-        }
-    }
-}
-
-impl<'a> From<&'a CodecError> for FrameRejected<'a> {
-    fn from(error: &'a CodecError) -> Self {
-        Self {
-            reason: error.into(),
-            conn: None,
+            conn,
             error: Some(error),
         }
     }
@@ -927,7 +917,7 @@ mod tests {
             CodecError::Decode("again".into()),
         ];
         for error in &errors {
-            FrameRejected::from(error).emit(&m);
+            FrameRejected::of(error, 1).emit(&m);
         }
         assert_eq!(m.frames_rejected_for(FrameRejectReason::UnsupportedTag), 1);
         assert_eq!(m.frames_rejected_for(FrameRejectReason::TooLarge), 1);

@@ -61,9 +61,8 @@ pub struct Intake {
 /// Per-connection state: the incremental frame decoder.
 #[derive(Debug)]
 pub struct Connection {
-    id: u32,
-    /// The reader's id of the connection (its debug lines'), for the rejection lines.
-    conn_id: u64,
+    /// The reader's id of the connection (its debug lines'), also in the rejection lines.
+    id: u64,
     decoder: FrameDecoder,
     /// The key run of this connection's last frame, and its session id and process name.
     key_run: KeyRun,
@@ -144,13 +143,13 @@ impl Intake {
                     .emit(&self.metrics),
                     _ => FrameRejected {
                         reason: FrameRejectReason::BadStatus,
-                        conn: Some(read.conn_id),
+                        conn: read.conn,
                         error: None,
                     }
                     .emit(&self.metrics),
                 }
             }
-            Err(error) => FrameRejected::of(&error, read.conn_id).emit(&self.metrics),
+            Err(error) => FrameRejected::of(&error, read.conn).emit(&self.metrics),
         }
     }
 
@@ -160,7 +159,7 @@ impl Intake {
             // Nothing to deliver: no ring slot, no call.
             FrameRejected {
                 reason: FrameRejectReason::Empty,
-                conn: Some(read.conn_id),
+                conn: read.conn,
                 error: None,
             }
             .emit(&self.metrics);
@@ -199,7 +198,8 @@ impl Intake {
         match self.producer.push(
             QueuedFrame {
                 frame,
-                conn: read.conn,
+                // Ids only need to tell live connections apart within one drain.
+                conn: read.conn as u32,
                 key_run,
             },
             logs,
@@ -226,8 +226,7 @@ impl Intake {
 /// What the frames of one read share: the connection, one clock reading, and the
 /// sequence tracker, locked at the first frame of logs and held to the read's end.
 struct Read<'a> {
-    conn: u32,
-    conn_id: u64,
+    conn: u64,
     now: Instant,
     key_run: &'a mut KeyRun,
     sequences: Option<MutexGuard<'a, SeqTracker>>,
@@ -286,9 +285,7 @@ impl ConnectionHandler for Intake {
     fn open(&self, info: &ConnInfo) -> Connection {
         ConnectionOpened.emit(&self.metrics);
         Connection {
-            // Ids only need to tell live connections apart within one drain.
-            id: info.id as u32,
-            conn_id: info.id,
+            id: info.id,
             decoder: FrameDecoder::new(),
             key_run: KeyRun::default(),
             failed: false,
@@ -300,7 +297,6 @@ impl ConnectionHandler for Intake {
         // One clock reading per read: the frames of one read arrived together.
         let mut read = Read {
             conn: conn.id,
-            conn_id: conn.conn_id,
             now: Instant::now(),
             key_run: &mut conn.key_run,
             sequences: None,
@@ -314,7 +310,7 @@ impl ConnectionHandler for Intake {
                 Ok(None) => break ControlFlow::Continue(()),
                 Err(error) => {
                     conn.failed = true;
-                    FrameRejected::of(&error, conn.conn_id).emit(&self.metrics);
+                    FrameRejected::of(&error, conn.id).emit(&self.metrics);
                     break ControlFlow::Break(());
                 }
             }
@@ -335,7 +331,7 @@ impl ConnectionHandler for Intake {
     fn closed(&self, conn: Connection, _cause: CloseCause) {
         if !conn.failed {
             if let Err(error) = conn.decoder.finish() {
-                FrameRejected::of(&error, conn.conn_id).emit(&self.metrics);
+                FrameRejected::of(&error, conn.id).emit(&self.metrics);
             }
         }
         ConnectionClosed.emit(&self.metrics);

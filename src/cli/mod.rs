@@ -226,8 +226,8 @@ fn loadgen_args(
         }
     }
     // Every connection's frames must fit the frame limit (their sessions differ in length).
+    let tag = crate::loadgen::tag(args.tag);
     for index in 0..args.connections {
-        let tag = crate::loadgen::tag(args.tag);
         if let Err(crate::loadgen::LoadgenError::FrameTooLarge { bytes, .. }) =
             crate::loadgen::SessionStream::new(index, args.logs_per_frame, tag)
         {
