@@ -119,7 +119,7 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
     // stop signal ends the wait at once, as the deadline would.
     let drained = tokio::select! {
         ended = tokio::time::timeout_at(deadline.into(), &mut forwarder) => ended.is_ok(),
-        () = signals.stop_requested() => {
+        () = signals.hurry_requested() => {
             tracing::warn!(
                 "second stop signal: not waiting out the drain; what is still held is counted as at the deadline"
             );
@@ -217,6 +217,26 @@ impl Signals {
                 signal = name,
                 "signal has no meaning for the proxy; ignored"
             );
+        }
+    }
+
+    /// During the drain: returns at a SIGTERM or SIGINT, the operator asking again. A
+    /// SIGHUP then is logged and ignored: a closing terminal sends it twice (the shell's,
+    /// then the kernel's as the shell exits), and that is one request to stop.
+    async fn hurry_requested(&mut self) {
+        loop {
+            let (name, hurries) = tokio::select! {
+                _ = self.term.recv() => ("SIGTERM", true),
+                _ = self.int.recv() => ("SIGINT", true),
+                _ = self.hup.recv() => ("SIGHUP", false),
+                _ = self.usr1.recv() => ("SIGUSR1", false),
+                _ = self.usr2.recv() => ("SIGUSR2", false),
+            };
+            if hurries {
+                tracing::info!(signal = name, "stop requested again");
+                return;
+            }
+            tracing::info!(signal = name, "signal during the drain; ignored");
         }
     }
 }

@@ -400,6 +400,34 @@ async fn a_second_stop_signal_ends_the_drain_at_once_and_counts_what_is_held() {
     );
 }
 
+/// A terminal, ssh session or tmux pane closing sends SIGHUP twice (the shell's, then
+/// the kernel's as the shell exits): that is one request to stop, and the drain goes on.
+/// A SIGTERM after it still ends the drain at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_terminals_second_sighup_does_not_cut_the_drain_short() {
+    let coderd = FakeCoderd::start().await;
+    coderd.set_behaviour(Behaviour::normal().with_delay(Duration::from_secs(3600)));
+    let mut binary = Binary::serve(&coderd.addr(), &["--shutdown-timeout", "60s"]).await;
+    let _client = held_logs(&binary, "hangup", 50).await;
+    assert!(
+        coderd.wait_for_calls(1, PATIENCE).await,
+        "the forwarder is stuck in a call"
+    );
+    binary.process.signal(libc::SIGHUP);
+    // Apart, so that the kernel does not merge them into one pending signal.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    binary.process.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        binary.process.is_running(),
+        "a second SIGHUP ended the drain:\n{}",
+        binary.process.stderr.get().join("\n")
+    );
+    let stopped = binary.stop_with(libc::SIGTERM, PATIENCE).await;
+    stopped.assert_clean_exit_within(Duration::ZERO);
+    stopped.assert_all_counted_shutdown(100);
+}
+
 /// SIGUSR1, SIGUSR2 and SIGPIPE mean nothing to the proxy: it logs and ignores
 /// them (their default action would kill it, buffered logs lost uncounted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
