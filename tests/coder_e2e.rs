@@ -283,6 +283,25 @@ async fn coderd_given_as_the_grpc_destination_is_named_with_the_flag_to_use_inst
     proxy.stop().await;
 }
 
+/// The same when coderd comes up only after the proxy first failed to connect: a
+/// refused connection leaves nothing to ask, so the question is asked again later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coderd_given_as_the_grpc_destination_is_named_even_when_it_came_up_later() {
+    let mut coderd = TestCoderd::start(|c| c.version = "v2.31.2".into()).await;
+    coderd.stop().await;
+    let url = coderd.url();
+    let proxy = Proxy::spawn(&["--coderd", &url], &["--retry-max-elapsed", "30s"]).await;
+    write_session(&proxy, 1, 0, 1, 5);
+    proxy
+        .logs_eventually(&["forwarding failed", "refused"])
+        .await;
+    coderd.restart().await;
+    proxy
+        .logs_eventually(&["is coderd v2.31.2", "--coder-url", &url])
+        .await;
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drpc_error_is_counted_forward_failed_at_once_without_a_retry() {
     let coderd = TestCoderd::start(|_| {}).await;

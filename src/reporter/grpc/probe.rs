@@ -2,19 +2,19 @@
 //! answers coderd's `GET /api/v2/buildinfo`, it is coderd itself, which serves its Agent
 //! API over DRPC on a websocket (`--coder-url`), not over gRPC, and the log says so.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::coder::CoderUrl;
 use crate::reporter::coder::{buildinfo, net::Connector};
+use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::Arc;
 
 /// Longest the probe waits for the connection, and then for buildinfo's answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Asks the destination once, after the first call that failed at the transport, whether
-/// it is coderd. Cheap to clone; clones share the once. `None` for destinations coderd
-/// cannot be (`unix:`).
+/// Asks the destination, after a call failed at the transport, whether it is coderd
+/// (see [`CoderdProbe::after_transport_failure`]). Cheap to clone; clones share the
+/// question. `None` for destinations coderd cannot be (`unix:`).
 #[derive(Debug, Clone)]
 pub(super) struct CoderdProbe(Option<Arc<Probe>>);
 
@@ -37,10 +37,12 @@ impl CoderdProbe {
         }))
     }
 
-    /// A call failed at the transport: the first time, asks the destination in the
-    /// background (one HTTP/1.1 request on a connection of its own) and logs an error
-    /// naming the flag to use if coderd answers. Anything else (no answer, an HTTP
-    /// error, another body) logs nothing more: the failed calls are already logged.
+    /// A call failed at the transport: asks the destination in the background (one
+    /// HTTP/1.1 request on a connection of its own) whether it is coderd, and if coderd
+    /// answers, logs an error naming the flag to use. Once the request is made, whatever
+    /// comes back (coderd's answer, an HTTP error, another body, or nothing within the
+    /// timeout) settles the question. A connection that cannot be made settles nothing:
+    /// the next failure asks again, so a coderd that comes up later is still recognised.
     pub(super) fn after_transport_failure(&self) {
         let Some(probe) = &self.0 else {
             return;
@@ -48,15 +50,17 @@ impl CoderdProbe {
         if probe.started.swap(true, Ordering::Relaxed) {
             return;
         }
-        let url = probe.url.clone();
+        let probe = probe.clone();
         tokio::spawn(async move {
+            let url = &probe.url;
             let Ok(connector) = Connector::new(url.clone(), None, PROBE_TIMEOUT) else {
                 return;
             };
             let Ok(io) = connector.connect().await else {
+                probe.started.store(false, Ordering::Relaxed);
                 return;
             };
-            if let Ok(version) = buildinfo::fetch_version(io, &url, PROBE_TIMEOUT).await {
+            if let Ok(version) = buildinfo::fetch_version(io, url, PROBE_TIMEOUT).await {
                 tracing::error!(
                     coderd = %url,
                     version,
