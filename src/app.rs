@@ -71,7 +71,10 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
         socket = %server.socket_path().display(),
         io = %backend,
         destination = %destination(&config),
-        metrics = %config.metrics_addr.map_or("off".to_owned(), |addr| addr.to_string()),
+        metrics = %metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+            .map_or("off".to_owned(), |addr| addr.to_string()),
         "listening"
     );
 
@@ -296,7 +299,22 @@ pub fn sink(args: SinkArgs) -> Result<(), AppError> {
 /// `boundary-log-proxy loadgen`: acts as boundary (progress on stderr every second),
 /// then prints the summary line (frames/s, logs/s, bytes/s) on stdout.
 pub fn loadgen(args: LoadgenArgs) -> Result<(), AppError> {
-    let summary = crate::loadgen::run(&args).map_err(|e| AppError::Task(e.to_string()))?;
+    let summary = crate::loadgen::run(&args).map_err(|error| match error {
+        // Found before any connection is made: a bad value, reported as one (exit 2).
+        crate::loadgen::LoadgenError::FrameTooLarge { bytes, .. } => {
+            AppError::Config(ConfigError::Unusable {
+                setting: "--logs-per-frame",
+                value: args.logs_per_frame.to_string(),
+                takes: "as many logs as fit one frame",
+                problem: format!(
+                    "frames of that many logs can reach {bytes} bytes (its longest log each \
+                     time, with the widest numbers), over the {}-byte frame limit",
+                    crate::codec::MAX_PAYLOAD_LEN
+                ),
+            })
+        }
+        error => AppError::Task(error.to_string()),
+    })?;
     print_line(summary)
 }
 

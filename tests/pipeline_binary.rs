@@ -595,3 +595,26 @@ async fn rejections_are_logged_with_their_connection_and_cause() {
         "{line}"
     );
 }
+
+/// `--metrics-addr HOST:0` binds a port the kernel picks: the start-up line names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listening_line_names_the_metrics_port_actually_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _socket) = serve(
+        dir.path(),
+        &["--sink", "null", "--metrics-addr", "127.0.0.1:0"],
+    )
+    .await;
+    let exited = proxy.terminate().await;
+    let listening = exited
+        .stderr
+        .iter()
+        .find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            (v["fields"]["message"] == "listening").then_some(v)
+        })
+        .expect("a listening line");
+    let metrics = listening["fields"]["metrics"].as_str().unwrap().to_owned();
+    let port: u16 = metrics.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(metrics.starts_with("127.0.0.1:") && port != 0, "{metrics}");
+}

@@ -225,23 +225,6 @@ fn loadgen_args(
             args.socket = path;
         }
     }
-    // Every connection's frames must fit the frame limit (their sessions differ in length).
-    let tag = crate::loadgen::tag(args.tag);
-    for index in 0..args.connections {
-        if let Err(crate::loadgen::LoadgenError::FrameTooLarge { bytes, .. }) =
-            crate::loadgen::SessionStream::new(index, args.logs_per_frame, tag)
-        {
-            return Err(config::ConfigError::Unusable {
-                setting: "--logs-per-frame",
-                value: args.logs_per_frame.to_string(),
-                takes: "as many logs as fit one frame",
-                problem: format!(
-                    "its frames would carry {bytes}-byte payloads, over the {}-byte frame limit",
-                    crate::codec::MAX_PAYLOAD_LEN
-                ),
-            });
-        }
-    }
     Ok(args)
 }
 
@@ -505,7 +488,7 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
         "true" | "yes" | "on" | "1" | "y" | "t" => Ok(true),
         "false" | "no" | "off" | "0" | "n" | "f" => Ok(false),
-        _ => Err("expected true or false (or yes/no, on/off, 1/0)".to_owned()),
+        _ => Err("expected true or false (or yes/no, on/off, 1/0, y/n, t/f)".to_owned()),
     }
 }
 
