@@ -201,18 +201,23 @@ impl Signals {
         })
     }
 
-    /// Returns at the first signal that stops the process (one that arrived since
-    /// `install` counts); logs and ignores the others.
+    /// The next signal handled (one that arrived since `install` counts), by name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
+            _ = self.usr1.recv() => "SIGUSR1",
+            _ = self.usr2.recv() => "SIGUSR2",
+        }
+    }
+
+    /// Returns at the first signal that stops the process (SIGTERM, SIGINT or SIGHUP);
+    /// logs and ignores the others.
     async fn stop_requested(&mut self) {
         loop {
-            let (name, stops) = tokio::select! {
-                _ = self.term.recv() => ("SIGTERM", true),
-                _ = self.int.recv() => ("SIGINT", true),
-                _ = self.hup.recv() => ("SIGHUP", true),
-                _ = self.usr1.recv() => ("SIGUSR1", false),
-                _ = self.usr2.recv() => ("SIGUSR2", false),
-            };
-            if stops {
+            let name = self.next().await;
+            if matches!(name, "SIGTERM" | "SIGINT" | "SIGHUP") {
                 tracing::info!(signal = name, "stop requested");
                 return;
             }
@@ -228,14 +233,8 @@ impl Signals {
     /// then the kernel's as the shell exits), and that is one request to stop.
     async fn hurry_requested(&mut self) {
         loop {
-            let (name, hurries) = tokio::select! {
-                _ = self.term.recv() => ("SIGTERM", true),
-                _ = self.int.recv() => ("SIGINT", true),
-                _ = self.hup.recv() => ("SIGHUP", false),
-                _ = self.usr1.recv() => ("SIGUSR1", false),
-                _ = self.usr2.recv() => ("SIGUSR2", false),
-            };
-            if hurries {
+            let name = self.next().await;
+            if matches!(name, "SIGTERM" | "SIGINT") {
                 tracing::info!(signal = name, "stop requested again");
                 return;
             }
