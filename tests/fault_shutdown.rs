@@ -354,18 +354,29 @@ async fn held_logs(binary: &Binary, session: &str, frames_count: usize) -> UnixS
     client
 }
 
-/// A terminal, ssh session or tmux pane closing sends SIGHUP: the proxy stops as
-/// on SIGTERM, not at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_with_coderd_stalled_counts_held_logs_as_shutdown_removes_the_socket_and_exits_0() {
+/// The binary with `--shutdown-timeout shutdown_timeout`, holding 100 logs of `session`
+/// while its forwarder is stuck in a call coderd never answers. The coderd and the client
+/// are returned to be kept alive.
+async fn stuck_in_a_call(
+    session: &str,
+    shutdown_timeout: &str,
+) -> (FakeCoderd, Binary, UnixStream) {
     let coderd = FakeCoderd::start().await;
     coderd.set_behaviour(Behaviour::normal().with_delay(Duration::from_secs(3600)));
-    let binary = Binary::serve(&coderd.addr(), &["--shutdown-timeout", "1s"]).await;
-    let _client = held_logs(&binary, "hup", 50).await;
+    let binary = Binary::serve(&coderd.addr(), &["--shutdown-timeout", shutdown_timeout]).await;
+    let client = held_logs(&binary, session, 50).await;
     assert!(
         coderd.wait_for_calls(1, PATIENCE).await,
         "the forwarder is stuck in a call"
     );
+    (coderd, binary, client)
+}
+
+/// A terminal, ssh session or tmux pane closing sends SIGHUP: the proxy stops as
+/// on SIGTERM, not at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_coderd_stalled_counts_held_logs_as_shutdown_removes_the_socket_and_exits_0() {
+    let (_coderd, binary, _client) = stuck_in_a_call("hup", "1s").await;
     let stopped = binary.stop_with(libc::SIGHUP, PATIENCE).await;
     stopped.assert_clean_exit_within(Duration::from_secs(1));
     stopped.assert_all_counted_shutdown(100);
@@ -376,14 +387,7 @@ async fn sighup_with_coderd_stalled_counts_held_logs_as_shutdown_removes_the_soc
 /// `shutdown` as at the deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_stop_signal_ends_the_drain_at_once_and_counts_what_is_held() {
-    let coderd = FakeCoderd::start().await;
-    coderd.set_behaviour(Behaviour::normal().with_delay(Duration::from_secs(3600)));
-    let mut binary = Binary::serve(&coderd.addr(), &["--shutdown-timeout", "60s"]).await;
-    let _client = held_logs(&binary, "twice", 50).await;
-    assert!(
-        coderd.wait_for_calls(1, PATIENCE).await,
-        "the forwarder is stuck in a call"
-    );
+    let (_coderd, mut binary, _client) = stuck_in_a_call("twice", "60s").await;
     binary.process.signal(libc::SIGTERM);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(binary.process.is_running(), "draining, within the 60 s");
@@ -405,14 +409,7 @@ async fn a_second_stop_signal_ends_the_drain_at_once_and_counts_what_is_held() {
 /// A SIGTERM after it still ends the drain at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closing_terminals_second_sighup_does_not_cut_the_drain_short() {
-    let coderd = FakeCoderd::start().await;
-    coderd.set_behaviour(Behaviour::normal().with_delay(Duration::from_secs(3600)));
-    let mut binary = Binary::serve(&coderd.addr(), &["--shutdown-timeout", "60s"]).await;
-    let _client = held_logs(&binary, "hangup", 50).await;
-    assert!(
-        coderd.wait_for_calls(1, PATIENCE).await,
-        "the forwarder is stuck in a call"
-    );
+    let (_coderd, mut binary, _client) = stuck_in_a_call("hangup", "60s").await;
     binary.process.signal(libc::SIGHUP);
     // Apart, so that the kernel does not merge them into one pending signal.
     tokio::time::sleep(Duration::from_millis(200)).await;
