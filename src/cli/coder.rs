@@ -94,15 +94,6 @@ pub(super) fn apply(
         },
         None => return refuse_unused_coder_settings(&args),
     };
-    // The gRPC reporter's token would be silently unused: the coder transport sends the
-    // agent token.
-    if config.auth_token.is_some() {
-        return Err(ConfigError::Requires {
-            setting: "--auth-token",
-            requires: "--coderd",
-            why: "the coder transport sends the agent token (--agent-token) instead",
-        });
-    }
     if args.coder_ca_file.is_some() && !url.tls() {
         return Err(ConfigError::Requires {
             setting: "--coder-ca-file",

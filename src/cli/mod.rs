@@ -258,7 +258,10 @@ fn serve_config(
         return Err(config::ConfigError::Requires {
             setting: "--auth-token",
             requires: "--coderd",
-            why: "it is the token of the gRPC destination, which is not in use",
+            why: match config.coder {
+                Some(_) => "the coder transport sends the agent token (--agent-token) instead",
+                None => "it is the token of the gRPC destination, which is not in use",
+            },
         });
     }
     Ok(config)
