@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf as _, BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_varint, WireType};
 use prost::Message as _;
 
@@ -144,9 +144,9 @@ pub fn decode_message(frame: RawFrame) -> Result<Message, CodecError> {
             let mut scan = RequestScan::default();
             scan.walk(&payload, 0, RECURSION_LIMIT)?;
             let whole = 0..payload.len();
-            Ok(Message::Logs(log_frame(&payload, &scan, &whole, &[])))
+            Ok(Message::Logs(log_frame(payload, &scan, &whole, &[])))
         }
-        Tag::V2 => decode_envelope(&payload),
+        Tag::V2 => decode_envelope(payload),
     }
 }
 
@@ -173,7 +173,7 @@ enum Variant {
     Status(BoundaryStatus),
 }
 
-fn decode_envelope(payload: &Bytes) -> Result<Message, CodecError> {
+fn decode_envelope(payload: Bytes) -> Result<Message, CodecError> {
     let mut variant = Variant::None;
     let mut buf = &payload[..];
     while !buf.is_empty() {
@@ -232,10 +232,14 @@ fn merge_logs(
     }
 }
 
-/// Builds the frame: a slice of the payload when the request segment is already
-/// canonical, otherwise canonical bytes rebuilt from the segments.
+/// Builds the frame: the payload itself, narrowed to the request segment, when that is
+/// already canonical; otherwise canonical bytes rebuilt from the segments.
+///
+/// The payload is taken, not sliced: a slice and the payload's drop would each be an
+/// atomic operation on the reference count its receive arena shares with the frames
+/// before it, a cache line the forwarder's thread writes as it drops those frames.
 fn log_frame(
-    payload: &Bytes,
+    payload: Bytes,
     scan: &RequestScan,
     first: &Range<usize>,
     more: &[Range<usize>],
@@ -249,8 +253,11 @@ fn log_frame(
                 narrow(r.start - base..r.end - base)
             }
         };
+        let mut bytes = payload;
+        bytes.truncate(base + scan.canonical_end);
+        bytes.advance(base);
         LogFrame {
-            bytes: payload.slice(base..base + scan.canonical_end),
+            bytes,
             logs: narrow(0..scan.logs_end),
             session_id: relative(&scan.session),
             process_name: relative(&scan.process),
@@ -258,7 +265,7 @@ fn log_frame(
             seq: scan.seq,
         }
     } else {
-        rebuild(payload, scan, std::iter::once(first).chain(more))
+        rebuild(&payload, scan, std::iter::once(first).chain(more))
     }
 }
 
