@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Reads e2e_bench's output of a proxy built with perf/validation_timing.patch and prints
+"""Reads e2e_bench's output of a proxy built with perf/validation_timing.patch (or
+perf/validation_timing_reference.patch, which also prints the reference measured on the
+proxy's own reader thread) and prints
 the validation cost in ns per log of each 100 ms window of at least 200,000 logs (from the
 proxy's `TIMING` lines), with the round's one-thread references beside them.
 
@@ -18,7 +20,7 @@ for line in sys.stdin:
         if prev and logs - prev[1] >= 200_000:
             windows.append((ns - prev[0]) / (logs - prev[1]))
         prev = (ns, logs)
-    elif "reference on one thread" in line or " Null:" in line:
+    elif "reference on one thread" in line or " Null:" in line or line.startswith("REFERENCE"):
         print(line.strip()[:240])
 if windows:
     print("validation in the pipeline, ns/log per window:", " ".join(f"{w:.0f}" for w in windows))
