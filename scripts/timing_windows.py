@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Reads e2e_bench's output of a proxy built with perf/validation_timing.patch (or
-perf/validation_timing_reference.patch, which also prints the reference measured on the
-proxy's own reader thread) and prints
+"""Reads e2e_bench's output of a proxy built with perf/validation_timing.patch and prints
 the validation cost in ns per log of each 100 ms window of at least 200,000 logs (from the
-proxy's `TIMING` lines), with the round's one-thread references beside them.
+proxy's `TIMING` lines), with the round's one-thread references beside them. A proxy built
+with perf/validation_timing_reference.patch also prints (`REFERENCE` lines) the same
+measurement on its own reader thread, over pre-built frames, before its first read.
 
 Usage: target/release/examples/e2e_bench --bin PATCHED --reporter null --logs 12000000 \\
            2>&1 | python3 scripts/timing_windows.py
