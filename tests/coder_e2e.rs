@@ -86,6 +86,14 @@ impl Proxy {
         .await
     }
 
+    /// Waits until exactly `n` logs are counted dropped as `forward_failed`.
+    async fn forward_failed(&self, n: u64) -> Scrape {
+        self.scrape_until(&format!("{n} logs dropped as forward_failed"), |s| {
+            s.get("logs_dropped_total", Some("reason=\"forward_failed\"")) == n
+        })
+        .await
+    }
+
     /// Whether a JSON log line on stderr contains all of `parts`.
     fn logged_with(&self, parts: &[&str]) -> bool {
         self.process
@@ -222,11 +230,7 @@ async fn a_wrong_token_is_logged_with_coderds_message_counted_and_survived() {
     let coderd = TestCoderd::start(|c| c.token = Some("right".into())).await;
     let proxy = Proxy::start(&coderd.url(), "wrong", &["--retry-max-elapsed", "1s"]).await;
     write_session(&proxy, 1, 0, 1, 5);
-    let scrape = proxy
-        .scrape_until("the logs dropped", |s| {
-            s.get("logs_dropped_total", Some("reason=\"forward_failed\"")) == 5
-        })
-        .await;
+    let scrape = proxy.forward_failed(5).await;
     assert!(scrape.get("coderd_connects_total", Some("result=\"http_error\"")) >= 1);
     assert_eq!(scrape.get("coderd_connected", None), 0);
     proxy
@@ -236,11 +240,7 @@ async fn a_wrong_token_is_logged_with_coderds_message_counted_and_survived() {
     assert!(coderd.sink.connects().iter().all(|c| c.status == 401));
     // Still serving: the next log is counted too.
     write_session(&proxy, 2, 0, 1, 1);
-    proxy
-        .scrape_until("the next log dropped", |s| {
-            s.get("logs_dropped_total", Some("reason=\"forward_failed\"")) == 6
-        })
-        .await;
+    proxy.forward_failed(6).await;
     proxy.stop().await;
 }
 
@@ -249,11 +249,7 @@ async fn a_coderd_below_v2_31_is_refused_before_the_upgrade_and_counted() {
     let coderd = TestCoderd::start(|c| c.version = "v2.30.0".into()).await;
     let proxy = Proxy::start(&coderd.url(), "t", &["--retry-max-elapsed", "1s"]).await;
     write_session(&proxy, 1, 0, 2, 3);
-    let scrape = proxy
-        .scrape_until("the logs dropped", |s| {
-            s.get("logs_dropped_total", Some("reason=\"forward_failed\"")) == 6
-        })
-        .await;
+    let scrape = proxy.forward_failed(6).await;
     assert!(scrape.get("coderd_connects_total", Some("result=\"refused_version\"")) >= 1);
     proxy.logs_eventually(&["v2.30.0"]).await;
     assert!(coderd.sink.buildinfo_requests() >= 1);
@@ -270,11 +266,7 @@ async fn coderd_given_as_the_grpc_destination_is_named_with_the_flag_to_use_inst
     let url = coderd.url();
     let proxy = Proxy::spawn(&["--coderd", &url], &["--retry-max-elapsed", "1s"]).await;
     write_session(&proxy, 1, 0, 1, 5);
-    proxy
-        .scrape_until("the logs dropped", |s| {
-            s.get("logs_dropped_total", Some("reason=\"forward_failed\"")) == 5
-        })
-        .await;
+    proxy.forward_failed(5).await;
     proxy
         .logs_eventually(&["is coderd v2.31.2", "--coder-url", &url])
         .await;
@@ -311,11 +303,7 @@ async fn a_drpc_error_is_counted_forward_failed_at_once_without_a_retry() {
     // A retry budget far beyond the test's patience: a drop seen in time was not retried.
     let proxy = Proxy::start(&coderd.url(), "t", &["--retry-max-elapsed", "10m"]).await;
     write_session(&proxy, 1, 0, 1, 4);
-    proxy
-        .scrape_until("the logs dropped", |s| {
-            s.get("logs_dropped_total", Some("reason=\"forward_failed\"")) == 4
-        })
-        .await;
+    proxy.forward_failed(4).await;
     assert_eq!(coderd.sink.calls().len(), 1, "sent once");
     proxy.logs_eventually(&["injected failure"]).await;
     let written = write_session(&proxy, 2, 0, 1, 2);
@@ -641,11 +629,7 @@ async fn tls_to_a_coderd_with_a_private_ca_needs_coder_ca_file() {
     // Without the CA the certificate is not trusted: nothing is sent, all is counted.
     let doubting = Proxy::start(&url, "t", &["--retry-max-elapsed", "1s"]).await;
     write_session(&doubting, 2, 0, 1, 4);
-    let scrape = doubting
-        .scrape_until("the logs dropped", |s| {
-            s.get("logs_dropped_total", Some("reason=\"forward_failed\"")) == 4
-        })
-        .await;
+    let scrape = doubting.forward_failed(4).await;
     assert!(scrape.get("coderd_connects_total", Some("result=\"network_error\"")) >= 1);
     assert!(!delivered_raw(&coderd).contains_key(&session(2)));
     doubting.stop().await;
@@ -672,11 +656,7 @@ async fn a_self_signed_ca_certificate_as_coderds_own_is_refused_with_what_to_do(
     )
     .await;
     write_session(&proxy, 1, 0, 1, 2);
-    proxy
-        .scrape_until("the logs dropped", |s| {
-            s.get("logs_dropped_total", Some("reason=\"forward_failed\"")) == 2
-        })
-        .await;
+    proxy.forward_failed(2).await;
     // The failure says what is wrong with the certificate and what to do.
     proxy
         .logs_eventually(&["CA:TRUE", "CA:FALSE", "--coder-ca-file"])
