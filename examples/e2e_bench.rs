@@ -367,6 +367,18 @@ fn http_get(addr: SocketAddr, path: &str) -> io::Result<String> {
     Ok(body.to_owned())
 }
 
+/// ", N requests (L logs each)" for a reporter that made calls, else nothing (the null
+/// sink counts none).
+fn logs_per_request(c: &Counters) -> String {
+    match c.requests {
+        0 => String::new(),
+        n => format!(
+            ", {n} requests ({:.0} logs each)",
+            c.forwarded as f64 / n as f64
+        ),
+    }
+}
+
 /// The counters a run needs, from one scrape.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counters {
@@ -375,6 +387,8 @@ struct Counters {
     dropped: u64,
     buffer_full: u64,
     rejected_frames: u64,
+    /// Requests the destination accepted (`forward_requests_total{result="ok"}`).
+    requests: u64,
 }
 
 impl Counters {
@@ -400,6 +414,8 @@ impl Counters {
                 }
             } else if series.starts_with("frames_rejected_total") {
                 c.rejected_frames += value;
+            } else if series == "forward_requests_total{result=\"ok\"}" {
+                c.requests = value;
             }
         }
         Ok(c)
@@ -416,6 +432,7 @@ impl Counters {
             dropped: self.dropped - before.dropped,
             buffer_full: self.buffer_full - before.buffer_full,
             rejected_frames: self.rejected_frames - before.rejected_frames,
+            requests: self.requests - before.requests,
         }
     }
 }
@@ -1005,7 +1022,7 @@ fn harness(args: &RunArgs) -> io::Result<()> {
             let proxy = row.per_log(row.proxy_cpu_ns);
             let sink = row.sink_cpu_ns.map(|ns| row.per_log(ns));
             println!(
-                "round {round} {:?}: {} logs written, {} received, {} delivered, {} dropped ({} buffer_full), {} frames rejected; written in {:.3} s, settled in {:.3} s: {:.2} M delivered logs/s; proxy CPU {:.0} ns/log ({:.2} cores; {:.2}x prost's decode); writer {:.0} ns/log{}; machine {:.0}% busy; load {} -> {}",
+                "round {round} {:?}: {} logs written, {} received, {} delivered, {} dropped ({} buffer_full), {} frames rejected{}; written in {:.3} s, settled in {:.3} s: {:.2} M delivered logs/s; proxy CPU {:.0} ns/log ({:.2} cores; {:.2}x prost's decode); writer {:.0} ns/log{}; machine {:.0}% busy; load {} -> {}",
                 row.reporter,
                 row.logs,
                 row.counters.received,
@@ -1013,6 +1030,7 @@ fn harness(args: &RunArgs) -> io::Result<()> {
                 row.counters.dropped,
                 row.counters.buffer_full,
                 row.counters.rejected_frames,
+                logs_per_request(&row.counters),
                 row.written.as_secs_f64(),
                 row.settled.as_secs_f64(),
                 row.delivered_per_s() / 1e6,
