@@ -27,6 +27,9 @@ use crate::reporter::{EncodedRequest, Reporter};
 pub struct CallThreads {
     live: Mutex<usize>,
     ended: Condvar,
+    /// The threads started, joined by [`CallThreads::wait_ended`] once none counts
+    /// as running: the count drops before the thread has exited.
+    handles: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl CallThreads {
@@ -44,6 +47,12 @@ impl CallThreads {
                 .wait_timeout(live, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+        }
+        drop(live);
+        // Each has let go of its count, its last step: only its exit is left.
+        let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in handles {
+            let _ = handle.join();
         }
         true
     }
@@ -81,7 +90,7 @@ impl<R: Reporter> Isolated<R> {
         let calls = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let live = threads.started();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("blp-calls".into())
             .spawn(move || {
                 let _live = live;
@@ -91,6 +100,11 @@ impl<R: Reporter> Isolated<R> {
                 // Calls still running are dropped (cancelled) with the runtime.
                 drop(runtime);
             })?;
+        threads
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
         Ok(Self {
             inner: Arc::new(inner),
             calls,
