@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use batch::{coalesce, Limits, OrderKey, Outgoing};
+pub use batch::{coalesce, coalesce_holding, HoldCap, Limits, OrderKey, Outgoing};
 pub use isolate::{CallThreads, Isolated};
 pub use retry::Backoff;
 pub use split::Learned;
@@ -198,13 +198,37 @@ fn room(limits: Limits, frames: usize, bytes: usize, frame_bytes: usize) -> usiz
 }
 
 /// True when a drain pass holds enough to be coalesced now: [`DRAIN_REQUESTS`]
-/// requests' worth of logs or bytes, or `max_logs` frames. Frames of interleaved
-/// sessions then still coalesce into full requests (a pass cut at one request's
-/// worth of logs made eight requests of an eighth each from eight sessions).
-fn pass_full(limits: Limits, frames: usize, logs: usize, bytes: usize) -> bool {
-    logs >= limits.max_logs.saturating_mul(DRAIN_REQUESTS)
-        || bytes >= limits.max_bytes.saturating_mul(DRAIN_REQUESTS)
+/// requests' worth of logs or bytes drained since the last pass was coalesced
+/// (`fresh_*`; frames kept back from it not counted), or `max_logs` frames in all.
+/// Frames of interleaved sessions then still coalesce into full requests (a pass cut
+/// at one request's worth of logs made eight requests of an eighth each from eight
+/// sessions).
+fn pass_full(limits: Limits, frames: usize, fresh_logs: usize, fresh_bytes: usize) -> bool {
+    fresh_logs >= limits.max_logs.saturating_mul(DRAIN_REQUESTS)
+        || fresh_bytes >= limits.max_bytes.saturating_mul(DRAIN_REQUESTS)
         || frames >= limits.max_logs
+}
+
+/// What a full pass may keep back for the next: three quarters of what a pass may
+/// hold ([`room`]), so that the next one always has room for a quarter of fresh
+/// frames (and eight sessions, each keeping back up to 99 frames of 10 logs, keep
+/// theirs).
+fn hold_cap(limits: Limits) -> HoldCap {
+    HoldCap {
+        frames: limits.max_logs / 4 * 3,
+        bytes: limits.max_bytes.saturating_mul(DRAIN_REQUESTS) / 4 * 3,
+    }
+}
+
+/// Keeps of `items` those at `kept`'s indices (ascending), in order.
+fn keep_only<T>(items: &mut Vec<T>, kept: &[usize]) {
+    let mut next = kept.iter().copied().peekable();
+    let mut index = 0;
+    items.retain(|_| {
+        let keep = next.next_if_eq(&index).is_some();
+        index += 1;
+        keep
+    });
 }
 
 /// The drain thread's side: ring -> coalesced requests -> channel.
@@ -224,10 +248,13 @@ impl Drain {
     fn run(mut self, tx: mpsc::Sender<Vec<Outgoing>>) -> (Consumer<QueuedFrame>, Vec<Outgoing>) {
         let limits = self.config.limits;
         let mut frames: Vec<QueuedFrame> = Vec::with_capacity(limits.max_logs.min(1 << 16));
+        // When each of `frames` was drained (the linger runs from its first).
+        let mut drained_at: Vec<Instant> = Vec::with_capacity(frames.capacity());
         let mut leftover = Vec::new();
-        let mut logs = 0usize;
+        // Bytes of log records in `frames`, and the logs and bytes drained since the
+        // last pass was coalesced (without the frames it kept back).
         let mut bytes = 0usize;
-        let mut first_at: Option<Instant> = None;
+        let (mut fresh_logs, mut fresh_bytes) = (0usize, 0usize);
         let mut closed = false;
 
         // Size of the last frame drained, to keep a pass within DRAIN_REQUESTS requests' bytes.
@@ -237,27 +264,47 @@ impl Drain {
             let room = room(limits, frames.len(), bytes, frame_bytes);
             let before = frames.len();
             self.consumer.drain_into(&mut frames, room);
+            if frames.len() > before {
+                drained_at.resize(frames.len(), Instant::now());
+            }
             for queued in &frames[before..] {
                 frame_bytes = queued.frame.encoded_logs().len().max(1);
-                logs += queued.frame.log_count() as usize;
+                fresh_logs += queued.frame.log_count() as usize;
+                fresh_bytes += frame_bytes;
                 bytes += frame_bytes;
             }
             RingOccupancy {
                 len: self.consumer.len(),
             }
             .emit(&self.metrics);
-            if first_at.is_none() && !frames.is_empty() {
-                first_at = Some(Instant::now());
-            }
+            let first_at = drained_at.first().copied();
             let stopping = self.stop.load(Ordering::Acquire);
             let lingered = first_at.is_some_and(|t| t.elapsed() >= self.config.linger);
-            let full = pass_full(limits, frames.len(), logs, bytes);
+            let full = pass_full(limits, frames.len(), fresh_logs, fresh_bytes);
             let ring_empty = self.consumer.is_empty();
             if !frames.is_empty() && (full || lingered || stopping || (closed && ring_empty)) {
                 let mut requests = Vec::new();
-                coalesce(&frames, self.learned.limits(), &mut requests);
-                frames.clear();
-                (logs, bytes, first_at) = (0, 0, None);
+                // Only a pass cut for being full keeps its part-full requests back: the
+                // next pass comes soon. One cut by the linger, the end or a stop sends all.
+                let hold = !(lingered || stopping || closed || !leftover.is_empty());
+                let kept = if hold {
+                    coalesce_holding(
+                        &frames,
+                        self.learned.limits(),
+                        hold_cap(limits),
+                        &mut requests,
+                    )
+                } else {
+                    coalesce(&frames, self.learned.limits(), &mut requests);
+                    Vec::new()
+                };
+                keep_only(&mut frames, &kept);
+                keep_only(&mut drained_at, &kept);
+                bytes = frames.iter().map(|q| q.frame.encoded_logs().len()).sum();
+                (fresh_logs, fresh_bytes) = (0, 0);
+                if requests.is_empty() {
+                    continue;
+                }
                 if stopping || !leftover.is_empty() {
                     leftover.extend(requests);
                 } else if let Err(refused) = tx.blocking_send(requests) {
@@ -329,5 +376,73 @@ mod tests {
     fn room_is_at_least_one_frame() {
         assert_eq!(room(LIMITS, 1000, 0, 100), 1);
         assert_eq!(room(LIMITS, 0, usize::MAX, 1), 1);
+    }
+
+    /// Runs a drain over `frames` already in a closed ring, with a linger that never
+    /// passes; returns the requests in the order it handed them over.
+    fn drain_all(frames: Vec<QueuedFrame>) -> Vec<Outgoing> {
+        let (producer, consumer) = crate::ring::ring(4096).unwrap();
+        for queued in frames {
+            let logs = queued.frame.log_count();
+            producer.push(queued, logs).unwrap();
+        }
+        consumer.close();
+        let config = ForwarderConfig {
+            limits: LIMITS,
+            linger: Duration::from_secs(3600),
+            retry_max_elapsed: Duration::from_secs(1),
+        };
+        let drain = Drain {
+            consumer,
+            config,
+            learned: Arc::new(Learned::new(LIMITS)),
+            metrics: Metrics::new(&prometheus::Registry::new()).unwrap(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (_, leftover) = drain.run(tx);
+        assert!(leftover.is_empty());
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn eight_interleaved_sessions_go_out_in_full_requests_until_the_end() {
+        // Eight connections, one session each, 250 frames of 10 logs, interleaved as
+        // the reader queues them: passes of 1000 frames hold 1250 logs a session.
+        let mut frames = Vec::new();
+        for i in 0..250 {
+            for conn in 0..8u32 {
+                let request = crate::workload::request(&format!("s{conn}"), "codex", 10 * i, 10);
+                frames.push(QueuedFrame {
+                    frame: crate::codec::LogFrame::from_request(&request).unwrap(),
+                    conn,
+                    key_run: 0,
+                });
+            }
+        }
+        let out = drain_all(frames);
+        let sizes: Vec<u32> = out.iter().map(|o| o.request.logs).collect();
+        assert_eq!(sizes.iter().sum::<u32>(), 20_000);
+        // Only the pass at the end sends part-full requests, one a session; without
+        // keeping part-full ones back, every pass ended in one a session (250 logs).
+        assert_eq!(sizes.iter().filter(|&&n| n < 1000).count(), 8, "{sizes:?}");
+        assert!(
+            sizes[..sizes.len() - 8].iter().all(|&n| n == 1000),
+            "{sizes:?}"
+        );
+        // Each session's logs in order.
+        for conn in 0..8 {
+            let session = format!("s{conn}");
+            let seqs: Vec<i32> = out
+                .iter()
+                .map(|o| o.request.decode().unwrap())
+                .filter(|r| r.session_id == session)
+                .flat_map(|r| r.logs)
+                .map(|l| l.sequence_number)
+                .collect();
+            assert_eq!(seqs, (0..2500).collect::<Vec<_>>(), "{session}");
+        }
     }
 }
