@@ -598,6 +598,68 @@ impl InternalEvent for SpoolReplayed {
     }
 }
 
+/// What the disk spool was doing when its files failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolOp {
+    /// Appending records.
+    Write,
+    /// Making appended records and the state durable.
+    Sync,
+    /// Reading the oldest record back.
+    Read,
+    /// Deleting delivered segments and saving how far records were acknowledged.
+    Update,
+}
+
+impl SpoolOp {
+    const ALL: [SpoolOp; 4] = [
+        SpoolOp::Write,
+        SpoolOp::Sync,
+        SpoolOp::Read,
+        SpoolOp::Update,
+    ];
+
+    fn message(self) -> &'static str {
+        match self {
+            SpoolOp::Write => "writing to the disk spool",
+            SpoolOp::Sync => "syncing the disk spool",
+            SpoolOp::Read => "reading the disk spool",
+            SpoolOp::Update => "updating the disk spool",
+        }
+    }
+}
+
+/// The disk spool's files failed (a full or vanished disk, an I/O error). Logged
+/// at most once a window for each operation, with the lines held back since: a
+/// full disk fails every append and every tick. What it costs in logs is counted
+/// where it happens (`spool_full` for an append that failed).
+#[derive(Debug)]
+pub struct SpoolIoFailed<'a> {
+    pub op: SpoolOp,
+    pub dir: &'a std::path::Path,
+    pub error: &'a dyn std::error::Error,
+}
+
+impl InternalEvent for SpoolIoFailed<'_> {
+    fn emit(self, _metrics: &Metrics) {
+        static LIMITS: [LogLimiter; SpoolOp::ALL.len()] =
+            [const { LogLimiter::new() }; SpoolOp::ALL.len()];
+        let index = SpoolOp::ALL
+            .iter()
+            .position(|&op| op == self.op)
+            .unwrap_or(0);
+        if let Some(suppressed) = LIMITS[index].admit() {
+            tracing::error!(
+                dir = %self.dir.display(),
+                error = %self.error,
+                suppressed,
+                "{}",
+                self.op.message()
+            );
+        }
+    }
+}
+
 /// What the disk spool holds now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpoolOccupancy {
@@ -651,6 +713,12 @@ impl InternalEvent for SpoolRecovered<'_> {
                 truncated_bytes = r.truncated_bytes,
                 state_damaged = r.state_damaged,
                 "the disk spool was damaged; what could not be read is counted as spool_corrupt"
+            );
+        }
+        if r.state_unsaved {
+            tracing::error!(
+                dir = %self.dir.display(),
+                "the disk spool's state could not be saved (is its filesystem full?); retrying while it runs"
             );
         }
         tracing::info!(

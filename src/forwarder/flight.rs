@@ -292,7 +292,7 @@ pub(super) async fn deliver_all<R: Reporter>(
             },
             _ = tick.tick(), if ticking => {
                 if let Some(link) = spool.as_mut() {
-                    link.spooler.tick();
+                    link.spooler.tick(metrics);
                 }
             }
             // An async block: the timer is only made (and the clock read) when polled.

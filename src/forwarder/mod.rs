@@ -97,7 +97,7 @@ impl ForwarderState {
             let mut requests: Vec<Outgoing> = self.pending.drain(..).collect();
             coalesce(&frames, spooler.limits, &mut requests);
             spooler.append_all(&requests, metrics);
-            spooler.sync();
+            spooler.sync(metrics);
             RingOccupancy { len: 0 }.emit(metrics);
             return;
         }

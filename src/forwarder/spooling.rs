@@ -5,7 +5,8 @@
 use std::time::Instant;
 
 use crate::events::{
-    ForwardDropReason, ForwardDropped, InternalEvent, SpoolOccupancy, SpoolReplayed, Spooled,
+    ForwardDropReason, ForwardDropped, InternalEvent, SpoolIoFailed, SpoolOccupancy, SpoolOp,
+    SpoolReplayed, Spooled,
 };
 use crate::metrics::Metrics;
 use crate::reporter::EncodedRequest;
@@ -130,7 +131,7 @@ impl Spooler {
                 }
                 Err(AppendError::Full) => {}
                 Err(AppendError::Io(error)) => {
-                    tracing::error!(dir = %self.spool.dir().display(), %error, "writing to the disk spool");
+                    self.failed(SpoolOp::Write, &error, metrics);
                 }
             }
             ForwardDropped {
@@ -145,7 +146,7 @@ impl Spooler {
                 if let Err(error) = self.spool.sync() {
                     // Written but perhaps not durable: still held (and replayed) by
                     // this process, so still counted as spooled.
-                    tracing::error!(dir = %self.spool.dir().display(), %error, "syncing the disk spool");
+                    self.failed(SpoolOp::Sync, &error, metrics);
                 }
             }
             written.emit(metrics);
@@ -194,7 +195,7 @@ impl Spooler {
             },
             Ok(None) => None,
             Err(error) => {
-                tracing::error!(dir = %self.spool.dir().display(), %error, "reading the disk spool");
+                self.failed(SpoolOp::Read, &error, metrics);
                 None
             }
         }
@@ -204,8 +205,13 @@ impl Spooler {
     /// the rest refused for good (already counted as `forward_failed`). It leaves
     /// the spool.
     pub fn ack(&mut self, replay: &Replay, delivered: u64, metrics: &Metrics) {
-        match self.spool.ack(replay.seq) {
-            Ok(true) => {
+        let acked = self.spool.ack(replay.seq);
+        if let Err(error) = &acked {
+            // It left the spool all the same: count it below.
+            self.failed(SpoolOp::Update, error, metrics);
+        }
+        match acked {
+            Ok(true) | Err(_) => {
                 if delivered > 0 {
                     SpoolReplayed { logs: delivered }.emit(metrics);
                 }
@@ -214,9 +220,6 @@ impl Spooler {
                 seq = replay.seq,
                 "acknowledged a record that is not the spool's oldest"
             ),
-            Err(error) => {
-                tracing::error!(dir = %self.spool.dir().display(), %error, "updating the disk spool")
-            }
         }
         self.occupancy(metrics);
     }
@@ -228,17 +231,26 @@ impl Spooler {
     }
 
     /// Syncs what is due (see [`Spool::tick`]).
-    pub fn tick(&mut self) {
+    pub fn tick(&mut self, metrics: &Metrics) {
         if let Err(error) = self.spool.tick(Instant::now()) {
-            tracing::error!(dir = %self.spool.dir().display(), %error, "syncing the disk spool");
+            self.failed(SpoolOp::Sync, &error, metrics);
         }
     }
 
     /// Makes everything durable (at shutdown).
-    pub fn sync(&mut self) {
+    pub fn sync(&mut self, metrics: &Metrics) {
         if let Err(error) = self.spool.flush() {
-            tracing::error!(dir = %self.spool.dir().display(), %error, "syncing the disk spool");
+            self.failed(SpoolOp::Sync, &error, metrics);
         }
+    }
+
+    fn failed(&self, op: SpoolOp, error: &dyn std::error::Error, metrics: &Metrics) {
+        SpoolIoFailed {
+            op,
+            dir: self.spool.dir(),
+            error,
+        }
+        .emit(metrics);
     }
 
     fn occupancy(&self, metrics: &Metrics) {
@@ -281,6 +293,35 @@ mod tests {
         };
         coalesce(&frames, limits, &mut out);
         out
+    }
+
+    #[test]
+    fn replayed_logs_count_even_when_the_spool_cannot_record_their_acknowledgement() {
+        // A full disk: saving how far records were acknowledged fails (here its
+        // temporary file's name is a directory's). The records were delivered, and
+        // leave the spool, so logs_replayed_total counts them.
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let (spool, _) =
+            Spool::open(SpoolConfig::new(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+        let limits = Limits {
+            max_logs: 50,
+            max_bytes: 1 << 20,
+        };
+        let mut spooler = Spooler::new(spool, limits, &metrics);
+        for out in &requests() {
+            assert!(spooler.append(out, &metrics));
+        }
+        std::fs::create_dir(dir.path().join("state.tmp")).unwrap();
+        while let Some(replay) = spooler.peek(&metrics) {
+            let logs = u64::from(replay.outgoing().request.logs);
+            spooler.ack(&replay, logs, &metrics);
+        }
+        assert_eq!(metrics.spool.logs_replayed.get(), 120);
+        assert_eq!(
+            (metrics.spool.logs.get(), metrics.spool.bytes.get()),
+            (0, 0)
+        );
     }
 
     #[test]

@@ -102,6 +102,10 @@ pub struct Recovery {
     pub damaged_bytes: u64,
     /// The state file was there but did not check: acknowledged records may be replayed again.
     pub state_damaged: bool,
+    /// The recovered state could not be saved (a full disk): the spool opened all the
+    /// same and saves it at its next tick; a stop before then may count the same
+    /// damage again at the next start.
+    pub state_unsaved: bool,
 }
 
 /// Errors of the spool.
@@ -136,6 +140,13 @@ pub enum AppendError {
     #[error("writing to the spool: {0}")]
     Io(#[from] io::Error),
 }
+
+/// The record was acknowledged and left the spool, but deleting the segments it no
+/// longer needs or saving how far records were acknowledged failed (on a full disk,
+/// say). What is left to save is saved at the next [`Spool::tick`].
+#[derive(Debug, thiserror::Error)]
+#[error("updating the spool after an acknowledgement: {0}")]
+pub struct AckError(#[source] pub io::Error);
 
 /// A record read back for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,9 +321,15 @@ impl Spool {
         // skipped for good (renumbering below).
         self.next = cursor.or(end).unwrap_or_default();
         self.held = recovery.intact;
-        self.save_state()?;
+        let saved = self.save_state();
         for seg in useless {
             seg.remove()?;
+        }
+        // A full disk must not keep the proxy from starting (a restart loop under a
+        // supervisor): with the room the useless segments freed, or at a later tick.
+        if saved.is_err() && self.save_state().is_err() {
+            self.state_dirty = true;
+            recovery.state_unsaved = true;
         }
         state::sync_dir(&self.config.dir)?;
         if renumber {
@@ -479,11 +496,12 @@ impl Spool {
     }
 
     /// The destination acknowledged (or refused for good) the oldest record, `seq`:
-    /// it leaves the spool. Returns false if `seq` is not the oldest record.
-    pub fn ack(&mut self, seq: u64) -> io::Result<bool> {
+    /// it leaves the spool. Returns false if `seq` is not the oldest record; an
+    /// [`AckError`] when it left but the files could not be updated.
+    pub fn ack(&mut self, seq: u64) -> Result<bool, AckError> {
         match self.entries.front() {
             Some(entry) if entry.header.at.seq == seq => {
-                self.pop_front()?;
+                self.pop_front().map_err(AckError)?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -506,15 +524,21 @@ impl Spool {
         self.entries.front().map_or(self.next, |e| e.header.at)
     }
 
-    /// Deletes segments that hold no record still needed (saving the state first,
-    /// so a crash cannot make their records look lost).
+    /// Deletes segments that hold no record still needed, saving the state first so
+    /// that a crash cannot make their records look lost.
+    ///
+    /// When the state cannot be saved (a full disk refuses its file's new block) they
+    /// are deleted all the same, since they are what fills the disk, and the state is
+    /// saved again with the room that frees. If the process stops before a save
+    /// succeeds, the next start finds those delivered records gone and counts them as
+    /// damaged (`spool_corrupt`): loss over-reported, nothing sent twice.
     fn retire_segments(&mut self) -> io::Result<()> {
         let keep_from = self.entries.front().map(|e| e.segment);
         let retire = |seg: &Segment| keep_from.is_none_or(|id| seg.id < id);
         if !self.segments.front().is_some_and(retire) {
             return Ok(());
         }
-        self.save_state()?;
+        let saved = self.save_state();
         while self.segments.front().is_some_and(retire) {
             let seg = self.segments.pop_front().expect("checked");
             self.disk_bytes -= seg.len;
@@ -522,6 +546,9 @@ impl Spool {
             if self.segments.is_empty() {
                 self.writable = false;
             }
+        }
+        if saved.is_err() {
+            self.save_state()?;
         }
         state::sync_dir(&self.config.dir)
     }

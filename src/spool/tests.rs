@@ -231,3 +231,81 @@ fn the_directory_and_its_files_are_the_proxy_users_alone() {
         assert_eq!(mode(&path), 0o600, "{}", path.display());
     }
 }
+
+#[test]
+fn delivered_segments_are_deleted_even_when_the_state_cannot_be_saved() {
+    // On a full filesystem the state file's new block is refused. The delivered
+    // segments must still go (they are what fills the disk), the state is saved once
+    // there is room, and a restart replays nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    fill(&mut spool, 0..40);
+    spool.flush().unwrap();
+    assert!(segment_files(dir.path()).len() > 2);
+    // From here saving the state fails: its temporary file's name is a directory's.
+    let blocker = dir.path().join("state.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let mut acked = 0;
+    while let Some(record) = spool.peek().unwrap() {
+        match spool.ack(record.seq) {
+            Ok(true) | Err(AckError(_)) => acked += 1,
+            Ok(false) => panic!("record {} is the oldest", record.seq),
+        }
+    }
+    assert_eq!((acked, spool.records()), (40, 0));
+    assert_eq!(spool.disk_bytes(), 0);
+    assert!(
+        segment_files(dir.path()).is_empty(),
+        "delivered segments deleted"
+    );
+    assert!(spool.flush().is_err(), "the state still cannot be saved");
+    std::fs::remove_dir(&blocker).unwrap();
+    spool.tick(Instant::now() + SYNC_INTERVAL).unwrap();
+    assert!(!spool.is_dirty(), "saved at the next tick");
+    drop(spool);
+    let (mut spool, recovery) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    assert_eq!(recovery, Recovery::default());
+    assert!(drain(&mut spool).is_empty());
+}
+
+#[test]
+fn delivered_records_deleted_before_their_state_was_saved_are_not_replayed() {
+    // The process stops (here: its last save fails too) after deleting delivered
+    // segments it could not record as acknowledged: the next start finds them gone
+    // and counts them as damaged, which over-reports loss but sends nothing twice.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    fill(&mut spool, 0..40);
+    spool.flush().unwrap();
+    let blocker = dir.path().join("state.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    while let Some(record) = spool.peek().unwrap() {
+        let _ = spool.ack(record.seq);
+    }
+    drop(spool);
+    std::fs::remove_dir(&blocker).unwrap();
+    let (mut spool, recovery) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    assert_eq!(recovery.intact, Counts::default());
+    assert_eq!(recovery.corrupt.frames, 40);
+    assert!(drain(&mut spool).is_empty());
+}
+
+#[test]
+fn a_spool_whose_state_cannot_be_saved_still_opens_and_saves_it_later() {
+    // A full disk at start (the state's new block refused) must not stop the proxy
+    // from starting: a supervisor would restart it in a loop.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    fill(&mut spool, 0..3);
+    drop(spool);
+    let blocker = dir.path().join("state.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let (mut spool, recovery) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    assert!(recovery.state_unsaved);
+    assert_eq!(recovery.intact.frames, 3);
+    assert!(spool.is_dirty());
+    std::fs::remove_dir(&blocker).unwrap();
+    spool.tick(Instant::now() + SYNC_INTERVAL).unwrap();
+    assert!(!spool.is_dirty());
+    assert_eq!(drain(&mut spool), (0..3).map(payload).collect::<Vec<_>>());
+}
