@@ -609,6 +609,8 @@ pub enum SpoolOp {
     Read,
     /// Deleting delivered segments and saving how far records were acknowledged.
     Update,
+    /// Making a deleted or replaced spool directory again, with the records held.
+    Rebuild,
 }
 
 impl SpoolOp {
@@ -625,6 +627,7 @@ impl SpoolOp {
             SpoolOp::Sync => "syncing the disk spool",
             SpoolOp::Read => "reading the disk spool",
             SpoolOp::Update => "updating the disk spool",
+            SpoolOp::Rebuild => "making the deleted disk spool directory again",
         }
     }
 }
@@ -657,6 +660,25 @@ impl InternalEvent for SpoolIoFailed<'_> {
                 self.op.message()
             );
         }
+    }
+}
+
+/// The spool directory had been deleted or replaced while the proxy ran; it was
+/// made again and the records held written into it.
+#[derive(Debug)]
+pub struct SpoolDirRebuilt<'a> {
+    pub dir: &'a std::path::Path,
+    /// Records written into the new directory.
+    pub records: usize,
+}
+
+impl InternalEvent for SpoolDirRebuilt<'_> {
+    fn emit(self, _metrics: &Metrics) {
+        tracing::error!(
+            dir = %self.dir.display(),
+            records = self.records,
+            "the disk spool's directory was deleted or replaced; made it again and wrote the records it held into it"
+        );
     }
 }
 

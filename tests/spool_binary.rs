@@ -15,7 +15,7 @@ use std::time::Duration;
 use support::coderd::{FakeCoderd, Received};
 use support::faults::{frames, write_frames};
 use support::proxy::{
-    assert_accounting_totals, free_addr, stopped_totals, Exited, Process, Scrape,
+    assert_accounting_totals, eventually, free_addr, stopped_totals, Exited, Process, Scrape,
 };
 
 const SESSIONS: usize = 5;
@@ -178,6 +178,46 @@ async fn coderd_down_50000_logs_then_sigterm_and_a_restart_deliver_every_log_in_
     assert_eq!(replayed.forwarded, LOGS);
     assert_eq!(replayed.settled(), LOGS, "nothing dropped: {replayed:?}");
     assert_accounting_totals(replayed, 0);
+    assert_eq!(
+        arrival_order(&coderd.requests()),
+        every_log_in_order(),
+        "every log once, each session in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_directory_deleted_during_the_outage_is_made_again_and_a_restart_delivers_everything(
+) {
+    // A tmp cleaner (or an operator) deletes the spool directory while it holds the
+    // outage's logs: they live on in the open files only, so the proxy writes them
+    // into the directory made again, and the next proxy replays them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut coderd = FakeCoderd::start().await;
+    coderd.stop().await;
+    let first = serve(dir.path(), &coderd.addr(), &[]).await;
+    assert_eq!(
+        boundary_writes(&first.socket, Duration::from_millis(10)).await,
+        SESSIONS * FRAMES_PER_SESSION
+    );
+    first
+        .proxy
+        .scrape_until(first.metrics, "every log spooled", |s: &Scrape| {
+            s.get("spool_logs", None) == LOGS
+        })
+        .await;
+    std::fs::remove_dir_all(dir.path().join("spool")).unwrap();
+    let message = "the disk spool's directory was deleted or replaced; made it again and wrote the records it held into it";
+    eventually("the spool directory made again", || {
+        first.proxy.logged(message)
+    })
+    .await;
+    let exited = first.proxy.terminate().await;
+    assert_exit_0(&exited);
+    assert_eq!(stopped_totals(&exited.stderr).spooled, LOGS);
+
+    let replayed = replay_after_restart(dir.path(), &mut coderd, LOGS).await;
+    assert_eq!(replayed.recovered, LOGS);
+    assert_eq!(replayed.settled(), LOGS, "nothing dropped: {replayed:?}");
     assert_eq!(
         arrival_order(&coderd.requests()),
         every_log_in_order(),

@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use crate::events::{
-    ForwardDropReason, ForwardDropped, InternalEvent, SpoolIoFailed, SpoolOccupancy, SpoolOp,
-    SpoolReplayed, Spooled,
+    ForwardDropReason, ForwardDropped, InternalEvent, SpoolDirRebuilt, SpoolIoFailed,
+    SpoolOccupancy, SpoolOp, SpoolReplayed, Spooled,
 };
 use crate::metrics::Metrics;
 use crate::reporter::EncodedRequest;
@@ -113,6 +113,7 @@ impl Spooler {
         outs: impl IntoIterator<Item = &'o Outgoing>,
         metrics: &Metrics,
     ) -> usize {
+        self.keep_dir(metrics);
         let mut written = Spooled { frames: 0, logs: 0 };
         let mut count = 0;
         for out in outs {
@@ -232,6 +233,7 @@ impl Spooler {
 
     /// Syncs what is due (see [`Spool::tick`]).
     pub fn tick(&mut self, metrics: &Metrics) {
+        self.keep_dir(metrics);
         if let Err(error) = self.spool.tick(Instant::now()) {
             self.failed(SpoolOp::Sync, &error, metrics);
         }
@@ -239,8 +241,23 @@ impl Spooler {
 
     /// Makes everything durable (at shutdown).
     pub fn sync(&mut self, metrics: &Metrics) {
+        self.keep_dir(metrics);
         if let Err(error) = self.spool.flush() {
             self.failed(SpoolOp::Sync, &error, metrics);
+        }
+    }
+
+    /// Makes the spool's directory again if it was deleted or replaced, with the
+    /// records held (see [`Spool::rebuild_if_lost`]).
+    fn keep_dir(&mut self, metrics: &Metrics) {
+        match self.spool.rebuild_if_lost() {
+            Ok(None) => {}
+            Ok(Some(records)) => SpoolDirRebuilt {
+                dir: self.spool.dir(),
+                records,
+            }
+            .emit(metrics),
+            Err(error) => self.failed(SpoolOp::Rebuild, &error, metrics),
         }
     }
 

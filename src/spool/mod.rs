@@ -16,7 +16,7 @@ mod state;
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::unix::fs::DirBuilderExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -171,6 +171,9 @@ struct Entry {
 pub struct Spool {
     config: SpoolConfig,
     _lock: DirLock,
+    /// Device and inode of the directory opened, to tell when it was deleted or
+    /// replaced ([`Spool::rebuild_if_lost`]).
+    dir_id: (u64, u64),
     /// Oldest first; the last one is appended to if `writable`.
     segments: VecDeque<Segment>,
     writable: bool,
@@ -218,9 +221,11 @@ impl Spool {
             dir: shown.clone(),
             source,
         };
+        let dir_id = dir_id(&dir).map_err(io)?;
         let mut spool = Spool {
             config,
             _lock: lock,
+            dir_id,
             segments: VecDeque::new(),
             writable: false,
             entries: VecDeque::new(),
@@ -363,6 +368,87 @@ impl Spool {
     /// The directory this spool owns.
     pub fn dir(&self) -> &Path {
         &self.config.dir
+    }
+
+    /// When the directory was deleted or replaced while the spool ran (a tmp cleaner,
+    /// an operator), the records held live on only in the open segment files, and a
+    /// restart or crash would lose them without a count. This makes the directory
+    /// again (0700), takes its lock, and writes every record held into new segments
+    /// there, under the same numbers (so a replay in flight still acknowledges its
+    /// record). Returns how many records were written, `None` if the directory is
+    /// still the one opened.
+    pub fn rebuild_if_lost(&mut self) -> Result<Option<usize>, SpoolError> {
+        let dir = self.config.dir.clone();
+        if dir_id(&dir).is_ok_and(|id| id == self.dir_id) {
+            return Ok(None);
+        }
+        let shown = dir.display().to_string();
+        let io = |source| SpoolError::Io {
+            dir: shown.clone(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| SpoolError::Dir {
+                dir: shown.clone(),
+                source,
+            })?;
+        self._lock = DirLock::acquire(&dir).map_err(|source| SpoolError::Locked {
+            dir: shown.clone(),
+            source,
+        })?;
+        self.dir_id = dir_id(&dir).map_err(io)?;
+        let old = (
+            std::mem::take(&mut self.segments),
+            std::mem::take(&mut self.entries),
+            self.writable,
+            self.next,
+            self.disk_bytes,
+            self.held,
+        );
+        let (old_segments, old_entries, ..) = &old;
+        if let Some(first) = old_entries.front() {
+            self.next = first.header.at;
+        }
+        self.writable = false;
+        self.disk_bytes = 0;
+        self.held = Counts::default();
+        // The old files stay open while they are copied, and are not deleted here
+        // (gone already, or in the directory that was moved away).
+        let copied = old_entries.iter().try_for_each(|entry| {
+            let seg = old_segments
+                .iter()
+                .find(|s| s.id == entry.segment)
+                .expect("an entry's segment stays open while it is held");
+            let h = entry.header;
+            let bytes = seg.read_at(entry.offset, h.record_len())?;
+            self.write(h.frames, h.logs, &bytes[HEADER_LEN..])
+        });
+        let done = copied.and_then(|()| {
+            self.dir_dirty = true;
+            self.sync()?;
+            self.save_state()
+        });
+        if let Err(error) = done {
+            // Keep serving from the open files; the next call tries again.
+            for seg in std::mem::take(&mut self.segments) {
+                let _ = seg.remove();
+            }
+            (
+                self.segments,
+                self.entries,
+                self.writable,
+                self.next,
+                self.disk_bytes,
+                self.held,
+            ) = old;
+            self.dir_id = (0, 0);
+            return Err(io(error));
+        }
+        debug_assert_eq!(self.next, old.3);
+        Ok(Some(old_entries.len()))
     }
 
     /// Frames and logs held (appended, not yet acknowledged).
@@ -616,6 +702,12 @@ impl Drop for Spool {
             tracing::error!(dir = %self.config.dir.display(), %error, "saving the spool's state");
         }
     }
+}
+
+/// Device and inode of a directory.
+fn dir_id(dir: &Path) -> io::Result<(u64, u64)> {
+    let meta = std::fs::metadata(dir)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 /// The later of two positions (by record number).

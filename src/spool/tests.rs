@@ -309,3 +309,48 @@ fn a_spool_whose_state_cannot_be_saved_still_opens_and_saves_it_later() {
     assert!(!spool.is_dirty());
     assert_eq!(drain(&mut spool), (0..3).map(payload).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_deleted_spool_directory_is_made_again_with_the_records_it_held() {
+    // A tmp cleaner deletes the directory while records are held: they live on only
+    // in the open files, and a restart would lose them without a count.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let (mut spool, _) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
+    assert!(spool.rebuild_if_lost().unwrap().is_none());
+    fill(&mut spool, 0..30);
+    let first = spool.peek().unwrap().unwrap();
+    std::fs::remove_dir_all(&path).unwrap();
+    assert_eq!(spool.rebuild_if_lost().unwrap(), Some(30));
+    assert!(spool.rebuild_if_lost().unwrap().is_none(), "made once");
+    assert!(!segment_files(&path).is_empty());
+    // The same numbers: a replay in flight still acknowledges its record.
+    assert_eq!(spool.peek().unwrap().unwrap(), first);
+    assert!(spool.ack(first.seq).unwrap());
+    fill(&mut spool, 30..32);
+    drop(spool);
+    let (mut spool, recovery) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
+    assert_eq!(recovery.corrupt, Counts::default());
+    assert_eq!(recovery.intact.frames, 31);
+    assert_eq!(drain(&mut spool), (1..32).map(payload).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_replaced_spool_directory_gets_the_records_and_the_moved_one_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let moved = dir.path().join("moved");
+    let (mut spool, _) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
+    fill(&mut spool, 0..5);
+    spool.flush().unwrap();
+    std::fs::rename(&path, &moved).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let before = segment_files(&moved);
+    assert_eq!(spool.rebuild_if_lost().unwrap(), Some(5));
+    assert_eq!(
+        segment_files(&moved),
+        before,
+        "the moved directory is not touched"
+    );
+    assert_eq!(drain(&mut spool), (0..5).map(payload).collect::<Vec<_>>());
+}
