@@ -318,6 +318,26 @@ impl InternalEvent for ForwardSucceeded {
     }
 }
 
+/// With a disk spool, a call went unanswered for [`crate::forwarder::ForwarderConfig::stall_after`]:
+/// the destination counts as failing (it may have hung) until a call succeeds.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardStalled {
+    pub after: Duration,
+}
+
+impl InternalEvent for ForwardStalled {
+    fn emit(self, _metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        if let Some(suppressed) = LIMIT.admit() {
+            tracing::warn!(
+                after = ?self.after,
+                suppressed,
+                "the destination has not answered a call; if the ring fills to half, its backlog goes to the disk spool"
+            );
+        }
+    }
+}
+
 /// A `ReportBoundaryLogs` call failed (the request may still be retried).
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardAttemptFailed<'a> {

@@ -334,6 +334,7 @@ impl Server {
             },
             linger: config.batch_linger,
             retry_max_elapsed: config.retry_max_elapsed,
+            stall_after: ForwarderConfig::stall_after(config.call_timeout),
         };
         let stop = CancellationToken::new();
         let watcher = {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use support::coderd::{FakeCoderd, Received};
+use support::coderd::{Behaviour, FakeCoderd, Received};
 use support::faults::{frames, write_frames};
 use support::proxy::{
     assert_accounting_totals, eventually, free_addr, stopped_totals, Exited, Process, Scrape,
@@ -48,13 +48,14 @@ async fn serve(dir: &Path, coderd: &str, extra: &[&str]) -> Serve {
         &spool_arg,
         "--metrics-addr",
         &metrics_arg,
-        "--call-timeout",
-        "2s",
         "--shutdown-timeout",
         "3s",
         "--log-format",
         "json",
     ];
+    if !extra.contains(&"--call-timeout") {
+        args.extend(["--call-timeout", "2s"]);
+    }
     args.extend_from_slice(extra);
     let mut proxy = Process::spawn(&args);
     proxy.wait_for_socket(&socket, "listening").await;
@@ -285,6 +286,53 @@ async fn a_kill_9_in_the_middle_of_the_outage_loses_no_log_that_reached_the_spoo
     assert!(
         delivered >= spooled,
         "every log spooled before the kill was delivered: {delivered} of {spooled}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coderd_that_stops_answering_sends_the_backlog_to_the_spool_not_to_buffer_full() {
+    // coderd hangs: it neither answers nor refuses a call until the call timeout
+    // (5 s here), by which time the ring has overflowed. Once a call has gone
+    // unanswered for 2 s and the ring is half full, the backlog goes to the spool:
+    // nothing is dropped, and once coderd answers again (the calls it hangs on time
+    // out and are retried) every log arrives, each session in order.
+    let dir = tempfile::tempdir().unwrap();
+    let coderd = FakeCoderd::start().await;
+    coderd.set_behaviour(Behaviour::normal().with_delay(Duration::from_secs(3600)));
+    let first = serve(dir.path(), &coderd.addr(), &["--call-timeout", "5s"]).await;
+    // Five sessions writing 100 frames every 500 ms: 1000 frames a second, which
+    // fill half the 4096-frame ring in about 2 s and all of it in about 4 s.
+    assert_eq!(
+        boundary_writes(&first.socket, Duration::from_millis(500)).await,
+        SESSIONS * FRAMES_PER_SESSION
+    );
+    first
+        .proxy
+        .scrape_until(first.metrics, "every log received", |s: &Scrape| {
+            s.get("logs_received_total", None) == LOGS
+        })
+        .await;
+    coderd.set_behaviour(Behaviour::normal());
+    let scrape = first
+        .proxy
+        .scrape_until(first.metrics, "every log delivered", |s: &Scrape| {
+            s.get("logs_forwarded_total", None) == LOGS && s.get("spool_logs", None) == 0
+        })
+        .await;
+    assert_eq!(
+        scrape.get("logs_dropped_total", Some("reason=\"buffer_full\"")),
+        0
+    );
+    assert!(scrape.get("logs_spooled_total", None) > 0);
+    let exited = first.proxy.terminate().await;
+    assert_exit_0(&exited);
+    let stopped = stopped_totals(&exited.stderr);
+    assert_eq!(stopped.settled(), LOGS, "nothing dropped: {stopped:?}");
+    assert_accounting_totals(stopped, 0);
+    assert_eq!(
+        arrival_order(&coderd.requests()),
+        every_log_in_order(),
+        "every log once, each session in order"
     );
 }
 

@@ -33,7 +33,7 @@ use super::spooling::{Replay, Spooler};
 use super::ForwarderConfig;
 use crate::events::{
     ForwardAttemptFailed, ForwardDropReason, ForwardDropped, ForwardRefusedTooLarge,
-    ForwardSucceeded, InternalEvent, RequestSplit,
+    ForwardStalled, ForwardSucceeded, InternalEvent, RequestSplit,
 };
 use crate::intake::QueuedFrame;
 use crate::metrics::Metrics;
@@ -501,10 +501,26 @@ async fn attempt<R: Reporter>(
     let mut backoff = Backoff::new(budget);
     loop {
         let started = Instant::now();
-        let outcome = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Attempt::Cancelled,
-            outcome = reporter.report_encoded(request.clone()) => outcome,
+        let call = reporter.report_encoded(request.clone());
+        tokio::pin!(call);
+        // With a spool, a call left unanswered marks the destination failing, as
+        // an error would (a hung coderd answers nothing until the call timeout).
+        let stall = tokio::time::sleep(ctx.config.stall_after);
+        tokio::pin!(stall);
+        let mut stalled = !ctx.spooled;
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Attempt::Cancelled,
+                outcome = &mut call => break outcome,
+                () = &mut stall, if !stalled => {
+                    stalled = true;
+                    if !failing.swap(true, Ordering::Relaxed) {
+                        began_failing.notify_one();
+                    }
+                    ForwardStalled { after: ctx.config.stall_after }.emit(metrics);
+                }
+            }
         };
         let latency = started.elapsed();
         let status = match outcome {
@@ -666,6 +682,7 @@ mod tests {
             limits,
             linger: Duration::ZERO,
             retry_max_elapsed: Duration::ZERO,
+            stall_after: Duration::from_secs(3600),
         };
         let learned = Learned::new(limits);
         let (tx, rx) = mpsc::channel(1);
@@ -798,6 +815,7 @@ mod tests {
             limits: WIDE,
             linger: Duration::ZERO,
             retry_max_elapsed: Duration::ZERO,
+            stall_after: Duration::from_secs(3600),
         };
         let learned = Learned::new(WIDE);
         let cancel = CancellationToken::new();

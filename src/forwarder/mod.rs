@@ -48,6 +48,17 @@ pub struct ForwarderConfig {
     pub linger: Duration,
     /// How long a request is retried on transient errors before it is dropped.
     pub retry_max_elapsed: Duration,
+    /// With a disk spool: a call unanswered this long counts as the destination
+    /// failing, as an error answer does, so that a destination that hangs sends the
+    /// backlog to the spool once the ring is half full, not to `buffer_full`.
+    pub stall_after: Duration,
+}
+
+impl ForwarderConfig {
+    /// The [`ForwarderConfig::stall_after`] for a call timeout: half of it, at most 2 s.
+    pub fn stall_after(call_timeout: Duration) -> Duration {
+        (call_timeout / 2).min(Duration::from_secs(2))
+    }
 }
 
 /// What outlives one `run`: the ring's consumer, requests not yet delivered, and
@@ -391,6 +402,7 @@ mod tests {
             limits: LIMITS,
             linger: Duration::from_secs(3600),
             retry_max_elapsed: Duration::from_secs(1),
+            stall_after: Duration::from_secs(3600),
         };
         let drain = Drain {
             consumer,
