@@ -188,21 +188,6 @@ fn token_files_are_read_trimmed_and_an_empty_one_names_its_flag_or_variable() {
         &[],
         &["--agent-token-file", "--agent-token"],
     );
-    // The conflict is the error, not the token file that could not be read.
-    assert_flag_error(
-        &[
-            &url[..],
-            &[
-                "--agent-token",
-                "t",
-                "--agent-token-file",
-                "/nonexistent/token",
-            ],
-        ]
-        .concat(),
-        &[],
-        &["--agent-token-file", "--agent-token", "cannot be used with"],
-    );
 }
 
 #[test]

@@ -35,14 +35,10 @@ pub(super) struct CoderArgs {
           value_parser = |s: &str| config::parse_token("--agent-token", s))]
     agent_token: Option<String>,
     /// Read the agent token from this file, whitespace trimmed [fallback: CODER_AGENT_TOKEN_FILE].
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "BOUNDARY_LOG_PROXY_AGENT_TOKEN_FILE",
-        conflicts_with = "agent_token"
-    )]
-    // Read once the flags are known to agree: a conflict is the clearer error.
-    agent_token_file: Option<PathBuf>,
+    #[arg(long, value_name = "PATH", env = "BOUNDARY_LOG_PROXY_AGENT_TOKEN_FILE",
+          conflicts_with = "agent_token",
+          value_parser = |s: &str| read_token_file("--agent-token-file", s))]
+    agent_token_file: Option<AuthToken>,
     /// Extra PEM root certificates to trust for an https:// --coder-url, besides the system's.
     #[arg(long, value_name = "PATH", env = "BOUNDARY_LOG_PROXY_CODER_CA_FILE",
           value_parser = |s: &str| parse_ca_file("--coder-ca-file", s))]
@@ -107,7 +103,7 @@ pub(super) fn apply(
     }
     let token = match (args.agent_token, args.agent_token_file) {
         (Some(token), _) => AuthToken::new(token),
-        (None, Some(path)) => read_token_file("--agent-token-file", &path.to_string_lossy())?,
+        (None, Some(token)) => token,
         (None, None) => match (env(CODER_AGENT_TOKEN), env(CODER_AGENT_TOKEN_FILE)) {
             (Some(token), _) => {
                 config::check_token(TOKEN_FROM_CODER, &token)?;
