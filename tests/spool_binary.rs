@@ -99,6 +99,14 @@ async fn boundary_writes(socket: &Path, pause: Duration) -> usize {
     total
 }
 
+/// [`boundary_writes`], checking that every frame was written whole.
+async fn write_everything(serve: &Serve, pause: Duration) {
+    assert_eq!(
+        boundary_writes(&serve.socket, pause).await,
+        SESSIONS * FRAMES_PER_SESSION
+    );
+}
+
 /// Each session's sequence numbers in the order coderd accepted them.
 fn arrival_order(requests: &[Received]) -> BTreeMap<String, Vec<i32>> {
     let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
@@ -155,10 +163,7 @@ async fn coderd_down_50000_logs_then_sigterm_and_a_restart_deliver_every_log_in_
     let mut coderd = FakeCoderd::start().await;
     coderd.stop().await;
     let first = serve(dir.path(), &coderd.addr(), &[]).await;
-    assert_eq!(
-        boundary_writes(&first.socket, Duration::from_millis(10)).await,
-        SESSIONS * FRAMES_PER_SESSION
-    );
+    write_everything(&first, Duration::from_millis(10)).await;
     let scrape = first
         .proxy
         .scrape_until(first.metrics, "every log spooled", |s: &Scrape| {
@@ -196,10 +201,7 @@ async fn a_spool_directory_deleted_during_the_outage_is_made_again_and_a_restart
     let mut coderd = FakeCoderd::start().await;
     coderd.stop().await;
     let first = serve(dir.path(), &coderd.addr(), &[]).await;
-    assert_eq!(
-        boundary_writes(&first.socket, Duration::from_millis(10)).await,
-        SESSIONS * FRAMES_PER_SESSION
-    );
+    write_everything(&first, Duration::from_millis(10)).await;
     first
         .proxy
         .scrape_until(first.metrics, "every log spooled", |s: &Scrape| {
@@ -302,10 +304,7 @@ async fn a_coderd_that_stops_answering_sends_the_backlog_to_the_spool_not_to_buf
     let first = serve(dir.path(), &coderd.addr(), &["--call-timeout", "5s"]).await;
     // Five sessions writing 100 frames every 500 ms: 1000 frames a second, which
     // fill half the 4096-frame ring in about 2 s and all of it in about 4 s.
-    assert_eq!(
-        boundary_writes(&first.socket, Duration::from_millis(500)).await,
-        SESSIONS * FRAMES_PER_SESSION
-    );
+    write_everything(&first, Duration::from_millis(500)).await;
     first
         .proxy
         .scrape_until(first.metrics, "every log received", |s: &Scrape| {
@@ -372,10 +371,7 @@ async fn a_backlog_goes_to_the_spool_while_every_delivery_slot_is_retrying() {
     let mut coderd = FakeCoderd::start().await;
     coderd.stop().await;
     let first = serve(dir.path(), &coderd.addr(), &["--retry-max-elapsed", "10m"]).await;
-    assert_eq!(
-        boundary_writes(&first.socket, Duration::ZERO).await,
-        SESSIONS * FRAMES_PER_SESSION
-    );
+    write_everything(&first, Duration::ZERO).await;
     let scrape = first
         .proxy
         .scrape_until(first.metrics, "the backlog spooled", |s: &Scrape| {

@@ -304,12 +304,20 @@ mod tests {
             })
             .collect();
         let mut out = Vec::new();
-        let limits = Limits {
-            max_logs: 50,
-            max_bytes: 1 << 20,
-        };
-        coalesce(&frames, limits, &mut out);
+        coalesce(&frames, LIMITS, &mut out);
         out
+    }
+
+    const LIMITS: Limits = Limits {
+        max_logs: 50,
+        max_bytes: 1 << 20,
+    };
+
+    /// A spooler on a new spool in `dir`, and its metrics.
+    fn spooler_in(dir: &std::path::Path) -> (Spooler, std::sync::Arc<Metrics>) {
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let (spool, _) = Spool::open(SpoolConfig::new(dir, 1 << 20, Fsync::Interval)).unwrap();
+        (Spooler::new(spool, LIMITS, &metrics), metrics)
     }
 
     #[test]
@@ -318,14 +326,7 @@ mod tests {
         // temporary file's name is a directory's). The records were delivered, and
         // leave the spool, so logs_replayed_total counts them.
         let dir = tempfile::tempdir().unwrap();
-        let metrics = Metrics::new(&Registry::new()).unwrap();
-        let (spool, _) =
-            Spool::open(SpoolConfig::new(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
-        let limits = Limits {
-            max_logs: 50,
-            max_bytes: 1 << 20,
-        };
-        let mut spooler = Spooler::new(spool, limits, &metrics);
+        let (mut spooler, metrics) = spooler_in(dir.path());
         for out in &requests() {
             assert!(spooler.append(out, &metrics));
         }
@@ -344,14 +345,7 @@ mod tests {
     #[test]
     fn a_spooled_request_comes_back_with_its_frame_ends_and_its_replayed_logs_count() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = Metrics::new(&Registry::new()).unwrap();
-        let (spool, _) =
-            Spool::open(SpoolConfig::new(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
-        let limits = Limits {
-            max_logs: 50,
-            max_bytes: 1 << 20,
-        };
-        let mut spooler = Spooler::new(spool, limits, &metrics);
+        let (mut spooler, metrics) = spooler_in(dir.path());
         let sent = requests();
         assert!(sent.len() >= 3 && sent.iter().any(|o| o.frame_ends.is_empty()));
         for out in &sent {

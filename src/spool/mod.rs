@@ -198,25 +198,7 @@ impl Spool {
     pub fn open(config: SpoolConfig) -> Result<(Spool, Recovery), SpoolError> {
         let dir = config.dir.clone();
         let shown = dir.display().to_string();
-        // Audit logs: only the proxy's user may read them (0700 directory, 0600 files).
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| SpoolError::Dir {
-                dir: shown.clone(),
-                source,
-            })?;
-        let lock = DirLock::acquire(&dir).map_err(|source| match source {
-            LockError::Held { .. } => SpoolError::Locked {
-                dir: shown.clone(),
-                source,
-            },
-            LockError::Io { source, .. } => SpoolError::Dir {
-                dir: shown.clone(),
-                source,
-            },
-        })?;
+        let lock = make_and_lock(&dir)?;
         let io = |source| SpoolError::Io {
             dir: shown.clone(),
             source,
@@ -387,18 +369,7 @@ impl Spool {
             dir: shown.clone(),
             source,
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| SpoolError::Dir {
-                dir: shown.clone(),
-                source,
-            })?;
-        self._lock = DirLock::acquire(&dir).map_err(|source| SpoolError::Locked {
-            dir: shown.clone(),
-            source,
-        })?;
+        self._lock = make_and_lock(&dir)?;
         self.dir_id = dir_id(&dir).map_err(io)?;
         let old = (
             std::mem::take(&mut self.segments),
@@ -702,6 +673,30 @@ impl Drop for Spool {
             tracing::error!(dir = %self.config.dir.display(), %error, "saving the spool's state");
         }
     }
+}
+
+/// Creates `dir` if needed and locks it for this process.
+fn make_and_lock(dir: &Path) -> Result<DirLock, SpoolError> {
+    let shown = || dir.display().to_string();
+    // Audit logs: only the proxy's user may read them (0700 directory, 0600 files).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| SpoolError::Dir {
+            dir: shown(),
+            source,
+        })?;
+    DirLock::acquire(dir).map_err(|source| match source {
+        LockError::Held { .. } => SpoolError::Locked {
+            dir: shown(),
+            source,
+        },
+        LockError::Io { source, .. } => SpoolError::Dir {
+            dir: shown(),
+            source,
+        },
+    })
 }
 
 /// Device and inode of a directory.

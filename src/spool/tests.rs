@@ -232,19 +232,26 @@ fn the_directory_and_its_files_are_the_proxy_users_alone() {
     }
 }
 
+/// A spool in `dir` holding 40 records (several segments), durable; from then on
+/// saving its state fails as on a full disk: the state's temporary file's name is
+/// taken by a directory (returned, to remove when there is "room" again).
+fn forty_records_then_a_full_disk(dir: &Path) -> (Spool, PathBuf) {
+    let (mut spool, _) = Spool::open(config(dir, 1 << 20, Fsync::Interval)).unwrap();
+    fill(&mut spool, 0..40);
+    spool.flush().unwrap();
+    let blocker = dir.join("state.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    (spool, blocker)
+}
+
 #[test]
 fn delivered_segments_are_deleted_even_when_the_state_cannot_be_saved() {
     // On a full filesystem the state file's new block is refused. The delivered
     // segments must still go (they are what fills the disk), the state is saved once
     // there is room, and a restart replays nothing.
     let dir = tempfile::tempdir().unwrap();
-    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
-    fill(&mut spool, 0..40);
-    spool.flush().unwrap();
+    let (mut spool, blocker) = forty_records_then_a_full_disk(dir.path());
     assert!(segment_files(dir.path()).len() > 2);
-    // From here saving the state fails: its temporary file's name is a directory's.
-    let blocker = dir.path().join("state.tmp");
-    std::fs::create_dir(&blocker).unwrap();
     let mut acked = 0;
     while let Some(record) = spool.peek().unwrap() {
         match spool.ack(record.seq) {
@@ -274,11 +281,7 @@ fn delivered_records_deleted_before_their_state_was_saved_are_not_replayed() {
     // segments it could not record as acknowledged: the next start finds them gone
     // and counts them as damaged, which over-reports loss but sends nothing twice.
     let dir = tempfile::tempdir().unwrap();
-    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
-    fill(&mut spool, 0..40);
-    spool.flush().unwrap();
-    let blocker = dir.path().join("state.tmp");
-    std::fs::create_dir(&blocker).unwrap();
+    let (mut spool, blocker) = forty_records_then_a_full_disk(dir.path());
     while let Some(record) = spool.peek().unwrap() {
         let _ = spool.ack(record.seq);
     }
