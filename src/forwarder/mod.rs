@@ -392,6 +392,11 @@ mod tests {
     /// Runs a drain over `frames` already in a closed ring, with a linger that never
     /// passes; returns the requests in the order it handed them over.
     fn drain_all(frames: Vec<QueuedFrame>) -> Vec<Outgoing> {
+        drain_all_within(frames, LIMITS)
+    }
+
+    /// [`drain_all`] with requests of at most `limits`.
+    fn drain_all_within(frames: Vec<QueuedFrame>, limits: Limits) -> Vec<Outgoing> {
         let (producer, consumer) = crate::ring::ring(4096).unwrap();
         for queued in frames {
             let logs = queued.frame.log_count();
@@ -399,7 +404,7 @@ mod tests {
         }
         consumer.close();
         let config = ForwarderConfig {
-            limits: LIMITS,
+            limits,
             linger: Duration::from_secs(3600),
             retry_max_elapsed: Duration::from_secs(1),
             stall_after: Duration::from_secs(3600),
@@ -407,7 +412,7 @@ mod tests {
         let drain = Drain {
             consumer,
             config,
-            learned: Arc::new(Learned::new(LIMITS)),
+            learned: Arc::new(Learned::new(limits)),
             metrics: Metrics::new(&prometheus::Registry::new()).unwrap(),
             stop: Arc::new(AtomicBool::new(false)),
         };
@@ -455,6 +460,77 @@ mod tests {
                 .map(|l| l.sequence_number)
                 .collect();
             assert_eq!(seqs, (0..2500).collect::<Vec<_>>(), "{session}");
+        }
+    }
+
+    #[test]
+    fn random_interleavings_keep_every_connections_order_and_count_every_log_once() {
+        // Connections switching among sessions they share, frames from 1 to 200
+        // logs (some cut across requests), tight and loose limits: whatever the
+        // passes keep back, every connection's logs come out once each, in order,
+        // every frame is counted once, and no request is over a limit.
+        const PER_CONN: i32 = 1_000_000;
+        for seed in 0..120 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let limits = Limits {
+                max_logs: rng.usize(5..=120),
+                max_bytes: if rng.bool() {
+                    1 << 20
+                } else {
+                    rng.usize(2_000..8_000)
+                },
+            };
+            let conns = rng.usize(1..=6);
+            let mut next = vec![0i32; conns];
+            let mut session = vec![0u32; conns];
+            let mut frames = Vec::new();
+            for _ in 0..rng.usize(1..=600) {
+                let conn = rng.usize(..conns);
+                if rng.u8(..) < 25 {
+                    session[conn] = rng.u32(0..3);
+                }
+                let logs = if rng.u8(..) < 8 {
+                    rng.usize(100..=200)
+                } else {
+                    rng.usize(1..=15)
+                };
+                let first = conn as i32 * PER_CONN + next[conn];
+                next[conn] += logs as i32;
+                let id = format!("s{}", session[conn]);
+                let request = crate::workload::request(&id, "codex", first, logs);
+                frames.push(QueuedFrame {
+                    frame: crate::codec::LogFrame::from_request(&request).unwrap(),
+                    conn: conn as u32,
+                    key_run: 0,
+                });
+            }
+            let frame_count = frames.len() as u32;
+            let out = drain_all_within(frames, limits);
+            let mut seen = vec![0i32; conns];
+            for o in &out {
+                let request = o.request.decode().unwrap();
+                assert!(request.logs.len() <= limits.max_logs, "seed {seed}");
+                assert!(
+                    request.logs.len() == 1 || o.request.bytes.len() <= limits.max_bytes,
+                    "seed {seed}: {} bytes",
+                    o.request.bytes.len()
+                );
+                for log in &request.logs {
+                    let conn = (log.sequence_number / PER_CONN) as usize;
+                    assert_eq!(
+                        log.sequence_number % PER_CONN,
+                        seen[conn],
+                        "seed {seed}: connection {conn} out of order"
+                    );
+                    seen[conn] += 1;
+                }
+            }
+            assert_eq!(seen, next, "seed {seed}: every log once");
+            assert_eq!(
+                out.iter().map(|o| o.request.frames).sum::<u32>(),
+                frame_count,
+                "seed {seed}: every frame counted once"
+            );
         }
     }
 }
