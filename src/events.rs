@@ -683,8 +683,9 @@ impl InternalEvent for SpoolIoFailed<'_> {
     }
 }
 
-/// The spool directory had been deleted or replaced while the proxy ran; it was
-/// made again and the records held written into it.
+/// The spool directory, its lock file or segment files holding records had been
+/// deleted (or the directory replaced) while the proxy ran; the directory was made
+/// again if needed and the records held written into it.
 #[derive(Debug)]
 pub struct SpoolDirRebuilt<'a> {
     pub dir: &'a std::path::Path,
@@ -697,7 +698,7 @@ impl InternalEvent for SpoolDirRebuilt<'_> {
         tracing::error!(
             dir = %self.dir.display(),
             records = self.records,
-            "the disk spool's directory was deleted or replaced; made it again and wrote the records it held into it"
+            "the disk spool's directory or files were deleted or replaced; wrote the records it held into it again"
         );
     }
 }

@@ -209,7 +209,7 @@ async fn a_spool_directory_deleted_during_the_outage_is_made_again_and_a_restart
         })
         .await;
     std::fs::remove_dir_all(dir.path().join("spool")).unwrap();
-    let message = "the disk spool's directory was deleted or replaced; made it again and wrote the records it held into it";
+    let message = "the disk spool's directory or files were deleted or replaced; wrote the records it held into it again";
     eventually("the spool directory made again", || {
         first.proxy.logged(message)
     })

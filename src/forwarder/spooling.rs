@@ -252,11 +252,14 @@ impl Spooler {
     fn keep_dir(&mut self, metrics: &Metrics) {
         match self.spool.rebuild_if_lost() {
             Ok(None) => {}
-            Ok(Some(records)) => SpoolDirRebuilt {
-                dir: self.spool.dir(),
-                records,
+            Ok(Some(records)) => {
+                SpoolDirRebuilt {
+                    dir: self.spool.dir(),
+                    records,
+                }
+                .emit(metrics);
+                self.occupancy(metrics);
             }
-            .emit(metrics),
             Err(error) => self.failed(SpoolOp::Rebuild, &error, metrics),
         }
     }

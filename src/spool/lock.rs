@@ -61,6 +61,13 @@ impl DirLock {
         }
         Ok(DirLock { _file: file })
     }
+
+    /// True when the lock file was deleted while held: another process could then
+    /// create and lock a new one.
+    pub fn is_unlinked(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        self._file.metadata().is_ok_and(|m| m.nlink() == 0)
+    }
 }
 
 #[cfg(test)]

@@ -171,9 +171,12 @@ struct Entry {
 pub struct Spool {
     config: SpoolConfig,
     _lock: DirLock,
-    /// Device and inode of the directory opened, to tell when it was deleted or
+    /// Device and inode of the directory locked, to tell when it was deleted or
     /// replaced ([`Spool::rebuild_if_lost`]).
     dir_id: (u64, u64),
+    /// The records held are not all in files under the directory (it, or some of
+    /// them, were deleted): [`Spool::rebuild_if_lost`] writes them again.
+    files_lost: bool,
     /// Oldest first; the last one is appended to if `writable`.
     segments: VecDeque<Segment>,
     writable: bool,
@@ -208,6 +211,7 @@ impl Spool {
             config,
             _lock: lock,
             dir_id,
+            files_lost: false,
             segments: VecDeque::new(),
             writable: false,
             entries: VecDeque::new(),
@@ -352,25 +356,39 @@ impl Spool {
         &self.config.dir
     }
 
-    /// When the directory was deleted or replaced while the spool ran (a tmp cleaner,
-    /// an operator), the records held live on only in the open segment files, and a
-    /// restart or crash would lose them without a count. This makes the directory
-    /// again (0700), takes its lock, and writes every record held into new segments
-    /// there, under the same numbers (so a replay in flight still acknowledges its
-    /// record). Returns how many records were written, `None` if the directory is
-    /// still the one opened.
+    /// When the directory, its lock file or segment files holding records were
+    /// deleted (a tmp cleaner, an operator) or the directory replaced while the spool
+    /// ran, the records held live on only in open files, and a restart or a crash
+    /// would lose them without a count. This makes the directory again (0700) and
+    /// takes its lock if it is not the one locked, removes the segment files found
+    /// in it (copies put back, or survivors of a partial clean-up), and writes every
+    /// record held into new segments there under the same numbers (so a replay in
+    /// flight still acknowledges its record). A directory moved away is left alone.
+    /// Returns how many records were written, `None` when nothing was lost. On an
+    /// error nothing held is lost: it is still served from the open files, and the
+    /// next call tries again.
     pub fn rebuild_if_lost(&mut self) -> Result<Option<usize>, SpoolError> {
         let dir = self.config.dir.clone();
-        if dir_id(&dir).is_ok_and(|id| id == self.dir_id) {
-            return Ok(None);
-        }
         let shown = dir.display().to_string();
         let io = |source| SpoolError::Io {
             dir: shown.clone(),
             source,
         };
-        self._lock = make_and_lock(&dir)?;
-        self.dir_id = dir_id(&dir).map_err(io)?;
+        let moved = !dir_id(&dir).is_ok_and(|id| id == self.dir_id);
+        if moved || self._lock.is_unlinked() {
+            self._lock = make_and_lock(&dir)?;
+            self.dir_id = dir_id(&dir).map_err(io)?;
+        }
+        if moved || self.segments.iter().any(Segment::is_unlinked) {
+            self.files_lost = true;
+        }
+        if !self.files_lost {
+            return Ok(None);
+        }
+        // Whatever segment files are there are not the ones held: out of the way.
+        for (_, path) in segment::list(&dir).map_err(io)? {
+            std::fs::remove_file(path).map_err(io)?;
+        }
         let old = (
             std::mem::take(&mut self.segments),
             std::mem::take(&mut self.entries),
@@ -386,8 +404,6 @@ impl Spool {
         self.writable = false;
         self.disk_bytes = 0;
         self.held = Counts::default();
-        // The old files stay open while they are copied, and are not deleted here
-        // (gone already, or in the directory that was moved away).
         let copied = old_entries.iter().try_for_each(|entry| {
             let seg = old_segments
                 .iter()
@@ -403,7 +419,6 @@ impl Spool {
             self.save_state()
         });
         if let Err(error) = done {
-            // Keep serving from the open files; the next call tries again.
             for seg in std::mem::take(&mut self.segments) {
                 let _ = seg.remove();
             }
@@ -415,10 +430,10 @@ impl Spool {
                 self.disk_bytes,
                 self.held,
             ) = old;
-            self.dir_id = (0, 0);
             return Err(io(error));
         }
         debug_assert_eq!(self.next, old.3);
+        self.files_lost = false;
         Ok(Some(old_entries.len()))
     }
 

@@ -127,6 +127,13 @@ impl Segment {
         Ok(())
     }
 
+    /// True when the file was deleted (or moved out of reach: no name links to it)
+    /// while open.
+    pub fn is_unlinked(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        self.file.metadata().is_ok_and(|m| m.nlink() == 0)
+    }
+
     /// Deletes the file.
     pub fn remove(self) -> io::Result<()> {
         drop(self.file);

@@ -357,3 +357,77 @@ fn a_replaced_spool_directory_gets_the_records_and_the_moved_one_is_left_alone()
     );
     assert_eq!(drain(&mut spool), (0..5).map(payload).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_rebuild_that_failed_is_tried_again_under_the_lock_it_took() {
+    // The first rebuild fails after making and locking the directory (here: its
+    // state cannot be saved). The next one must not trip over its own lock.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let (mut spool, _) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
+    fill(&mut spool, 0..30);
+    std::fs::remove_dir_all(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let blocker = path.join("state.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    assert!(spool.rebuild_if_lost().is_err());
+    assert!(
+        spool.rebuild_if_lost().is_err(),
+        "still failing, not locked out"
+    );
+    std::fs::remove_dir(&blocker).unwrap();
+    assert_eq!(spool.rebuild_if_lost().unwrap(), Some(30));
+    drop(spool);
+    let (mut spool, recovery) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
+    assert_eq!(recovery.corrupt, Counts::default());
+    assert_eq!(drain(&mut spool), (0..30).map(payload).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_copy_put_in_the_directorys_place_is_replaced_by_the_records_held() {
+    // An operator restores a copy of the directory (same segment file names).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let (mut spool, _) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
+    fill(&mut spool, 0..30);
+    spool.flush().unwrap();
+    let first = spool.peek().unwrap().unwrap();
+    assert!(spool.ack(first.seq).unwrap());
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for file in std::fs::read_dir(&path).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), copy.join(file.file_name())).unwrap();
+    }
+    std::fs::rename(&path, dir.path().join("old")).unwrap();
+    std::fs::rename(&copy, &path).unwrap();
+    assert_eq!(spool.rebuild_if_lost().unwrap(), Some(29));
+    drop(spool);
+    let (mut spool, recovery) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
+    assert_eq!(recovery.corrupt, Counts::default());
+    assert_eq!(drain(&mut spool), (1..30).map(payload).collect::<Vec<_>>());
+}
+
+#[test]
+fn segment_files_deleted_from_a_directory_that_stays_are_written_again() {
+    // A cleaner deletes files but not the directory (`rm -f DIR/*`), the lock file
+    // included: the records are written again and the directory locked again.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let (mut spool, _) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
+    fill(&mut spool, 0..30);
+    spool.flush().unwrap();
+    for file in std::fs::read_dir(&path).unwrap() {
+        std::fs::remove_file(file.unwrap().path()).unwrap();
+    }
+    assert_eq!(spool.rebuild_if_lost().unwrap(), Some(30));
+    assert!(spool.rebuild_if_lost().unwrap().is_none());
+    assert!(
+        DirLock::acquire(&path).is_err(),
+        "the new lock file is held"
+    );
+    drop(spool);
+    let (mut spool, recovery) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
+    assert_eq!(recovery.corrupt, Counts::default());
+    assert_eq!(drain(&mut spool), (0..30).map(payload).collect::<Vec<_>>());
+}
