@@ -177,6 +177,13 @@ pub struct Spool {
     /// The records held are not all in files under the directory (it, or some of
     /// them, were deleted): [`Spool::rebuild_if_lost`] writes them again.
     files_lost: bool,
+    /// Another process took the directory's lock after this one's lock file was
+    /// deleted: nothing more is written or deleted there (appends are refused, the
+    /// state is not saved) until the lock is this process's again.
+    lock_lost: bool,
+    /// Opening failed half-way: the state must not be saved on drop (it would
+    /// describe a recovery that did not finish).
+    failed_open: bool,
     /// Oldest first; the last one is appended to if `writable`.
     segments: VecDeque<Segment>,
     writable: bool,
@@ -212,6 +219,8 @@ impl Spool {
             _lock: lock,
             dir_id,
             files_lost: false,
+            lock_lost: false,
+            failed_open: false,
             segments: VecDeque::new(),
             writable: false,
             entries: VecDeque::new(),
@@ -224,8 +233,13 @@ impl Spool {
             last_sync: Instant::now(),
             buf: Vec::new(),
         };
-        let recovery = spool.recover().map_err(io)?;
-        Ok((spool, recovery))
+        match spool.recover() {
+            Ok(recovery) => Ok((spool, recovery)),
+            Err(error) => {
+                spool.failed_open = true;
+                Err(io(error))
+            }
+        }
     }
 
     fn recover(&mut self) -> io::Result<Recovery> {
@@ -325,6 +339,9 @@ impl Spool {
         state::sync_dir(&self.config.dir)?;
         if renumber {
             self.renumber()?;
+            if self.state_dirty {
+                recovery.state_unsaved = true;
+            }
         }
         Ok(recovery)
     }
@@ -348,7 +365,11 @@ impl Spool {
             seg.remove()?;
         }
         self.sync()?;
-        self.save_state()
+        // As at the end of recovery: a full disk must not keep the proxy from starting.
+        if self.save_state().is_err() {
+            self.state_dirty = true;
+        }
+        Ok(())
     }
 
     /// The directory this spool owns.
@@ -375,14 +396,28 @@ impl Spool {
             source,
         };
         let moved = !dir_id(&dir).is_ok_and(|id| id == self.dir_id);
-        if moved || self._lock.is_unlinked() {
-            self._lock = make_and_lock(&dir)?;
-            self.dir_id = dir_id(&dir).map_err(io)?;
+        if moved || self.lock_lost || self._lock.is_unlinked() {
+            match make_and_lock(&dir) {
+                Ok(lock) => {
+                    // Its id before it replaces the lock: a failure here leaves the
+                    // old lock, and the next call takes the new one again.
+                    let id = dir_id(&dir).map_err(io)?;
+                    (self._lock, self.dir_id, self.lock_lost) = (lock, id, false);
+                }
+                Err(error) => {
+                    self.lock_lost |= matches!(error, SpoolError::Locked { .. });
+                    return Err(error);
+                }
+            }
         }
         if moved || self.segments.iter().any(Segment::is_unlinked) {
             self.files_lost = true;
         }
         if !self.files_lost {
+            if !dir.join(state::FILE_NAME).exists() {
+                // The state file alone was deleted: saved again at the next tick.
+                self.state_dirty = true;
+            }
             return Ok(None);
         }
         // Whatever segment files are there are not the ones held: out of the way.
@@ -404,6 +439,7 @@ impl Spool {
         self.writable = false;
         self.disk_bytes = 0;
         self.held = Counts::default();
+        let mut damaged = Counts::default();
         let copied = old_entries.iter().try_for_each(|entry| {
             let seg = old_segments
                 .iter()
@@ -411,7 +447,17 @@ impl Spool {
                 .expect("an entry's segment stays open while it is held");
             let h = entry.header;
             let bytes = seg.read_at(entry.offset, h.record_len())?;
-            self.write(h.frames, h.logs, &bytes[HEADER_LEN..])
+            // Checked as a read for replay is: a damaged record is counted, not given
+            // a fresh checksum. Its number is left out (the others keep theirs, so a
+            // replay in flight acknowledges the right record); a start before the
+            // spool empties counts that gap again: loss over-reported, never hidden.
+            if record::decode_header(&bytes) == Some(h) && h.payload_matches(&bytes[HEADER_LEN..]) {
+                self.write(h.frames, h.logs, &bytes[HEADER_LEN..])
+            } else {
+                damaged.add(h.frames.into(), h.logs.into());
+                self.next = h.next();
+                Ok(())
+            }
         });
         let done = copied.and_then(|()| {
             self.dir_dirty = true;
@@ -433,6 +479,7 @@ impl Spool {
             return Err(io(error));
         }
         debug_assert_eq!(self.next, old.3);
+        self.corrupt.add(damaged.frames, damaged.logs);
         self.files_lost = false;
         Ok(Some(old_entries.len()))
     }
@@ -497,6 +544,7 @@ impl Spool {
 
     /// Writes one record at the end, starting a segment if needed.
     fn write(&mut self, frames: u32, logs: u32, payload: &[u8]) -> io::Result<()> {
+        self.check_lock()?;
         let len = (HEADER_LEN + payload.len()) as u64;
         let rotate = match self.segments.back() {
             Some(seg) if self.writable => seg.len >= self.config.segment_bytes,
@@ -605,6 +653,7 @@ impl Spool {
     /// succeeds, the next start finds those delivered records gone and counts them as
     /// damaged (`spool_corrupt`): loss over-reported, nothing sent twice.
     fn retire_segments(&mut self) -> io::Result<()> {
+        self.check_lock()?;
         let keep_from = self.entries.front().map(|e| e.segment);
         let retire = |seg: &Segment| keep_from.is_none_or(|id| seg.id < id);
         if !self.segments.front().is_some_and(retire) {
@@ -625,7 +674,18 @@ impl Spool {
         state::sync_dir(&self.config.dir)
     }
 
+    /// An error while another process holds the directory's lock.
+    fn check_lock(&self) -> io::Result<()> {
+        if self.lock_lost {
+            return Err(io::Error::other(
+                "another process took the spool directory's lock after its lock file was deleted",
+            ));
+        }
+        Ok(())
+    }
+
     fn save_state(&mut self) -> io::Result<()> {
+        self.check_lock()?;
         state::save(
             &self.config.dir,
             &State {
@@ -684,6 +744,9 @@ impl Spool {
 
 impl Drop for Spool {
     fn drop(&mut self) {
+        if self.failed_open {
+            return;
+        }
         if let Err(error) = self.flush() {
             tracing::error!(dir = %self.config.dir.display(), %error, "saving the spool's state");
         }

@@ -134,10 +134,13 @@ impl Segment {
         self.file.metadata().is_ok_and(|m| m.nlink() == 0)
     }
 
-    /// Deletes the file.
+    /// Deletes the file (already gone is not an error: a cleaner may have deleted it).
     pub fn remove(self) -> io::Result<()> {
         drop(self.file);
-        fs::remove_file(&self.path)
+        match fs::remove_file(&self.path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            done => done,
+        }
     }
 }
 

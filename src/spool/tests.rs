@@ -431,3 +431,85 @@ fn segment_files_deleted_from_a_directory_that_stays_are_written_again() {
     assert_eq!(recovery.corrupt, Counts::default());
     assert_eq!(drain(&mut spool), (0..30).map(payload).collect::<Vec<_>>());
 }
+
+/// Three records in `dir`, the middle one damaged: the next open renumbers.
+fn three_records_the_middle_one_damaged(dir: &Path) {
+    let (mut spool, _) = Spool::open(config(dir, 1 << 20, Fsync::Always)).unwrap();
+    fill(&mut spool, 0..3);
+    spool.close().unwrap();
+    let path = segment_files(dir).pop().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[HEADER_LEN + payload(0).len() + 2] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+}
+
+#[test]
+fn a_start_that_renumbers_opens_even_when_the_state_cannot_be_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    three_records_the_middle_one_damaged(dir.path());
+    std::fs::create_dir(dir.path().join("state.tmp")).unwrap();
+    let (_spool, recovery) = Spool::open(config(dir.path(), 1 << 20, Fsync::Always)).unwrap();
+    assert!(recovery.state_unsaved);
+    assert_eq!(recovery.intact.frames, 2);
+}
+
+#[test]
+fn a_rebuild_counts_a_damaged_record_instead_of_giving_it_a_fresh_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let (mut spool, _) = Spool::open(config(&path, 1 << 20, Fsync::Always)).unwrap();
+    fill(&mut spool, 0..2);
+    let seg = segment_files(&path).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[HEADER_LEN + 3] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    std::fs::remove_dir_all(&path).unwrap();
+    assert_eq!(spool.rebuild_if_lost().unwrap(), Some(2));
+    assert_eq!(drain(&mut spool), [payload(1)]);
+    assert_eq!(spool.take_corrupt(), Counts { frames: 1, logs: 1 });
+}
+
+#[test]
+fn a_spool_that_lost_its_lock_to_another_process_writes_nothing_more_there() {
+    // Its lock file deleted, another proxy takes the directory before this one's
+    // next look: appends are refused (counted by the caller) and nothing is
+    // written, saved or deleted there.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let (mut a, _) = Spool::open(config(&path, 1 << 20, Fsync::Always)).unwrap();
+    fill(&mut a, 0..3);
+    std::fs::remove_file(path.join("lock")).unwrap();
+    let (b, _) = Spool::open(config(&path, 1 << 20, Fsync::Always)).unwrap();
+    assert!(matches!(
+        a.rebuild_if_lost(),
+        Err(SpoolError::Locked { .. })
+    ));
+    let sizes = |path: &Path| -> Vec<u64> {
+        segment_files(path)
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .collect()
+    };
+    let before = (sizes(&path), std::fs::read(path.join("state")).unwrap());
+    assert!(a.append(1, 1, &payload(3)).is_err());
+    let first = a.peek().unwrap().unwrap();
+    assert!(a.ack(first.seq).is_err(), "acknowledged, not saved there");
+    drop(a);
+    assert_eq!(
+        before,
+        (sizes(&path), std::fs::read(path.join("state")).unwrap())
+    );
+    drop(b);
+}
+
+#[test]
+fn a_deleted_state_file_is_saved_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    fill(&mut spool, 0..3);
+    spool.flush().unwrap();
+    std::fs::remove_file(dir.path().join("state")).unwrap();
+    assert!(spool.rebuild_if_lost().unwrap().is_none());
+    spool.tick(Instant::now() + SYNC_INTERVAL).unwrap();
+    assert!(dir.path().join("state").exists());
+}
