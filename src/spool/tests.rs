@@ -244,6 +244,32 @@ fn forty_records_then_a_full_disk(dir: &Path) -> (Spool, PathBuf) {
     (spool, blocker)
 }
 
+/// A spool opened in `dir` (1 MiB, 1 KiB segments) holding records `0..n`.
+fn holding(dir: &Path, n: u32, fsync: Fsync) -> Spool {
+    let (mut spool, _) = Spool::open(config(dir, 1 << 20, fsync)).unwrap();
+    fill(&mut spool, 0..n);
+    spool
+}
+
+/// The spool in `dir` opened again, as the next start opens it.
+fn reopen(dir: &Path, fsync: Fsync) -> (Spool, Recovery) {
+    Spool::open(config(dir, 1 << 20, fsync)).unwrap()
+}
+
+/// Stops `spool` and starts again on `dir`: nothing counted as damaged, and records
+/// `expected` replayed, in order.
+fn assert_a_restart_replays(
+    spool: Spool,
+    dir: &Path,
+    fsync: Fsync,
+    expected: std::ops::Range<u32>,
+) {
+    drop(spool);
+    let (mut spool, recovery) = reopen(dir, fsync);
+    assert_eq!(recovery.corrupt, Counts::default());
+    assert_eq!(drain(&mut spool), expected.map(payload).collect::<Vec<_>>());
+}
+
 #[test]
 fn delivered_segments_are_deleted_even_when_the_state_cannot_be_saved() {
     // On a full filesystem the state file's new block is refused. The delivered
@@ -270,7 +296,7 @@ fn delivered_segments_are_deleted_even_when_the_state_cannot_be_saved() {
     spool.tick(Instant::now() + SYNC_INTERVAL).unwrap();
     assert!(!spool.is_dirty(), "saved at the next tick");
     drop(spool);
-    let (mut spool, recovery) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    let (mut spool, recovery) = reopen(dir.path(), Fsync::Interval);
     assert_eq!(recovery, Recovery::default());
     assert!(drain(&mut spool).is_empty());
 }
@@ -287,7 +313,7 @@ fn delivered_records_deleted_before_their_state_was_saved_are_not_replayed() {
     }
     drop(spool);
     std::fs::remove_dir(&blocker).unwrap();
-    let (mut spool, recovery) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    let (mut spool, recovery) = reopen(dir.path(), Fsync::Interval);
     assert_eq!(recovery.intact, Counts::default());
     assert_eq!(recovery.corrupt.frames, 40);
     assert!(drain(&mut spool).is_empty());
@@ -298,12 +324,10 @@ fn a_spool_whose_state_cannot_be_saved_still_opens_and_saves_it_later() {
     // A full disk at start (the state's new block refused) must not stop the proxy
     // from starting: a supervisor would restart it in a loop.
     let dir = tempfile::tempdir().unwrap();
-    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
-    fill(&mut spool, 0..3);
-    drop(spool);
+    drop(holding(dir.path(), 3, Fsync::Interval));
     let blocker = dir.path().join("state.tmp");
     std::fs::create_dir(&blocker).unwrap();
-    let (mut spool, recovery) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    let (mut spool, recovery) = reopen(dir.path(), Fsync::Interval);
     assert!(recovery.state_unsaved);
     assert_eq!(recovery.intact.frames, 3);
     assert!(spool.is_dirty());
@@ -332,7 +356,7 @@ fn a_deleted_spool_directory_is_made_again_with_the_records_it_held() {
     assert!(spool.ack(first.seq).unwrap());
     fill(&mut spool, 30..32);
     drop(spool);
-    let (mut spool, recovery) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
+    let (mut spool, recovery) = reopen(&path, Fsync::Interval);
     assert_eq!(recovery.corrupt, Counts::default());
     assert_eq!(recovery.intact.frames, 31);
     assert_eq!(drain(&mut spool), (1..32).map(payload).collect::<Vec<_>>());
@@ -343,8 +367,7 @@ fn a_replaced_spool_directory_gets_the_records_and_the_moved_one_is_left_alone()
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool");
     let moved = dir.path().join("moved");
-    let (mut spool, _) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
-    fill(&mut spool, 0..5);
+    let mut spool = holding(&path, 5, Fsync::Interval);
     spool.flush().unwrap();
     std::fs::rename(&path, &moved).unwrap();
     std::fs::create_dir(&path).unwrap();
@@ -364,8 +387,7 @@ fn a_rebuild_that_failed_is_tried_again_under_the_lock_it_took() {
     // state cannot be saved). The next one must not trip over its own lock.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool");
-    let (mut spool, _) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
-    fill(&mut spool, 0..30);
+    let mut spool = holding(&path, 30, Fsync::Interval);
     std::fs::remove_dir_all(&path).unwrap();
     std::fs::create_dir(&path).unwrap();
     let blocker = path.join("state.tmp");
@@ -377,10 +399,7 @@ fn a_rebuild_that_failed_is_tried_again_under_the_lock_it_took() {
     );
     std::fs::remove_dir(&blocker).unwrap();
     assert_eq!(spool.rebuild_if_lost().unwrap(), Some(30));
-    drop(spool);
-    let (mut spool, recovery) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
-    assert_eq!(recovery.corrupt, Counts::default());
-    assert_eq!(drain(&mut spool), (0..30).map(payload).collect::<Vec<_>>());
+    assert_a_restart_replays(spool, &path, Fsync::Interval, 0..30);
 }
 
 #[test]
@@ -388,8 +407,7 @@ fn a_copy_put_in_the_directorys_place_is_replaced_by_the_records_held() {
     // An operator restores a copy of the directory (same segment file names).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool");
-    let (mut spool, _) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
-    fill(&mut spool, 0..30);
+    let mut spool = holding(&path, 30, Fsync::Interval);
     spool.flush().unwrap();
     let first = spool.peek().unwrap().unwrap();
     assert!(spool.ack(first.seq).unwrap());
@@ -402,10 +420,7 @@ fn a_copy_put_in_the_directorys_place_is_replaced_by_the_records_held() {
     std::fs::rename(&path, dir.path().join("old")).unwrap();
     std::fs::rename(&copy, &path).unwrap();
     assert_eq!(spool.rebuild_if_lost().unwrap(), Some(29));
-    drop(spool);
-    let (mut spool, recovery) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
-    assert_eq!(recovery.corrupt, Counts::default());
-    assert_eq!(drain(&mut spool), (1..30).map(payload).collect::<Vec<_>>());
+    assert_a_restart_replays(spool, &path, Fsync::Interval, 1..30);
 }
 
 #[test]
@@ -414,8 +429,7 @@ fn segment_files_deleted_from_a_directory_that_stays_are_written_again() {
     // included: the records are written again and the directory locked again.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool");
-    let (mut spool, _) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
-    fill(&mut spool, 0..30);
+    let mut spool = holding(&path, 30, Fsync::Interval);
     spool.flush().unwrap();
     for file in std::fs::read_dir(&path).unwrap() {
         std::fs::remove_file(file.unwrap().path()).unwrap();
@@ -426,17 +440,12 @@ fn segment_files_deleted_from_a_directory_that_stays_are_written_again() {
         DirLock::acquire(&path).is_err(),
         "the new lock file is held"
     );
-    drop(spool);
-    let (mut spool, recovery) = Spool::open(config(&path, 1 << 20, Fsync::Interval)).unwrap();
-    assert_eq!(recovery.corrupt, Counts::default());
-    assert_eq!(drain(&mut spool), (0..30).map(payload).collect::<Vec<_>>());
+    assert_a_restart_replays(spool, &path, Fsync::Interval, 0..30);
 }
 
 /// Three records in `dir`, the middle one damaged: the next open renumbers.
 fn three_records_the_middle_one_damaged(dir: &Path) {
-    let (mut spool, _) = Spool::open(config(dir, 1 << 20, Fsync::Always)).unwrap();
-    fill(&mut spool, 0..3);
-    spool.close().unwrap();
+    holding(dir, 3, Fsync::Always).close().unwrap();
     let path = segment_files(dir).pop().unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[HEADER_LEN + payload(0).len() + 2] ^= 0xff;
@@ -457,8 +466,7 @@ fn a_start_that_renumbers_opens_even_when_the_state_cannot_be_saved() {
 fn a_rebuild_counts_a_damaged_record_instead_of_giving_it_a_fresh_checksum() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool");
-    let (mut spool, _) = Spool::open(config(&path, 1 << 20, Fsync::Always)).unwrap();
-    fill(&mut spool, 0..2);
+    let mut spool = holding(&path, 2, Fsync::Always);
     let seg = segment_files(&path).pop().unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[HEADER_LEN + 3] ^= 1;
@@ -476,8 +484,7 @@ fn a_spool_that_lost_its_lock_to_another_process_writes_nothing_more_there() {
     // written, saved or deleted there.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool");
-    let (mut a, _) = Spool::open(config(&path, 1 << 20, Fsync::Always)).unwrap();
-    fill(&mut a, 0..3);
+    let mut a = holding(&path, 3, Fsync::Always);
     std::fs::remove_file(path.join("lock")).unwrap();
     let (b, _) = Spool::open(config(&path, 1 << 20, Fsync::Always)).unwrap();
     assert!(matches!(
@@ -505,8 +512,7 @@ fn a_spool_that_lost_its_lock_to_another_process_writes_nothing_more_there() {
 #[test]
 fn a_deleted_state_file_is_saved_again() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
-    fill(&mut spool, 0..3);
+    let mut spool = holding(dir.path(), 3, Fsync::Interval);
     spool.flush().unwrap();
     std::fs::remove_file(dir.path().join("state")).unwrap();
     assert!(spool.rebuild_if_lost().unwrap().is_none());
