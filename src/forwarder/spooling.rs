@@ -237,6 +237,8 @@ impl Spooler {
         if let Err(error) = self.spool.tick(Instant::now()) {
             self.failed(SpoolOp::Sync, &error, metrics);
         }
+        // A segment deleted late (its first deletion failed) frees its bytes here.
+        self.occupancy(metrics);
     }
 
     /// Makes everything durable (at shutdown).

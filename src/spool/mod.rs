@@ -200,6 +200,10 @@ pub struct Spool {
     dir_dirty: bool,
     last_sync: Instant,
     buf: Vec<u8>,
+    /// Delivered segments whose file could not be deleted (EPERM, say), with their
+    /// bytes: still counted in `disk_bytes` (they still take the disk, within
+    /// `max_bytes`), deleted again at every tick.
+    undeleted: Vec<(PathBuf, u64)>,
 }
 
 impl Spool {
@@ -232,6 +236,7 @@ impl Spool {
             dir_dirty: false,
             last_sync: Instant::now(),
             buf: Vec::new(),
+            undeleted: Vec::new(),
         };
         match spool.recover() {
             Ok(recovery) => Ok((spool, recovery)),
@@ -660,10 +665,17 @@ impl Spool {
             return Ok(());
         }
         let saved = self.save_state();
+        let mut removed = Ok(());
         while self.segments.front().is_some_and(retire) {
             let seg = self.segments.pop_front().expect("checked");
-            self.disk_bytes -= seg.len;
-            seg.remove()?;
+            let (path, len) = (seg.path.clone(), seg.len);
+            match seg.remove() {
+                Ok(()) => self.disk_bytes -= len,
+                Err(error) => {
+                    self.undeleted.push((path, len));
+                    removed = Err(error);
+                }
+            }
             if self.segments.is_empty() {
                 self.writable = false;
             }
@@ -671,7 +683,27 @@ impl Spool {
         if saved.is_err() {
             self.save_state()?;
         }
+        removed?;
         state::sync_dir(&self.config.dir)
+    }
+
+    /// Deletes again the delivered segments whose file could not be deleted.
+    fn delete_undeleted(&mut self) -> io::Result<()> {
+        let mut result = Ok(());
+        let mut bytes = self.disk_bytes;
+        self.undeleted
+            .retain(|(path, len)| match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    result = Err(e);
+                    true
+                }
+                _ => {
+                    bytes -= len;
+                    false
+                }
+            });
+        self.disk_bytes = bytes;
+        result
     }
 
     /// An error while another process holds the directory's lock.
@@ -710,10 +742,12 @@ impl Spool {
         Ok(())
     }
 
-    /// True while something written or acknowledged waits for [`Self::tick`].
+    /// True while something written or acknowledged, or a file to delete, waits for
+    /// [`Self::tick`].
     pub fn is_dirty(&self) -> bool {
         self.state_dirty
             || self.dir_dirty
+            || !self.undeleted.is_empty()
             || (self.writable && self.segments.back().is_some_and(Segment::is_dirty))
     }
 
@@ -721,6 +755,9 @@ impl Spool {
     /// appended data, and saves how far records were acknowledged, at most once
     /// per interval.
     pub fn tick(&mut self, now: Instant) -> io::Result<()> {
+        if !self.undeleted.is_empty() {
+            self.delete_undeleted()?;
+        }
         if self.is_dirty() && now.duration_since(self.last_sync) >= SYNC_INTERVAL / 2 {
             self.sync()?;
             if self.state_dirty {

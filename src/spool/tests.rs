@@ -519,3 +519,34 @@ fn a_deleted_state_file_is_saved_again() {
     spool.tick(Instant::now() + SYNC_INTERVAL).unwrap();
     assert!(dir.path().join("state").exists());
 }
+
+#[test]
+fn a_delivered_segment_that_cannot_be_deleted_still_counts_until_it_is() {
+    // Its file cannot be deleted (here a directory took its name; EPERM on an
+    // immutable directory): its bytes still take the disk and count in
+    // disk_bytes, and the deletion is tried again at every tick.
+    let dir = tempfile::tempdir().unwrap();
+    let mut spool = holding(dir.path(), 40, Fsync::Interval);
+    spool.flush().unwrap();
+    let first = segment_files(dir.path()).remove(0);
+    std::fs::remove_file(&first).unwrap();
+    std::fs::create_dir(&first).unwrap();
+    let before = spool.disk_bytes();
+    let mut failed = 0;
+    while spool.disk_bytes() == before {
+        let record = spool.peek().unwrap().unwrap();
+        if spool.ack(record.seq).is_err() {
+            failed += 1;
+        }
+        if failed > 0 {
+            break;
+        }
+    }
+    assert_eq!(failed, 1);
+    assert_eq!(spool.disk_bytes(), before, "its bytes still count");
+    assert!(spool.is_dirty());
+    spool.tick(Instant::now() + SYNC_INTERVAL).unwrap_err();
+    std::fs::remove_dir(&first).unwrap();
+    spool.tick(Instant::now() + SYNC_INTERVAL).unwrap();
+    assert!(spool.disk_bytes() < before, "counted off once it is gone");
+}
