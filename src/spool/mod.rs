@@ -166,6 +166,25 @@ struct Entry {
     header: Header,
 }
 
+impl Entry {
+    /// The record's bytes, read back from whichever of `segments` holds it and
+    /// checked against its header; `None` when they no longer match (damaged, or
+    /// cut short).
+    fn read_intact(&self, segments: &VecDeque<Segment>) -> io::Result<Option<Vec<u8>>> {
+        let seg = segments
+            .iter()
+            .find(|s| s.id == self.segment)
+            .expect("an entry's segment stays open while it is held");
+        match seg.read_at(self.offset, self.header.record_len()) {
+            Ok(bytes) => Ok((record::decode_header(&bytes) == Some(self.header)
+                && self.header.payload_matches(&bytes[HEADER_LEN..]))
+            .then_some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// An open spool directory (locked for as long as this lives).
 #[derive(Debug)]
 pub struct Spool {
@@ -446,22 +465,18 @@ impl Spool {
         self.held = Counts::default();
         let mut damaged = Counts::default();
         let copied = old_entries.iter().try_for_each(|entry| {
-            let seg = old_segments
-                .iter()
-                .find(|s| s.id == entry.segment)
-                .expect("an entry's segment stays open while it is held");
             let h = entry.header;
-            let bytes = seg.read_at(entry.offset, h.record_len())?;
             // Checked as a read for replay is: a damaged record is counted, not given
             // a fresh checksum. Its number is left out (the others keep theirs, so a
             // replay in flight acknowledges the right record); a start before the
             // spool empties counts that gap again: loss over-reported, never hidden.
-            if record::decode_header(&bytes) == Some(h) && h.payload_matches(&bytes[HEADER_LEN..]) {
-                self.write(h.frames, h.logs, &bytes[HEADER_LEN..])
-            } else {
-                damaged.add(h.frames.into(), h.logs.into());
-                self.next = h.next();
-                Ok(())
+            match entry.read_intact(old_segments)? {
+                Some(bytes) => self.write(h.frames, h.logs, &bytes[HEADER_LEN..]),
+                None => {
+                    damaged.add(h.frames.into(), h.logs.into());
+                    self.next = h.next();
+                    Ok(())
+                }
             }
         });
         let done = copied.and_then(|()| {
@@ -586,27 +601,12 @@ impl Spool {
     pub fn peek(&mut self) -> io::Result<Option<Spooled>> {
         while let Some(entry) = self.entries.front().copied() {
             let header = entry.header;
-            let seg = self
-                .segments
-                .iter()
-                .find(|s| s.id == entry.segment)
-                .expect("an entry's segment stays open while it is held");
-            let read = seg.read_at(entry.offset, header.record_len());
-            let intact = match &read {
-                Ok(bytes) => {
-                    record::decode_header(bytes) == Some(header)
-                        && header.payload_matches(&bytes[HEADER_LEN..])
-                }
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => false,
-                Err(_) => return read.map(|_| None),
-            };
-            if intact {
-                let payload = Bytes::from(read?).slice(HEADER_LEN..);
+            if let Some(bytes) = entry.read_intact(&self.segments)? {
                 return Ok(Some(Spooled {
                     seq: header.at.seq,
                     frames: header.frames,
                     logs: header.logs,
-                    payload,
+                    payload: Bytes::from(bytes).slice(HEADER_LEN..),
                 }));
             }
             self.corrupt.add(header.frames.into(), header.logs.into());

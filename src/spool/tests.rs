@@ -550,3 +550,24 @@ fn a_delivered_segment_that_cannot_be_deleted_still_counts_until_it_is() {
     spool.tick(Instant::now() + SYNC_INTERVAL).unwrap();
     assert!(spool.disk_bytes() < before, "counted off once it is gone");
 }
+
+#[test]
+fn a_rebuild_counts_a_record_cut_short_as_a_replay_would() {
+    // A held segment truncated under the proxy (the last record cut short), then
+    // the directory deleted: the cut record is counted, the rebuild goes through.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let mut spool = holding(&path, 2, Fsync::Always);
+    let seg = segment_files(&path).pop().unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 4)
+        .unwrap();
+    std::fs::remove_dir_all(&path).unwrap();
+    assert_eq!(spool.rebuild_if_lost().unwrap(), Some(2));
+    assert_eq!(drain(&mut spool), [payload(0)]);
+    assert_eq!(spool.take_corrupt(), Counts { frames: 1, logs: 2 });
+}
