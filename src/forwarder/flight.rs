@@ -482,6 +482,13 @@ enum Attempt {
     },
 }
 
+/// Marks the destination failing; the first time, wakes the loop to watch the ring.
+fn mark_failing(failing: &AtomicBool, began_failing: &Notify) {
+    if !failing.swap(true, Ordering::Relaxed) {
+        began_failing.notify_one();
+    }
+}
+
 /// Sends one request until it is delivered, dropped, refused for its size, out of
 /// retries with a spool to take it, or cancelled.
 async fn attempt<R: Reporter>(
@@ -504,8 +511,9 @@ async fn attempt<R: Reporter>(
         let call = reporter.report_encoded(request.clone());
         tokio::pin!(call);
         // With a spool, a call left unanswered marks the destination failing, as
-        // an error would (a hung coderd answers nothing until the call timeout).
-        let stall = tokio::time::sleep(ctx.config.stall_after);
+        // an error would (a hung coderd answers nothing until the call timeout). An
+        // async block: without a spool the timer is never made.
+        let stall = async { tokio::time::sleep(ctx.config.stall_after).await };
         tokio::pin!(stall);
         let mut stalled = !ctx.spooled;
         let outcome = loop {
@@ -515,9 +523,7 @@ async fn attempt<R: Reporter>(
                 outcome = &mut call => break outcome,
                 () = &mut stall, if !stalled => {
                     stalled = true;
-                    if !failing.swap(true, Ordering::Relaxed) {
-                        began_failing.notify_one();
-                    }
+                    mark_failing(failing, began_failing);
                     ForwardStalled { after: ctx.config.stall_after }.emit(metrics);
                 }
             }
@@ -545,8 +551,8 @@ async fn attempt<R: Reporter>(
             };
         }
         let retryable = failure == Failure::Retryable;
-        if retryable && !failing.swap(true, Ordering::Relaxed) {
-            began_failing.notify_one();
+        if retryable {
+            mark_failing(failing, began_failing);
         }
         ForwardAttemptFailed {
             retryable,
