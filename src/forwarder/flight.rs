@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{OrderKey, Outgoing};
 use super::retry::Backoff;
 use super::split::{self, Learned};
-use super::spooling::{Replay, Spooler};
+use super::spooling::{Peeked, Replay, Spooler};
 use super::ForwarderConfig;
 use crate::events::{
     ForwardAttemptFailed, ForwardDropReason, ForwardDropped, ForwardRefusedTooLarge,
@@ -108,9 +108,22 @@ enum Outcome {
 /// One delivery: its place in the order requests were taken, what of its request
 /// is left undelivered (in order; empty when settled), and how it ended.
 type Delivery<'a> = Pin<Box<dyn Future<Output = (u64, Vec<Outgoing>, Outcome)> + Send + 'a>>;
-/// One replay of a spooled record: the record, and whether every part of it was
-/// settled (delivered or dropped) with how many of its logs were delivered.
-type ReplayDelivery<'a> = Pin<Box<dyn Future<Output = (Replay, Option<u64>)> + Send + 'a>>;
+/// One replay of a spooled record, and the token that stops it.
+type ReplayDelivery<'a> = (
+    Pin<Box<dyn Future<Output = (Replay, ReplayEnd)> + Send + 'a>>,
+    CancellationToken,
+);
+
+/// How a replay ended.
+#[derive(Debug, Clone, Copy)]
+struct ReplayEnd {
+    /// Every part was settled (delivered, or dropped for good).
+    whole: bool,
+    /// Logs settled from the start of what it sent, delivered or dropped.
+    settled: u64,
+    /// Of them, logs delivered.
+    delivered: u64,
+}
 
 /// The spool and the ring whose fill decides when the backlog moves to disk.
 pub(super) struct SpoolLink<'s> {
@@ -226,9 +239,14 @@ pub(super) async fn deliver_all<R: Reporter>(
                 }
                 if replaying.is_none() && rx_open && !cancel.is_cancelled() {
                     match link.spooler.peek(metrics) {
-                        Some(record) => replaying = Some(Box::pin(replay(record, ctx, cancel))),
+                        Peeked::Record(record) => {
+                            let stop = cancel.child_token();
+                            replaying = Some((Box::pin(replay(record, ctx, stop.clone())), stop));
+                        }
                         // Drained: back to delivering directly.
-                        None => spooling = false,
+                        Peeked::Empty => spooling = false,
+                        // Unreadable for now: retried at the next tick.
+                        Peeked::Later => {}
                     }
                 }
             }
@@ -262,7 +280,8 @@ pub(super) async fn deliver_all<R: Reporter>(
         let settled = next.is_none() && pending.is_empty() && !rx_open;
         if settled && (spooling || (flights.is_empty() && exhausted.is_empty())) {
             // The drain thread ended (ring closed and empty) and all is settled or
-            // on disk; a replay still running is dropped (its record stays spooled).
+            // on disk; a replay still running is stopped below (what it settled is
+            // acknowledged, the rest of its record stays spooled).
             break;
         }
         let room = rx_open
@@ -280,10 +299,10 @@ pub(super) async fn deliver_all<R: Reporter>(
                     Outcome::Exhausted => exhausted.push((done, left)),
                 }
             }
-            (record, settled) = poll_some(&mut replaying), if replaying.is_some() => {
+            (record, end) = poll_some(&mut replaying), if replaying.is_some() => {
                 replaying = None;
-                if let (Some(link), Some(delivered)) = (spool.as_mut(), settled) {
-                    link.spooler.ack(&record, delivered, metrics);
+                if let Some(link) = spool.as_mut() {
+                    replayed(link.spooler, &record, end, metrics);
                 }
             }
             received = rx.recv(), if room => match received {
@@ -303,7 +322,14 @@ pub(super) async fn deliver_all<R: Reporter>(
                 if ctx.spooled && !spooling && !failing.load(Ordering::Relaxed) => {}
         }
     }
-    drop(replaying);
+    if let Some((mut running, stop)) = replaying.take() {
+        // Stopped between or during its calls: it returns at once with what it settled.
+        stop.cancel();
+        let (record, end) = running.as_mut().await;
+        if let Some(link) = spool.as_mut() {
+            replayed(link.spooler, &record, end, metrics);
+        }
+    }
 
     // Cancelled: every delivery still running sees it and hands its request back.
     while !flights.is_empty() {
@@ -335,14 +361,24 @@ fn any<'f, 'a: 'f>(
     })
 }
 
-/// Waits for the future in `slot` (pending forever when there is none).
+/// Waits for the replay in `slot` (pending forever when there is none).
 fn poll_some<'f, 'a: 'f>(
     slot: &'f mut Option<ReplayDelivery<'a>>,
-) -> impl Future<Output = (Replay, Option<u64>)> + use<'f, 'a> {
+) -> impl Future<Output = (Replay, ReplayEnd)> + use<'f, 'a> {
     std::future::poll_fn(move |cx| match slot.as_mut() {
-        Some(fut) => fut.as_mut().poll(cx),
+        Some((fut, _)) => fut.as_mut().poll(cx),
         None => Poll::Pending,
     })
+}
+
+/// Acknowledges what a replay settled: the whole record, or the part before where
+/// it was stopped.
+fn replayed(spooler: &mut Spooler, record: &Replay, end: ReplayEnd, metrics: &Metrics) {
+    if end.whole {
+        spooler.ack(record, end.delivered, metrics);
+    } else {
+        spooler.ack_part(record, end.settled, end.delivered, metrics);
+    }
 }
 
 async fn deliver_owned<R: Reporter>(
@@ -359,22 +395,28 @@ async fn deliver_owned<R: Reporter>(
 
 /// Sends a spooled record (split to the limits like any request) until every part
 /// is delivered or refused for good; transient errors are retried for as long as
-/// it takes, the record being safe on disk meanwhile. Returns the logs delivered,
-/// or `None` when cancelled (the record stays spooled).
+/// it takes, the record being safe on disk meanwhile. Stopped by `stop`, it returns
+/// at once with what it settled before (the rest of the record stays spooled).
 async fn replay<R: Reporter>(
     record: Replay,
     ctx: Ctx<'_, R>,
-    cancel: &CancellationToken,
-) -> (Replay, Option<u64>) {
+    stop: CancellationToken,
+) -> (Replay, ReplayEnd) {
     let mut rng = fastrand::Rng::new();
     let out = record.outgoing();
+    let logs = u64::from(out.request.logs);
     let ctx = Ctx {
         spooled: false,
         ..ctx
     };
-    let (_, outcome, delivered) = deliver(out, ctx, Duration::MAX, cancel, &mut rng).await;
-    let settled = (outcome == Outcome::Settled).then_some(delivered);
-    (record, settled)
+    let (left, outcome, delivered) = deliver(out, ctx, Duration::MAX, &stop, &mut rng).await;
+    let unsettled: u64 = left.iter().map(|o| u64::from(o.request.logs)).sum();
+    let end = ReplayEnd {
+        whole: outcome == Outcome::Settled,
+        settled: logs - unsettled,
+        delivered,
+    };
+    (record, end)
 }
 
 /// Sends one request, or the parts it is split into, in order, until each is
@@ -856,5 +898,197 @@ mod tests {
             left[0].request.decode().unwrap().logs[0].sequence_number,
             150
         );
+    }
+
+    // ---- replays of the spool ------------------------------------------------------
+
+    use crate::forwarder::spooling::Spooler;
+    use crate::spool::{Fsync, Spool, SpoolConfig};
+
+    /// A spooler on a new spool in `dir` holding `requests`, and its metrics.
+    fn spooler_holding(dir: &std::path::Path, requests: &[Outgoing]) -> (Spooler, Arc<Metrics>) {
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let (spool, _) = Spool::open(SpoolConfig::new(dir, 1 << 24, Fsync::Interval)).unwrap();
+        let mut spooler = Spooler::new(spool, WIDE, &metrics);
+        for out in requests {
+            assert!(spooler.append(out, &metrics));
+        }
+        (spooler, metrics)
+    }
+
+    fn wide_config() -> ForwarderConfig {
+        ForwarderConfig {
+            limits: WIDE,
+            linger: Duration::ZERO,
+            retry_max_elapsed: Duration::ZERO,
+            stall_after: Duration::from_secs(3600),
+        }
+    }
+
+    /// Takes at most 150 logs a call (refusing more as too large, as coderd does over
+    /// its maximum) and never answers a call whose first log is 150 or later.
+    #[derive(Default)]
+    struct HalfThenHang {
+        accepted: Mutex<Vec<i32>>,
+    }
+
+    impl Reporter for HalfThenHang {
+        async fn report_boundary_logs(
+            &self,
+            request: ReportBoundaryLogsRequest,
+        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
+            if request.logs.len() > 150 {
+                return Err(tonic::Status::unknown(format!(
+                    "batch size {} exceeds maximum",
+                    request.logs.len()
+                )));
+            }
+            if request.logs[0].sequence_number >= 150 {
+                std::future::pending::<()>().await;
+            }
+            let mut accepted = self.accepted.lock().unwrap();
+            accepted.extend(request.logs.iter().map(|l| l.sequence_number));
+            Ok(ReportBoundaryLogsResponse {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replay_stopped_after_part_of_its_record_was_delivered_resumes_after_that_part() {
+        // One spooled record of 300 logs (6 frames of 50); the destination takes 150 a
+        // call, so the replay sends it in two parts, and the stop comes while the
+        // second is in its call.
+        let mut requests = Vec::new();
+        coalesce(&frames(6, 50, 0), WIDE, &mut requests);
+        assert_eq!(requests.len(), 1);
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spooler, metrics) = spooler_holding(dir.path(), &requests);
+        let (_producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
+        let ring = consumer.handle();
+        let config = wide_config();
+        let learned = Learned::new(WIDE);
+        let reporter = HalfThenHang::default();
+        let cancel = CancellationToken::new();
+        let (_tx, rx) = mpsc::channel(1);
+        let mut rx = Incoming::new(rx);
+        let deliver = deliver_all(
+            VecDeque::new(),
+            &mut rx,
+            &config,
+            &learned,
+            &metrics,
+            &reporter,
+            &cancel,
+            Some(SpoolLink {
+                spooler: &mut spooler,
+                ring: &ring,
+            }),
+        );
+        let stop = async {
+            while metrics.logs_forwarded.get() < 150 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            cancel.cancel();
+        };
+        let (left, ()) = tokio::join!(deliver, stop);
+        assert!(left.is_empty());
+        assert_eq!(
+            *reporter.accepted.lock().unwrap(),
+            (0..150).collect::<Vec<_>>()
+        );
+        // Logs 0..150 were delivered once and are no longer held: the books balance,
+        // with 3 of the 6 frames on each side.
+        assert_eq!(metrics.logs_forwarded.get(), 150);
+        assert_eq!(metrics.spool.logs.get(), 150);
+        assert_eq!(metrics.spool.frames.get(), 3);
+        assert_eq!(metrics.spool.logs_replayed.get(), 150);
+        let resume = |spooler: &mut Spooler, metrics: &Metrics| {
+            let Peeked::Record(next) = spooler.peek(metrics) else {
+                panic!("the record is still held");
+            };
+            let request = next.outgoing().request;
+            let logs = request.decode().unwrap().logs;
+            (logs[0].sequence_number, logs.len(), request.frames)
+        };
+        assert_eq!(resume(&mut spooler, &metrics), (150, 150, 3));
+        // And after a restart, from the spool's files.
+        drop(spooler);
+        let (spool, recovery) =
+            Spool::open(SpoolConfig::new(dir.path(), 1 << 24, Fsync::Interval)).unwrap();
+        assert_eq!((recovery.intact.frames, recovery.intact.logs), (3, 150));
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let mut spooler = Spooler::new(spool, WIDE, &metrics);
+        assert_eq!(metrics.spool.logs.get(), 150);
+        assert_eq!(resume(&mut spooler, &metrics), (150, 150, 3));
+    }
+
+    #[derive(Default)]
+    struct Recorder {
+        accepted: Mutex<Vec<i32>>,
+    }
+
+    impl Reporter for Recorder {
+        async fn report_boundary_logs(
+            &self,
+            request: ReportBoundaryLogsRequest,
+        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
+            let mut accepted = self.accepted.lock().unwrap();
+            accepted.extend(request.logs.iter().map(|l| l.sequence_number));
+            Ok(ReportBoundaryLogsResponse {})
+        }
+    }
+
+    fn request_of(first: i32, logs: usize) -> Outgoing {
+        let mut out = Vec::new();
+        coalesce(&frames(1, logs, first), WIDE, &mut out);
+        out.pop().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_damaged_record_skipped_in_the_spool_does_not_let_newer_logs_overtake_older_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let (mut spool, _) =
+            Spool::open(SpoolConfig::new(dir.path(), 1 << 24, Fsync::Interval)).unwrap();
+        // Intact by its CRC, but too short for the 4 frames it claims.
+        spool.append_unsynced(4, 1, &[0u8; 3]).unwrap();
+        let mut spooler = Spooler::new(spool, WIDE, &metrics);
+        assert!(spooler.append(&request_of(0, 50), &metrics));
+        let (_producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
+        let ring = consumer.handle();
+        let config = wide_config();
+        let learned = Learned::new(WIDE);
+        let reporter = Recorder::default();
+        let cancel = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(1);
+        let mut rx = Incoming::new(rx);
+        let deliver = deliver_all(
+            VecDeque::new(),
+            &mut rx,
+            &config,
+            &learned,
+            &metrics,
+            &reporter,
+            &cancel,
+            Some(SpoolLink {
+                spooler: &mut spooler,
+                ring: &ring,
+            }),
+        );
+        let feed = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(vec![request_of(50, 50)]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(tx);
+        };
+        let (left, ()) = tokio::join!(deliver, feed);
+        assert!(left.is_empty());
+        assert_eq!(
+            *reporter.accepted.lock().unwrap(),
+            (0..100).collect::<Vec<_>>(),
+            "the spooled logs 0..50 first, then 50..100"
+        );
+        assert_eq!(metrics.logs_dropped_for(LogDropReason::SpoolCorrupt), 1);
+        assert_eq!(metrics.spool.logs.get(), 0);
     }
 }

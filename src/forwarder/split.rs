@@ -143,6 +143,13 @@ pub fn halves(out: &Outgoing, over: Oversize) -> Option<(Outgoing, Outgoing)> {
     Some(cut(out, &records, at.clamp(1, count - 1)))
 }
 
+/// `out` cut after its first `logs` logs (`0 < logs <` its logs), as a replay
+/// resuming after the parts it settled before it was stopped cuts its record.
+pub fn at(out: &Outgoing, logs: usize) -> Option<(Outgoing, Outgoing)> {
+    let records = Records::of(&out.request.bytes);
+    (0 < logs && logs < records.ends.len()).then(|| cut(out, &records, logs))
+}
+
 /// When `out` is over `limits` and holds more than one log: its longest head within
 /// them (at least one log) and the rest, which may still be over.
 pub fn fit(out: &Outgoing, limits: Limits) -> Option<(Outgoing, Outgoing)> {

@@ -10,9 +10,10 @@ use crate::events::{
 };
 use crate::metrics::Metrics;
 use crate::reporter::EncodedRequest;
-use crate::spool::{AppendError, Fsync, Spool};
+use crate::spool::{AppendError, Counts, Fsync, Spool};
 
 use super::batch::{self, Limits, OrderKey, Outgoing};
+use super::split;
 
 /// A request read back from the spool, and the record to acknowledge once the
 /// destination took it.
@@ -22,11 +23,37 @@ pub struct Replay {
     pub request: EncodedRequest,
     /// Where the request's frames end, as in [`Outgoing::frame_ends`].
     pub frame_ends: Vec<u32>,
+    /// The frames and logs at the record's start settled by an earlier replay
+    /// stopped part-way: not sent again.
+    pub done: Counts,
+}
+
+/// What [`Spooler::peek`] found.
+#[derive(Debug)]
+pub enum Peeked {
+    /// The oldest record, to replay.
+    Record(Replay),
+    /// Nothing held: delivery goes direct again.
+    Empty,
+    /// Records are held but the oldest could not be read (counted as a
+    /// `SpoolIoFailed`): try again later, still behind the spool so that nothing
+    /// newer overtakes what it holds.
+    Later,
 }
 
 impl Replay {
-    /// The request as the delivery loop sends it (it may be split like any other).
+    /// The request as the delivery loop sends it (it may be split like any other):
+    /// the record after what an earlier replay settled of it.
     pub fn outgoing(&self) -> Outgoing {
+        let whole = self.whole();
+        match split::at(&whole, self.done.logs as usize) {
+            Some((_, rest)) => rest,
+            None => whole,
+        }
+    }
+
+    /// The whole record's request.
+    fn whole(&self) -> Outgoing {
         Outgoing {
             request: self.request.clone(),
             // Replays go one at a time: nothing to order against.
@@ -158,47 +185,52 @@ impl Spooler {
 
     /// The oldest record, for replay. Records found damaged are counted as
     /// `spool_corrupt` and skipped; a read error leaves the record for later.
-    pub fn peek(&mut self, metrics: &Metrics) -> Option<Replay> {
-        let read = self.spool.peek();
-        let corrupt = self.spool.take_corrupt();
-        if corrupt.frames > 0 || corrupt.logs > 0 {
-            ForwardDropped {
-                frames: corrupt.frames,
-                logs: corrupt.logs,
-                reason: ForwardDropReason::SpoolCorrupt,
-            }
-            .emit(metrics);
-            self.occupancy(metrics);
-        }
-        match read {
-            Ok(Some(r)) => match decode_payload(r.frames, r.logs, r.payload) {
-                Some((frame_ends, request)) => Some(Replay {
-                    seq: r.seq,
-                    request,
-                    frame_ends,
-                }),
-                None => {
-                    // Intact by its CRC but not what this proxy writes: skip it, counted.
-                    tracing::error!(
-                        seq = r.seq,
-                        "a spooled record too short for its frame count"
-                    );
-                    let _ = self.spool.ack(r.seq);
-                    ForwardDropped {
-                        frames: u64::from(r.frames),
-                        logs: u64::from(r.logs),
-                        reason: ForwardDropReason::SpoolCorrupt,
-                    }
-                    .emit(metrics);
-                    self.occupancy(metrics);
-                    None
+    pub fn peek(&mut self, metrics: &Metrics) -> Peeked {
+        loop {
+            let read = self.spool.peek();
+            let corrupt = self.spool.take_corrupt();
+            if corrupt.frames > 0 || corrupt.logs > 0 {
+                ForwardDropped {
+                    frames: corrupt.frames,
+                    logs: corrupt.logs,
+                    reason: ForwardDropReason::SpoolCorrupt,
                 }
-            },
-            Ok(None) => None,
-            Err(error) => {
-                self.failed(SpoolOp::Read, &error, metrics);
-                None
+                .emit(metrics);
+                self.occupancy(metrics);
             }
+            let record = match read {
+                Ok(Some(record)) => record,
+                Ok(None) => return Peeked::Empty,
+                Err(error) => {
+                    self.failed(SpoolOp::Read, &error, metrics);
+                    return Peeked::Later;
+                }
+            };
+            let Some((frame_ends, request)) =
+                decode_payload(record.frames, record.logs, record.payload)
+            else {
+                // Intact by its CRC but not what this proxy writes: skipped, counted,
+                // and the next record read.
+                tracing::error!(
+                    seq = record.seq,
+                    "a spooled record too short for its frame count"
+                );
+                let _ = self.spool.ack(record.seq);
+                ForwardDropped {
+                    frames: u64::from(record.frames) - record.done.frames,
+                    logs: u64::from(record.logs) - record.done.logs,
+                    reason: ForwardDropReason::SpoolCorrupt,
+                }
+                .emit(metrics);
+                self.occupancy(metrics);
+                continue;
+            };
+            return Peeked::Record(Replay {
+                seq: record.seq,
+                request,
+                frame_ends,
+                done: record.done,
+            });
         }
     }
 
@@ -221,6 +253,39 @@ impl Spooler {
                 seq = replay.seq,
                 "acknowledged a record that is not the spool's oldest"
             ),
+        }
+        self.occupancy(metrics);
+    }
+
+    /// A replay of `replay` was stopped after settling the first `settled` logs of
+    /// what it sent ([`Replay::outgoing`]), `delivered` of them delivered (the rest
+    /// refused for good, already counted as `forward_failed`): they leave the spool's
+    /// counts, and the record's next replay resumes after them.
+    pub fn ack_part(&mut self, replay: &Replay, settled: u64, delivered: u64, metrics: &Metrics) {
+        if settled == 0 {
+            return;
+        }
+        let logs = replay.done.logs + settled;
+        let whole = replay.whole();
+        // Its frames as the parts sent counted them: each with the part holding its
+        // last log.
+        let Some((head, _)) = split::at(&whole, logs as usize) else {
+            // Settled to the end: the delivery loop acknowledges the whole record.
+            return;
+        };
+        let done = Counts {
+            frames: u64::from(head.request.frames),
+            logs,
+        };
+        if self.spool.ack_part(replay.seq, done) {
+            if delivered > 0 {
+                SpoolReplayed { logs: delivered }.emit(metrics);
+            }
+        } else {
+            tracing::error!(
+                seq = replay.seq,
+                "acknowledged part of a record that is not the spool's oldest"
+            );
         }
         self.occupancy(metrics);
     }
@@ -336,7 +401,7 @@ mod tests {
             assert!(spooler.append(out, &metrics));
         }
         std::fs::create_dir(dir.path().join("state.tmp")).unwrap();
-        while let Some(replay) = spooler.peek(&metrics) {
+        while let Peeked::Record(replay) = spooler.peek(&metrics) {
             let logs = u64::from(replay.outgoing().request.logs);
             spooler.ack(&replay, logs, &metrics);
         }
@@ -360,12 +425,14 @@ mod tests {
         assert_eq!(metrics.spool.logs.get(), 120);
         assert_eq!(metrics.spool.frames.get(), 2);
         for out in &sent {
-            let replay = spooler.peek(&metrics).unwrap();
+            let Peeked::Record(replay) = spooler.peek(&metrics) else {
+                panic!("a record is held");
+            };
             assert_eq!(replay.outgoing().request, out.request);
             assert_eq!(replay.frame_ends, out.frame_ends);
             spooler.ack(&replay, u64::from(out.request.logs), &metrics);
         }
-        assert!(spooler.peek(&metrics).is_none());
+        assert!(matches!(spooler.peek(&metrics), Peeked::Empty));
         assert_eq!(metrics.spool.logs_replayed.get(), 120);
         assert_eq!(
             (metrics.spool.logs.get(), metrics.spool.bytes.get()),

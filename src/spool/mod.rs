@@ -78,6 +78,25 @@ impl Counts {
         self.frames += frames;
         self.logs += logs;
     }
+    /// What a saved `acked` position inside the record `header` says a replay
+    /// settled of its start; nothing when it is not inside (a state from before
+    /// partial acknowledgements, or one that does not fit the record).
+    fn settled_in(acked: Position, header: &record::Header) -> Counts {
+        let at = header.at;
+        let inside = acked.seq == at.seq
+            && acked.log > at.log
+            && acked.log - at.log < u64::from(header.logs)
+            && acked.frame >= at.frame
+            && acked.frame - at.frame <= u64::from(header.frames);
+        if !inside {
+            return Counts::default();
+        }
+        Counts {
+            frames: acked.frame - at.frame,
+            logs: acked.log - at.log,
+        }
+    }
+
     fn between(from: Position, to: Position) -> Counts {
         if to.seq <= from.seq {
             return Counts::default();
@@ -154,6 +173,9 @@ pub struct Spooled {
     pub seq: u64,
     pub frames: u32,
     pub logs: u32,
+    /// Frames and logs at the record's start already settled by a replay stopped
+    /// part-way ([`Spool::ack_part`]); the replay resumes after them.
+    pub done: Counts,
     /// One encoded `ReportBoundaryLogsRequest`.
     pub payload: Bytes,
 }
@@ -213,6 +235,9 @@ pub struct Spool {
     /// Sum of the segment files' lengths.
     disk_bytes: u64,
     held: Counts,
+    /// Of the oldest record, the frames and logs at its start a replay stopped
+    /// part-way settled ([`Self::ack_part`]). Included in `held`, not in [`Self::held`].
+    head_done: Counts,
     /// Records found damaged while reading, not yet taken by the caller.
     corrupt: Counts,
     state_dirty: bool,
@@ -250,6 +275,7 @@ impl Spool {
             next: Position::default(),
             disk_bytes: 0,
             held: Counts::default(),
+            head_done: Counts::default(),
             corrupt: Counts::default(),
             state_dirty: false,
             dir_dirty: false,
@@ -317,9 +343,20 @@ impl Spool {
                     }
                 }
                 cursor = Some(header.next());
-                recovery
-                    .intact
-                    .add(header.frames.into(), header.logs.into());
+                if self.entries.is_empty() {
+                    // The oldest record: a replay may have settled its start.
+                    self.head_done = saved
+                        .map_or_else(Counts::default, |s| Counts::settled_in(s.acked, &header));
+                }
+                let done = if self.entries.is_empty() {
+                    self.head_done
+                } else {
+                    Counts::default()
+                };
+                recovery.intact.add(
+                    u64::from(header.frames) - done.frames,
+                    u64::from(header.logs) - done.logs,
+                );
                 self.entries.push_back(Entry {
                     segment: id,
                     offset: offset as u64,
@@ -350,6 +387,7 @@ impl Spool {
         // skipped for good (renumbering below).
         self.next = cursor.or(end).unwrap_or_default();
         self.held = recovery.intact;
+        self.held.add(self.head_done.frames, self.head_done.logs);
         let saved = self.save_state();
         for seg in useless {
             seg.remove()?;
@@ -464,16 +502,27 @@ impl Spool {
         self.disk_bytes = 0;
         self.held = Counts::default();
         let mut damaged = Counts::default();
-        let copied = old_entries.iter().try_for_each(|entry| {
+        let head_done = std::mem::take(&mut self.head_done);
+        let copied = old_entries.iter().enumerate().try_for_each(|(i, entry)| {
             let h = entry.header;
+            let done = if i == 0 { head_done } else { Counts::default() };
             // Checked as a read for replay is: a damaged record is counted, not given
             // a fresh checksum. Its number is left out (the others keep theirs, so a
             // replay in flight acknowledges the right record); a start before the
             // spool empties counts that gap again: loss over-reported, never hidden.
             match entry.read_intact(old_segments)? {
-                Some(bytes) => self.write(h.frames, h.logs, &bytes[HEADER_LEN..]),
+                Some(bytes) => {
+                    self.write(h.frames, h.logs, &bytes[HEADER_LEN..])?;
+                    if i == 0 {
+                        self.head_done = done;
+                    }
+                    Ok(())
+                }
                 None => {
-                    damaged.add(h.frames.into(), h.logs.into());
+                    damaged.add(
+                        u64::from(h.frames) - done.frames,
+                        u64::from(h.logs) - done.logs,
+                    );
                     self.next = h.next();
                     Ok(())
                 }
@@ -496,6 +545,7 @@ impl Spool {
                 self.disk_bytes,
                 self.held,
             ) = old;
+            self.head_done = head_done;
             return Err(io(error));
         }
         debug_assert_eq!(self.next, old.3);
@@ -504,9 +554,13 @@ impl Spool {
         Ok(Some(old_entries.len()))
     }
 
-    /// Frames and logs held (appended, not yet acknowledged).
+    /// Frames and logs held (appended, not yet acknowledged), less what a replay
+    /// stopped part-way settled of the oldest record.
     pub fn held(&self) -> Counts {
-        self.held
+        Counts {
+            frames: self.held.frames - self.head_done.frames,
+            logs: self.held.logs - self.head_done.logs,
+        }
     }
 
     /// Records held.
@@ -606,10 +660,14 @@ impl Spool {
                     seq: header.at.seq,
                     frames: header.frames,
                     logs: header.logs,
+                    done: self.head_done,
                     payload: Bytes::from(bytes).slice(HEADER_LEN..),
                 }));
             }
-            self.corrupt.add(header.frames.into(), header.logs.into());
+            self.corrupt.add(
+                u64::from(header.frames) - self.head_done.frames,
+                u64::from(header.logs) - self.head_done.logs,
+            );
             self.pop_front()?;
         }
         Ok(None)
@@ -633,7 +691,30 @@ impl Spool {
         }
     }
 
+    /// A replay of the oldest record, `seq`, was stopped after settling (delivering,
+    /// or dropping for good) its first `done` frames and logs: the next replay, in
+    /// this process or after a restart (the state saved at the next tick or stop
+    /// records it), resumes after them. Returns false if `seq` is not the oldest
+    /// record or `done` does not fit inside it (nothing changes).
+    pub fn ack_part(&mut self, seq: u64, done: Counts) -> bool {
+        let Some(entry) = self.entries.front() else {
+            return false;
+        };
+        let h = entry.header;
+        let fits = h.at.seq == seq
+            && done.logs < u64::from(h.logs)
+            && done.frames <= u64::from(h.frames)
+            && done.logs >= self.head_done.logs
+            && done.frames >= self.head_done.frames;
+        if fits {
+            self.head_done = done;
+            self.state_dirty = true;
+        }
+        fits
+    }
+
     fn pop_front(&mut self) -> io::Result<()> {
+        self.head_done = Counts::default();
         if let Some(entry) = self.entries.pop_front() {
             let h = entry.header;
             self.held.frames -= u64::from(h.frames);
@@ -646,7 +727,11 @@ impl Spool {
 
     /// The first record not yet acknowledged.
     fn acked(&self) -> Position {
-        self.entries.front().map_or(self.next, |e| e.header.at)
+        self.entries.front().map_or(self.next, |e| Position {
+            frame: e.header.at.frame + self.head_done.frames,
+            log: e.header.at.log + self.head_done.logs,
+            ..e.header.at
+        })
     }
 
     /// Deletes segments that hold no record still needed, saving the state first so

@@ -7,7 +7,7 @@
 //! | 4 | 4 | CRC32C of bytes 8..64 |
 //! | 8 | 4 | version (1) |
 //! | 12 | 4 | reserved (0) |
-//! | 16 | 24 | acked: seq, frame, log of the first record not yet acknowledged |
+//! | 16 | 24 | acked: seq, frame, log of the first record not yet acknowledged (frame and log past its start when a replay stopped part-way settled its first frames and logs) |
 //! | 40 | 24 | appended: seq, frame, log of the next record to be written |
 //!
 //! Integers are little-endian. The file is replaced atomically: written to
@@ -29,7 +29,9 @@ pub const FILE_NAME: &str = "state";
 /// What the state file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct State {
-    /// Records before this position were acknowledged (delivered or given up on).
+    /// Records before this position were acknowledged (delivered or given up on);
+    /// with the oldest record's number and a frame and log past its start, so were
+    /// its frames and logs before them.
     pub acked: Position,
     /// Records before this position had been written when the state was saved.
     pub appended: Position,
