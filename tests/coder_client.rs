@@ -245,7 +245,7 @@ async fn logs_forwarded_with_a_session_id_that_is_not_a_uuid_are_counted() {
     let peer = CoderPeer::start(PeerConfig::default()).await;
     let (reporter, metrics) = reporter(&peer);
     let b = variant("B");
-    for _ in 0..2 {
+    for _ in 0..3 {
         peer.script(Answer::Replay(b.clone()));
     }
     reporter
@@ -258,6 +258,9 @@ async fn logs_forwarded_with_a_session_id_that_is_not_a_uuid_are_counted() {
         .await
         .unwrap();
     assert_eq!(metrics.logs_non_uuid_session.get(), 3);
+    // No session id at all (proto3 leaves the empty field out): not a UUID either.
+    reporter.report_encoded(request("", 4)).await.unwrap();
+    assert_eq!(metrics.logs_non_uuid_session.get(), 7);
 }
 
 #[tokio::test]

@@ -435,8 +435,8 @@ impl Reporter for CoderReporter {
 }
 
 /// The `session_id` (field 2) of an encoded `ReportBoundaryLogsRequest`, read without
-/// decoding the logs; `None` if absent or malformed. The last occurrence wins, as in
-/// protobuf.
+/// decoding the logs: the empty string when absent (proto3's default, which is what
+/// coderd sees), `None` if malformed. The last occurrence wins, as in protobuf.
 pub fn session_id(bytes: &[u8]) -> Option<&str> {
     /// A varint at `*at`, advancing past it.
     #[inline(always)]
@@ -452,7 +452,7 @@ pub fn session_id(bytes: &[u8]) -> Option<&str> {
         }
         None
     }
-    let mut found = None;
+    let mut found = Some("");
     let mut at = 0;
     while at < bytes.len() {
         let key = varint(bytes, &mut at)?;
@@ -475,27 +475,24 @@ pub fn session_id(bytes: &[u8]) -> Option<&str> {
     found
 }
 
-/// Whether `text` is a UUID in a form Go's `uuid.Parse` (which coderd uses) accepts:
-/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, optionally in braces or after `urn:uuid:`, or
-/// 32 hex digits.
+/// Whether `text` is a UUID in a form Go's `uuid.Parse` (github.com/google/uuid, which
+/// coderd uses) accepts: `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, after `urn:uuid:` (any
+/// case), between two more bytes (meant as braces, which `uuid.Parse` does not check),
+/// or 32 hex digits.
 pub fn is_uuid(text: &str) -> bool {
-    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
-    let dashed = |s: &str| {
+    let bytes = text.as_bytes();
+    let dashed = |s: &[u8]| {
         s.len() == 36
-            && s.bytes().enumerate().all(|(i, b)| match i {
-                8 | 13 | 18 | 23 => b == b'-',
+            && s.iter().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => *b == b'-',
                 _ => b.is_ascii_hexdigit(),
             })
     };
-    match text.len() {
-        32 => hex(text),
-        36 => dashed(text),
-        38 => text.starts_with('{') && text.ends_with('}') && dashed(&text[1..37]),
-        45 => {
-            text.get(..9)
-                .is_some_and(|p| p.eq_ignore_ascii_case("urn:uuid:"))
-                && dashed(&text[9..])
-        }
+    match bytes.len() {
+        32 => bytes.iter().all(u8::is_ascii_hexdigit),
+        36 => dashed(bytes),
+        38 => dashed(&bytes[1..37]),
+        45 => bytes[..9].eq_ignore_ascii_case(b"urn:uuid:") && dashed(&bytes[9..]),
         _ => false,
     }
 }
@@ -518,7 +515,8 @@ mod tests {
         );
         assert_eq!(
             session_id(&ReportBoundaryLogsRequest::default().encode_to_vec()),
-            None
+            Some(""),
+            "absent: proto3's default, as coderd reads it"
         );
         assert_eq!(session_id(&bytes[..bytes.len() - 7]), None, "cut short");
     }
@@ -531,6 +529,8 @@ mod tests {
             "{6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f}",
             "urn:uuid:6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f",
             "6f1c2b9a2d4e4c1b9b8e0a1b2c3d4e5f",
+            // uuid.Parse skips the first of 38 bytes and ignores the last.
+            "(6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f)",
         ] {
             assert!(is_uuid(ok), "{ok}");
         }
@@ -540,6 +540,8 @@ mod tests {
             "6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5",
             "6f1c2b9a-2d4e-4c1b-9b8e_0a1b2c3d4e5f",
             "6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5g",
+            "urn:uuid:6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5",
+            "é6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f",
         ] {
             assert!(!is_uuid(bad), "{bad}");
         }
