@@ -145,21 +145,38 @@ server's own: rustls refuses that even when the certificate is the one in \
 certificate signed by that CA and keep the CA in --coder-ca-file, or make the \
 self-signed certificate with basicConstraints CA:FALSE";
 
+/// What to do about a certificate signed by a CA the proxy does not trust.
+const UNKNOWN_ISSUER: &str = "coderd's certificate is not signed by a CA this proxy \
+trusts (the system's roots, and --coder-ca-file when given): give the CA that signed \
+it, in PEM, with --coder-ca-file";
+
+/// What a TLS handshake with a plain-HTTP server looks like.
+const NOT_TLS: &str = "the server did not answer in TLS: if coderd serves plain HTTP \
+there, use an http:// URL";
+
 /// The handshake's error, with what to do added where rustls' own words do not say it.
 fn explain_handshake_error(error: std::io::Error) -> std::io::Error {
-    let ca_as_server = error
+    let hint = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|error| match error {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
-                other.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity)
+        .and_then(|error| match error {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))
+                if other.0.downcast_ref::<webpki::Error>()
+                    == Some(&webpki::Error::CaUsedAsEndEntity) =>
+            {
+                Some(CA_AS_SERVER_CERTIFICATE)
             }
-            _ => false,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+                Some(UNKNOWN_ISSUER)
+            }
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+                Some(NOT_TLS)
+            }
+            _ => None,
         });
-    if ca_as_server {
-        std::io::Error::new(error.kind(), format!("{error}: {CA_AS_SERVER_CERTIFICATE}"))
-    } else {
-        error
+    match hint {
+        Some(hint) => std::io::Error::new(error.kind(), format!("{error}: {hint}")),
+        None => error,
     }
 }
 
@@ -201,4 +218,30 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsSetupError>
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn explained(error: rustls::Error) -> String {
+        explain_handshake_error(std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+            .to_string()
+    }
+
+    #[test]
+    fn handshake_errors_an_operator_can_fix_say_what_to_do() {
+        let unknown = explained(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        assert!(unknown.contains("--coder-ca-file"), "{unknown}");
+        let plain = explained(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        ));
+        assert!(plain.contains("http:// URL"), "{plain}");
+        let other = explained(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired,
+        ));
+        assert!(!other.contains("--coder-ca-file"), "{other}");
+    }
 }
