@@ -179,16 +179,32 @@ fn the_start_script_refuses_to_start_without_the_agents_token() {
     assert!(stderr.contains("CODER_AGENT_TOKEN"), "{stderr}");
 }
 
+#[test]
+fn the_start_script_refuses_an_empty_agent_token_as_the_proxy_would() {
+    let output = run_script(&[
+        ("HOME", "/nonexistent"),
+        ("BOUNDARY_LOG_PROXY_BIN", BINARY),
+        ("CODER_AGENT_URL", "http://127.0.0.1:1"),
+        ("CODER_AGENT_TOKEN", ""),
+        ("CODER_AGENT_TOKEN_FILE", "/nonexistent/token"),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("set but empty"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_start_script_sees_the_proxy_serving_whatever_its_log_level() {
+async fn the_start_script_serves_the_socket_it_is_given_and_sees_the_proxy_at_any_log_level() {
     // The proxy's "listening" line is an info line; at warn it is never written.
     let coderd = TestCoderd::start(|c| c.token = Some("agent-token".into())).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let (url, state_arg, metrics_arg) = (
+    let socket = dir.path().join("custom.sock");
+    let (url, state_arg, metrics_arg, socket_arg) = (
         coderd.url(),
         state.display().to_string(),
         free_addr().to_string(),
+        socket.display().to_string(),
     );
     let started = Instant::now();
     let output = tokio::task::spawn_blocking(move || {
@@ -196,7 +212,10 @@ async fn the_start_script_sees_the_proxy_serving_whatever_its_log_level() {
             &state_arg,
             &metrics_arg,
             &url,
-            &[("BOUNDARY_LOG_PROXY_LOG_LEVEL", "warn")],
+            &[
+                ("BOUNDARY_LOG_PROXY_LOG_LEVEL", "warn"),
+                ("BOUNDARY_LOG_PROXY_SOCKET", &socket_arg),
+            ],
         ))
     })
     .await
@@ -216,7 +235,8 @@ async fn the_start_script_sees_the_proxy_serving_whatever_its_log_level() {
     );
     let pid = started_pid(&stdout);
     let sent = request(SESSION, "claude-code", 0, 2);
-    let mut client = Client::connect(&state.join("boundary-audit.sock"));
+    assert!(!state.join("boundary-audit.sock").exists());
+    let mut client = Client::connect(&socket);
     client.send(&workload::frame(Tag::V2, &sent));
     client.finish();
     eventually("the logs at coderd", || coderd.delivered().len() == 1).await;

@@ -20,14 +20,17 @@
 #
 # Settings (environment): BOUNDARY_LOG_PROXY_BIN (default: boundary-log-proxy on PATH),
 # BOUNDARY_LOG_PROXY_DIR (default: ~/.boundary-log-proxy; holds the socket and the log),
-# BOUNDARY_LOG_PROXY_METRICS_ADDR (default: 127.0.0.1:9464). Any other
-# BOUNDARY_LOG_PROXY_* variable reaches the proxy as its flag (see serve --help).
+# BOUNDARY_LOG_PROXY_SOCKET (default: $BOUNDARY_LOG_PROXY_DIR/boundary-audit.sock; give
+# boundary the same path), BOUNDARY_LOG_PROXY_METRICS_ADDR (default: 127.0.0.1:9464),
+# BOUNDARY_LOG_PROXY_LOG_FORMAT (default: json). Any other BOUNDARY_LOG_PROXY_*
+# variable reaches the proxy as its flag (see serve --help).
 set -euo pipefail
 
 bin=${BOUNDARY_LOG_PROXY_BIN:-boundary-log-proxy}
 dir=${BOUNDARY_LOG_PROXY_DIR:-$HOME/.boundary-log-proxy}
 metrics=${BOUNDARY_LOG_PROXY_METRICS_ADDR:-127.0.0.1:9464}
-socket=$dir/boundary-audit.sock
+socket=${BOUNDARY_LOG_PROXY_SOCKET:-$dir/boundary-audit.sock}
+log_format=${BOUNDARY_LOG_PROXY_LOG_FORMAT:-json}
 log=$dir/proxy.log
 
 # The proxy reads these itself (its flags and BOUNDARY_LOG_PROXY_* variables win);
@@ -38,6 +41,13 @@ if [ -z "${CODER_AGENT_URL:-}${BOUNDARY_LOG_PROXY_CODER_URL:-}" ]; then
 fi
 if [ -z "${CODER_AGENT_TOKEN:-}${CODER_AGENT_TOKEN_FILE:-}${BOUNDARY_LOG_PROXY_AGENT_TOKEN:-}${BOUNDARY_LOG_PROXY_AGENT_TOKEN_FILE:-}" ]; then
   echo "start-boundary-log-proxy: no agent token (CODER_AGENT_TOKEN or CODER_AGENT_TOKEN_FILE)" >&2
+  exit 1
+fi
+# As the proxy judges it: a CODER_AGENT_TOKEN set but empty is a token given (and
+# refused as empty), not a fall-back to CODER_AGENT_TOKEN_FILE.
+if [ -n "${CODER_AGENT_TOKEN+set}" ] && [ -z "$CODER_AGENT_TOKEN" ] \
+  && [ -z "${BOUNDARY_LOG_PROXY_AGENT_TOKEN:-}${BOUNDARY_LOG_PROXY_AGENT_TOKEN_FILE:-}" ]; then
+  echo "start-boundary-log-proxy: CODER_AGENT_TOKEN is set but empty: unset it to use CODER_AGENT_TOKEN_FILE" >&2
   exit 1
 fi
 
@@ -59,7 +69,7 @@ fi
 nohup "$bin" serve \
   --socket "$socket" \
   --metrics-addr "$metrics" \
-  --log-format json \
+  --log-format "$log_format" \
   </dev/null >>"$log" 2>&1 &
 pid=$!
 
