@@ -703,6 +703,16 @@ mod tests {
         })
     }
 
+    /// No linger and no retry budget; no call counts as stalled.
+    fn no_retries(limits: Limits) -> ForwarderConfig {
+        ForwarderConfig {
+            limits,
+            linger: Duration::ZERO,
+            retry_max_elapsed: Duration::ZERO,
+            stall_after: Duration::from_secs(3600),
+        }
+    }
+
     /// Frames of session s1 on one connection, numbered on from `first_seq`.
     fn frames(count: i32, logs: usize, first_seq: i32) -> Vec<QueuedFrame> {
         (0..count)
@@ -726,12 +736,7 @@ mod tests {
         limits: Limits,
     ) -> (Arc<Metrics>, Learned) {
         let metrics = Metrics::new(&Registry::new()).unwrap();
-        let config = ForwarderConfig {
-            limits,
-            linger: Duration::ZERO,
-            retry_max_elapsed: Duration::ZERO,
-            stall_after: Duration::from_secs(3600),
-        };
+        let config = no_retries(limits);
         let learned = Learned::new(limits);
         let (tx, rx) = mpsc::channel(1);
         drop(tx);
@@ -859,12 +864,7 @@ mod tests {
         coalesce(&frames, WIDE, &mut requests);
         let reporter = StallsOnTheSecondHalf(Picky::new(over_150_logs));
         let metrics = Metrics::new(&Registry::new()).unwrap();
-        let config = ForwarderConfig {
-            limits: WIDE,
-            linger: Duration::ZERO,
-            retry_max_elapsed: Duration::ZERO,
-            stall_after: Duration::from_secs(3600),
-        };
+        let config = no_retries(WIDE);
         let learned = Learned::new(WIDE);
         let cancel = CancellationToken::new();
         let (_tx, rx) = mpsc::channel(1);
@@ -879,13 +879,7 @@ mod tests {
             &cancel,
             None,
         );
-        let stop = async {
-            while metrics.logs_forwarded.get() < 150 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            cancel.cancel();
-        };
+        let stop = cancel_once_forwarded(&metrics, 150, &cancel);
         let (left, ()) = tokio::join!(deliver, stop);
 
         assert_eq!(reporter.0.seqs(), (0..150).collect::<Vec<_>>());
@@ -916,34 +910,76 @@ mod tests {
         (spooler, metrics)
     }
 
-    fn wide_config() -> ForwarderConfig {
-        ForwarderConfig {
-            limits: WIDE,
-            linger: Duration::ZERO,
-            retry_max_elapsed: Duration::ZERO,
-            stall_after: Duration::from_secs(3600),
+    /// Cancels `cancel` 20 ms after `logs` logs have been forwarded (the next call is
+    /// then in flight).
+    async fn cancel_once_forwarded(metrics: &Metrics, logs: u64, cancel: &CancellationToken) {
+        while metrics.logs_forwarded.get() < logs {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cancel.cancel();
+    }
+
+    /// `deliver_all` of what arrives on `rx`, with `spooler` behind it: wide limits, no
+    /// linger, no retry budget (a replay retries for as long as it takes).
+    async fn deliver_spooled<R: Reporter>(
+        spooler: &mut Spooler,
+        metrics: &Metrics,
+        reporter: &R,
+        cancel: &CancellationToken,
+        rx: mpsc::Receiver<Vec<Outgoing>>,
+    ) -> VecDeque<Outgoing> {
+        let (_producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
+        let ring = consumer.handle();
+        let config = no_retries(WIDE);
+        let learned = Learned::new(WIDE);
+        deliver_all(
+            VecDeque::new(),
+            &mut Incoming::new(rx),
+            &config,
+            &learned,
+            metrics,
+            reporter,
+            cancel,
+            Some(SpoolLink {
+                spooler,
+                ring: &ring,
+            }),
+        )
+        .await
+    }
+
+    /// Records the sequence numbers it accepts. Refuses a call of more than
+    /// `max_logs` as too large (as coderd does over its maximum), and never answers
+    /// one whose first log is `hang_from` or later.
+    struct Recorder {
+        accepted: Mutex<Vec<i32>>,
+        max_logs: usize,
+        hang_from: i32,
+    }
+
+    impl Default for Recorder {
+        fn default() -> Self {
+            Self {
+                accepted: Mutex::default(),
+                max_logs: usize::MAX,
+                hang_from: i32::MAX,
+            }
         }
     }
 
-    /// Takes at most 150 logs a call (refusing more as too large, as coderd does over
-    /// its maximum) and never answers a call whose first log is 150 or later.
-    #[derive(Default)]
-    struct HalfThenHang {
-        accepted: Mutex<Vec<i32>>,
-    }
-
-    impl Reporter for HalfThenHang {
+    impl Reporter for Recorder {
         async fn report_boundary_logs(
             &self,
             request: ReportBoundaryLogsRequest,
         ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
-            if request.logs.len() > 150 {
+            if request.logs.len() > self.max_logs {
                 return Err(tonic::Status::unknown(format!(
                     "batch size {} exceeds maximum",
                     request.logs.len()
                 )));
             }
-            if request.logs[0].sequence_number >= 150 {
+            if request.logs[0].sequence_number >= self.hang_from {
                 std::future::pending::<()>().await;
             }
             let mut accepted = self.accepted.lock().unwrap();
@@ -962,34 +998,15 @@ mod tests {
         assert_eq!(requests.len(), 1);
         let dir = tempfile::tempdir().unwrap();
         let (mut spooler, metrics) = spooler_holding(dir.path(), &requests);
-        let (_producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
-        let ring = consumer.handle();
-        let config = wide_config();
-        let learned = Learned::new(WIDE);
-        let reporter = HalfThenHang::default();
+        let reporter = Recorder {
+            max_logs: 150,
+            hang_from: 150,
+            ..Recorder::default()
+        };
         let cancel = CancellationToken::new();
         let (_tx, rx) = mpsc::channel(1);
-        let mut rx = Incoming::new(rx);
-        let deliver = deliver_all(
-            VecDeque::new(),
-            &mut rx,
-            &config,
-            &learned,
-            &metrics,
-            &reporter,
-            &cancel,
-            Some(SpoolLink {
-                spooler: &mut spooler,
-                ring: &ring,
-            }),
-        );
-        let stop = async {
-            while metrics.logs_forwarded.get() < 150 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            cancel.cancel();
-        };
+        let deliver = deliver_spooled(&mut spooler, &metrics, &reporter, &cancel, rx);
+        let stop = cancel_once_forwarded(&metrics, 150, &cancel);
         let (left, ()) = tokio::join!(deliver, stop);
         assert!(left.is_empty());
         assert_eq!(
@@ -1022,22 +1039,6 @@ mod tests {
         assert_eq!(resume(&mut spooler, &metrics), (150, 150, 3));
     }
 
-    #[derive(Default)]
-    struct Recorder {
-        accepted: Mutex<Vec<i32>>,
-    }
-
-    impl Reporter for Recorder {
-        async fn report_boundary_logs(
-            &self,
-            request: ReportBoundaryLogsRequest,
-        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
-            let mut accepted = self.accepted.lock().unwrap();
-            accepted.extend(request.logs.iter().map(|l| l.sequence_number));
-            Ok(ReportBoundaryLogsResponse {})
-        }
-    }
-
     fn request_of(first: i32, logs: usize) -> Outgoing {
         let mut out = Vec::new();
         coalesce(&frames(1, logs, first), WIDE, &mut out);
@@ -1054,27 +1055,10 @@ mod tests {
         spool.append_unsynced(4, 1, &[0u8; 3]).unwrap();
         let mut spooler = Spooler::new(spool, WIDE, &metrics);
         assert!(spooler.append(&request_of(0, 50), &metrics));
-        let (_producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
-        let ring = consumer.handle();
-        let config = wide_config();
-        let learned = Learned::new(WIDE);
         let reporter = Recorder::default();
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel(1);
-        let mut rx = Incoming::new(rx);
-        let deliver = deliver_all(
-            VecDeque::new(),
-            &mut rx,
-            &config,
-            &learned,
-            &metrics,
-            &reporter,
-            &cancel,
-            Some(SpoolLink {
-                spooler: &mut spooler,
-                ring: &ring,
-            }),
-        );
+        let deliver = deliver_spooled(&mut spooler, &metrics, &reporter, &cancel, rx);
         let feed = async {
             tokio::time::sleep(Duration::from_millis(100)).await;
             tx.send(vec![request_of(50, 50)]).await.unwrap();
