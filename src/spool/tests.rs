@@ -571,3 +571,38 @@ fn a_rebuild_counts_a_record_cut_short_as_a_replay_would() {
     assert_eq!(drain(&mut spool), [payload(0)]);
     assert_eq!(spool.take_corrupt(), Counts { frames: 1, logs: 2 });
 }
+
+#[test]
+fn part_of_the_oldest_record_acknowledged_survives_a_restart_and_leaves_the_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    spool.append(4, 10, &payload(0)).unwrap();
+    spool.append(1, 3, &payload(1)).unwrap();
+    let head = spool.peek().unwrap().unwrap();
+    let part = Counts { frames: 1, logs: 4 };
+    // Only inside the oldest record, and never back.
+    assert!(!spool.ack_part(head.seq + 1, part));
+    assert!(!spool.ack_part(
+        head.seq,
+        Counts {
+            frames: 4,
+            logs: 10
+        }
+    ));
+    assert!(!spool.ack_part(head.seq, Counts { frames: 5, logs: 4 }));
+    assert!(spool.ack_part(head.seq, part));
+    assert!(!spool.ack_part(head.seq, Counts { frames: 0, logs: 2 }));
+    assert_eq!(spool.held(), Counts { frames: 4, logs: 9 });
+    assert_eq!(spool.peek().unwrap().unwrap().done, part);
+    drop(spool);
+
+    let (mut spool, recovery) = Spool::open(config(dir.path(), 1 << 20, Fsync::Interval)).unwrap();
+    assert_eq!(recovery.intact, Counts { frames: 4, logs: 9 });
+    assert_eq!(recovery.corrupt, Counts::default());
+    let head = spool.peek().unwrap().unwrap();
+    assert_eq!((head.payload.to_vec(), head.done), (payload(0), part));
+    // The whole record acknowledged: the next one starts clean.
+    assert!(spool.ack(head.seq).unwrap());
+    assert_eq!(spool.held(), Counts { frames: 1, logs: 3 });
+    assert_eq!(spool.peek().unwrap().unwrap().done, Counts::default());
+}
