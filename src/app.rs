@@ -151,7 +151,7 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
         recovered = totals.recovered,
         dropped_spool_corrupt = totals.dropped_spool_corrupt,
         dropped_spool_full = totals.dropped_spool_full,
-        spooled = totals.spooled,
+        spool_logs = totals.spooled,
         "stopped"
     );
     Ok(())

@@ -719,7 +719,7 @@ pub fn stopped_totals(stderr: &[String]) -> Accounting {
         recovered: spool_field("recovered"),
         dropped_spool_corrupt: spool_field("dropped_spool_corrupt"),
         dropped_spool_full: spool_field("dropped_spool_full"),
-        spooled: spool_field("spooled"),
+        spooled: spool_field("spool_logs"),
     }
 }
 
