@@ -949,11 +949,12 @@ mod tests {
         .await
     }
 
-    /// Records the sequence numbers it accepts. Refuses a call of more than
-    /// `max_logs` as too large (as coderd does over its maximum), and never answers
-    /// one whose first log is `hang_from` or later.
+    /// Records the sequence numbers it accepts, each call after `delay`. Refuses a
+    /// call of more than `max_logs` as too large (as coderd does over its maximum),
+    /// and never answers one whose first log is `hang_from` or later.
     struct Recorder {
         accepted: Mutex<Vec<i32>>,
+        delay: Duration,
         max_logs: usize,
         hang_from: i32,
     }
@@ -962,6 +963,7 @@ mod tests {
         fn default() -> Self {
             Self {
                 accepted: Mutex::default(),
+                delay: Duration::ZERO,
                 max_logs: usize::MAX,
                 hang_from: i32::MAX,
             }
@@ -982,6 +984,7 @@ mod tests {
             if request.logs[0].sequence_number >= self.hang_from {
                 std::future::pending::<()>().await;
             }
+            tokio::time::sleep(self.delay).await;
             let mut accepted = self.accepted.lock().unwrap();
             accepted.extend(request.logs.iter().map(|l| l.sequence_number));
             Ok(ReportBoundaryLogsResponse {})
@@ -1074,5 +1077,46 @@ mod tests {
         );
         assert_eq!(metrics.logs_dropped_for(LogDropReason::SpoolCorrupt), 1);
         assert_eq!(metrics.spool.logs.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_record_whose_bytes_go_bad_while_its_replay_is_in_flight_is_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let (mut spooler, metrics) = spooler_holding(&path, &[request_of(0, 50)]);
+        let reporter = Recorder {
+            delay: Duration::from_millis(300),
+            ..Recorder::default()
+        };
+        let cancel = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(1);
+        let deliver = deliver_spooled(&mut spooler, &metrics, &reporter, &cancel, rx);
+        let meddle = async {
+            // The replay's call is in flight: the record's bytes go bad, then a tmp
+            // cleaner deletes the directory, which the next tick makes again.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let segment = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|e| e == "seg"))
+                .unwrap();
+            let mut bytes = std::fs::read(&segment).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0xff;
+            std::fs::write(&segment, &bytes).unwrap();
+            std::fs::remove_dir_all(&path).unwrap();
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            drop(tx);
+        };
+        let (left, ()) = tokio::join!(deliver, meddle);
+        assert!(left.is_empty());
+        assert_eq!(
+            *reporter.accepted.lock().unwrap(),
+            (0..50).collect::<Vec<_>>()
+        );
+        assert_eq!(metrics.logs_forwarded.get(), 50);
+        assert_eq!(metrics.logs_dropped_for(LogDropReason::SpoolCorrupt), 0);
+        assert_eq!(metrics.spool.logs.get(), 0);
+        assert_eq!(metrics.spool.logs_replayed.get(), 50);
     }
 }

@@ -238,6 +238,10 @@ pub struct Spool {
     /// Of the oldest record, the frames and logs at its start a replay stopped
     /// part-way settled ([`Self::ack_part`]). Included in `held`, not in [`Self::held`].
     head_done: Counts,
+    /// The oldest record's payload as the last [`Self::peek`] read and checked it, for
+    /// its replay: a rebuild writes this copy, which the replay is delivering, even if
+    /// the record's bytes on disk went bad since.
+    peeked: Option<(u64, Bytes)>,
     /// Records found damaged while reading, not yet taken by the caller.
     corrupt: Counts,
     state_dirty: bool,
@@ -276,6 +280,7 @@ impl Spool {
             disk_bytes: 0,
             held: Counts::default(),
             head_done: Counts::default(),
+            peeked: None,
             corrupt: Counts::default(),
             state_dirty: false,
             dir_dirty: false,
@@ -506,13 +511,29 @@ impl Spool {
         let copied = old_entries.iter().enumerate().try_for_each(|(i, entry)| {
             let h = entry.header;
             let done = if i == 0 { head_done } else { Counts::default() };
-            // Checked as a read for replay is: a damaged record is counted, not given
-            // a fresh checksum. Its number is left out (the others keep theirs, so a
-            // replay in flight acknowledges the right record); a start before the
-            // spool empties counts that gap again: loss over-reported, never hidden.
-            match entry.read_intact(old_segments)? {
-                Some(bytes) => {
-                    self.write(h.frames, h.logs, &bytes[HEADER_LEN..])?;
+            // Every record keeps its number (a replay in flight acknowledges the right
+            // one; gaps an earlier rebuild left stay gaps).
+            self.next = h.at;
+            // The record being replayed is written from the copy its replay read and
+            // checked: it is being delivered, so it is not lost even if its bytes on
+            // disk went bad since. Any other record is checked as a read for replay
+            // is: a damaged one is counted, not given a fresh checksum, and its number
+            // left out; a start before the spool empties counts that gap again: loss
+            // over-reported, never hidden.
+            let replayed = self
+                .peeked
+                .as_ref()
+                .filter(|(seq, _)| *seq == h.at.seq)
+                .map(|(_, payload)| payload.clone());
+            let read = match replayed {
+                Some(payload) => Some(payload.to_vec()),
+                None => entry
+                    .read_intact(old_segments)?
+                    .map(|bytes| bytes[HEADER_LEN..].to_vec()),
+            };
+            match read {
+                Some(payload) => {
+                    self.write(h.frames, h.logs, &payload)?;
                     if i == 0 {
                         self.head_done = done;
                     }
@@ -656,12 +677,14 @@ impl Spool {
         while let Some(entry) = self.entries.front().copied() {
             let header = entry.header;
             if let Some(bytes) = entry.read_intact(&self.segments)? {
+                let payload = Bytes::from(bytes).slice(HEADER_LEN..);
+                self.peeked = Some((header.at.seq, payload.clone()));
                 return Ok(Some(Spooled {
                     seq: header.at.seq,
                     frames: header.frames,
                     logs: header.logs,
                     done: self.head_done,
-                    payload: Bytes::from(bytes).slice(HEADER_LEN..),
+                    payload,
                 }));
             }
             self.corrupt.add(
@@ -715,6 +738,7 @@ impl Spool {
 
     fn pop_front(&mut self) -> io::Result<()> {
         self.head_done = Counts::default();
+        self.peeked = None;
         if let Some(entry) = self.entries.pop_front() {
             let h = entry.header;
             self.held.frames -= u64::from(h.frames);

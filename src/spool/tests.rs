@@ -606,3 +606,57 @@ fn part_of_the_oldest_record_acknowledged_survives_a_restart_and_leaves_the_coun
     assert_eq!(spool.held(), Counts { frames: 1, logs: 3 });
     assert_eq!(spool.peek().unwrap().unwrap().done, Counts::default());
 }
+
+#[test]
+fn records_keep_their_numbers_through_a_second_rebuild_after_one_left_a_damaged_record_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let mut spool = holding(&path, 3, Fsync::Always);
+    // The middle record's payload goes bad, then the directory is deleted: the first
+    // rebuild leaves it out (counted), the others keep their numbers.
+    let seg = segment_files(&path).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[HEADER_LEN + payload(0).len() + HEADER_LEN + 2] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    std::fs::remove_dir_all(&path).unwrap();
+    assert_eq!(spool.rebuild_if_lost().unwrap(), Some(3));
+    assert_eq!(spool.take_corrupt(), Counts { frames: 1, logs: 2 });
+    std::fs::remove_dir_all(&path).unwrap();
+    assert_eq!(spool.rebuild_if_lost().unwrap(), Some(2));
+    assert_eq!(spool.take_corrupt(), Counts::default());
+    let first = spool.peek().unwrap().unwrap();
+    assert!(spool.ack(first.seq).unwrap());
+    let last = spool.peek().unwrap().unwrap();
+    assert_eq!(
+        (first.seq + 2, last.payload.to_vec()),
+        (last.seq, payload(2))
+    );
+}
+
+#[test]
+fn a_rebuild_writes_the_record_being_replayed_from_the_copy_read_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let mut spool = holding(&path, 2, Fsync::Always);
+    // The oldest record is read for its replay; then its bytes on disk go bad and the
+    // directory is deleted. The replay delivers the copy it read: the rebuild writes
+    // that copy, and counts nothing as damaged (the logs are not lost, and counting
+    // them would count them twice once delivered).
+    let head = spool.peek().unwrap().unwrap();
+    let seg = segment_files(&path).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[HEADER_LEN + 2] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    std::fs::remove_dir_all(&path).unwrap();
+    assert_eq!(spool.rebuild_if_lost().unwrap(), Some(2));
+    assert_eq!(spool.take_corrupt(), Counts::default());
+    assert_eq!(
+        spool.held(),
+        Counts {
+            frames: 2,
+            logs: 1 + 2
+        }
+    );
+    assert!(spool.ack(head.seq).unwrap(), "still the oldest record");
+    assert_eq!(drain(&mut spool), [payload(1)]);
+}
