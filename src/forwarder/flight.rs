@@ -585,6 +585,11 @@ async fn attempt<R: Reporter>(
             Err(status) => status,
         };
         let failure = classify(&status);
+        if failure != Failure::Retryable {
+            // An answer, if a refusal: the destination is not failing (a replay's last
+            // part refused for good must not leave the loop spooling what follows).
+            failing.store(false, Ordering::Relaxed);
+        }
         if let Failure::TooLarge(over) = failure {
             return Attempt::TooLarge {
                 over,
@@ -1118,5 +1123,36 @@ mod tests {
         assert_eq!(metrics.logs_dropped_for(LogDropReason::SpoolCorrupt), 0);
         assert_eq!(metrics.spool.logs.get(), 0);
         assert_eq!(metrics.spool.logs_replayed.get(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_for_good_is_an_answer_and_clears_the_failing_mark() {
+        let reporter = Picky::new(|_, _| Some(tonic::Status::permission_denied("no")));
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let config = no_retries(WIDE);
+        let learned = Learned::new(WIDE);
+        let failing = AtomicBool::new(true);
+        let began_failing = Notify::new();
+        let ctx = Ctx {
+            config: &config,
+            learned: &learned,
+            metrics: &metrics,
+            reporter: &reporter,
+            failing: &failing,
+            began_failing: &began_failing,
+            spooled: true,
+        };
+        let out = request_of(0, 5);
+        let attempt = attempt(
+            &out.request,
+            ctx,
+            Duration::ZERO,
+            &CancellationToken::new(),
+            &mut fastrand::Rng::new(),
+        )
+        .await;
+        assert!(matches!(attempt, Attempt::Dropped));
+        assert!(!failing.load(Ordering::Relaxed));
+        assert_eq!(metrics.logs_dropped_for(LogDropReason::ForwardFailed), 5);
     }
 }
