@@ -396,3 +396,46 @@ async fn plain_http_to_a_host_that_is_not_loopback_is_accepted_with_a_warning() 
     });
     assert!(warned, "{:#?}", exited.stderr);
 }
+
+/// A server on loopback that reads each connection's request and answers `reply` (raw
+/// bytes, possibly none), then closes: what stands at a wrong `--coder-url`.
+async fn canned_server(reply: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(reply).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_url_that_is_not_coderds_fails_with_what_to_check() {
+    let cases: [(&[u8], &str); 3] = [
+        // Another web server.
+        (
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: 22\r\n\r\n<!DOCTYPE HTML><html/>",
+            "is the URL coderd's own",
+        ),
+        // A gRPC server (HTTP/2 only): its SETTINGS frame instead of an HTTP/1.1 answer.
+        (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00", "--coderd"),
+        // A TLS server closes a plain-text request without an answer.
+        (b"", "https:// URL"),
+    ];
+    for (reply, hint) in cases {
+        let url = canned_server(reply).await;
+        let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+        let coder = CoderConfig::new(url.parse().unwrap(), TOKEN);
+        let reporter = CoderReporter::new(coder, metrics).unwrap();
+        let status = reporter.send(b"").await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains(hint), "{hint}: {status:?}");
+        assert!(!status.message().contains("DOCTYPE"), "{status:?}");
+    }
+}

@@ -84,10 +84,28 @@ pub async fn fetch_version(
         })?
 }
 
+/// What the HTTP/1.1 exchange's failure suggests to the operator, where hyper's words
+/// alone do not say it.
+fn http_hint(error: &hyper::Error, url: &CoderUrl) -> Option<&'static str> {
+    if error.is_parse() {
+        Some(
+            "the server did not answer in HTTP/1.1: a gRPC endpoint (HTTP/2 only) is given \
+             to --coderd, coderd's own URL to --coder-url",
+        )
+    } else if error.is_incomplete_message() && !url.tls() {
+        Some("the server closed the connection without an answer: if it serves TLS there, use an https:// URL")
+    } else {
+        None
+    }
+}
+
 async fn fetch(io: BoxIo, url: &CoderUrl) -> Result<String, ConnectError> {
     let network = |source: hyper::Error| ConnectError::Network {
         what: "GET /api/v2/buildinfo".into(),
-        source: std::io::Error::other(source),
+        source: match http_hint(&source, url) {
+            Some(hint) => std::io::Error::other(format!("{source}: {hint}")),
+            None => std::io::Error::other(source),
+        },
     };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
@@ -107,10 +125,18 @@ async fn fetch(io: BoxIo, url: &CoderUrl) -> Result<String, ConnectError> {
         .to_bytes();
     driver.abort();
     if !status.is_success() {
+        let json = serde_json::from_slice::<serde_json::Value>(&body).is_ok();
         return Err(ConnectError::Http {
             what: "GET /api/v2/buildinfo",
             status: status.as_u16(),
-            message: coderd_message(&body),
+            message: if status == http::StatusCode::NOT_FOUND && !json {
+                // A web server that is not coderd (or coderd under another path).
+                "not found, and not coderd's JSON: is the URL coderd's own \
+                 (--coder-url, CODER_AGENT_URL)?"
+                    .to_owned()
+            } else {
+                coderd_message(&body)
+            },
         });
     }
     #[derive(serde::Deserialize)]
