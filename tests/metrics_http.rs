@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use boundary_log_proxy::events::{InternalEvent as _, LogsReceived};
 use boundary_log_proxy::metrics::{
-    bind_metrics, serve_metrics, Health, Metrics, MetricsServerError,
+    bind_metrics, serve_metrics, Health, Metrics, MetricsServerError, MAX_METRICS_CONNECTIONS,
 };
 use prometheus::Registry;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -149,4 +149,69 @@ async fn binding_a_taken_address_fails_naming_it() {
     let error = bind_metrics(addr).await.unwrap_err();
     assert!(matches!(error, MetricsServerError::Bind { addr: a, .. } if a == addr));
     assert!(error.to_string().contains(&addr.to_string()), "{error}");
+}
+
+/// Whether the server closed `stream` within a second (it sent nothing).
+async fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn clients_that_never_finish_a_request_cannot_take_more_than_the_connection_cap() {
+    let registry = Registry::new();
+    let _metrics = Metrics::new(&registry).unwrap();
+    let listener = bind_metrics("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve_metrics(listener, registry, Health::new(), async {
+        let _ = stopped.await;
+    }));
+    // Clients that start a request and never finish its head, one with a long header.
+    let mut stalled = Vec::new();
+    for i in 0..MAX_METRICS_CONNECTIONS {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nX-Pad: ")
+            .await
+            .unwrap();
+        if i == 0 {
+            // Past what a connection may buffer: refused at once, not held.
+            let _ = stream.write_all(&[b'a'; 64 << 10]).await;
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut answer))
+                .await
+                .expect("a long head is refused at once")
+                .unwrap();
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+                "{answer}"
+            );
+            continue;
+        }
+        stalled.push(stream);
+    }
+    // Let the server take the stalled ones in; one more fills the cap.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut last = TcpStream::connect(addr).await.unwrap();
+    last.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Beyond the cap a connection is closed at once.
+    let mut over = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_by_server(&mut over).await, "closed beyond the cap");
+    assert!(!closed_by_server(&mut last).await, "still within the cap");
+    // Once they go, scrapes are served again.
+    drop(stalled);
+    drop(last);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(request(addr, "GET", "/healthz").await.status, 200);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
 }

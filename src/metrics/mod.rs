@@ -13,7 +13,9 @@ pub use labels::CoderdConnectResult;
 pub use labels::{
     BatchDropReason, ConnectionRejectReason, ForwardResult, FrameRejectReason, LogDropReason,
 };
-pub use server::{bind_metrics, serve_metrics, Health, MetricsServerError};
+pub use server::{
+    bind_metrics, serve_metrics, Health, MetricsServerError, MAX_METRICS_CONNECTIONS,
+};
 
 /// Every metric name starts with this.
 pub const NAMESPACE: &str = "agent_boundary_log_proxy";

@@ -14,7 +14,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,6 +24,18 @@ use tokio::task::JoinSet;
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (e.g. out of file descriptors) before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Connections served at once; a connection beyond them is closed as soon as it is
+/// accepted. Scrapers need one or two: the cap keeps any local process from taking the
+/// file descriptors boundary's connections need, or memory, through this port.
+pub const MAX_METRICS_CONNECTIONS: usize = 64;
+/// A request's head must arrive within this (a stalled client is dropped).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection is closed (gracefully: an answer under way is finished) after this,
+/// keep-alive or not, so an idle one cannot hold its slot for good.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+/// The most a connection may buffer of a request (hyper's minimum; its default is
+/// about 400 KB, which a client sending a long unfinished header would pin).
+const MAX_REQUEST_BUFFER: usize = 8192;
 
 /// Starting the metrics server failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +111,10 @@ pub async fn serve_metrics(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if connections.len() >= MAX_METRICS_CONNECTIONS => {
+                    tracing::debug!(%peer, "metrics server: {MAX_METRICS_CONNECTIONS} connections open; closing a new one");
+                    drop(stream);
+                }
                 Ok((stream, _peer)) => {
                     let registry = registry.clone();
                     let health = Arc::clone(&health);
@@ -135,19 +151,25 @@ async fn serve_connection(
         let response = respond(&request, &registry, &health);
         async move { Ok::<_, Infallible>(response) }
     });
-    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_BUFFER)
+        .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(error) = result {
                 tracing::debug!(%error, "metrics server: connection ended with an error");
             }
+            return;
         }
-        _ = async { stop.wait_for(|&stopped| stopped).await.is_ok() } => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
-        }
+        _ = async { stop.wait_for(|&stopped| stopped).await.is_ok() } => {}
+        () = tokio::time::sleep(MAX_CONNECTION_AGE) => {}
     }
+    connection.as_mut().graceful_shutdown();
+    // An answer under way is finished; a client that does not read it is not waited for.
+    let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
 }
 
 fn respond<B>(request: &Request<B>, registry: &Registry, health: &Health) -> Response<Full<Bytes>> {
