@@ -1,6 +1,6 @@
 //! The metrics HTTP server: `GET /metrics` (Prometheus text) and `GET /healthz`
 //! (`ok`, or 503 `draining` once shutdown has begun, or 503 `socket lost` while the
-//! socket path is not served) over HTTP/1.1.
+//! socket path is not served) over HTTP/1.1, `HEAD` alike, with bounded connections.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -177,11 +177,12 @@ fn respond<B>(request: &Request<B>, registry: &Registry, health: &Health) -> Res
     if !matches!(path, "/metrics" | "/healthz") {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
-    if request.method() != Method::GET {
+    // HEAD as GET: hyper sends the head without the body (health checkers use it).
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
         let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         response
             .headers_mut()
-            .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
         return response;
     }
     match path {
@@ -262,5 +263,7 @@ mod tests {
         assert_eq!(respond(&get("/"), &registry, &health).status(), 404);
         let post = Request::post("/metrics").body(()).unwrap();
         assert_eq!(respond(&post, &registry, &health).status(), 405);
+        let head = Request::head("/healthz").body(()).unwrap();
+        assert_eq!(respond(&head, &registry, &health).status(), 200);
     }
 }
