@@ -32,3 +32,8 @@ pub mod workload;
 pub use config::{default_socket_path, Config};
 pub use reporter::Reporter;
 pub use server::{Server, ServerError};
+/// Types of other crates in this crate's API (`Server::run_forwarder` takes a token,
+/// a [`Reporter`] answers with a `Status`), so an embedder needs no dependency of its own
+/// on tokio-util or tonic to use them.
+pub use tokio_util::sync::CancellationToken;
+pub use tonic::Status;

@@ -40,9 +40,36 @@ pub enum ServerError {
 }
 
 /// The proxy engine. Cheap to clone; every clone is the same server.
+///
+/// Dropping the last clone of a started server that was not closed closes it with no
+/// time left to drain ([`Server::close`] with a deadline of now): what it still holds
+/// is counted as dropped for shutdown, and the socket file removed. It blocks, as
+/// `close` does, while the reader stops.
 #[derive(Clone)]
 pub struct Server {
     inner: Arc<Inner>,
+    /// One per clone: the last one dropped closes a server left open. (The socket
+    /// watcher holds `inner` for a moment at every check, so `inner`'s own count
+    /// cannot tell.)
+    handles: Arc<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.handles) > 1 {
+            return;
+        }
+        let open = matches!(
+            *self.inner.lifecycle(),
+            Lifecycle::Started { .. } | Lifecycle::Draining { .. }
+        );
+        if open {
+            tracing::warn!(
+                "the server was dropped without close: closing it now; what it held is counted as dropped for shutdown"
+            );
+            self.close_by(Instant::now());
+        }
+    }
 }
 
 struct Inner {
@@ -178,6 +205,7 @@ impl Server {
                 call_threads: Arc::default(),
                 watch: Mutex::new(None),
             }),
+            handles: Arc::new(()),
         })
     }
 
@@ -543,15 +571,5 @@ impl Inner {
             again: true,
         }
         .emit(&self.metrics);
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Lifecycle::Started { .. } | Lifecycle::Draining { .. } =
-            *self.lifecycle.get_mut().unwrap_or_else(|p| p.into_inner())
-        {
-            tracing::debug!("server dropped without close; closing now");
-        }
     }
 }

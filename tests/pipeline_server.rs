@@ -389,6 +389,26 @@ async fn close_counts_what_is_still_buffered_as_shutdown_drops() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_server_dropped_without_close_closes_and_counts_what_it_held() {
+    // As when `run_forwarder(..).await?` returns an error and `?` drops the server.
+    let proxy = TestProxy::start(IoMode::Auto, |_| {});
+    let mut client = proxy.connect();
+    for i in 0..3 {
+        client.send_request(Tag::V2, &request(SESSION, "codex", i * 4, 4));
+    }
+    proxy.wait_received(12).await;
+    let metrics = std::sync::Arc::clone(proxy.metrics());
+    let socket = proxy.server.socket_path().to_owned();
+    let (server, _dir) = proxy.into_parts();
+    // In async code, as `?` would drop it.
+    drop(server);
+    assert_eq!(metrics.logs_dropped_for(LogDropReason::Shutdown), 12);
+    assert_eq!(metrics.ring_occupancy.get(), 0);
+    assert_accounting(&metrics, 0);
+    assert!(!socket.exists(), "the socket file is removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_frame_counts_boundary_drops_and_is_never_forwarded() {
     let coderd = FakeCoderd::start().await;
     let proxy = TestProxy::start(IoMode::Auto, |_| {});

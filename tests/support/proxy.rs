@@ -266,6 +266,12 @@ impl TestProxy {
         self.server.metrics()
     }
 
+    /// The server, and the temporary directory its socket is in (kept while it lives).
+    #[allow(dead_code)]
+    pub fn into_parts(self) -> (Server, tempfile::TempDir) {
+        (self.server, self.dir)
+    }
+
     /// Runs the forwarder with `reporter` in a task.
     pub fn forward<R: Reporter>(&self, reporter: R) -> Forwarder {
         let cancel = CancellationToken::new();
