@@ -195,7 +195,11 @@ pub(super) fn one_line(error: &clap::Error, args: &[OsString]) -> String {
                     let note = source_note(flag, Some(&value), args);
                     format!("error: invalid value '{value}' for {flag}{note}: {takes}")
                 }
-                None => format!("error: {flag} needs a value: {takes}"),
+                None => {
+                    // An empty variable is the usual way to get here without the flag.
+                    let note = source_note(flag, Some(""), args);
+                    format!("error: {flag}{note} needs a value: {takes}")
+                }
             }
         }
         ErrorKind::ArgumentConflict => {
