@@ -40,7 +40,7 @@ pub struct SessionKey(u64);
 #[derive(Debug)]
 struct Entry {
     key: u64,
-    next: i64,
+    next: i32,
     seen: Instant,
     /// Neighbour seen more recently, or `NIL`.
     newer: u32,
@@ -142,7 +142,7 @@ impl SeqTracker {
         }
         self.expire(now);
         let summary = frame.seq();
-        let first = i64::from(summary.first);
+        let first = summary.first;
         let slot = match self.index.get(&key.0) {
             Some(&slot) => {
                 if slot != self.newest {
@@ -172,14 +172,17 @@ impl SeqTracker {
         if summary.contiguous {
             let expected = session.next;
             step(&mut session.next, summary.first, &mut findings);
-            if first >= expected {
-                // In order from the first log on: the rest of the run follows it.
-                session.next = i64::from(summary.last) + 1;
+            if first.wrapping_sub(expected) >= 0 {
+                // In order from the first log on: the rest of the run follows it (a
+                // contiguous run never wraps inside).
+                session.next = summary.last.wrapping_add(1);
             } else {
                 // The run started below the expected number: judge each later log
                 // (none when the run is one log long).
-                for n in (first + 1)..=i64::from(summary.last) {
-                    step(&mut session.next, n as i32, &mut findings);
+                if let Some(second) = first.checked_add(1) {
+                    for n in second..=summary.last {
+                        step(&mut session.next, n, &mut findings);
+                    }
                 }
             }
         } else {
@@ -202,7 +205,7 @@ impl SeqTracker {
         }
     }
 
-    fn insert(&mut self, key: u64, next: i64, now: Instant) -> u32 {
+    fn insert(&mut self, key: u64, next: i32, now: Instant) -> u32 {
         let entry = Entry {
             key,
             next,
@@ -268,12 +271,17 @@ impl SeqTracker {
 }
 
 /// Judges one number against the expected one.
-fn step(next: &mut i64, n: i32, findings: &mut SeqFindings) {
-    let n = i64::from(n);
-    if n < *next {
+///
+/// Numbers are compared as int32 serial numbers (RFC 1982): after 2147483647 comes
+/// -2147483648, as boundary's int32 counter wraps, and a number up to 2^31 - 1 ahead of
+/// the expected one is ahead (the logs between are missing), one behind it is behind
+/// (out of order).
+fn step(next: &mut i32, n: i32, findings: &mut SeqFindings) {
+    let ahead = n.wrapping_sub(*next);
+    if ahead < 0 {
         findings.out_of_order += 1;
         return;
     }
-    findings.missing += (n - *next) as u64;
-    *next = n + 1;
+    findings.missing += ahead as u64;
+    *next = n.wrapping_add(1);
 }

@@ -301,3 +301,23 @@ fn a_connection_that_changes_session_id_is_tracked_under_the_new_one() {
     assert_eq!(observe(&mut t, &run(&long, 9, 1)), found(1, 0));
     assert_eq!(t.len(), 3);
 }
+
+#[test]
+fn after_the_largest_sequence_number_comes_the_smallest_as_boundarys_int32_counter_wraps() {
+    let now = Instant::now();
+    let mut t = tracker();
+    assert_eq!(t.observe(&run("s", i32::MAX - 2, 3), now), found(0, 0));
+    assert_eq!(t.observe(&run("s", i32::MIN, 3), now), found(0, 0));
+    // From there on, judged as before: a gap, then a late log.
+    assert_eq!(t.observe(&frame_of("s", &[i32::MIN + 5]), now), found(2, 0));
+    assert_eq!(t.observe(&frame_of("s", &[i32::MIN + 3]), now), found(0, 1));
+    // The numbers before the wrap are behind it.
+    assert_eq!(t.observe(&frame_of("s", &[i32::MAX]), now), found(0, 1));
+    // Within one frame too, and a gap across the wrap.
+    let mut t = tracker();
+    let wrapped = [i32::MAX - 1, i32::MAX, i32::MIN, i32::MIN + 1];
+    assert_eq!(t.observe(&frame_of("s", &wrapped), now), found(0, 0));
+    let mut t = tracker();
+    assert_eq!(t.observe(&frame_of("s", &[i32::MAX - 1]), now), found(0, 0));
+    assert_eq!(t.observe(&frame_of("s", &[i32::MIN + 1]), now), found(2, 0));
+}
