@@ -848,3 +848,22 @@ fn loadgen_logs_per_frame_too_many_for_one_frame_is_a_flag_error() {
         assert!(err.contains("32768"), "{err}");
     }
 }
+
+#[test]
+fn every_command_prints_the_programs_name_and_version() {
+    let expected = format!("boundary-log-proxy {}\n", env!("CARGO_PKG_VERSION"));
+    for args in [
+        &["--version"][..],
+        &["serve", "--version"],
+        &["sink", "--version"],
+        &["loadgen", "--version"],
+    ] {
+        let output = proxy_bounded(args, &[]);
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            expected,
+            "{args:?}"
+        );
+    }
+}

@@ -427,7 +427,9 @@ where
     T: Into<OsString>,
 {
     let args = with_default_subcommand(args.into_iter().map(Into::into).collect());
+    // `serve --version` says the program's name, not clap's `boundary-log-proxy-serve`.
     let parsed = Cli::command()
+        .mut_subcommands(|sub| sub.display_name(BIN))
         .try_get_matches_from(&args)
         .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
     match parsed {
