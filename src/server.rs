@@ -494,6 +494,15 @@ fn open_spool(
         SpoolFsync::Always => Fsync::Always,
         SpoolFsync::Interval => Fsync::Interval,
     };
+    if config.spool_max_bytes < config.batch_max_bytes as u64 {
+        // Not refused: requests are mostly far below --batch-max-bytes; but the
+        // operator should know that the largest ones cannot be spooled.
+        tracing::warn!(
+            spool_max_bytes = config.spool_max_bytes,
+            batch_max_bytes = config.batch_max_bytes,
+            "--spool-max-bytes is smaller than a request may be (--batch-max-bytes): a request larger than the room left in the spool is counted spool_full"
+        );
+    }
     let (spool, recovery) = Spool::open(SpoolConfig::new(dir, config.spool_max_bytes, fsync))?;
     metrics.register_spool(registry)?;
     SpoolRecovered { dir, recovery }.emit(metrics);

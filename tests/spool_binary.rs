@@ -388,3 +388,18 @@ async fn a_backlog_goes_to_the_spool_while_every_delivery_slot_is_retrying() {
     let replayed = replay_after_restart(dir.path(), &mut coderd, stopped.spooled).await;
     assert_eq!(replayed.forwarded, stopped.spooled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_smaller_than_a_request_may_be_is_warned_of_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let coderd = FakeCoderd::start().await;
+    let small = serve(dir.path(), &coderd.addr(), &["--spool-max-bytes", "20000"]).await;
+    let exited = small.proxy.terminate().await;
+    assert_exit_0(&exited);
+    let stderr = exited.stderr.join("\n");
+    assert!(stderr.contains("--spool-max-bytes is smaller"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let large = serve(dir.path(), &coderd.addr(), &[]).await;
+    let exited = large.proxy.terminate().await;
+    assert!(!exited.stderr.join("\n").contains("--spool-max-bytes"));
+}
