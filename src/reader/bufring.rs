@@ -149,13 +149,19 @@ impl BufRing {
     fn publish(&mut self, bid: u16) {
         let slot = usize::from(self.tail & (self.count - 1));
         let addr = self.buffers.ptr.as_ptr() as u64 + u64::from(bid) * u64::from(self.buf_len);
-        // SAFETY: `slot < count`, inside the entries mapping. The kernel reads only
-        // entries between its head and the published tail; this slot is past the
-        // tail, so the kernel does not read it until the store below.
-        let entry = unsafe { &mut *self.entries.ptr.as_ptr().cast::<BufRingEntry>().add(slot) };
-        entry.set_addr(addr);
-        entry.set_len(self.buf_len);
-        entry.set_bid(bid);
+        let entry = self.entries.ptr.as_ptr().cast::<RawEntry>();
+        // SAFETY: `slot < count`, inside the entries mapping, aligned (the mapping is
+        // page-aligned, entries are 16 bytes). The kernel reads only entries between
+        // its head and the published tail; this slot is past the tail, so the kernel
+        // does not read these fields until the store below. Each field is written
+        // through a raw pointer, never a reference to the whole entry: the first
+        // entry's `resv` is the ring's tail, which the kernel may read at any time.
+        unsafe {
+            let entry = entry.add(slot);
+            std::ptr::addr_of_mut!((*entry).addr).write(addr);
+            std::ptr::addr_of_mut!((*entry).len).write(self.buf_len);
+            std::ptr::addr_of_mut!((*entry).bid).write(bid);
+        }
         self.tail = self.tail.wrapping_add(1);
         // SAFETY: the tail field lies inside the first entry of the mapping, which
         // is initialised (zeroed by mmap) and aligned for a u16; only this ring
@@ -167,6 +173,20 @@ impl BufRing {
         tail.store(self.tail, Ordering::Release);
     }
 }
+
+/// One entry of the provided-buffer ring as the kernel lays it out (`struct
+/// io_uring_buf` in `linux/io_uring.h`: addr, len, bid, resv; the first entry's `resv`
+/// is the ring's tail). The same layout as `io_uring::types::BufRingEntry`, whose
+/// setters take the whole entry by `&mut`.
+#[repr(C)]
+struct RawEntry {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
+const _: () = assert!(std::mem::size_of::<RawEntry>() == std::mem::size_of::<BufRingEntry>());
 
 fn page_size() -> usize {
     // SAFETY: sysconf takes no pointers.

@@ -164,7 +164,8 @@ struct Conn<S> {
 /// One ring and everything its thread owns.
 struct RingWorker<H: ConnectionHandler> {
     ring: IoUring,
-    /// Dropped by hand, after the ring and only if no receive can still fill it.
+    /// Dropped by hand in the worker's Drop (the ring still open), and only once no
+    /// receive can fill it and its group is unregistered; leaked otherwise.
     bufs: ManuallyDrop<BufRing>,
     conns: Vec<Option<Conn<H::State>>>,
     free: Vec<u32>,
@@ -202,8 +203,9 @@ impl<H: ConnectionHandler> RingWorker<H> {
         let (generation, listener) = listeners.current();
         let ring = new_ring(SQ_ENTRIES, CQ_ENTRIES)?;
         let bufs = BufRing::new(BUF_COUNT, BUF_LEN)?;
-        // SAFETY: the worker owns both; its Drop drops the ring before the buffers
-        // and leaks the buffers if a receive is still in flight.
+        // SAFETY: the worker owns both; its Drop frees the buffers only once no
+        // receive is in flight and the group is unregistered (the kernel no longer
+        // reads the ring or writes the buffers), and leaks them otherwise.
         unsafe { bufs.register(&ring.submitter(), BGID)? };
         Ok(RingWorker {
             ring,
@@ -658,10 +660,16 @@ impl<H: ConnectionHandler> Drop for RingWorker<H> {
     fn drop(&mut self) {
         let in_flight = self.receives_in_flight();
         if in_flight == 0 {
-            let _ = self.ring.submitter().unregister_buf_ring(BGID);
-            // SAFETY: no receive is in flight and the group is unregistered, so the
-            // kernel no longer reads the ring or writes the buffers; dropped once.
-            unsafe { ManuallyDrop::drop(&mut self.bufs) };
+            match self.ring.submitter().unregister_buf_ring(BGID) {
+                // SAFETY: no receive is in flight and the group is unregistered, so
+                // the kernel no longer reads the ring or writes the buffers; dropped
+                // once.
+                Ok(()) => unsafe { ManuallyDrop::drop(&mut self.bufs) },
+                Err(error) => tracing::warn!(
+                    %error,
+                    "cannot unregister the provided buffers; leaking them rather than freeing memory the kernel may still use"
+                ),
+            }
         } else {
             tracing::warn!(
                 in_flight,

@@ -189,7 +189,8 @@ impl<T> Shared<T> {
     /// True when the item at `head` has been published.
     #[inline]
     pub(super) fn is_ready(&self, head: usize) -> bool {
-        // Acquire: pairs with the producer's Release, so the take that follows sees the item.
+        // Acquire for the answer only (the take that follows loads the stamp again with
+        // Acquire, and that load is what makes the item visible to it).
         self.slot(head).stamp.load(Ordering::Acquire) == head.wrapping_add(ONE)
     }
 
