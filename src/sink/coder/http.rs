@@ -4,7 +4,7 @@
 //! Errors are coderd's JSON body, `{"message": ..., "detail": ...}`.
 
 use std::convert::Infallible;
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -44,8 +44,9 @@ struct Accepted {
 }
 
 /// Serves HTTP on `io` until it closes or is upgraded; an upgraded connection then runs
-/// the websocket session on the same task. `fd` must be `io`'s own socket (or `None`).
-pub(super) async fn serve_connection<I>(sink: CoderSink, io: I, fd: Option<RawFd>)
+/// the websocket session on the same task. `fd` must be a descriptor of `io`'s own
+/// socket (or `None`).
+pub(super) async fn serve_connection<I>(sink: CoderSink, io: I, fd: Option<OwnedFd>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -15,7 +15,7 @@ mod session;
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::os::fd::AsRawFd as _;
+use std::os::fd::AsFd as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -326,9 +326,11 @@ impl CoderSink {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        let fd = stream.as_raw_fd();
+                        // A descriptor of its own on the socket, for an injected reset: a
+                        // raw number could name another connection's socket by then.
+                        let fd = stream.as_fd().try_clone_to_owned().ok();
                         tracing::debug!(%peer, "coder sink: connection accepted");
-                        let connection = http::serve_connection(self.clone(), stream, Some(fd));
+                        let connection = http::serve_connection(self.clone(), stream, fd);
                         connections.spawn(connection);
                     }
                     Err(error) => {

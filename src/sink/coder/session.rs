@@ -9,7 +9,7 @@
 //! session writes into an in-memory pipe that the other pump reads in up to 64 KiB
 //! messages.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -123,12 +123,13 @@ struct Answered {
 }
 
 /// Runs the session until the client goes, a keep-alive ping goes unanswered, or a call's
-/// fault cuts the connection. `fd`, if given, is the socket under `websocket`.
+/// fault cuts the connection. `fd`, if given, is a descriptor of the socket under
+/// `websocket`, closed when the session ends.
 pub(super) async fn run<S>(
     sink: CoderSink,
     connection: u64,
     websocket: WebSocketStream<S>,
-    fd: Option<RawFd>,
+    fd: Option<OwnedFd>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -159,7 +160,7 @@ pub(super) async fn run<S>(
 
     let ended = tokio::select! {
         Some(cut) = cut_rx.recv() => {
-            apply(cut, fd, close_tx, &mut parts).await;
+            apply(cut, fd.as_ref(), close_tx, &mut parts).await;
             Ended::new(Part::Yamux, format!("cut by an injected fault ({cut:?})"))
         }
         Some(ended) = parts.join_next() => {
@@ -174,7 +175,7 @@ pub(super) async fn run<S>(
 
 async fn apply(
     cut: Cut,
-    fd: Option<RawFd>,
+    fd: Option<&OwnedFd>,
     close: oneshot::Sender<()>,
     parts: &mut JoinSet<Ended>,
 ) {
@@ -200,17 +201,17 @@ async fn apply(
 }
 
 /// Makes the socket's close send RST instead of FIN.
-fn set_zero_linger(fd: RawFd) {
+fn set_zero_linger(fd: &OwnedFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: `fd` is the socket of this session's connection (`run`'s contract), still
-    // open: the websocket halves owning it are only dropped after this returns. The
-    // pointer and length describe `linger`, which outlives the call.
+    // SAFETY: `fd` is a descriptor the session owns on its connection's socket,
+    // open for the whole call (borrowed). The pointer and length describe `linger`,
+    // which outlives the call.
     let rc = unsafe {
         libc::setsockopt(
-            fd,
+            fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             std::ptr::from_ref(&linger).cast(),
