@@ -85,10 +85,10 @@ step "systemd unit"
 # unknown or malformed lines, so the intent is checked here.
 for line in \
   'NoNewPrivileges=yes' 'ProtectSystem=strict' 'ProtectHome=yes' \
-  'RuntimeDirectory=boundary-log-proxy' \
+  'RuntimeDirectory=boundary-log-proxy' 'StateDirectory=boundary-log-proxy' \
   'Environment=BOUNDARY_LOG_PROXY_SOCKET=/run/boundary-log-proxy/boundary-audit.sock' \
-  'EnvironmentFile=-/etc/boundary-log-proxy/env' \
-  'Restart=on-failure' 'KillSignal=SIGTERM' \
+  'EnvironmentFile=/etc/boundary-log-proxy/env' \
+  'Restart=on-failure' 'RestartPreventExitStatus=2' 'KillSignal=SIGTERM' \
   'ProtectKernelTunables=yes' 'ProtectKernelModules=yes' 'ProtectKernelLogs=yes' \
   'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6' \
   'SystemCallFilter=@system-service' 'SystemCallErrorNumber=EPERM' \
