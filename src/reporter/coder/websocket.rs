@@ -119,6 +119,8 @@ pub struct WsBytes {
     unsent: BytesMut,
     /// Whether bytes were written since the last flush was asked for.
     wrote: bool,
+    /// Whether the close frame was handed to the websocket.
+    close_sent: bool,
 }
 
 impl WsBytes {
@@ -128,6 +130,7 @@ impl WsBytes {
             unread: Bytes::new(),
             unsent: BytesMut::new(),
             wrote: false,
+            close_sent: false,
         }
     }
 
@@ -208,8 +211,22 @@ impl AsyncWrite for WsBytes {
         Pin::new(&mut self.ws).poll_flush(cx).map_err(io_error)
     }
 
+    /// Sends what is unsent, then a close frame with status 1000 (normal closure), as
+    /// coder/websocket's `NetConn.Close` does: coderd's side reads 1000 as the end of the
+    /// stream, and a close frame without a status (1005) as an error.
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_send_unsent(cx))?;
+        if !self.close_sent {
+            ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io_error)?;
+            let normal = tungstenite::protocol::CloseFrame {
+                code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+                reason: "".into(),
+            };
+            Pin::new(&mut self.ws)
+                .start_send(Message::Close(Some(normal)))
+                .map_err(io_error)?;
+            self.close_sent = true;
+        }
         Pin::new(&mut self.ws).poll_close(cx).map_err(io_error)
     }
 }
@@ -269,6 +286,30 @@ mod tests {
             Ok(Some(Ok(Message::Binary(data)))) => data,
             other => panic!("expected a binary message, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn closing_sends_a_close_frame_with_status_1000_as_gos_netconn_does() {
+        // coder/websocket's NetConn reads only 1000 and 1001 as the end of the stream;
+        // an empty close frame (1005) reaches coderd's yamux as an error, logged at
+        // every disconnect.
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let client = WebSocketStream::from_raw_socket(Box::new(ours) as BoxIo, Role::Client, None);
+        let mut coderd = WebSocketStream::from_raw_socket(theirs, Role::Server, None).await;
+        let mut bytes = WsBytes::new(client.await);
+        let closing = tokio::spawn(async move { bytes.close().await });
+        match tokio::time::timeout(WAIT, coderd.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                assert_eq!(
+                    frame.code,
+                    tungstenite::protocol::frame::coding::CloseCode::Normal
+                );
+            }
+            other => panic!("expected a close frame with a status, got {other:?}"),
+        }
+        // coderd answers the close; the client's close completes.
+        drop(coderd);
+        let _ = tokio::time::timeout(WAIT, closing).await.expect("closed");
     }
 
     #[test]
