@@ -78,6 +78,15 @@ impl Counts {
         self.frames += frames;
         self.logs += logs;
     }
+
+    /// The frames and logs of the record `header` after its first `done`.
+    fn rest_of(header: &record::Header, done: Counts) -> Counts {
+        Counts {
+            frames: u64::from(header.frames) - done.frames,
+            logs: u64::from(header.logs) - done.logs,
+        }
+    }
+
     /// What a saved `acked` position inside the record `header` says a replay
     /// settled of its start; nothing when it is not inside (a state from before
     /// partial acknowledgements, or one that does not fit the record).
@@ -348,20 +357,14 @@ impl Spool {
                     }
                 }
                 cursor = Some(header.next());
+                let mut done = Counts::default();
                 if self.entries.is_empty() {
                     // The oldest record: a replay may have settled its start.
-                    self.head_done = saved
-                        .map_or_else(Counts::default, |s| Counts::settled_in(s.acked, &header));
+                    done = saved.map_or(done, |s| Counts::settled_in(s.acked, &header));
+                    self.head_done = done;
                 }
-                let done = if self.entries.is_empty() {
-                    self.head_done
-                } else {
-                    Counts::default()
-                };
-                recovery.intact.add(
-                    u64::from(header.frames) - done.frames,
-                    u64::from(header.logs) - done.logs,
-                );
+                let rest = Counts::rest_of(&header, done);
+                recovery.intact.add(rest.frames, rest.logs);
                 self.entries.push_back(Entry {
                     segment: id,
                     offset: offset as u64,
@@ -526,10 +529,10 @@ impl Spool {
                 .filter(|(seq, _)| *seq == h.at.seq)
                 .map(|(_, payload)| payload.clone());
             let read = match replayed {
-                Some(payload) => Some(payload.to_vec()),
+                Some(payload) => Some(payload),
                 None => entry
                     .read_intact(old_segments)?
-                    .map(|bytes| bytes[HEADER_LEN..].to_vec()),
+                    .map(|bytes| Bytes::from(bytes).slice(HEADER_LEN..)),
             };
             match read {
                 Some(payload) => {
@@ -540,10 +543,8 @@ impl Spool {
                     Ok(())
                 }
                 None => {
-                    damaged.add(
-                        u64::from(h.frames) - done.frames,
-                        u64::from(h.logs) - done.logs,
-                    );
+                    let lost = Counts::rest_of(&h, done);
+                    damaged.add(lost.frames, lost.logs);
                     self.next = h.next();
                     Ok(())
                 }
@@ -687,10 +688,8 @@ impl Spool {
                     payload,
                 }));
             }
-            self.corrupt.add(
-                u64::from(header.frames) - self.head_done.frames,
-                u64::from(header.logs) - self.head_done.logs,
-            );
+            let lost = Counts::rest_of(&header, self.head_done);
+            self.corrupt.add(lost.frames, lost.logs);
             self.pop_front()?;
         }
         Ok(None)

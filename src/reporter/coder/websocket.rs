@@ -240,12 +240,17 @@ mod tests {
 
     const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-    #[tokio::test]
-    async fn frames_written_and_flushed_in_one_turn_leave_as_one_message() {
+    /// The proxy's end of a websocket over an in-memory pipe, and coderd's end.
+    async fn connected() -> (WsBytes, WebSocketStream<tokio::io::DuplexStream>) {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
         let client = WebSocketStream::from_raw_socket(Box::new(ours) as BoxIo, Role::Client, None);
-        let mut coderd = WebSocketStream::from_raw_socket(theirs, Role::Server, None).await;
-        let mut bytes = WsBytes::new(client.await);
+        let coderd = WebSocketStream::from_raw_socket(theirs, Role::Server, None).await;
+        (WsBytes::new(client.await), coderd)
+    }
+
+    #[tokio::test]
+    async fn frames_written_and_flushed_in_one_turn_leave_as_one_message() {
+        let (mut bytes, mut coderd) = connected().await;
         // As the yamux session writes a call's Close and then its FIN: a frame, a flush,
         // the next queued frame, a flush, all in one poll.
         std::future::poll_fn(|cx| {
@@ -293,10 +298,7 @@ mod tests {
         // coder/websocket's NetConn reads only 1000 and 1001 as the end of the stream;
         // an empty close frame (1005) reaches coderd's yamux as an error, logged at
         // every disconnect.
-        let (ours, theirs) = tokio::io::duplex(1 << 16);
-        let client = WebSocketStream::from_raw_socket(Box::new(ours) as BoxIo, Role::Client, None);
-        let mut coderd = WebSocketStream::from_raw_socket(theirs, Role::Server, None).await;
-        let mut bytes = WsBytes::new(client.await);
+        let (mut bytes, mut coderd) = connected().await;
         let closing = tokio::spawn(async move { bytes.close().await });
         match tokio::time::timeout(WAIT, coderd.next()).await {
             Ok(Some(Ok(Message::Close(Some(frame))))) => {
