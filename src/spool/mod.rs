@@ -27,7 +27,7 @@ pub use record::{Position, HEADER_LEN};
 
 use record::Header;
 use segment::Segment;
-use state::{Loaded, State};
+use state::{Gap, Loaded, State};
 
 /// With [`Fsync::Interval`], the longest written data waits for its sync.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
@@ -253,6 +253,10 @@ pub struct Spool {
     peeked: Option<(u64, Bytes)>,
     /// Records found damaged while reading, not yet taken by the caller.
     corrupt: Counts,
+    /// Stretches of the numbering between live records whose records were lost and
+    /// counted, oldest first: saved with the state so that the next start does not
+    /// count them again.
+    gaps: Vec<Gap>,
     state_dirty: bool,
     dir_dirty: bool,
     last_sync: Instant,
@@ -291,6 +295,7 @@ impl Spool {
             head_done: Counts::default(),
             peeked: None,
             corrupt: Counts::default(),
+            gaps: Vec::new(),
             state_dirty: false,
             dir_dirty: false,
             last_sync: Instant::now(),
@@ -317,18 +322,25 @@ impl Spool {
                 None
             }
         };
-        // Where the next live record should start; unknown without a state file
-        // until the first intact record says.
-        let mut cursor: Option<Position> = saved.map(|s| s.acked);
-        let acked_seq = saved.map_or(0, |s| s.acked.seq);
+        let segments = segment::list(&dir)?;
+        // Where the next live record should start. Without a state file, unknown
+        // until a header says: the first segment's when it is the spool's very first
+        // (record 0 starts at frame 0 and log 0), else the first header that checks,
+        // a damaged record's included.
+        let mut cursor: Option<Position> = match &saved {
+            Some(s) => Some(s.acked),
+            None => segments
+                .first()
+                .filter(|(id, _)| *id == 0)
+                .map(|_| Position::default()),
+        };
+        let acked_seq = saved.as_ref().map_or(0, |s| s.acked.seq);
+        let counted = saved.as_ref().map_or(&[][..], |s| &s.gaps[..]);
         // The furthest position any header vouches for (torn tails included).
-        let mut end: Option<Position> = saved.map(|s| s.appended);
+        let mut end: Option<Position> = saved.as_ref().map(|s| s.appended);
         // Segments with no record to replay: deleted once the state is saved.
         let mut useless = Vec::new();
-        // A gap between live records: they are rewritten with contiguous numbers,
-        // so that the next start does not count the same loss again.
-        let mut renumber = false;
-        for (id, path) in segment::list(&dir)? {
+        for (id, path) in segments {
             let mut seg = Segment::open(id, path)?;
             let bytes = seg.read_all()?;
             let scan = record::scan(&bytes);
@@ -337,30 +349,42 @@ impl Spool {
                 .iter()
                 .map(|r| (r.end - r.start) as u64)
                 .sum::<u64>();
+            if cursor.is_none() {
+                cursor = scan.broken.iter().map(|b| b.at).min_by_key(|at| at.seq);
+            }
             for (offset, header) in scan.records {
                 if header.at.seq < acked_seq {
                     continue;
                 }
                 if let Some(c) = cursor {
                     if header.at.seq < c.seq {
-                        // Numbered behind what was already read: not replayable in order.
+                        // Numbered behind what was already read (a file put back by
+                        // hand): not replayable in order; counted at each start until
+                        // the replay passes its number.
                         recovery
                             .corrupt
                             .add(header.frames.into(), header.logs.into());
-                        renumber = true;
                         continue;
                     }
-                    let lost = Counts::between(c, header.at);
-                    if lost != Counts::default() || header.at.seq != c.seq {
+                    if header.at.seq > c.seq {
+                        // Lost between two live records: its bytes stay where they
+                        // are; the gap is saved with the state, so that the next
+                        // start counts only what was not counted before.
+                        let lost = uncounted(c, header.at, counted);
                         recovery.corrupt.add(lost.frames, lost.logs);
-                        renumber = true;
+                        self.gaps.push(Gap {
+                            from: c,
+                            to: header.at,
+                        });
                     }
                 }
                 cursor = Some(header.next());
                 let mut done = Counts::default();
                 if self.entries.is_empty() {
                     // The oldest record: a replay may have settled its start.
-                    done = saved.map_or(done, |s| Counts::settled_in(s.acked, &header));
+                    done = saved
+                        .as_ref()
+                        .map_or(done, |s| Counts::settled_in(s.acked, &header));
                     self.head_done = done;
                 }
                 let rest = Counts::rest_of(&header, done);
@@ -388,11 +412,11 @@ impl Spool {
         }
         // What was written after the last intact record and did not survive.
         if let (Some(c), Some(e)) = (cursor, end) {
-            let lost = Counts::between(c, e);
+            let lost = uncounted(c, e, counted);
             recovery.corrupt.add(lost.frames, lost.logs);
         }
-        // Numbers of lost records are reused: their bytes are gone (truncated) or
-        // skipped for good (renumbering below).
+        // Numbers of records lost at the tail are reused: their bytes are gone
+        // (truncated).
         self.next = cursor.or(end).unwrap_or_default();
         self.held = recovery.intact;
         self.held.add(self.head_done.frames, self.head_done.logs);
@@ -407,39 +431,7 @@ impl Spool {
             recovery.state_unsaved = true;
         }
         state::sync_dir(&self.config.dir)?;
-        if renumber {
-            self.renumber()?;
-            if self.state_dirty {
-                recovery.state_unsaved = true;
-            }
-        }
         Ok(recovery)
-    }
-
-    /// Copies every live record into new segments, numbered on from the last
-    /// intact one, deleting each old segment once its records are copied (disk use
-    /// stays within the limit plus one segment). A crash half-way only duplicates.
-    fn renumber(&mut self) -> io::Result<()> {
-        let old_segments = std::mem::take(&mut self.segments);
-        let mut old_entries = std::mem::take(&mut self.entries);
-        self.writable = false;
-        self.held = Counts::default();
-        for seg in old_segments {
-            while let Some(entry) = old_entries.front().filter(|e| e.segment == seg.id).copied() {
-                old_entries.pop_front();
-                let h = entry.header;
-                let bytes = seg.read_at(entry.offset, h.record_len())?;
-                self.write(h.frames, h.logs, &bytes[HEADER_LEN..])?;
-            }
-            self.disk_bytes -= seg.len;
-            seg.remove()?;
-        }
-        self.sync()?;
-        // As at the end of recovery: a full disk must not keep the proxy from starting.
-        if self.save_state().is_err() {
-            self.state_dirty = true;
-        }
-        Ok(())
     }
 
     /// The directory this spool owns.
@@ -511,6 +503,7 @@ impl Spool {
         self.held = Counts::default();
         let mut damaged = Counts::default();
         let head_done = std::mem::take(&mut self.head_done);
+        let gaps = self.gaps.clone();
         let copied = old_entries.iter().enumerate().try_for_each(|(i, entry)| {
             let h = entry.header;
             let done = if i == 0 { head_done } else { Counts::default() };
@@ -521,8 +514,7 @@ impl Spool {
             // checked: it is being delivered, so it is not lost even if its bytes on
             // disk went bad since. Any other record is checked as a read for replay
             // is: a damaged one is counted, not given a fresh checksum, and its number
-            // left out; a start before the spool empties counts that gap again: loss
-            // over-reported, never hidden.
+            // left out, a gap saved with the state so that no start counts it again.
             let replayed = self
                 .peeked
                 .as_ref()
@@ -545,6 +537,10 @@ impl Spool {
                 None => {
                     let lost = Counts::rest_of(&h, done);
                     damaged.add(lost.frames, lost.logs);
+                    self.gaps.push(Gap {
+                        from: h.at,
+                        to: h.next(),
+                    });
                     self.next = h.next();
                     Ok(())
                 }
@@ -568,6 +564,7 @@ impl Spool {
                 self.held,
             ) = old;
             self.head_done = head_done;
+            self.gaps = gaps;
             return Err(io(error));
         }
         debug_assert_eq!(self.next, old.3);
@@ -826,11 +823,17 @@ impl Spool {
 
     fn save_state(&mut self) -> io::Result<()> {
         self.check_lock()?;
+        let acked = self.acked();
+        // A gap the replay has passed is never looked at again; oldest first (a
+        // rebuild's come after recovery's, whatever their numbers).
+        self.gaps.retain(|g| g.to.seq > acked.seq);
+        self.gaps.sort_unstable_by_key(|g| g.from.seq);
         state::save(
             &self.config.dir,
             &State {
-                acked: self.acked(),
+                acked,
                 appended: self.next,
+                gaps: self.gaps.clone(),
             },
         )?;
         self.state_dirty = false;
@@ -929,6 +932,20 @@ fn dir_id(dir: &Path) -> io::Result<(u64, u64)> {
 }
 
 /// The later of two positions (by record number).
+/// The frames and logs numbered from `from` to `to` that none of the `counted` gaps
+/// (disjoint) covers.
+fn uncounted(from: Position, to: Position, counted: &[Gap]) -> Counts {
+    let mut lost = Counts::between(from, to);
+    for g in counted {
+        let lo = if g.from.seq > from.seq { g.from } else { from };
+        let hi = if g.to.seq < to.seq { g.to } else { to };
+        let both = Counts::between(lo, hi);
+        lost.frames -= both.frames.min(lost.frames);
+        lost.logs -= both.logs.min(lost.logs);
+    }
+    lost
+}
+
 fn furthest(a: Option<Position>, b: Position) -> Position {
     match a {
         Some(a) if a.seq >= b.seq => a,
