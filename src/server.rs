@@ -500,7 +500,7 @@ fn open_spool(
         tracing::warn!(
             spool_max_bytes = config.spool_max_bytes,
             batch_max_bytes = config.batch_max_bytes,
-            "--spool-max-bytes is smaller than a request may be (--batch-max-bytes): a request larger than the room left in the spool is counted spool_full"
+            "--spool-max-bytes is smaller than a request may be (--batch-max-bytes): a request larger than the room left in the spool waits in memory until the spool has room or is empty"
         );
     }
     let (spool, recovery) = Spool::open(SpoolConfig::new(dir, config.spool_max_bytes, fsync))?;

@@ -403,3 +403,109 @@ async fn a_spool_smaller_than_a_request_may_be_is_warned_of_at_start() {
     let exited = large.proxy.terminate().await;
     assert!(!exited.stderr.join("\n").contains("--spool-max-bytes"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_holds_back_what_the_ring_still_has_room_for_instead_of_dropping_it() {
+    // 50,000 logs in 5,000 frames while coderd is down: an 8192-frame ring holds
+    // every frame. Past half full the backlog moves to a 1 MB spool, which fills
+    // after a few thousand logs; the rest must wait in the ring (back-pressure), not
+    // be dropped as `spool_full`, and arrive in order once coderd is back.
+    let dir = tempfile::tempdir().unwrap();
+    let mut coderd = FakeCoderd::start().await;
+    coderd.stop().await;
+    let first = serve(
+        dir.path(),
+        &coderd.addr(),
+        &[
+            "--ring-capacity",
+            "8192",
+            "--batch-max-logs",
+            "10",
+            "--spool-max-bytes",
+            "1000000",
+        ],
+    )
+    .await;
+    write_everything(&first, Duration::from_millis(10)).await;
+    first
+        .proxy
+        .scrape_until(first.metrics, "every log received", |s: &Scrape| {
+            s.get("logs_received_total", None) == LOGS && s.get("spool_logs", None) > 0
+        })
+        .await;
+    coderd.restart().await;
+    let full = "reason=\"spool_full\"";
+    let scrape = first
+        .proxy
+        .scrape_until(first.metrics, "every log settled", |s: &Scrape| {
+            s.get("logs_forwarded_total", None) + s.get("logs_dropped_total", Some(full)) == LOGS
+                && s.get("spool_logs", None) == 0
+        })
+        .await;
+    assert_eq!(
+        scrape.get("logs_dropped_total", Some(full)),
+        0,
+        "logs dropped as spool_full while the ring had room for them"
+    );
+    assert_eq!(
+        scrape.get("logs_dropped_total", Some("reason=\"buffer_full\"")),
+        0
+    );
+    let exited = first.proxy.terminate().await;
+    assert_exit_0(&exited);
+    assert_accounting_totals(stopped_totals(&exited.stderr), 0);
+    assert_eq!(
+        arrival_order(&coderd.requests()),
+        every_log_in_order(),
+        "every log once, each session in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_full_spool_and_coderd_down_counts_what_waited_in_memory_as_spool_full() {
+    // What waited in the ring behind a full spool has nowhere to go at shutdown: it
+    // is counted `spool_full`, the accounting closes, and the stop is prompt.
+    let dir = tempfile::tempdir().unwrap();
+    let mut coderd = FakeCoderd::start().await;
+    coderd.stop().await;
+    let first = serve(
+        dir.path(),
+        &coderd.addr(),
+        &[
+            "--ring-capacity",
+            "8192",
+            "--batch-max-logs",
+            "10",
+            "--spool-max-bytes",
+            "1000000",
+        ],
+    )
+    .await;
+    write_everything(&first, Duration::from_millis(10)).await;
+    let scrape = first
+        .proxy
+        .scrape_until(first.metrics, "every log received", |s: &Scrape| {
+            s.get("logs_received_total", None) == LOGS && s.get("spool_logs", None) > 0
+        })
+        .await;
+    assert!(
+        scrape.get("ring_occupancy", None) > 0,
+        "the ring holds the rest"
+    );
+    let started = std::time::Instant::now();
+    let exited = first.proxy.terminate().await;
+    assert_exit_0(&exited);
+    assert!(
+        started.elapsed() < Duration::from_secs(3 + 5),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    let stopped = stopped_totals(&exited.stderr);
+    assert_accounting_totals(stopped, 0);
+    assert!(stopped.dropped_spool_full > 0, "{stopped:?}");
+    assert_eq!(
+        stopped.spooled + stopped.dropped_spool_full,
+        LOGS,
+        "{stopped:?}"
+    );
+}

@@ -264,7 +264,10 @@ async fn a_damaged_spool_at_start_replays_every_intact_record_and_counts_the_res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_spool_counts_exactly_the_logs_it_could_not_take() {
+async fn a_full_spool_keeps_to_its_limit_and_what_it_cannot_take_waits_in_the_ring() {
+    // 2000 logs (about 290 KB) against a 64 KiB spool: the spool fills, the rest
+    // waits in the ring (400 frames, far under its 4096), nothing is dropped, and
+    // everything is delivered once coderd is back.
     let mut coderd = FakeCoderd::start().await;
     coderd.stop().await;
     let (dir, config) = spool_config(IoMode::Auto, |c| {
@@ -276,30 +279,25 @@ async fn a_full_spool_counts_exactly_the_logs_it_could_not_take() {
     assert_eq!(send(&proxy, frames("s", 0, 400, 5)).await, 400);
     assert!(proxy.wait_received(2000, PATIENCE).await);
     assert!(
-        eventually(PATIENCE, || {
-            let a = proxy.accounting();
-            a.spooled + a.dropped_spool_full == 2000
-        })
-        .await,
+        eventually(PATIENCE, || proxy.accounting().spooled > 0).await,
         "{:?}",
         proxy.accounting()
     );
+    // Long enough for many retries (100 ms each) to have run out meanwhile.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let a = proxy.accounting();
-    assert!(a.dropped_spool_full > 0 && a.spooled > 0, "{a:?}");
+    assert!(a.spooled < 2000, "the spool cannot hold them all: {a:?}");
+    assert_eq!(a.settled(), 0, "nothing dropped while the ring has room: {a:?}");
     let bytes = proxy.metrics().spool.bytes.get() as u64;
     assert!(bytes <= 64 << 10, "{bytes} bytes on disk");
-    assert_eq!(
-        proxy.metrics().spool.logs_spooled.get() + a.dropped_spool_full,
-        2000,
-        "each log spooled or counted spool_full, once"
-    );
     coderd.restart().await;
     assert!(
-        wait_all_forwarded(&proxy, a.spooled).await,
+        wait_all_forwarded(&proxy, 2000).await,
         "{:?}",
         proxy.accounting()
     );
     let totals = proxy.close().await;
-    assert_eq!(totals.forwarded, a.spooled);
+    assert_eq!(totals.forwarded, 2000);
+    assert_eq!(totals.dropped_spool_full, 0);
     assert_accounting_totals(totals, 0);
 }

@@ -152,7 +152,7 @@ struct ServeArgs {
     #[arg(long, value_name = "DIR", env = "BOUNDARY_LOG_PROXY_SPOOL_DIR",
           value_parser = |s: &str| config::parse_writable_dir("--spool-dir", s))]
     spool_dir: Option<PathBuf>,
-    /// Most bytes the spool's files take; beyond it logs are dropped as spool_full.
+    /// Most bytes the spool's files take; beyond it the ring holds what arrives (buffer_full when it overflows; spool_full at shutdown).
     #[arg(long, value_name = "N", allow_negative_numbers = true, env = "BOUNDARY_LOG_PROXY_SPOOL_MAX_BYTES", default_value = "268435456",
           value_parser = |s: &str| config::parse_positive::<u64>("--spool-max-bytes", s))]
     spool_max_bytes: u64,

@@ -14,7 +14,10 @@
 //! written to the spool in the order it was taken, every newer one queues behind
 //! them on disk, and the spool's oldest record is replayed one at a time (split to
 //! the limits like any request) until the spool is empty, so each session's order
-//! holds across the outage.
+//! holds across the outage. A request the spool has no room for (or cannot write)
+//! waits in memory, and nothing newer is taken until a replay frees room: the ring
+//! holds the rest, as it would without a spool (back-pressure; `buffer_full` only
+//! when it overflows). Only at shutdown (the ring closed) is it counted `spool_full`.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -43,6 +46,9 @@ use crate::ring::RingHandle;
 
 /// Requests in flight at once at most.
 pub(super) const MAX_IN_FLIGHT: usize = 4;
+/// How long a request the spool refused waits before it is tried again when no
+/// replay ended meanwhile.
+const REFUSED_RETRY: Duration = Duration::from_secs(1);
 /// How often the loop syncs the spool while a spool is on.
 const SPOOL_TICK: Duration = Duration::from_millis(50);
 /// How often the loop looks at the ring's fill while the destination is failing
@@ -198,6 +204,10 @@ pub(super) async fn deliver_all<R: Reporter>(
     // Cancels the direct deliveries when the loop switches to spooling.
     let mut flight_cancel = cancel.child_token();
     let mut spooling = spool.as_ref().is_some_and(|s| !s.spooler.is_empty());
+    // The spool refused `next` (no room, or a failed write) at this time: it is
+    // tried again once a replay ended, or a second later (a disk freed by someone
+    // else), or when the ring closes (then, refused again, it is dropped).
+    let mut refused_at: Option<Instant> = None;
     let mut replaying: Option<ReplayDelivery<'_>> = None;
     let mut tick = tokio::time::interval(SPOOL_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -215,14 +225,24 @@ pub(super) async fn deliver_all<R: Reporter>(
                 }
                 in_flight.clear();
                 to_spool.sort_by_key(|(o, _)| *o);
-                let outs: Vec<Outgoing> = to_spool.into_iter().flat_map(|(_, left)| left).collect();
-                link.spooler.append_all(&outs, metrics);
+                // Ahead of everything not yet taken, oldest first: spooled below.
+                if let Some(out) = next.take() {
+                    pending.push_front(out);
+                }
+                for out in to_spool
+                    .into_iter()
+                    .rev()
+                    .flat_map(|(_, left)| left.into_iter().rev())
+                {
+                    pending.push_front(out);
+                }
                 flight_cancel = cancel.child_token();
                 spooling = true;
             }
             if spooling {
-                // Newer requests queue behind the spooled ones, on disk.
-                loop {
+                // Newer requests queue behind the spooled ones, on disk; one the
+                // spool refuses waits in memory, and nothing newer is taken.
+                while refused_at.is_none() {
                     let out = match next.take().or_else(|| pending.pop_front()) {
                         Some(out) => out,
                         None if rx_open => match rx.try_recv() {
@@ -235,7 +255,21 @@ pub(super) async fn deliver_all<R: Reporter>(
                         },
                         None => break,
                     };
-                    link.spooler.append(&out, metrics);
+                    if link.spooler.try_append(&out, metrics) {
+                        continue;
+                    }
+                    if link.ring.is_closed() {
+                        // Shutting down: there is nowhere else for it.
+                        ForwardDropped {
+                            frames: out.request.frames.into(),
+                            logs: out.request.logs.into(),
+                            reason: ForwardDropReason::SpoolFull,
+                        }
+                        .emit(metrics);
+                        continue;
+                    }
+                    next = Some(out);
+                    refused_at = Some(Instant::now());
                 }
                 if replaying.is_none() && rx_open && !cancel.is_cancelled() {
                     match link.spooler.peek(metrics) {
@@ -243,8 +277,12 @@ pub(super) async fn deliver_all<R: Reporter>(
                             let stop = cancel.child_token();
                             replaying = Some((Box::pin(replay(record, ctx, stop.clone())), stop));
                         }
-                        // Drained: back to delivering directly.
-                        Peeked::Empty => spooling = false,
+                        // Drained: back to delivering directly (a request the
+                        // spool refused first).
+                        Peeked::Empty => {
+                            spooling = false;
+                            refused_at = None;
+                        }
                         // Unreadable for now: retried at the next tick.
                         Peeked::Later => {}
                     }
@@ -301,6 +339,7 @@ pub(super) async fn deliver_all<R: Reporter>(
             }
             (record, end) = poll_some(&mut replaying), if replaying.is_some() => {
                 replaying = None;
+                refused_at = None;
                 if let Some(link) = spool.as_mut() {
                     replayed(link.spooler, &record, end, metrics);
                 }
@@ -312,6 +351,11 @@ pub(super) async fn deliver_all<R: Reporter>(
             _ = tick.tick(), if ticking => {
                 if let Some(link) = spool.as_mut() {
                     link.spooler.tick(metrics);
+                    if refused_at.is_some_and(|at| at.elapsed() >= REFUSED_RETRY)
+                        || link.ring.is_closed()
+                    {
+                        refused_at = None;
+                    }
                 }
             }
             // An async block: the timer is only made (and the clock read) when polled.

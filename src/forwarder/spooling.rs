@@ -132,6 +132,24 @@ impl Spooler {
         self.append_all(std::iter::once(out), metrics) == 1
     }
 
+    /// Writes `out` and counts it as spooled; false, with nothing counted dropped,
+    /// when the spool has no room for it or the write failed (counted as a spool
+    /// I/O failure): the caller keeps it.
+    pub fn try_append(&mut self, out: &Outgoing, metrics: &Metrics) -> bool {
+        self.keep_dir(metrics);
+        let written = self.write(out, metrics);
+        if written {
+            self.synced(metrics);
+            Spooled {
+                frames: out.request.frames.into(),
+                logs: out.request.logs.into(),
+            }
+            .emit(metrics);
+            self.occupancy(metrics);
+        }
+        written
+    }
+
     /// Writes `outs` in order and makes them durable together (one sync for the
     /// batch with `--spool-fsync always`) before counting them as spooled; what does
     /// not fit is counted as `spool_full`. Returns how many were written.
@@ -144,23 +162,12 @@ impl Spooler {
         let mut written = Spooled { frames: 0, logs: 0 };
         let mut count = 0;
         for out in outs {
-            let request = &out.request;
-            encode_payload(out, &mut self.buf);
-            let (frames, logs) = (u64::from(request.frames), u64::from(request.logs));
-            match self
-                .spool
-                .append_unsynced(request.frames, request.logs, &self.buf)
-            {
-                Ok(()) => {
-                    written.frames += frames;
-                    written.logs += logs;
-                    count += 1;
-                    continue;
-                }
-                Err(AppendError::Full) => {}
-                Err(AppendError::Io(error)) => {
-                    self.failed(SpoolOp::Write, &error, metrics);
-                }
+            let (frames, logs) = (u64::from(out.request.frames), u64::from(out.request.logs));
+            if self.write(out, metrics) {
+                written.frames += frames;
+                written.logs += logs;
+                count += 1;
+                continue;
             }
             ForwardDropped {
                 frames,
@@ -170,17 +177,41 @@ impl Spooler {
             .emit(metrics);
         }
         if count > 0 {
-            if self.spool.fsync() == Fsync::Always {
-                if let Err(error) = self.spool.sync() {
-                    // Written but perhaps not durable: still held (and replayed) by
-                    // this process, so still counted as spooled.
-                    self.failed(SpoolOp::Sync, &error, metrics);
-                }
-            }
+            self.synced(metrics);
             written.emit(metrics);
         }
         self.occupancy(metrics);
         count
+    }
+
+    /// Appends one record, not yet synced; false when there was no room or the write
+    /// failed (counted as a spool I/O failure).
+    fn write(&mut self, out: &Outgoing, metrics: &Metrics) -> bool {
+        let request = &out.request;
+        encode_payload(out, &mut self.buf);
+        match self
+            .spool
+            .append_unsynced(request.frames, request.logs, &self.buf)
+        {
+            Ok(()) => true,
+            Err(AppendError::Full) => false,
+            Err(AppendError::Io(error)) => {
+                self.failed(SpoolOp::Write, &error, metrics);
+                false
+            }
+        }
+    }
+
+    /// With `--spool-fsync always`, syncs what was just written before it counts as
+    /// spooled.
+    fn synced(&mut self, metrics: &Metrics) {
+        if self.spool.fsync() == Fsync::Always {
+            if let Err(error) = self.spool.sync() {
+                // Written but perhaps not durable: still held (and replayed) by this
+                // process, so still counted as spooled.
+                self.failed(SpoolOp::Sync, &error, metrics);
+            }
+        }
     }
 
     /// The oldest record, for replay. Records found damaged are counted as
