@@ -19,6 +19,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for name in cli::unknown_variables(std::env::vars_os().map(|(name, _)| name)) {
+        tracing::warn!(variable = %name, "ignoring an environment variable no setting reads (misspelt? --help names each setting's variable)");
+    }
     let result = match invocation {
         Invocation::PrintConfig(config) => app::print_line(format_args!("{:#}", config.to_json())),
         Invocation::Serve(config) => app::serve(config),

@@ -867,3 +867,27 @@ fn every_command_prints_the_programs_name_and_version() {
         );
     }
 }
+
+#[test]
+fn a_misspelt_variable_is_warned_of_by_name_and_a_right_one_is_not() {
+    // A typo in an environment file would otherwise turn a setting off unseen
+    // (`BOUNDARY_LOG_PROXY_SPOOLDIR`: no spool).
+    let output = proxy(
+        &["serve", "--print-config"],
+        &[("BOUNDARY_LOG_PROXY_SPOOLDIR", "/var/lib/spool")],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("WARN") && err.contains("BOUNDARY_LOG_PROXY_SPOOLDIR"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let output = proxy(
+        &["serve", "--print-config"],
+        &[("BOUNDARY_LOG_PROXY_SPOOL_DIR", spool.to_str().unwrap())],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("WARN"), "{}", stderr(&output));
+}

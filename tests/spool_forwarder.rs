@@ -287,7 +287,11 @@ async fn a_full_spool_keeps_to_its_limit_and_what_it_cannot_take_waits_in_the_ri
     tokio::time::sleep(Duration::from_secs(1)).await;
     let a = proxy.accounting();
     assert!(a.spooled < 2000, "the spool cannot hold them all: {a:?}");
-    assert_eq!(a.settled(), 0, "nothing dropped while the ring has room: {a:?}");
+    assert_eq!(
+        a.settled(),
+        0,
+        "nothing dropped while the ring has room: {a:?}"
+    );
     let bytes = proxy.metrics().spool.bytes.get() as u64;
     assert!(bytes <= 64 << 10, "{bytes} bytes on disk");
     coderd.restart().await;

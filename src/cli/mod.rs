@@ -471,6 +471,39 @@ where
     }
 }
 
+/// Variables the start script in `deploy/coder-workspace/` reads for itself; the
+/// proxy may inherit them.
+const SCRIPT_VARIABLES: [&str; 2] = ["BOUNDARY_LOG_PROXY_BIN", "BOUNDARY_LOG_PROXY_DIR"];
+
+/// Of the variable names `names`, those starting `BOUNDARY_LOG_PROXY_` that no
+/// setting of any subcommand reads, sorted: most likely misspelt settings, which
+/// would otherwise be ignored without a word.
+pub fn unknown_variables<I>(names: I) -> Vec<String>
+where
+    I: IntoIterator<Item = OsString>,
+{
+    fn known(command: &clap::Command, out: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env().and_then(|e| e.to_str()) {
+                out.push(env.to_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            known(sub, out);
+        }
+    }
+    let mut names_known: Vec<String> = SCRIPT_VARIABLES.map(str::to_owned).into();
+    names_known.push(crate::reader::FORCE_URING_ERRNO_ENV.to_owned());
+    known(&Cli::command(), &mut names_known);
+    let mut unknown: Vec<String> = names
+        .into_iter()
+        .filter_map(|name| name.into_string().ok())
+        .filter(|name| name.starts_with("BOUNDARY_LOG_PROXY_") && !names_known.contains(name))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
 /// Inserts `serve` when the first argument is not a subcommand (or help/version).
 fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
     let first = args.get(1).and_then(|a| a.to_str());
@@ -557,6 +590,29 @@ mod tests {
             }
         }
         assert!(checked >= 25, "only {checked} flags checked");
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_named_and_every_setting_variable_is_known() {
+        let names = [
+            "BOUNDARY_LOG_PROXY_SPOOLDIR",
+            "BOUNDARY_LOG_PROXY_SPOOL_DIR",
+            "BOUNDARY_LOG_PROXY_SOCKET",
+            "BOUNDARY_LOG_PROXY_QUIET",
+            "BOUNDARY_LOG_PROXY_BIN",
+            "BOUNDARY_LOG_PROXY_TEST_FORCE_URING_ERRNO",
+            "BOUNDARY_LOG_PROXY_METRICS_ADRR",
+            "CODER_AGENT_TOKEN",
+            "HOME",
+        ]
+        .map(OsString::from);
+        assert_eq!(
+            unknown_variables(names),
+            [
+                "BOUNDARY_LOG_PROXY_METRICS_ADRR",
+                "BOUNDARY_LOG_PROXY_SPOOLDIR"
+            ]
+        );
     }
 
     #[test]
