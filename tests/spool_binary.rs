@@ -404,17 +404,12 @@ async fn a_spool_smaller_than_a_request_may_be_is_warned_of_at_start() {
     assert!(!exited.stderr.join("\n").contains("--spool-max-bytes"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_spool_holds_back_what_the_ring_still_has_room_for_instead_of_dropping_it() {
-    // 50,000 logs in 5,000 frames while coderd is down: an 8192-frame ring holds
-    // every frame. Past half full the backlog moves to a 1 MB spool, which fills
-    // after a few thousand logs; the rest must wait in the ring (back-pressure), not
-    // be dropped as `spool_full`, and arrive in order once coderd is back.
-    let dir = tempfile::tempdir().unwrap();
-    let mut coderd = FakeCoderd::start().await;
-    coderd.stop().await;
+/// With coderd down, a proxy whose 8192-frame ring holds all 5,000 frames and whose
+/// 1 MB spool holds a few thousand logs, after every log was received: the spool
+/// holds some, the ring the rest.
+async fn full_spool_outage(dir: &Path, coderd: &FakeCoderd) -> (Serve, Scrape) {
     let first = serve(
-        dir.path(),
+        dir,
         &coderd.addr(),
         &[
             "--ring-capacity",
@@ -427,12 +422,25 @@ async fn a_full_spool_holds_back_what_the_ring_still_has_room_for_instead_of_dro
     )
     .await;
     write_everything(&first, Duration::from_millis(10)).await;
-    first
+    let scrape = first
         .proxy
         .scrape_until(first.metrics, "every log received", |s: &Scrape| {
             s.get("logs_received_total", None) == LOGS && s.get("spool_logs", None) > 0
         })
         .await;
+    (first, scrape)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_holds_back_what_the_ring_still_has_room_for_instead_of_dropping_it() {
+    // 50,000 logs in 5,000 frames while coderd is down: an 8192-frame ring holds
+    // every frame. Past half full the backlog moves to a 1 MB spool, which fills
+    // after a few thousand logs; the rest must wait in the ring (back-pressure), not
+    // be dropped as `spool_full`, and arrive in order once coderd is back.
+    let dir = tempfile::tempdir().unwrap();
+    let mut coderd = FakeCoderd::start().await;
+    coderd.stop().await;
+    let (first, _) = full_spool_outage(dir.path(), &coderd).await;
     coderd.restart().await;
     let full = "reason=\"spool_full\"";
     let scrape = first
@@ -468,26 +476,7 @@ async fn sigterm_with_a_full_spool_and_coderd_down_counts_what_waited_in_memory_
     let dir = tempfile::tempdir().unwrap();
     let mut coderd = FakeCoderd::start().await;
     coderd.stop().await;
-    let first = serve(
-        dir.path(),
-        &coderd.addr(),
-        &[
-            "--ring-capacity",
-            "8192",
-            "--batch-max-logs",
-            "10",
-            "--spool-max-bytes",
-            "1000000",
-        ],
-    )
-    .await;
-    write_everything(&first, Duration::from_millis(10)).await;
-    let scrape = first
-        .proxy
-        .scrape_until(first.metrics, "every log received", |s: &Scrape| {
-            s.get("logs_received_total", None) == LOGS && s.get("spool_logs", None) > 0
-        })
-        .await;
+    let (first, scrape) = full_spool_outage(dir.path(), &coderd).await;
     assert!(
         scrape.get("ring_occupancy", None) > 0,
         "the ring holds the rest"

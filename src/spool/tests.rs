@@ -760,10 +760,7 @@ fn a_record_a_rebuild_left_out_is_not_counted_again_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool");
     let mut spool = holding(&path, 3, Fsync::Always);
-    let seg = segment_files(&path).pop().unwrap();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[HEADER_LEN + payload(0).len() + HEADER_LEN + 2] ^= 0xff; // record 1's payload
-    std::fs::write(&seg, &bytes).unwrap();
+    damage_record(&path, 1);
     std::fs::remove_dir_all(&path).unwrap();
     assert_eq!(spool.rebuild_if_lost().unwrap(), Some(3));
     assert_eq!(spool.take_corrupt(), Counts { frames: 1, logs: 2 });
