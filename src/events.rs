@@ -449,7 +449,8 @@ pub enum ForwardDropReason {
     ForwardFailed,
     /// Shutdown timeout ran out.
     Shutdown,
-    /// The disk spool had no room (or could not be written).
+    /// At shutdown, the disk spool had no room (or could not be written) for what was
+    /// still in memory (while running, a refused request waits in memory instead).
     SpoolFull,
     /// Found damaged in the disk spool.
     SpoolCorrupt,
