@@ -350,7 +350,10 @@ impl Spool {
                 .map(|r| (r.end - r.start) as u64)
                 .sum::<u64>();
             if cursor.is_none() {
-                cursor = scan.broken.iter().map(|b| b.at).min_by_key(|at| at.seq);
+                // The segment's first header that checks, a damaged record's included.
+                cursor = (scan.records.iter().map(|(_, h)| h.at))
+                    .chain(scan.broken.iter().map(|b| b.at))
+                    .min_by_key(|at| at.seq);
             }
             for (offset, header) in scan.records {
                 if header.at.seq < acked_seq {

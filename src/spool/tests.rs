@@ -770,3 +770,34 @@ fn a_record_a_rebuild_left_out_is_not_counted_again_at_the_next_start() {
     assert_eq!(recovery.corrupt, Counts::default(), "counted again");
     assert_eq!(drain(&mut spool), [payload(0), payload(2)]);
 }
+
+#[test]
+fn without_a_state_file_intact_records_before_a_torn_tail_in_the_first_segment_are_replayed() {
+    // Segment 0 was retired: the first segment left starts with intact records; a
+    // torn record at its end must not set where the numbering starts.
+    let dir = tempfile::tempdir().unwrap();
+    let mut spool = holding(dir.path(), 16, Fsync::Always);
+    for _ in 0..8 {
+        let seq = spool.peek().unwrap().unwrap().seq;
+        assert!(spool.ack(seq).unwrap());
+    }
+    spool.close().unwrap();
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 1, "segment 0 retired");
+    std::fs::remove_file(dir.path().join("state")).unwrap();
+    let len = std::fs::metadata(&files[0]).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .unwrap();
+    file.set_len(len - 10).unwrap();
+    drop(file);
+
+    let (mut spool, recovery) = reopen(dir.path(), Fsync::Always);
+    assert_eq!(
+        recovery.corrupt,
+        Counts { frames: 1, logs: 1 },
+        "only record 15 is lost"
+    );
+    assert_eq!(drain(&mut spool), (8..15).map(payload).collect::<Vec<_>>());
+}
