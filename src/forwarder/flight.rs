@@ -204,9 +204,11 @@ pub(super) async fn deliver_all<R: Reporter>(
     // Cancels the direct deliveries when the loop switches to spooling.
     let mut flight_cancel = cancel.child_token();
     let mut spooling = spool.as_ref().is_some_and(|s| !s.spooler.is_empty());
-    // The spool refused `next` (no room, or a failed write) at this time: it is
-    // tried again once a replay ended, or a second later (a disk freed by someone
-    // else), or when the ring closes (then, refused again, it is dropped).
+    // The spool refused a request (no room, or a failed write) at this time: while
+    // spooling, it waits in `next` and is tried again once a replay ended, or a
+    // second later (a disk freed by someone else), or when the ring closes (then,
+    // refused again, it is dropped); once the spool is empty it is delivered
+    // directly, and the backlog is not moved to the spool again before an answer.
     let mut refused_at: Option<Instant> = None;
     let mut replaying: Option<ReplayDelivery<'_>> = None;
     let mut tick = tokio::time::interval(SPOOL_TICK);
@@ -214,7 +216,20 @@ pub(super) async fn deliver_all<R: Reporter>(
 
     loop {
         if let Some(link) = spool.as_mut() {
-            let failing_backlog = failing.load(Ordering::Relaxed) && link.backlog();
+            // While spooling, a refused request is tried again a second later (room
+            // freed by someone else) and at once when the ring closes (shutdown).
+            if spooling
+                && refused_at
+                    .is_some_and(|at| at.elapsed() >= REFUSED_RETRY || link.ring.is_closed())
+            {
+                refused_at = None;
+            }
+            // Not while the spool refused a request and no answer or replay came since
+            // (the refused one is then being delivered directly, the spool empty):
+            // the spool would take nothing, and switching cancels the deliveries, the
+            // refused one's included, again and again.
+            let failing_backlog =
+                failing.load(Ordering::Relaxed) && link.backlog() && refused_at.is_none();
             if !spooling && (!exhausted.is_empty() || failing_backlog) {
                 // Everything in memory goes to the spool, in the order it was taken.
                 flight_cancel.cancel();
@@ -238,6 +253,8 @@ pub(super) async fn deliver_all<R: Reporter>(
                 }
                 flight_cancel = cancel.child_token();
                 spooling = true;
+                // Retries ran out (or the backlog grew): the spool is tried afresh.
+                refused_at = None;
             }
             if spooling {
                 // Newer requests queue behind the spooled ones, on disk; one the
@@ -279,10 +296,7 @@ pub(super) async fn deliver_all<R: Reporter>(
                         }
                         // Drained: back to delivering directly (a request the
                         // spool refused first).
-                        Peeked::Empty => {
-                            spooling = false;
-                            refused_at = None;
-                        }
+                        Peeked::Empty => spooling = false,
                         // Unreadable for now: retried at the next tick.
                         Peeked::Later => {}
                     }
@@ -332,7 +346,8 @@ pub(super) async fn deliver_all<R: Reporter>(
             (done, left, outcome) = any(&mut flights), if !flights.is_empty() => {
                 in_flight.retain(|(o, _)| *o != done);
                 match outcome {
-                    Outcome::Settled => {}
+                    // An answer: a spool that refused may be tried again.
+                    Outcome::Settled => refused_at = None,
                     Outcome::Cancelled => cancelled.push((done, left)),
                     Outcome::Exhausted => exhausted.push((done, left)),
                 }
@@ -351,11 +366,6 @@ pub(super) async fn deliver_all<R: Reporter>(
             _ = tick.tick(), if ticking => {
                 if let Some(link) = spool.as_mut() {
                     link.spooler.tick(metrics);
-                    if refused_at.is_some_and(|at| at.elapsed() >= REFUSED_RETRY)
-                        || link.ring.is_closed()
-                    {
-                        refused_at = None;
-                    }
                 }
             }
             // An async block: the timer is only made (and the clock read) when polled.
@@ -1198,5 +1208,81 @@ mod tests {
         assert!(matches!(attempt, Attempt::Dropped));
         assert!(!failing.load(Ordering::Relaxed));
         assert_eq!(metrics.logs_dropped_for(LogDropReason::ForwardFailed), 5);
+    }
+
+    /// Refuses the first call as a transient error (coderd down), then answers each
+    /// call after `delay`.
+    struct DownThenSlow {
+        calls: std::sync::atomic::AtomicU32,
+        delay: Duration,
+    }
+
+    impl Reporter for DownThenSlow {
+        async fn report_boundary_logs(
+            &self,
+            _request: ReportBoundaryLogsRequest,
+        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
+            if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
+                return Err(tonic::Status::unavailable("coderd down"));
+            }
+            tokio::time::sleep(self.delay).await;
+            Ok(ReportBoundaryLogsResponse {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_an_empty_spool_refuses_is_delivered_once_coderd_answers_with_the_ring_half_full(
+    ) {
+        // The spool (200 bytes) takes no request; the ring is half full and coderd
+        // failing, which would move the backlog to the spool: the request the spool
+        // refused is delivered directly, not cancelled and retried in a loop.
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let (spool, _) = Spool::open(SpoolConfig::new(dir.path(), 200, Fsync::Interval)).unwrap();
+        let mut spooler = Spooler::new(spool, WIDE, &metrics);
+        let (producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
+        for f in frames(32, 1, 1000) {
+            producer.push(f, 1).unwrap();
+        }
+        let ring = consumer.handle();
+        let reporter = DownThenSlow {
+            calls: Default::default(),
+            delay: Duration::from_millis(20),
+        };
+        let (config, learned, cancel) = (
+            no_retries(WIDE),
+            Learned::new(WIDE),
+            CancellationToken::new(),
+        );
+        let (_tx, rx) = mpsc::channel::<Vec<Outgoing>>(1);
+        let mut rx = Incoming::new(rx);
+        let deliver = deliver_all(
+            VecDeque::from([request_of(0, 50)]),
+            &mut rx,
+            &config,
+            &learned,
+            &metrics,
+            &reporter,
+            &cancel,
+            Some(SpoolLink {
+                spooler: &mut spooler,
+                ring: &ring,
+            }),
+        );
+        let stop = async {
+            while metrics.logs_forwarded.get() < 50 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            cancel.cancel();
+        };
+        let watchdog = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(deliver, stop)
+        });
+        assert!(
+            watchdog.await.is_ok(),
+            "not delivered in 5 s though coderd answers in 20 ms ({} calls)",
+            reporter.calls.load(Ordering::Relaxed)
+        );
+        assert_eq!(metrics.logs_forwarded.get(), 50);
     }
 }
