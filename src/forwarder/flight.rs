@@ -210,6 +210,10 @@ pub(super) async fn deliver_all<R: Reporter>(
     // refused again, it is dropped); once the spool is empty it is delivered
     // directly, and the backlog is not moved to the spool again before an answer.
     let mut refused_at: Option<Instant> = None;
+    // When the request the spool refused last left the empty spool for a direct
+    // delivery: it leaves again at most once every REFUSED_RETRY, so that a
+    // destination that fails at once (no retry budget) is not called in a hot loop.
+    let mut bounced_at: Option<Instant> = None;
     let mut replaying: Option<ReplayDelivery<'_>> = None;
     let mut tick = tokio::time::interval(SPOOL_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -296,7 +300,13 @@ pub(super) async fn deliver_all<R: Reporter>(
                         }
                         // Drained: back to delivering directly (a request the
                         // spool refused first).
-                        Peeked::Empty => spooling = false,
+                        Peeked::Empty => {
+                            let held = next.is_some() && refused_at.is_some();
+                            if bounced_at.is_none_or(|at| at.elapsed() >= REFUSED_RETRY) {
+                                spooling = false;
+                                bounced_at = held.then(Instant::now);
+                            }
+                        }
                         // Unreadable for now: retried at the next tick.
                         Peeked::Later => {}
                     }
@@ -347,7 +357,7 @@ pub(super) async fn deliver_all<R: Reporter>(
                 in_flight.retain(|(o, _)| *o != done);
                 match outcome {
                     // An answer: a spool that refused may be tried again.
-                    Outcome::Settled => refused_at = None,
+                    Outcome::Settled => (refused_at, bounced_at) = (None, None),
                     Outcome::Cancelled => cancelled.push((done, left)),
                     Outcome::Exhausted => exhausted.push((done, left)),
                 }
@@ -369,6 +379,13 @@ pub(super) async fn deliver_all<R: Reporter>(
                 }
             }
             // An async block: the timer is only made (and the clock read) when polled.
+            // The refused request waits to leave the empty spool again (an async
+            // block, as below: no timer made while the branch is off).
+            () = async move {
+                if let Some(at) = bounced_at {
+                    tokio::time::sleep_until((at + REFUSED_RETRY).into()).await;
+                }
+            }, if spooling && bounced_at.is_some() => {}
             _ = async { tokio::time::sleep(BACKLOG_POLL).await },
                 if ctx.spooled && !spooling && failing.load(Ordering::Relaxed) => {}
             // A delivery found the destination failing after this select began.
@@ -1284,5 +1301,69 @@ mod tests {
             reporter.calls.load(Ordering::Relaxed)
         );
         assert_eq!(metrics.logs_forwarded.get(), 50);
+    }
+
+    /// Fails every call as a transient error after yielding once (a real call awaits
+    /// a socket).
+    #[derive(Default)]
+    struct AlwaysDown {
+        calls: std::sync::atomic::AtomicU32,
+    }
+
+    impl Reporter for AlwaysDown {
+        async fn report_boundary_logs(
+            &self,
+            _request: ReportBoundaryLogsRequest,
+        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+            Err(tonic::Status::unavailable("connection refused"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_an_empty_spool_refuses_is_not_retried_in_a_hot_loop_while_coderd_is_down() {
+        // No retry budget, a spool too small for the request, coderd down: each direct
+        // attempt runs out at once and the spool refuses it again; the request must
+        // wait between rounds, not call coderd as fast as the loop turns.
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let (spool, _) = Spool::open(SpoolConfig::new(dir.path(), 200, Fsync::Interval)).unwrap();
+        let mut spooler = Spooler::new(spool, WIDE, &metrics);
+        let (_producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
+        let ring = consumer.handle();
+        let reporter = AlwaysDown::default();
+        let (config, learned, cancel) = (
+            no_retries(WIDE),
+            Learned::new(WIDE),
+            CancellationToken::new(),
+        );
+        let (_tx, rx) = mpsc::channel::<Vec<Outgoing>>(1);
+        let mut rx = Incoming::new(rx);
+        let deliver = deliver_all(
+            VecDeque::from([request_of(0, 50)]),
+            &mut rx,
+            &config,
+            &learned,
+            &metrics,
+            &reporter,
+            &cancel,
+            Some(SpoolLink {
+                spooler: &mut spooler,
+                ring: &ring,
+            }),
+        );
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            cancel.cancel();
+        };
+        let ran = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(deliver, stop)
+        })
+        .await;
+        let calls = reporter.calls.load(Ordering::Relaxed);
+        let (left, ()) = ran.unwrap_or_else(|_| panic!("never yielded ({calls} calls)"));
+        assert_eq!(left.len(), 1, "handed back, not dropped");
+        assert!(calls <= 4, "{calls} calls to a down coderd in 1.5 s");
     }
 }
