@@ -204,16 +204,22 @@ pub(super) async fn deliver_all<R: Reporter>(
     // Cancels the direct deliveries when the loop switches to spooling.
     let mut flight_cancel = cancel.child_token();
     let mut spooling = spool.as_ref().is_some_and(|s| !s.spooler.is_empty());
-    // The spool refused a request (no room, or a failed write) at this time: while
-    // spooling, it waits in `next` and is tried again once a replay ended, or a
-    // second later (a disk freed by someone else), or when the ring closes (then,
-    // refused again, it is dropped); once the spool is empty it is delivered
-    // directly, and the backlog is not moved to the spool again before an answer.
+    // While spooling: the spool refused `next` (no room, or a failed write) at this
+    // time. It waits, and is tried again once a replay ended, or a second later (a
+    // disk freed by someone else), or when the ring closes (then, refused again, it
+    // is dropped). Once the spool is empty it is delivered directly.
     let mut refused_at: Option<Instant> = None;
-    // When the request the spool refused last left the empty spool for a direct
-    // delivery: it leaves again at most once every REFUSED_RETRY, so that a
-    // destination that fails at once (no retry budget) is not called in a hot loop.
+    // When the refused request last left the empty spool for a direct delivery: it
+    // leaves again at most once every REFUSED_RETRY, so that a destination that
+    // fails at once (no retry budget) is not called in a hot loop. Cleared once it
+    // is delivered.
     let mut bounced_at: Option<Instant> = None;
+    // The refused request is the next direct delivery to start (`held_direct`),
+    // then that delivery's place in the order (`direct_refused`) until it ends:
+    // meanwhile the backlog does not move to the spool because coderd is failing,
+    // since the spool would not take it and the switch would cancel it again.
+    let mut held_direct = false;
+    let mut direct_refused: Option<u64> = None;
     let mut replaying: Option<ReplayDelivery<'_>> = None;
     let mut tick = tokio::time::interval(SPOOL_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -228,12 +234,10 @@ pub(super) async fn deliver_all<R: Reporter>(
             {
                 refused_at = None;
             }
-            // Not while the spool refused a request and no answer or replay came since
-            // (the refused one is then being delivered directly, the spool empty):
-            // the spool would take nothing, and switching cancels the deliveries, the
-            // refused one's included, again and again.
-            let failing_backlog =
-                failing.load(Ordering::Relaxed) && link.backlog() && refused_at.is_none();
+            let failing_backlog = failing.load(Ordering::Relaxed)
+                && link.backlog()
+                && direct_refused.is_none()
+                && !held_direct;
             if !spooling && (!exhausted.is_empty() || failing_backlog) {
                 // Everything in memory goes to the spool, in the order it was taken.
                 flight_cancel.cancel();
@@ -258,7 +262,7 @@ pub(super) async fn deliver_all<R: Reporter>(
                 flight_cancel = cancel.child_token();
                 spooling = true;
                 // Retries ran out (or the backlog grew): the spool is tried afresh.
-                refused_at = None;
+                (refused_at, held_direct, direct_refused) = (None, false, None);
             }
             if spooling {
                 // Newer requests queue behind the spooled ones, on disk; one the
@@ -302,9 +306,13 @@ pub(super) async fn deliver_all<R: Reporter>(
                         // spool refused first).
                         Peeked::Empty => {
                             let held = next.is_some() && refused_at.is_some();
-                            if bounced_at.is_none_or(|at| at.elapsed() >= REFUSED_RETRY) {
+                            if !held {
                                 spooling = false;
-                                bounced_at = held.then(Instant::now);
+                            } else if bounced_at.is_none_or(|at| at.elapsed() >= REFUSED_RETRY) {
+                                spooling = false;
+                                refused_at = None;
+                                bounced_at = Some(Instant::now());
+                                held_direct = true;
                             }
                         }
                         // Unreadable for now: retried at the next tick.
@@ -329,6 +337,9 @@ pub(super) async fn deliver_all<R: Reporter>(
             if in_flight.iter().any(|(_, f)| f.conflicts(&out.order)) {
                 next = Some(out);
                 break;
+            }
+            if std::mem::take(&mut held_direct) {
+                direct_refused = Some(order);
             }
             in_flight.push((order, out.order.clone()));
             flights.push(Box::pin(deliver_owned(
@@ -355,9 +366,14 @@ pub(super) async fn deliver_all<R: Reporter>(
             _ = cancel.cancelled() => break,
             (done, left, outcome) = any(&mut flights), if !flights.is_empty() => {
                 in_flight.retain(|(o, _)| *o != done);
+                if direct_refused == Some(done) {
+                    direct_refused = None;
+                    if matches!(outcome, Outcome::Settled) {
+                        bounced_at = None;
+                    }
+                }
                 match outcome {
-                    // An answer: a spool that refused may be tried again.
-                    Outcome::Settled => (refused_at, bounced_at) = (None, None),
+                    Outcome::Settled => {}
                     Outcome::Cancelled => cancelled.push((done, left)),
                     Outcome::Exhausted => exhausted.push((done, left)),
                 }
@@ -385,7 +401,11 @@ pub(super) async fn deliver_all<R: Reporter>(
                 if let Some(at) = bounced_at {
                     tokio::time::sleep_until((at + REFUSED_RETRY).into()).await;
                 }
-            }, if spooling && bounced_at.is_some() => {}
+            }, if spooling
+                && replaying.is_none()
+                && next.is_some()
+                && refused_at.is_some()
+                && bounced_at.is_some_and(|at| at.elapsed() < REFUSED_RETRY) => {}
             _ = async { tokio::time::sleep(BACKLOG_POLL).await },
                 if ctx.spooled && !spooling && failing.load(Ordering::Relaxed) => {}
             // A delivery found the destination failing after this select began.
@@ -1365,5 +1385,242 @@ mod tests {
         let (left, ()) = ran.unwrap_or_else(|_| panic!("never yielded ({calls} calls)"));
         assert_eq!(left.len(), 1, "handed back, not dropped");
         assert!(calls <= 4, "{calls} calls to a down coderd in 1.5 s");
+    }
+
+    // ---- a request the spool refused, delivered directly ------------------------------
+
+    /// Answers the first `ok` calls, then fails every call as a transient error.
+    struct UpThenDown {
+        ok: u32,
+        calls: std::sync::atomic::AtomicU32,
+    }
+
+    impl Reporter for UpThenDown {
+        async fn report_boundary_logs(
+            &self,
+            _request: ReportBoundaryLogsRequest,
+        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
+            let n = self.calls.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+            if n < self.ok {
+                Ok(ReportBoundaryLogsResponse {})
+            } else {
+                Err(tonic::Status::unavailable("coderd down"))
+            }
+        }
+    }
+
+    /// CPU time (user + system) this thread has used.
+    fn thread_cpu() -> Duration {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10)
+    }
+
+    #[tokio::test]
+    async fn a_replay_after_a_refused_request_left_the_empty_spool_does_not_spin_the_loop() {
+        // W (5 logs) is spooled; X (2 frames of 25 logs) is larger than the spool, its
+        // halves are not. The destination takes 25 logs a call (learned), answers W's
+        // replay, then is down. X: refused by the spool, bounced to a direct delivery
+        // (bounced_at set), split, runs out, its first half spooled and replayed
+        // (retried for as long as coderd is down): the loop must sleep meanwhile.
+        let w = request_of(0, 5);
+        let mut xs = Vec::new();
+        coalesce(&frames(2, 25, 100), WIDE, &mut xs);
+        assert_eq!(xs.len(), 1);
+        let x = xs.pop().unwrap();
+        let len = |o: &Outgoing| (48 + 4 * o.frame_ends.len() + o.request.bytes.len()) as u64;
+        let cap = len(&x) - 1;
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let (spool, _) = Spool::open(SpoolConfig::new(dir.path(), cap, Fsync::Interval)).unwrap();
+        let mut spooler = Spooler::new(spool, WIDE, &metrics);
+        assert!(spooler.try_append(&w, &metrics));
+        let (_producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
+        let ring = consumer.handle();
+        let reporter = UpThenDown {
+            ok: 1,
+            calls: Default::default(),
+        };
+        let config = no_retries(WIDE);
+        let learned = Learned::new(Limits {
+            max_logs: 25,
+            ..WIDE
+        });
+        let cancel = CancellationToken::new();
+        let (_tx, rx) = mpsc::channel::<Vec<Outgoing>>(1);
+        let mut rx = Incoming::new(rx);
+        let deliver = deliver_all(
+            VecDeque::from([x]),
+            &mut rx,
+            &config,
+            &learned,
+            &metrics,
+            &reporter,
+            &cancel,
+            Some(SpoolLink {
+                spooler: &mut spooler,
+                ring: &ring,
+            }),
+        );
+        let measure = async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let before = thread_cpu();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let used = thread_cpu() - before;
+            cancel.cancel();
+            used
+        };
+        let (left, used) = tokio::join!(deliver, measure);
+        let calls = reporter.calls.load(Ordering::Relaxed);
+        eprintln!(
+            "cpu {used:?} in 1.5 s, {calls} calls, left {}, spooled {}",
+            left.len(),
+            metrics.spool.logs.get()
+        );
+        assert!(
+            used < Duration::from_millis(300),
+            "the loop used {used:?} of CPU in 1.5 s while coderd was down ({calls} calls)"
+        );
+    }
+
+    /// One request of session s2 on connection 2 with one log numbered `seq`.
+    fn s2_request(seq: i32) -> Outgoing {
+        let frame = QueuedFrame {
+            frame: LogFrame::from_request(&workload::request("s2", "codex", seq, 1)).unwrap(),
+            conn: 2,
+            key_run: 0,
+        };
+        let mut out = Vec::new();
+        coalesce(&[frame], WIDE, &mut out);
+        out.pop().unwrap()
+    }
+
+    /// Answers every call: session s1's after `slow`, the others' after 1 ms.
+    struct SlowForS1 {
+        slow: Duration,
+        s1_calls: std::sync::atomic::AtomicU32,
+        s1_done: std::sync::atomic::AtomicU32,
+        flaky: bool,
+    }
+
+    impl Reporter for SlowForS1 {
+        async fn report_boundary_logs(
+            &self,
+            request: ReportBoundaryLogsRequest,
+        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
+            if request.session_id == "s1" {
+                self.s1_calls.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(self.slow).await;
+                self.s1_done.fetch_add(1, Ordering::Relaxed);
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                if self.flaky && request.logs[0].sequence_number % 2 == 1 {
+                    return Err(tonic::Status::unavailable("one replica down"));
+                }
+            }
+            Ok(ReportBoundaryLogsResponse {})
+        }
+    }
+
+    async fn big_request_with_other_sessions(
+        others: bool,
+        every: u64,
+        flaky: bool,
+    ) -> (u32, u32, u64) {
+        // coderd answers everything; s1's 50-log request (larger than the 200-byte
+        // spool) in 50 ms, longer than stall_after (30 ms); the ring is half full.
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let (spool, _) = Spool::open(SpoolConfig::new(dir.path(), 200, Fsync::Interval)).unwrap();
+        let mut spooler = Spooler::new(spool, WIDE, &metrics);
+        let (producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
+        for f in frames(32, 1, 1000) {
+            producer.push(f, 1).unwrap();
+        }
+        let ring = consumer.handle();
+        let reporter = SlowForS1 {
+            slow: Duration::from_millis(50),
+            s1_calls: Default::default(),
+            s1_done: Default::default(),
+            flaky,
+        };
+        let config = ForwarderConfig {
+            stall_after: Duration::from_millis(30),
+            retry_max_elapsed: Duration::from_secs(30),
+            ..no_retries(WIDE)
+        };
+        let learned = Learned::new(WIDE);
+        let cancel = CancellationToken::new();
+        let (tx, rx) = mpsc::channel::<Vec<Outgoing>>(64);
+        let mut rx = Incoming::new(rx);
+        let deliver = deliver_all(
+            VecDeque::from([request_of(0, 50)]),
+            &mut rx,
+            &config,
+            &learned,
+            &metrics,
+            &reporter,
+            &cancel,
+            Some(SpoolLink {
+                spooler: &mut spooler,
+                ring: &ring,
+            }),
+        );
+        let drive = async {
+            let start = Instant::now();
+            let mut seq = 0;
+            while start.elapsed() < Duration::from_secs(3)
+                && reporter.s1_done.load(Ordering::Relaxed) == 0
+            {
+                if others {
+                    tx.send(vec![s2_request(seq)]).await.unwrap();
+                    seq += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(every)).await;
+            }
+            cancel.cancel();
+        };
+        let (_left, ()) = tokio::join!(deliver, drive);
+        (
+            reporter.s1_calls.load(Ordering::Relaxed),
+            reporter.s1_done.load(Ordering::Relaxed),
+            metrics.logs_forwarded.get(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_the_spool_refused_alone_is_delivered_directly() {
+        let (calls, done, _) = big_request_with_other_sessions(false, 5, false).await;
+        eprintln!("alone: {calls} s1 calls, {done} answered");
+        assert_eq!(done, 1);
+    }
+
+    #[tokio::test]
+    async fn other_sessions_delivering_do_not_cancel_a_request_the_spool_refused_again_and_again() {
+        let (calls, done, fwd) = big_request_with_other_sessions(true, 20, false).await;
+        eprintln!("with s2: {calls} s1 calls, {done} answered, {fwd} logs forwarded");
+        assert_eq!(done, 1);
+        assert!(
+            calls <= 3,
+            "s1's request cancelled {} times though coderd answered every call",
+            calls - 1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flaky_other_session_does_not_starve_a_request_the_spool_refused() {
+        let (calls, done, fwd) = big_request_with_other_sessions(true, 5, true).await;
+        eprintln!("flaky s2: {calls} s1 calls, {done} answered, {fwd} logs forwarded");
+        assert_eq!(
+            done, 1,
+            "s1's request, answered in 50 ms, not delivered in 3 s: {calls} calls cancelled"
+        );
     }
 }
