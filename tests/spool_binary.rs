@@ -415,7 +415,7 @@ async fn full_spool_outage(dir: &Path, coderd: &FakeCoderd) -> (Serve, Scrape) {
             "--ring-capacity",
             "8192",
             "--batch-max-logs",
-            "10",
+            "100",
             "--spool-max-bytes",
             "1000000",
         ],
