@@ -216,8 +216,10 @@ pub(super) async fn deliver_all<R: Reporter>(
     let mut bounced_at: Option<Instant> = None;
     // The refused request is the next direct delivery to start (`held_direct`),
     // then that delivery's place in the order (`direct_refused`) until it ends:
-    // meanwhile the backlog does not move to the spool because coderd is failing,
-    // since the spool would not take it and the switch would cancel it again.
+    // meanwhile nothing moves to the spool (the switch would cancel that delivery,
+    // and the spool would refuse it again). What runs out of retries meanwhile waits
+    // in `exhausted` and nothing newer is taken: the ring holds the rest, as without
+    // a spool, until the refused request is delivered or runs out itself.
     let mut held_direct = false;
     let mut direct_refused: Option<u64> = None;
     let mut replaying: Option<ReplayDelivery<'_>> = None;
@@ -234,11 +236,9 @@ pub(super) async fn deliver_all<R: Reporter>(
             {
                 refused_at = None;
             }
-            let failing_backlog = failing.load(Ordering::Relaxed)
-                && link.backlog()
-                && direct_refused.is_none()
-                && !held_direct;
-            if !spooling && (!exhausted.is_empty() || failing_backlog) {
+            let failing_backlog = failing.load(Ordering::Relaxed) && link.backlog();
+            let refused_direct = held_direct || direct_refused.is_some();
+            if !spooling && !refused_direct && (!exhausted.is_empty() || failing_backlog) {
                 // Everything in memory goes to the spool, in the order it was taken.
                 flight_cancel.cancel();
                 let mut to_spool = std::mem::take(&mut exhausted);
@@ -321,8 +321,13 @@ pub(super) async fn deliver_all<R: Reporter>(
                 }
             }
         }
-        // Start whatever may start: in order, stopping at the first conflict.
-        while !spooling && flights.len() < MAX_IN_FLIGHT && !cancel.is_cancelled() {
+        // Start whatever may start: in order, stopping at the first conflict; nothing
+        // while a request that ran out waits to be spooled (it would be overtaken).
+        while !spooling
+            && flights.len() < MAX_IN_FLIGHT
+            && exhausted.is_empty()
+            && !cancel.is_cancelled()
+        {
             if next.is_none() {
                 next = pending.pop_front();
             }
@@ -1622,5 +1627,89 @@ mod tests {
             done, 1,
             "s1's request, answered in 50 ms, not delivered in 3 s: {calls} calls cancelled"
         );
+    }
+
+    /// s1's calls answered after 50 ms; every other call of other sessions fails as a
+    /// transient error (one replica of two down), the rest answered in 1 ms.
+    #[derive(Default)]
+    struct HalfDownForOthers {
+        s1_calls: std::sync::atomic::AtomicU32,
+        s1_done: std::sync::atomic::AtomicU32,
+        other_calls: std::sync::atomic::AtomicU32,
+    }
+
+    impl Reporter for HalfDownForOthers {
+        async fn report_boundary_logs(
+            &self,
+            request: ReportBoundaryLogsRequest,
+        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
+            if request.session_id == "s1" {
+                self.s1_calls.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.s1_done.fetch_add(1, Ordering::Relaxed);
+                return Ok(ReportBoundaryLogsResponse {});
+            }
+            let n = self.other_calls.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if n % 2 == 1 {
+                return Err(tonic::Status::unavailable("one replica down"));
+            }
+            Ok(ReportBoundaryLogsResponse {})
+        }
+    }
+
+    #[tokio::test]
+    async fn another_sessions_exhausted_request_does_not_cancel_a_request_the_spool_refused_again_and_again(
+    ) {
+        // No retry budget: each transient error of s2 ends its delivery as run out,
+        // which moves the backlog to the spool; that must wait for the direct
+        // delivery of s1's request (which the 200-byte spool refused), not cancel it.
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let (spool, _) = Spool::open(SpoolConfig::new(dir.path(), 200, Fsync::Interval)).unwrap();
+        let mut spooler = Spooler::new(spool, WIDE, &metrics);
+        let (_producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
+        let ring = consumer.handle();
+        let reporter = HalfDownForOthers::default();
+        let (config, learned, cancel) = (
+            no_retries(WIDE),
+            Learned::new(WIDE),
+            CancellationToken::new(),
+        );
+        let (tx, rx) = mpsc::channel::<Vec<Outgoing>>(64);
+        let mut rx = Incoming::new(rx);
+        let deliver = deliver_all(
+            VecDeque::from([request_of(0, 50)]),
+            &mut rx,
+            &config,
+            &learned,
+            &metrics,
+            &reporter,
+            &cancel,
+            Some(SpoolLink {
+                spooler: &mut spooler,
+                ring: &ring,
+            }),
+        );
+        let drive = async {
+            let start = Instant::now();
+            let mut seq = 0;
+            while start.elapsed() < Duration::from_secs(4)
+                && reporter.s1_done.load(Ordering::Relaxed) == 0
+            {
+                let _ = tx.try_send(vec![s2_request(seq)]);
+                seq += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            cancel.cancel();
+        };
+        let (_left, ()) = tokio::join!(deliver, drive);
+        let calls = reporter.s1_calls.load(Ordering::Relaxed);
+        assert_eq!(
+            reporter.s1_done.load(Ordering::Relaxed),
+            1,
+            "s1's request (answered in 50 ms) cancelled {calls} times in 4 s, never delivered"
+        );
+        assert!(calls <= 2, "{calls} calls for s1's request");
     }
 }
