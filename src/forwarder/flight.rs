@@ -1252,6 +1252,62 @@ mod tests {
         assert_eq!(metrics.logs_dropped_for(LogDropReason::ForwardFailed), 5);
     }
 
+    /// `deliver_all` of `pending` beside a spool of `spool_bytes` (200 take no request
+    /// of 50 logs) holding `spooled`, and a ring of 64 frames holding `ring_frames`,
+    /// with wide limits and `config`; `drive` runs alongside with the sender of newer
+    /// requests, the metrics and the token that must end the run. Returns what
+    /// `deliver_all` handed back, the metrics, and what `drive` returned.
+    #[allow(clippy::too_many_arguments)]
+    async fn beside_a_spool<R, D, F, T>(
+        spool_bytes: u64,
+        spooled: &[Outgoing],
+        ring_frames: i32,
+        config: ForwarderConfig,
+        learned: Learned,
+        reporter: &R,
+        pending: Vec<Outgoing>,
+        drive: D,
+    ) -> (VecDeque<Outgoing>, Arc<Metrics>, T)
+    where
+        R: Reporter,
+        D: FnOnce(mpsc::Sender<Vec<Outgoing>>, Arc<Metrics>, CancellationToken) -> F,
+        F: Future<Output = T>,
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let config_spool = SpoolConfig::new(dir.path(), spool_bytes, Fsync::Interval);
+        let (spool, _) = Spool::open(config_spool).unwrap();
+        let mut spooler = Spooler::new(spool, WIDE, &metrics);
+        for out in spooled {
+            assert!(spooler.try_append(out, &metrics));
+        }
+        let (producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
+        for f in frames(ring_frames, 1, 1000) {
+            producer.push(f, 1).unwrap();
+        }
+        let ring = consumer.handle();
+        let cancel = CancellationToken::new();
+        // Kept open for the whole run: a closed channel would end it early.
+        let (tx, rx) = mpsc::channel::<Vec<Outgoing>>(64);
+        let mut rx = Incoming::new(rx);
+        let deliver = deliver_all(
+            pending.into(),
+            &mut rx,
+            &config,
+            &learned,
+            &metrics,
+            reporter,
+            &cancel,
+            Some(SpoolLink {
+                spooler: &mut spooler,
+                ring: &ring,
+            }),
+        );
+        let driven = drive(tx.clone(), metrics.clone(), cancel.clone());
+        let (left, out) = tokio::join!(deliver, driven);
+        (left, metrics, out)
+    }
+
     /// Refuses the first call as a transient error (coderd down), then answers each
     /// call after `delay`.
     struct DownThenSlow {
@@ -1278,53 +1334,32 @@ mod tests {
         // The spool (200 bytes) takes no request; the ring is half full and coderd
         // failing, which would move the backlog to the spool: the request the spool
         // refused is delivered directly, not cancelled and retried in a loop.
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Metrics::new(&Registry::new()).unwrap();
-        let (spool, _) = Spool::open(SpoolConfig::new(dir.path(), 200, Fsync::Interval)).unwrap();
-        let mut spooler = Spooler::new(spool, WIDE, &metrics);
-        let (producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
-        for f in frames(32, 1, 1000) {
-            producer.push(f, 1).unwrap();
-        }
-        let ring = consumer.handle();
         let reporter = DownThenSlow {
             calls: Default::default(),
             delay: Duration::from_millis(20),
         };
-        let (config, learned, cancel) = (
+        let run = beside_a_spool(
+            200,
+            &[],
+            32,
             no_retries(WIDE),
             Learned::new(WIDE),
-            CancellationToken::new(),
-        );
-        let (_tx, rx) = mpsc::channel::<Vec<Outgoing>>(1);
-        let mut rx = Incoming::new(rx);
-        let deliver = deliver_all(
-            VecDeque::from([request_of(0, 50)]),
-            &mut rx,
-            &config,
-            &learned,
-            &metrics,
             &reporter,
-            &cancel,
-            Some(SpoolLink {
-                spooler: &mut spooler,
-                ring: &ring,
-            }),
+            vec![request_of(0, 50)],
+            |_, metrics, cancel| async move {
+                while metrics.logs_forwarded.get() < 50 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                cancel.cancel();
+            },
         );
-        let stop = async {
-            while metrics.logs_forwarded.get() < 50 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            cancel.cancel();
+        let calls = || reporter.calls.load(Ordering::Relaxed);
+        let Ok((_, metrics, ())) = tokio::time::timeout(Duration::from_secs(5), run).await else {
+            panic!(
+                "not delivered in 5 s though coderd answers in 20 ms ({} calls)",
+                calls()
+            );
         };
-        let watchdog = tokio::time::timeout(Duration::from_secs(5), async {
-            tokio::join!(deliver, stop)
-        });
-        assert!(
-            watchdog.await.is_ok(),
-            "not delivered in 5 s though coderd answers in 20 ms ({} calls)",
-            reporter.calls.load(Ordering::Relaxed)
-        );
         assert_eq!(metrics.logs_forwarded.get(), 50);
     }
 
@@ -1351,43 +1386,23 @@ mod tests {
         // No retry budget, a spool too small for the request, coderd down: each direct
         // attempt runs out at once and the spool refuses it again; the request must
         // wait between rounds, not call coderd as fast as the loop turns.
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Metrics::new(&Registry::new()).unwrap();
-        let (spool, _) = Spool::open(SpoolConfig::new(dir.path(), 200, Fsync::Interval)).unwrap();
-        let mut spooler = Spooler::new(spool, WIDE, &metrics);
-        let (_producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
-        let ring = consumer.handle();
         let reporter = AlwaysDown::default();
-        let (config, learned, cancel) = (
+        let run = beside_a_spool(
+            200,
+            &[],
+            0,
             no_retries(WIDE),
             Learned::new(WIDE),
-            CancellationToken::new(),
-        );
-        let (_tx, rx) = mpsc::channel::<Vec<Outgoing>>(1);
-        let mut rx = Incoming::new(rx);
-        let deliver = deliver_all(
-            VecDeque::from([request_of(0, 50)]),
-            &mut rx,
-            &config,
-            &learned,
-            &metrics,
             &reporter,
-            &cancel,
-            Some(SpoolLink {
-                spooler: &mut spooler,
-                ring: &ring,
-            }),
+            vec![request_of(0, 50)],
+            |_, _, cancel| async move {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                cancel.cancel();
+            },
         );
-        let stop = async {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            cancel.cancel();
-        };
-        let ran = tokio::time::timeout(Duration::from_secs(10), async {
-            tokio::join!(deliver, stop)
-        })
-        .await;
+        let ran = tokio::time::timeout(Duration::from_secs(10), run).await;
         let calls = reporter.calls.load(Ordering::Relaxed);
-        let (left, ()) = ran.unwrap_or_else(|_| panic!("never yielded ({calls} calls)"));
+        let (left, ..) = ran.unwrap_or_else(|_| panic!("never yielded ({calls} calls)"));
         assert_eq!(left.len(), 1, "handed back, not dropped");
         assert!(calls <= 4, "{calls} calls to a down coderd in 1.5 s");
     }
@@ -1441,54 +1456,33 @@ mod tests {
         assert_eq!(xs.len(), 1);
         let x = xs.pop().unwrap();
         let len = |o: &Outgoing| (48 + 4 * o.frame_ends.len() + o.request.bytes.len()) as u64;
-        let cap = len(&x) - 1;
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Metrics::new(&Registry::new()).unwrap();
-        let (spool, _) = Spool::open(SpoolConfig::new(dir.path(), cap, Fsync::Interval)).unwrap();
-        let mut spooler = Spooler::new(spool, WIDE, &metrics);
-        assert!(spooler.try_append(&w, &metrics));
-        let (_producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
-        let ring = consumer.handle();
         let reporter = UpThenDown {
             ok: 1,
             calls: Default::default(),
         };
-        let config = no_retries(WIDE);
         let learned = Learned::new(Limits {
             max_logs: 25,
             ..WIDE
         });
-        let cancel = CancellationToken::new();
-        let (_tx, rx) = mpsc::channel::<Vec<Outgoing>>(1);
-        let mut rx = Incoming::new(rx);
-        let deliver = deliver_all(
-            VecDeque::from([x]),
-            &mut rx,
-            &config,
-            &learned,
-            &metrics,
+        let (_, _, used) = beside_a_spool(
+            len(&x) - 1,
+            &[w],
+            0,
+            no_retries(WIDE),
+            learned,
             &reporter,
-            &cancel,
-            Some(SpoolLink {
-                spooler: &mut spooler,
-                ring: &ring,
-            }),
-        );
-        let measure = async {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let before = thread_cpu();
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let used = thread_cpu() - before;
-            cancel.cancel();
-            used
-        };
-        let (left, used) = tokio::join!(deliver, measure);
+            vec![x],
+            |_, _, cancel| async move {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let before = thread_cpu();
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let used = thread_cpu() - before;
+                cancel.cancel();
+                used
+            },
+        )
+        .await;
         let calls = reporter.calls.load(Ordering::Relaxed);
-        eprintln!(
-            "cpu {used:?} in 1.5 s, {calls} calls, left {}, spooled {}",
-            left.len(),
-            metrics.spool.logs.get()
-        );
         assert!(
             used < Duration::from_millis(300),
             "the loop used {used:?} of CPU in 1.5 s while coderd was down ({calls} calls)"
@@ -1541,15 +1535,6 @@ mod tests {
     ) -> (u32, u32, u64) {
         // coderd answers everything; s1's 50-log request (larger than the 200-byte
         // spool) in 50 ms, longer than stall_after (30 ms); the ring is half full.
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Metrics::new(&Registry::new()).unwrap();
-        let (spool, _) = Spool::open(SpoolConfig::new(dir.path(), 200, Fsync::Interval)).unwrap();
-        let mut spooler = Spooler::new(spool, WIDE, &metrics);
-        let (producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
-        for f in frames(32, 1, 1000) {
-            producer.push(f, 1).unwrap();
-        }
-        let ring = consumer.handle();
         let reporter = SlowForS1 {
             slow: Duration::from_millis(50),
             s1_calls: Default::default(),
@@ -1561,38 +1546,31 @@ mod tests {
             retry_max_elapsed: Duration::from_secs(30),
             ..no_retries(WIDE)
         };
-        let learned = Learned::new(WIDE);
-        let cancel = CancellationToken::new();
-        let (tx, rx) = mpsc::channel::<Vec<Outgoing>>(64);
-        let mut rx = Incoming::new(rx);
-        let deliver = deliver_all(
-            VecDeque::from([request_of(0, 50)]),
-            &mut rx,
-            &config,
-            &learned,
-            &metrics,
+        let s1_done = &reporter.s1_done;
+        let (_, metrics, ()) = beside_a_spool(
+            200,
+            &[],
+            32,
+            config,
+            Learned::new(WIDE),
             &reporter,
-            &cancel,
-            Some(SpoolLink {
-                spooler: &mut spooler,
-                ring: &ring,
-            }),
-        );
-        let drive = async {
-            let start = Instant::now();
-            let mut seq = 0;
-            while start.elapsed() < Duration::from_secs(3)
-                && reporter.s1_done.load(Ordering::Relaxed) == 0
-            {
-                if others {
-                    tx.send(vec![s2_request(seq)]).await.unwrap();
-                    seq += 1;
+            vec![request_of(0, 50)],
+            |tx, _, cancel| async move {
+                let start = Instant::now();
+                let mut seq = 0;
+                while start.elapsed() < Duration::from_secs(3)
+                    && s1_done.load(Ordering::Relaxed) == 0
+                {
+                    if others {
+                        tx.send(vec![s2_request(seq)]).await.unwrap();
+                        seq += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(every)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(every)).await;
-            }
-            cancel.cancel();
-        };
-        let (_left, ()) = tokio::join!(deliver, drive);
+                cancel.cancel();
+            },
+        )
+        .await;
         (
             reporter.s1_calls.load(Ordering::Relaxed),
             reporter.s1_done.load(Ordering::Relaxed),
@@ -1664,46 +1642,30 @@ mod tests {
         // No retry budget: each transient error of s2 ends its delivery as run out,
         // which moves the backlog to the spool; that must wait for the direct
         // delivery of s1's request (which the 200-byte spool refused), not cancel it.
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Metrics::new(&Registry::new()).unwrap();
-        let (spool, _) = Spool::open(SpoolConfig::new(dir.path(), 200, Fsync::Interval)).unwrap();
-        let mut spooler = Spooler::new(spool, WIDE, &metrics);
-        let (_producer, consumer) = crate::ring::ring::<QueuedFrame>(64).unwrap();
-        let ring = consumer.handle();
         let reporter = HalfDownForOthers::default();
-        let (config, learned, cancel) = (
+        let s1_done = &reporter.s1_done;
+        beside_a_spool(
+            200,
+            &[],
+            0,
             no_retries(WIDE),
             Learned::new(WIDE),
-            CancellationToken::new(),
-        );
-        let (tx, rx) = mpsc::channel::<Vec<Outgoing>>(64);
-        let mut rx = Incoming::new(rx);
-        let deliver = deliver_all(
-            VecDeque::from([request_of(0, 50)]),
-            &mut rx,
-            &config,
-            &learned,
-            &metrics,
             &reporter,
-            &cancel,
-            Some(SpoolLink {
-                spooler: &mut spooler,
-                ring: &ring,
-            }),
-        );
-        let drive = async {
-            let start = Instant::now();
-            let mut seq = 0;
-            while start.elapsed() < Duration::from_secs(4)
-                && reporter.s1_done.load(Ordering::Relaxed) == 0
-            {
-                let _ = tx.try_send(vec![s2_request(seq)]);
-                seq += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            cancel.cancel();
-        };
-        let (_left, ()) = tokio::join!(deliver, drive);
+            vec![request_of(0, 50)],
+            |tx, _, cancel| async move {
+                let start = Instant::now();
+                let mut seq = 0;
+                while start.elapsed() < Duration::from_secs(4)
+                    && s1_done.load(Ordering::Relaxed) == 0
+                {
+                    let _ = tx.try_send(vec![s2_request(seq)]);
+                    seq += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                cancel.cancel();
+            },
+        )
+        .await;
         let calls = reporter.s1_calls.load(Ordering::Relaxed);
         assert_eq!(
             reporter.s1_done.load(Ordering::Relaxed),
