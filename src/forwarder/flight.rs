@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{OrderKey, Outgoing};
 use super::retry::Backoff;
 use super::split::{self, Learned};
-use super::spooling::{Peeked, Replay, Spooler};
+use super::spooling::{self, Peeked, Replay, Spooler};
 use super::ForwarderConfig;
 use crate::events::{
     ForwardAttemptFailed, ForwardDropReason, ForwardDropped, ForwardRefusedTooLarge,
@@ -214,13 +214,11 @@ pub(super) async fn deliver_all<R: Reporter>(
     // fails at once (no retry budget) is not called in a hot loop. Cleared once it
     // is delivered.
     let mut bounced_at: Option<Instant> = None;
-    // The refused request is the next direct delivery to start (`held_direct`),
-    // then that delivery's place in the order (`direct_refused`) until it ends:
-    // meanwhile nothing moves to the spool (the switch would cancel that delivery,
-    // and the spool would refuse it again). What runs out of retries meanwhile waits
-    // in `exhausted` and nothing newer is taken: the ring holds the rest, as without
-    // a spool, until the refused request is delivered or runs out itself.
-    let mut held_direct = false;
+    // The place in the order of the refused request's direct delivery, until it
+    // ends: meanwhile nothing moves to the spool (the switch would cancel that
+    // delivery, and the spool would refuse it again). What runs out of retries
+    // meanwhile waits in `exhausted` and nothing newer is taken: the ring holds the
+    // rest, as without a spool, until the refused request is delivered or runs out.
     let mut direct_refused: Option<u64> = None;
     let mut replaying: Option<ReplayDelivery<'_>> = None;
     let mut tick = tokio::time::interval(SPOOL_TICK);
@@ -237,8 +235,7 @@ pub(super) async fn deliver_all<R: Reporter>(
                 refused_at = None;
             }
             let failing_backlog = failing.load(Ordering::Relaxed) && link.backlog();
-            let refused_direct = held_direct || direct_refused.is_some();
-            if !spooling && !refused_direct && (!exhausted.is_empty() || failing_backlog) {
+            if !spooling && direct_refused.is_none() && (!exhausted.is_empty() || failing_backlog) {
                 // Everything in memory goes to the spool, in the order it was taken.
                 flight_cancel.cancel();
                 let mut to_spool = std::mem::take(&mut exhausted);
@@ -262,7 +259,7 @@ pub(super) async fn deliver_all<R: Reporter>(
                 flight_cancel = cancel.child_token();
                 spooling = true;
                 // Retries ran out (or the backlog grew): the spool is tried afresh.
-                (refused_at, held_direct, direct_refused) = (None, false, None);
+                (refused_at, direct_refused) = (None, None);
             }
             if spooling {
                 // Newer requests queue behind the spooled ones, on disk; one the
@@ -285,12 +282,7 @@ pub(super) async fn deliver_all<R: Reporter>(
                     }
                     if link.ring.is_closed() {
                         // Shutting down: there is nowhere else for it.
-                        ForwardDropped {
-                            frames: out.request.frames.into(),
-                            logs: out.request.logs.into(),
-                            reason: ForwardDropReason::SpoolFull,
-                        }
-                        .emit(metrics);
+                        spooling::dropped_full(&out, metrics);
                         continue;
                     }
                     next = Some(out);
@@ -309,10 +301,12 @@ pub(super) async fn deliver_all<R: Reporter>(
                             if !held {
                                 spooling = false;
                             } else if bounced_at.is_none_or(|at| at.elapsed() >= REFUSED_RETRY) {
+                                // It starts first, as `order` (nothing is in flight
+                                // while spooling).
                                 spooling = false;
                                 refused_at = None;
                                 bounced_at = Some(Instant::now());
-                                held_direct = true;
+                                direct_refused = Some(order);
                             }
                         }
                         // Unreadable for now: retried at the next tick.
@@ -342,9 +336,6 @@ pub(super) async fn deliver_all<R: Reporter>(
             if in_flight.iter().any(|(_, f)| f.conflicts(&out.order)) {
                 next = Some(out);
                 break;
-            }
-            if std::mem::take(&mut held_direct) {
-                direct_refused = Some(order);
             }
             in_flight.push((order, out.order.clone()));
             flights.push(Box::pin(deliver_owned(
@@ -399,7 +390,6 @@ pub(super) async fn deliver_all<R: Reporter>(
                     link.spooler.tick(metrics);
                 }
             }
-            // An async block: the timer is only made (and the clock read) when polled.
             // The refused request waits to leave the empty spool again (an async
             // block, as below: no timer made while the branch is off).
             () = async move {
@@ -411,6 +401,7 @@ pub(super) async fn deliver_all<R: Reporter>(
                 && next.is_some()
                 && refused_at.is_some()
                 && bounced_at.is_some_and(|at| at.elapsed() < REFUSED_RETRY) => {}
+            // An async block: the timer is only made (and the clock read) when polled.
             _ = async { tokio::time::sleep(BACKLOG_POLL).await },
                 if ctx.spooled && !spooling && failing.load(Ordering::Relaxed) => {}
             // A delivery found the destination failing after this select began.

@@ -100,6 +100,17 @@ fn decode_payload(
     Some((frame_ends, request))
 }
 
+/// Counts `out` as dropped for `spool_full`: the spool refused it with nowhere else
+/// for it to go.
+pub(super) fn dropped_full(out: &Outgoing, metrics: &Metrics) {
+    ForwardDropped {
+        frames: out.request.frames.into(),
+        logs: out.request.logs.into(),
+        reason: ForwardDropReason::SpoolFull,
+    }
+    .emit(metrics);
+}
+
 /// The spool as the forwarder uses it.
 #[derive(Debug)]
 pub struct Spooler {
@@ -169,12 +180,7 @@ impl Spooler {
                 count += 1;
                 continue;
             }
-            ForwardDropped {
-                frames,
-                logs,
-                reason: ForwardDropReason::SpoolFull,
-            }
-            .emit(metrics);
+            dropped_full(out, metrics);
         }
         if count > 0 {
             self.synced(metrics);
