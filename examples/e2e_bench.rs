@@ -19,6 +19,16 @@
 //! fast as the socket takes them: offered load above what the proxy can take shows
 //! up as socket back-pressure on the writer, or as drops in the proxy's counters.
 //! `--writer loadgen` uses the project's `loadgen` subcommand instead.
+//!
+//! `--reporter floor` (and `floor-copy`) replaces the proxy with this example's
+//! bare receiver (re-run as `floor`): one thread that polls the connections,
+//! reads 64 KiB at a time, cuts each read's frames where they lie (no copy) and
+//! validates each with the codec's `decode_message`, as the proxy's reader does,
+//! and does nothing else: no ring, no second thread, no request. `floor-copy`
+//! also copies each frame's logs into a request buffer on the same thread, as a
+//! forwarder running on the reader's thread would. Its CPU per log is what any
+//! receiver that validates every frame pays on this machine at the least: the
+//! floor under the proxy's figure.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -34,7 +44,9 @@ static OWN_SESSIONS: AtomicBool = AtomicBool::new(false);
 use std::thread;
 use std::time::{Duration, Instant};
 
-use boundary_log_proxy::codec::{decode_message, FrameDecoder, Message, Tag};
+use boundary_log_proxy::codec::{
+    decode_header, decode_message, FrameDecoder, Message, RawFrame, Tag,
+};
 use boundary_log_proxy::loadgen::{SessionStream, Timestamps};
 use boundary_log_proxy::proto::agent::ReportBoundaryLogsRequest;
 use boundary_log_proxy::proto::envelope::{boundary_message::Msg, BoundaryMessage};
@@ -67,6 +79,8 @@ struct Cli {
 enum Cmd {
     /// The writer process (started by the harness).
     Writer(WriterArgs),
+    /// The bare receiver of `--reporter floor` (started by the harness).
+    Floor(FloorArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,6 +91,10 @@ enum ReporterKind {
     Grpc,
     /// `serve --coder-url http://..` to `sink --protocol coder --quiet`.
     Coder,
+    /// Not the proxy: the bare receiver (read, frame in place, validate; one thread).
+    Floor,
+    /// The bare receiver, also copying each frame's logs into a request buffer.
+    FloorCopy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -166,6 +184,20 @@ struct WriterArgs {
     tag: FrameTagArg,
 }
 
+#[derive(clap::Args, Debug)]
+struct FloorArgs {
+    #[arg(long)]
+    socket: PathBuf,
+    #[arg(long)]
+    connections: u32,
+    /// Logs to validate before reporting.
+    #[arg(long)]
+    logs: u64,
+    /// Also copy each frame's logs into a request buffer.
+    #[arg(long)]
+    copy: bool,
+}
+
 fn tag(arg: FrameTagArg) -> Tag {
     match arg {
         FrameTagArg::V1 => Tag::V1,
@@ -177,6 +209,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Some(Cmd::Writer(args)) => writer(&args),
+        Some(Cmd::Floor(args)) => floor(&args),
         None => harness(&cli.run),
     };
     if let Err(err) = result {
@@ -234,6 +267,122 @@ fn writer(args: &WriterArgs) -> io::Result<()> {
     println!("done {} {cpu}", elapsed.as_nanos());
     io::stdout().flush()?;
     // Hold the connections until told, so the proxy sees no close during the run.
+    let mut end = String::new();
+    io::stdin().lock().read_line(&mut end)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- the floor
+
+/// Bytes a read asks for.
+const FLOOR_READ: usize = 64 * 1024;
+/// A request buffer is started again past this many bytes (`floor-copy`).
+const FLOOR_REQUEST: usize = 128 * 1024;
+
+/// The bare receiver: accepts `connections`, says `ready`, then reads and validates
+/// until `logs` logs are validated, and says `done <ns from the first byte> <cpu ns
+/// of this process over the same time> <logs>`; exits at `end` on stdin.
+fn floor(args: &FloorArgs) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+
+    let listener = std::os::unix::net::UnixListener::bind(&args.socket)?;
+    println!("listening");
+    io::stdout().flush()?;
+    let mut conns = Vec::new();
+    for _ in 0..args.connections {
+        let (conn, _) = listener.accept()?;
+        conn.set_nonblocking(true)?;
+        conns.push((conn, bytes::BytesMut::with_capacity(2 * FLOOR_READ)));
+    }
+    println!("ready");
+    io::stdout().flush()?;
+    let mut fds: Vec<libc::pollfd> = conns
+        .iter()
+        .map(|(conn, _)| libc::pollfd {
+            fd: conn.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let mut request: Vec<u8> = Vec::with_capacity(FLOOR_REQUEST + 64 * 1024);
+    let mut logs = 0u64;
+    let mut started: Option<(Instant, u64)> = None;
+    while logs < args.logs {
+        // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 10_000) };
+        if ready < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if ready == 0 {
+            return Err(io::Error::other(format!(
+                "floor: no data for 10 s at {logs} logs"
+            )));
+        }
+        for (pollfd, (conn, buf)) in fds.iter_mut().zip(conns.iter_mut()) {
+            if pollfd.revents == 0 {
+                continue;
+            }
+            pollfd.revents = 0;
+            loop {
+                // Room for the read; reclaims the buffer's allocation once the
+                // frames of the last read are dropped (they are, below).
+                buf.reserve(FLOOR_READ);
+                let spare = buf.spare_capacity_mut();
+                // SAFETY: reads at most `spare.len()` bytes into the spare capacity.
+                let n =
+                    unsafe { libc::read(conn.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+                if n < 0 {
+                    let err = io::Error::last_os_error();
+                    if err.kind() == io::ErrorKind::WouldBlock {
+                        break;
+                    }
+                    return Err(err);
+                }
+                if n == 0 {
+                    break;
+                }
+                if started.is_none() {
+                    started = Some((Instant::now(), process_cpu_ns()));
+                }
+                // SAFETY: the kernel initialised the first `n` spare bytes.
+                unsafe { buf.set_len(buf.len() + n as usize) };
+                let mut data = buf.split().freeze();
+                while let Some(head) = data.first_chunk::<4>() {
+                    let header = decode_header(*head).map_err(io::Error::other)?;
+                    if data.len() < 4 + header.len {
+                        break;
+                    }
+                    let payload = data.slice(4..4 + header.len);
+                    bytes::Buf::advance(&mut data, 4 + header.len);
+                    match decode_message(RawFrame {
+                        tag: header.tag,
+                        payload,
+                    }) {
+                        Ok(Message::Logs(frame)) => {
+                            logs += u64::from(frame.log_count());
+                            if args.copy {
+                                if request.len() > FLOOR_REQUEST {
+                                    request.clear();
+                                }
+                                request.extend_from_slice(frame.encoded_logs());
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(err) => return Err(io::Error::other(err)),
+                    }
+                }
+                // The partial frame at the end goes to the front of the next read.
+                let rest = data.to_vec();
+                drop(data);
+                buf.extend_from_slice(&rest);
+            }
+        }
+    }
+    std::hint::black_box(&request);
+    let (t0, cpu0) = started.unwrap_or((Instant::now(), process_cpu_ns()));
+    let (elapsed, cpu) = (t0.elapsed(), process_cpu_ns() - cpu0);
+    println!("done {} {cpu} {logs}", elapsed.as_nanos());
+    io::stdout().flush()?;
     let mut end = String::new();
     io::stdin().lock().read_line(&mut end)?;
     Ok(())
@@ -637,6 +786,9 @@ fn start_stage(args: &RunArgs, bin: &Path, reporter: ReporterKind) -> io::Result
     let mut sink = None;
     let mut dest: Vec<String> = Vec::new();
     match reporter {
+        ReporterKind::Floor | ReporterKind::FloorCopy => {
+            return Err(io::Error::other("the floor runs without the proxy"))
+        }
         ReporterKind::Null => dest.extend(["--sink".into(), "null".into()]),
         ReporterKind::Grpc | ReporterKind::Coder => {
             let addr = free_addr()?;
@@ -881,6 +1033,87 @@ fn measure(args: &RunArgs, bin: &Path, reporter: ReporterKind, run: u32) -> io::
     })
 }
 
+/// One measured run of the bare receiver.
+struct FloorRow {
+    logs: u64,
+    written: Duration,
+    /// From the receiver's first byte to its last log validated.
+    received: Duration,
+    cpu_ns: u64,
+    writer_cpu_ns: u64,
+    load_before: String,
+    load_after: String,
+    machine_busy: f64,
+}
+
+fn measure_floor(args: &RunArgs, copy: bool) -> io::Result<FloorRow> {
+    let dir = TempDir::new()?;
+    let socket = dir.0.join("f.sock");
+    let per_conn_logs = args.logs / u64::from(args.connections);
+    let frames = (per_conn_logs / u64::from(args.logs_per_frame)).max(1);
+    let logs = frames * u64::from(args.connections) * u64::from(args.logs_per_frame);
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("floor")
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--connections", &args.connections.to_string()])
+        .args(["--logs", &logs.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    if copy {
+        command.arg("--copy");
+    }
+    let mut proc = Proc::spawn("floor", &mut command)?;
+    let mut stdin = proc.child.stdin.take();
+    let mut stdout = proc.child.stdout.take().map(BufReader::new);
+    let mut expect = |word: &str| -> io::Result<String> {
+        let line = read_line(stdout.as_mut())?;
+        if line.split_whitespace().next() != Some(word) {
+            return Err(io::Error::other(format!("floor said {line:?}")));
+        }
+        Ok(line)
+    };
+    expect("listening")?;
+    let mut writer = WriterProc::start(args, &socket, frames, MEASURED_INDEX)?;
+    expect("ready")?;
+    let load_before = loadavg();
+    let machine_before = machine_ticks();
+    let (written, writer_cpu_ns) = writer.go()?;
+    let line = expect("done")?;
+    let machine_after = machine_ticks();
+    let load_after = loadavg();
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [received, cpu_ns, validated] = numbers[..] else {
+        return Err(io::Error::other(format!("floor said {line:?}")));
+    };
+    if validated != logs {
+        return Err(io::Error::other(format!(
+            "floor validated {validated} of {logs} logs"
+        )));
+    }
+    if let Some(mut stdin) = stdin.take() {
+        let _ = stdin.write_all(b"end\n");
+    }
+    writer.finish()?;
+    proc.child.wait()?;
+    Ok(FloorRow {
+        logs,
+        written,
+        received: Duration::from_nanos(received),
+        cpu_ns,
+        writer_cpu_ns,
+        load_before,
+        load_after,
+        machine_busy: (machine_after.0 - machine_before.0) as f64
+            / (machine_after.1 - machine_before.1).max(1) as f64,
+    })
+}
+
 /// CPU ns per log on this thread, over the frames the writer writes.
 struct References {
     /// prost's full decode of each frame's payload (after framing).
@@ -1018,6 +1251,41 @@ fn harness(args: &RunArgs) -> io::Result<()> {
             continue;
         }
         for &reporter in &args.reporter {
+            if matches!(reporter, ReporterKind::Floor | ReporterKind::FloorCopy) {
+                let row = measure_floor(args, reporter == ReporterKind::FloorCopy)?;
+                let per_log = |ns: u64| ns as f64 / row.logs as f64;
+                let cpu = per_log(row.cpu_ns);
+                println!(
+                    "round {round} {reporter:?}: {} logs written and validated by the bare receiver; written in {:.3} s, validated in {:.3} s: {:.2} M logs/s; receiver CPU {cpu:.0} ns/log ({:.2} cores; {:.2}x prost's decode); writer {:.0} ns/log; machine {:.0}% busy; load {} -> {}",
+                    row.logs,
+                    row.written.as_secs_f64(),
+                    row.received.as_secs_f64(),
+                    row.logs as f64 / row.received.as_secs_f64() / 1e6,
+                    row.cpu_ns as f64 / row.received.as_nanos().max(1) as f64,
+                    cpu / prost_ns,
+                    per_log(row.writer_cpu_ns),
+                    row.machine_busy * 100.0,
+                    row.load_before,
+                    row.load_after,
+                );
+                if let Some(file) = csv.as_mut() {
+                    writeln!(
+                        file,
+                        "{reporter:?},{:?},{},{},{},{},0,0,{:.4},{:.0},{cpu:.1},{:.1},,{prost_ns:.1},{codec_ns:.1},{:.3},{}",
+                        args.writer,
+                        args.connections,
+                        args.logs_per_frame,
+                        row.logs,
+                        row.logs,
+                        row.received.as_secs_f64(),
+                        row.logs as f64 / row.received.as_secs_f64(),
+                        per_log(row.writer_cpu_ns),
+                        cpu / prost_ns,
+                        row.load_before,
+                    )?;
+                }
+                continue;
+            }
             let row = measure(args, &bin, reporter, round)?;
             let proxy = row.per_log(row.proxy_cpu_ns);
             let sink = row.sink_cpu_ns.map(|ns| row.per_log(ns));
