@@ -196,7 +196,7 @@ fn leftover_socket_is_replaced_and_serves(io: IoMode) {
 }
 
 /// 64 connections fill their socket buffers while the reader is held up, so far more
-/// bytes are waiting at once than the io_uring buffer ring (4 MiB) can take: its
+/// bytes are waiting at once than the io_uring buffer ring (2 MiB) can take: its
 /// receives run dry (ENOBUFS) and must be re-armed without losing or reordering bytes.
 fn more_bytes_at_once_than_the_read_buffers_hold_arrive_in_order(io: IoMode) {
     const CLIENTS: u32 = 64;
