@@ -28,7 +28,10 @@
 //! also copies each frame's logs into a request buffer on the same thread, as a
 //! forwarder running on the reader's thread would. Its CPU per log is what any
 //! receiver that validates every frame pays on this machine at the least: the
-//! floor under the proxy's figure.
+//! floor under the proxy's figure. Its CPU is its own process's from its first
+//! byte to its last log (getrusage, microseconds; the proxy's is `/proc` clock
+//! ticks over the run and its settling), with no warm-up; in the CSV it is in the
+//! `proxy_cpu_ns_per_log` column of the `Floor` and `FloorCopy` rows.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -308,6 +311,12 @@ fn floor(args: &FloorArgs) -> io::Result<()> {
     let mut logs = 0u64;
     let mut started: Option<(Instant, u64)> = None;
     while logs < args.logs {
+        if fds.iter().all(|pollfd| pollfd.fd < 0) {
+            return Err(io::Error::other(format!(
+                "floor: every connection closed at {logs} of {} logs",
+                args.logs
+            )));
+        }
         // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 10_000) };
         if ready < 0 {
@@ -325,9 +334,10 @@ fn floor(args: &FloorArgs) -> io::Result<()> {
             pollfd.revents = 0;
             loop {
                 // Room for the read; reclaims the buffer's allocation once the
-                // frames of the last read are dropped (they are, below).
+                // frames of the last read are dropped (they are, below). At most
+                // FLOOR_READ bytes a read, as the proxy's readers.
                 buf.reserve(FLOOR_READ);
-                let spare = buf.spare_capacity_mut();
+                let spare = &mut buf.spare_capacity_mut()[..FLOOR_READ];
                 // SAFETY: reads at most `spare.len()` bytes into the spare capacity.
                 let n =
                     unsafe { libc::read(conn.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
@@ -339,6 +349,8 @@ fn floor(args: &FloorArgs) -> io::Result<()> {
                     return Err(err);
                 }
                 if n == 0 {
+                    // The writer closed before every log arrived: poll no more.
+                    pollfd.fd = -1;
                     break;
                 }
                 if started.is_none() {

@@ -39,7 +39,7 @@ fn shutdown_in_background(
 }
 
 /// Bulk connections of the drain test, and what each sends: together more than
-/// the io_uring reader's buffer ring holds (4 MiB), so some receives run dry and
+/// the io_uring reader's buffer ring holds (2 MiB), so some receives run dry and
 /// their bytes are still in the socket when shutdown reads them.
 const BULK: usize = 48;
 const BULK_EACH: usize = 120_000;

@@ -24,17 +24,20 @@ use super::{
 const SQ_ENTRIES: u32 = 256;
 /// Completion queue entries per ring (the kernel keeps overflow, IORING_FEAT_NODROP).
 const CQ_ENTRIES: u32 = 4096;
-/// Provided buffers per ring, shared by all its connections (2 MiB in all). The
-/// kernel takes them in ring order, so every one is used in turn: a ring of few
-/// buffers keeps what the receives write within the core's cache. When they run
-/// out, a connection's multishot receive ends with ENOBUFS and is armed again
-/// after the batch of completions that gave them back.
+/// Provided buffers per ring, shared by all its connections (2 MiB in all). When
+/// they run out, a connection's multishot receive ends with ENOBUFS and is armed
+/// again after the batch of completions that gave them back: with more than 32
+/// connections sending at once, most receives end so and are re-armed every batch
+/// (at 512 busy writers about 12 re-arms per receive that delivers data, against
+/// about 2 with 256 buffers; a lone connection's byte among 512 busy writers still
+/// arrived in 104-166 ms, against 140 before, and among 1024 in 344-448 ms against
+/// 296: a cost only for hundreds of connections sending at once).
 const BUF_COUNT: u16 = 32;
-/// Bytes per provided buffer: the scratch size of the epoll reader, and a frame of
-/// the largest size fits one. A receive costs the same whether it copies 16 KiB or
-/// 64 KiB, so larger buffers mean fewer receives, completions and handler calls per
-/// log: 64 KiB buffers took 85-122 ns of the proxy's CPU per log where 256 x 16 KiB
-/// took 100-170, alternating in one sitting (PERF.md, section 0, "Tenth round").
+/// Bytes per provided buffer, as the epoll reader's reads. Each receive also costs
+/// a completion, a handler call and the kernel's fixed work, so four times fewer,
+/// larger receives took less CPU per log: with the null reporter, median 108
+/// against 141 ns/log for 256 x 16 KiB, alternating in one sitting (90 against
+/// 96.5 and 100 against 124 in two others; PERF.md, section 0, "Tenth round").
 const BUF_LEN: u32 = 64 * 1024;
 /// The buffer group id of each ring's provided-buffer ring.
 const BGID: u16 = 0;
