@@ -48,7 +48,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use boundary_log_proxy::codec::{
-    decode_header, decode_message, FrameDecoder, Message, RawFrame, Tag,
+    decode_header, decode_message, FrameDecoder, Message, RawFrame, Tag, HEADER_LEN,
 };
 use boundary_log_proxy::loadgen::{SessionStream, Timestamps};
 use boundary_log_proxy::proto::agent::ReportBoundaryLogsRequest;
@@ -359,13 +359,14 @@ fn floor(args: &FloorArgs) -> io::Result<()> {
                 // SAFETY: the kernel initialised the first `n` spare bytes.
                 unsafe { buf.set_len(buf.len() + n as usize) };
                 let mut data = buf.split().freeze();
-                while let Some(head) = data.first_chunk::<4>() {
+                while let Some(head) = data.first_chunk::<HEADER_LEN>() {
                     let header = decode_header(*head).map_err(io::Error::other)?;
-                    if data.len() < 4 + header.len {
+                    let end = HEADER_LEN + header.len;
+                    if data.len() < end {
                         break;
                     }
-                    let payload = data.slice(4..4 + header.len);
-                    bytes::Buf::advance(&mut data, 4 + header.len);
+                    let payload = data.slice(HEADER_LEN..end);
+                    bytes::Buf::advance(&mut data, end);
                     match decode_message(RawFrame {
                         tag: header.tag,
                         payload,
