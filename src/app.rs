@@ -119,14 +119,16 @@ async fn serve_async(config: Config) -> Result<(), AppError> {
             .map_err(|e| AppError::Task(format!("stopping the reader: {e}")))?;
     }
     // The forwarder returns once the closed ring is empty and all is delivered. A second
-    // stop signal ends the wait at once, as the deadline would.
-    let drained = tokio::select! {
-        ended = tokio::time::timeout_at(deadline.into(), &mut forwarder) => ended.is_ok(),
+    // stop signal ends the wait at once, as the deadline would, and brings the
+    // deadline forward to now: closing then does not wait either for a reporter call
+    // that blocks its thread (a write to a stdout nobody reads).
+    let (drained, deadline) = tokio::select! {
+        ended = tokio::time::timeout_at(deadline.into(), &mut forwarder) => (ended.is_ok(), deadline),
         () = signals.hurry_requested() => {
             tracing::warn!(
                 "second stop signal: not waiting out the drain; what is still held is counted as at the deadline"
             );
-            false
+            (false, Instant::now())
         }
     };
     if !drained {

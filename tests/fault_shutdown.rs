@@ -404,6 +404,31 @@ async fn a_second_stop_signal_ends_the_drain_at_once_and_counts_what_is_held() {
     );
 }
 
+/// The second stop signal also ends the wait for a reporter call that blocks its
+/// thread: `--sink stdout` into a pipe nobody reads (found by a review: the drain was
+/// cut, then the exit still waited the whole `--shutdown-timeout` for the blocked
+/// write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_ends_the_drain_at_once_while_a_write_to_stdout_blocks() {
+    let (_reader, writer) = std::io::pipe().expect("a pipe");
+    let mut binary = Binary::start(
+        &["--sink", "stdout"],
+        &["--shutdown-timeout", "60s"],
+        Stdio::from(writer),
+    )
+    .await;
+    // 2000 logs are ~600 KB of JSON lines: far more than a pipe holds.
+    let _client = held_logs(&binary, "pipe-twice", 1000).await;
+    binary.process.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(binary.process.is_running(), "draining, within the 60 s");
+    let stopped = binary.stop_with(libc::SIGINT, PATIENCE).await;
+    stopped.assert_clean_exit_within(Duration::ZERO);
+    let totals = stopped.totals;
+    assert_eq!(totals.received, 2000, "{totals:?}");
+    assert!(totals.dropped_shutdown > 0, "{totals:?}");
+}
+
 /// A terminal, ssh session or tmux pane closing sends SIGHUP twice (the shell's, then
 /// the kernel's as the shell exits): that is one request to stop, and the drain goes on.
 /// A SIGTERM after it still ends the drain at once.
