@@ -483,8 +483,11 @@ impl InternalEvent for ForwardDropped {
         drop_counts(metrics, batch, log, self.frames, self.logs);
         let reason = log.as_str();
         match self.reason {
-            // Shutdown drops happen once, at the end: always log them.
-            ForwardDropReason::Shutdown => {
+            // Shutdown drops happen once, at the end, and so do spool_full drops (a
+            // full spool holds requests back while the proxy runs; it only drops them
+            // when the proxy stops): always log them, since no later line would report
+            // what the limiter held back.
+            ForwardDropReason::Shutdown | ForwardDropReason::SpoolFull => {
                 tracing::error!(
                     frames = self.frames,
                     logs = self.logs,
@@ -492,9 +495,7 @@ impl InternalEvent for ForwardDropped {
                     "dropped logs"
                 );
             }
-            ForwardDropReason::ForwardFailed
-            | ForwardDropReason::SpoolFull
-            | ForwardDropReason::SpoolCorrupt => {
+            ForwardDropReason::ForwardFailed | ForwardDropReason::SpoolCorrupt => {
                 if let Some(suppressed) = LIMIT.admit() {
                     tracing::error!(
                         frames = self.frames,
