@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use boundary_log_proxy::reader::ReaderError;
 use boundary_log_proxy::reporter::grpc::{GrpcReporter, GrpcReporterConfig};
 use boundary_log_proxy::reporter::stdout::{log_line, StdoutReporter};
 use boundary_log_proxy::reporter::{EncodedRequest, Reporter};
@@ -141,11 +142,33 @@ async fn unix_sink_leaves_a_non_socket_at_its_path_alone() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, SinkError::NotASocket(p) if *p == path),
+        matches!(&err, SinkError::Socket(ReaderError::PathOccupied { path: p, .. }) if *p == path),
         "{err}"
     );
     assert!(err.to_string().contains(&path.display().to_string()));
     assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+}
+
+/// A second sink on the path of a live one is refused and leaves the first one's
+/// socket alone (found by a review: it removed the socket and served in its place).
+#[tokio::test]
+async fn unix_sink_leaves_a_socket_another_sink_serves_alone() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sink.sock");
+    let listen = format!("unix:{}", path.display());
+    let _first = SinkListener::bind(&listen).await.unwrap();
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    let err = SinkListener::bind(&listen).await.unwrap_err();
+    assert!(
+        matches!(&err, SinkError::Socket(ReaderError::PathServed { path: p }) if *p == path),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().ino(),
+        inode,
+        "the first sink's socket file is still there"
+    );
 }
 
 #[tokio::test]

@@ -40,18 +40,10 @@ pub enum SinkError {
         #[source]
         source: io::Error,
     },
-    /// Something other than a socket is at the Unix path; it is left alone.
-    #[error("sink: {} exists and is not a socket; not replacing it", .0.display())]
-    NotASocket(PathBuf),
-    /// A leftover socket at the Unix path could not be removed or inspected.
-    #[error("sink: cannot replace {}: {source}", path.display())]
-    Replace {
-        /// The socket path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
+    /// The Unix socket could not be bound: something other than a leftover socket is
+    /// at the path (a file, or a socket another process serves), or the bind failed.
+    #[error("sink: {0}")]
+    Socket(#[from] crate::reader::ReaderError),
     /// The server failed while running.
     #[error("sink: serving failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -200,8 +192,14 @@ impl SinkListener {
         match listen.strip_prefix("unix:") {
             Some(path) => {
                 let path = PathBuf::from(path);
-                clear_stale_socket(&path)?;
-                let listener = UnixListener::bind(&path).map_err(bind_error)?;
+                // The proxy's own bind: a leftover socket is replaced, one another
+                // process still serves is not, nor is anything that is not a socket.
+                let listener = crate::reader::bind(&path, crate::reader::DEFAULT_SOCKET_MODE)
+                    .map_err(SinkError::Socket)
+                    .and_then(|std| {
+                        std.set_nonblocking(true).map_err(bind_error)?;
+                        UnixListener::from_std(std).map_err(bind_error)
+                    })?;
                 Ok(Self::Unix { listener, path })
             }
             None => Ok(Self::Tcp(
@@ -220,24 +218,6 @@ impl SinkListener {
             },
             Self::Unix { path, .. } => format!("unix:{}", path.display()),
         }
-    }
-}
-
-/// Removes a leftover socket file at `path`; refuses anything else that is there.
-fn clear_stale_socket(path: &Path) -> Result<(), SinkError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(|source| SinkError::Replace {
-                path: path.to_owned(),
-                source,
-            })
-        }
-        Ok(_) => Err(SinkError::NotASocket(path.to_owned())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(SinkError::Replace {
-            path: path.to_owned(),
-            source,
-        }),
     }
 }
 
