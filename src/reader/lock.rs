@@ -59,6 +59,20 @@ impl PathLock {
                             dir: dir.to_owned(),
                         }
                     }
+                    // The directory is there but takes no new file (no write
+                    // permission, a read-only or pseudo file system such as /proc).
+                    Some(dir)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ENOENT)
+                        ) =>
+                    {
+                        ReaderError::DirectoryNotWritable {
+                            path: socket.to_owned(),
+                            dir: dir.to_owned(),
+                            source: e,
+                        }
+                    }
                     _ => error("open", e),
                 })?;
             // SAFETY: plain syscall on a descriptor `file` owns and keeps open.
@@ -166,6 +180,24 @@ mod tests {
             "{err}"
         );
         assert_eq!(fs::read(&target).unwrap(), b"data");
+    }
+
+    /// Found by a review: "socket lock file /proc/x.sock.lock: open failed: No such
+    /// file or directory" named neither the socket nor what to do.
+    #[test]
+    fn a_socket_path_in_a_directory_that_takes_no_files_says_so() {
+        let socket = Path::new("/proc/boundary-log-proxy-test.sock");
+        let err = PathLock::acquire(socket).unwrap_err();
+        assert!(
+            matches!(&err, ReaderError::DirectoryNotWritable { path, dir, .. }
+                if path == socket && dir == Path::new("/proc")),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("cannot create files in its directory /proc"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -234,6 +234,12 @@ pub enum ReaderError {
     PathLocked { path: PathBuf, lock: PathBuf },
     #[error("socket path {path}: its directory {dir} does not exist (the proxy creates the socket, not its directory)")]
     NoDirectory { path: PathBuf, dir: PathBuf },
+    #[error("socket path {path}: cannot create files in its directory {dir}: {source} (the proxy creates the socket and its lock file there)")]
+    DirectoryNotWritable {
+        path: PathBuf,
+        dir: PathBuf,
+        source: io::Error,
+    },
     #[error("socket lock file {path}: {step} failed: {source}")]
     Lock {
         path: PathBuf,
