@@ -1299,6 +1299,35 @@ mod tests {
         (left, metrics, out)
     }
 
+    /// [`beside_a_spool`] of the case most tests share: one request of 50 logs that
+    /// an empty 200-byte spool refuses, wide limits learned, and
+    /// `ring_frames` frames in the ring.
+    async fn refused_request<R, D, F, T>(
+        ring_frames: i32,
+        config: ForwarderConfig,
+        reporter: &R,
+        drive: D,
+    ) -> (VecDeque<Outgoing>, Arc<Metrics>, T)
+    where
+        R: Reporter,
+        D: FnOnce(mpsc::Sender<Vec<Outgoing>>, Arc<Metrics>, CancellationToken) -> F,
+        F: Future<Output = T>,
+    {
+        let pending = vec![request_of(0, 50)];
+        let learned = Learned::new(WIDE);
+        beside_a_spool(
+            200,
+            &[],
+            ring_frames,
+            config,
+            learned,
+            reporter,
+            pending,
+            drive,
+        )
+        .await
+    }
+
     /// Refuses the first call as a transient error (coderd down), then answers each
     /// call after `delay`.
     struct DownThenSlow {
@@ -1329,14 +1358,10 @@ mod tests {
             calls: Default::default(),
             delay: Duration::from_millis(20),
         };
-        let run = beside_a_spool(
-            200,
-            &[],
+        let run = refused_request(
             32,
             no_retries(WIDE),
-            Learned::new(WIDE),
             &reporter,
-            vec![request_of(0, 50)],
             |_, metrics, cancel| async move {
                 while metrics.logs_forwarded.get() < 50 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1378,19 +1403,10 @@ mod tests {
         // attempt runs out at once and the spool refuses it again; the request must
         // wait between rounds, not call coderd as fast as the loop turns.
         let reporter = AlwaysDown::default();
-        let run = beside_a_spool(
-            200,
-            &[],
-            0,
-            no_retries(WIDE),
-            Learned::new(WIDE),
-            &reporter,
-            vec![request_of(0, 50)],
-            |_, _, cancel| async move {
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-                cancel.cancel();
-            },
-        );
+        let run = refused_request(0, no_retries(WIDE), &reporter, |_, _, cancel| async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            cancel.cancel();
+        });
         let ran = tokio::time::timeout(Duration::from_secs(10), run).await;
         let calls = reporter.calls.load(Ordering::Relaxed);
         let (left, ..) = ran.unwrap_or_else(|_| panic!("never yielded ({calls} calls)"));
@@ -1492,12 +1508,47 @@ mod tests {
         out.pop().unwrap()
     }
 
-    /// Answers every call: session s1's after `slow`, the others' after 1 ms.
+    /// Until s1's request is answered or `limit` passes, looks every `every`, and
+    /// each time (if `send`) offers one more request of session s2. One that finds
+    /// the channel full is skipped: the loop may hold newer requests back, and the
+    /// wait must still end.
+    async fn s2_until_s1_answered(
+        tx: &mpsc::Sender<Vec<Outgoing>>,
+        s1_done: &std::sync::atomic::AtomicU32,
+        limit: Duration,
+        send: bool,
+        every: Duration,
+    ) {
+        let start = Instant::now();
+        let mut seq = 0;
+        while start.elapsed() < limit && s1_done.load(Ordering::Relaxed) == 0 {
+            if send {
+                let _ = tx.try_send(vec![s2_request(seq)]);
+                seq += 1;
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Which calls of sessions other than s1 fail as a transient error (one replica
+    /// of two down); the rest are answered in 1 ms.
+    #[derive(Default, Clone, Copy, PartialEq)]
+    enum OthersFail {
+        #[default]
+        Never,
+        /// Those whose first log has an odd sequence number.
+        OddSequence,
+        /// Every other call.
+        EveryOtherCall,
+    }
+
+    /// Answers session s1's calls after 50 ms; the others' as `others` says.
+    #[derive(Default)]
     struct SlowForS1 {
-        slow: Duration,
+        others: OthersFail,
         s1_calls: std::sync::atomic::AtomicU32,
         s1_done: std::sync::atomic::AtomicU32,
-        flaky: bool,
+        other_calls: std::sync::atomic::AtomicU32,
     }
 
     impl Reporter for SlowForS1 {
@@ -1507,13 +1558,19 @@ mod tests {
         ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
             if request.session_id == "s1" {
                 self.s1_calls.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(self.slow).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 self.s1_done.fetch_add(1, Ordering::Relaxed);
-            } else {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                if self.flaky && request.logs[0].sequence_number % 2 == 1 {
-                    return Err(tonic::Status::unavailable("one replica down"));
-                }
+                return Ok(ReportBoundaryLogsResponse {});
+            }
+            let n = self.other_calls.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let fails = match self.others {
+                OthersFail::Never => false,
+                OthersFail::OddSequence => request.logs[0].sequence_number % 2 == 1,
+                OthersFail::EveryOtherCall => n % 2 == 1,
+            };
+            if fails {
+                return Err(tonic::Status::unavailable("one replica down"));
             }
             Ok(ReportBoundaryLogsResponse {})
         }
@@ -1527,10 +1584,12 @@ mod tests {
         // coderd answers everything; s1's 50-log request (larger than the 200-byte
         // spool) in 50 ms, longer than stall_after (30 ms); the ring is half full.
         let reporter = SlowForS1 {
-            slow: Duration::from_millis(50),
-            s1_calls: Default::default(),
-            s1_done: Default::default(),
-            flaky,
+            others: if flaky {
+                OthersFail::OddSequence
+            } else {
+                OthersFail::Never
+            },
+            ..Default::default()
         };
         let config = ForwarderConfig {
             stall_after: Duration::from_millis(30),
@@ -1538,29 +1597,11 @@ mod tests {
             ..no_retries(WIDE)
         };
         let s1_done = &reporter.s1_done;
-        let (_, metrics, ()) = beside_a_spool(
-            200,
-            &[],
-            32,
-            config,
-            Learned::new(WIDE),
-            &reporter,
-            vec![request_of(0, 50)],
-            |tx, _, cancel| async move {
-                let start = Instant::now();
-                let mut seq = 0;
-                while start.elapsed() < Duration::from_secs(3)
-                    && s1_done.load(Ordering::Relaxed) == 0
-                {
-                    if others {
-                        tx.send(vec![s2_request(seq)]).await.unwrap();
-                        seq += 1;
-                    }
-                    tokio::time::sleep(Duration::from_millis(every)).await;
-                }
-                cancel.cancel();
-            },
-        )
+        let (_, metrics, ()) = refused_request(32, config, &reporter, |tx, _, cancel| async move {
+            let every = Duration::from_millis(every);
+            s2_until_s1_answered(&tx, s1_done, Duration::from_secs(3), others, every).await;
+            cancel.cancel();
+        })
         .await;
         (
             reporter.s1_calls.load(Ordering::Relaxed),
@@ -1598,64 +1639,22 @@ mod tests {
         );
     }
 
-    /// s1's calls answered after 50 ms; every other call of other sessions fails as a
-    /// transient error (one replica of two down), the rest answered in 1 ms.
-    #[derive(Default)]
-    struct HalfDownForOthers {
-        s1_calls: std::sync::atomic::AtomicU32,
-        s1_done: std::sync::atomic::AtomicU32,
-        other_calls: std::sync::atomic::AtomicU32,
-    }
-
-    impl Reporter for HalfDownForOthers {
-        async fn report_boundary_logs(
-            &self,
-            request: ReportBoundaryLogsRequest,
-        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
-            if request.session_id == "s1" {
-                self.s1_calls.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                self.s1_done.fetch_add(1, Ordering::Relaxed);
-                return Ok(ReportBoundaryLogsResponse {});
-            }
-            let n = self.other_calls.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            if n % 2 == 1 {
-                return Err(tonic::Status::unavailable("one replica down"));
-            }
-            Ok(ReportBoundaryLogsResponse {})
-        }
-    }
-
     #[tokio::test]
     async fn another_sessions_exhausted_request_does_not_cancel_a_request_the_spool_refused_again_and_again(
     ) {
         // No retry budget: each transient error of s2 ends its delivery as run out,
         // which moves the backlog to the spool; that must wait for the direct
         // delivery of s1's request (which the 200-byte spool refused), not cancel it.
-        let reporter = HalfDownForOthers::default();
+        let reporter = SlowForS1 {
+            others: OthersFail::EveryOtherCall,
+            ..Default::default()
+        };
         let s1_done = &reporter.s1_done;
-        beside_a_spool(
-            200,
-            &[],
-            0,
-            no_retries(WIDE),
-            Learned::new(WIDE),
-            &reporter,
-            vec![request_of(0, 50)],
-            |tx, _, cancel| async move {
-                let start = Instant::now();
-                let mut seq = 0;
-                while start.elapsed() < Duration::from_secs(4)
-                    && s1_done.load(Ordering::Relaxed) == 0
-                {
-                    let _ = tx.try_send(vec![s2_request(seq)]);
-                    seq += 1;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                cancel.cancel();
-            },
-        )
+        refused_request(0, no_retries(WIDE), &reporter, |tx, _, cancel| async move {
+            let (limit, every) = (Duration::from_secs(4), Duration::from_millis(5));
+            s2_until_s1_answered(&tx, s1_done, limit, true, every).await;
+            cancel.cancel();
+        })
         .await;
         let calls = reporter.s1_calls.load(Ordering::Relaxed);
         assert_eq!(
