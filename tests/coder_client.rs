@@ -371,6 +371,45 @@ async fn the_binary_logs_a_wrong_token_once_with_coderds_message_counts_each_att
     assert_accounting_totals(stopped_totals(&exited.stderr), 0);
 }
 
+/// coderd's answers are a few bytes and every yamux frame at most 256 KiB + 12: a
+/// message of tens of MiB (here 56, in 8 MiB frames, each under tungstenite's default
+/// 16 MiB frame limit and the whole under its 64 MiB message limit) is refused as it
+/// arrives instead of being buffered whole before yamux sees a byte of it.
+#[tokio::test]
+async fn the_websocket_to_coderd_refuses_a_message_far_over_any_yamux_frame() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::{self, protocol::Role, Message};
+    use tokio_tungstenite::WebSocketStream;
+
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    // The configuration `websocket::upgrade` gives tungstenite.
+    let config = boundary_log_proxy::reporter::coder::websocket::client_config();
+    let mut client = WebSocketStream::from_raw_socket(ours, Role::Client, Some(config)).await;
+    let mut coderd = WebSocketStream::from_raw_socket(theirs, Role::Server, None).await;
+    tokio::spawn(async move {
+        for i in 0..7 {
+            let opcode = OpCode::Data(if i == 0 { Data::Binary } else { Data::Continue });
+            let frame = Frame::message(vec![0u8; 8 << 20], opcode, i == 6);
+            if coderd.send(Message::Frame(frame)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let read = tokio::time::timeout(Duration::from_secs(30), client.next())
+        .await
+        .expect("the client answers within 30 s");
+    match read {
+        Some(Err(tungstenite::Error::Capacity(_))) => {}
+        Some(Ok(Message::Binary(data))) => panic!(
+            "a {} MiB message from coderd was read whole into memory",
+            data.len() >> 20
+        ),
+        other => panic!("expected a capacity error, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_to_a_host_that_is_not_loopback_is_accepted_with_a_warning() {
     use support::proxy::Process;

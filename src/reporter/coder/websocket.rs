@@ -47,9 +47,7 @@ pub async fn upgrade(io: BoxIo, url: &CoderUrl, token: &str) -> Result<WsBytes, 
         USER_AGENT,
         HeaderValue::from_static(concat!("boundary-log-proxy/", env!("CARGO_PKG_VERSION"))),
     );
-    // The client reads coderd's short answers and pings only.
-    let config = read_config(4 << 10);
-    match tokio_tungstenite::client_async_with_config(request, io, Some(config)).await {
+    match tokio_tungstenite::client_async_with_config(request, io, Some(client_config())).await {
         Ok((ws, _response)) => Ok(WsBytes::new(ws)),
         Err(tungstenite::Error::Http(response)) => {
             let status = response.status().as_u16();
@@ -66,6 +64,21 @@ pub async fn upgrade(io: BoxIo, url: &CoderUrl, token: &str) -> Result<WsBytes, 
         }),
         Err(e) => Err(ConnectError::Upgrade(e.to_string())),
     }
+}
+
+/// Largest websocket message (and frame) either end takes: 4x the largest yamux
+/// frame (256 KiB + 12; coderd's yamux writes a frame's header and body as two
+/// messages), instead of tungstenite's default of 64 MiB a message, which a faulty or
+/// hostile peer could make the proxy buffer whole before yamux sees a byte of it.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// The proxy's side of the websocket: coderd's short answers and pings, read 4 KiB at a
+/// time, in messages of at most [`MAX_MESSAGE`] bytes (a longer one ends the session
+/// with an error, and the call is retried on a new one).
+pub fn client_config() -> WebSocketConfig {
+    read_config(4 << 10)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
 }
 
 /// tungstenite's configuration with reads of at most `read_buffer` bytes. tungstenite

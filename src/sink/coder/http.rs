@@ -22,14 +22,14 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 use super::{session, CoderSink, BUILDINFO_PATH, RPC_PATH, TOKEN_HEADER};
+// The largest websocket message (and frame) taken is the proxy's own limit, 4x its
+// largest (256 KiB + 12): with up to 4 messages queued for the yamux session
+// (`session`), a connection buffers a few MiB inbound at most.
+use crate::reporter::coder::websocket::MAX_MESSAGE;
 
 /// Most bytes tungstenite reads at a time (and zero-fills before each read): the client's
 /// requests come in messages of up to a yamux frame (256 KiB), read in 64 KiB steps.
 const READ_BUFFER: usize = 64 << 10;
-/// Largest websocket message (and frame) taken, 4x the proxy's largest (256 KiB + 12):
-/// with up to 4 messages queued for the yamux session (`session`), a connection buffers
-/// a few MiB inbound at most, not tungstenite's default of 64 MiB a message.
-const MAX_MESSAGE: usize = 1 << 20;
 
 /// coderd's answer to a token it does not know.
 pub const UNAUTHORIZED_MESSAGE: &str = "Workspace agent not authorized.";
