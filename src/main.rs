@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         Err(exit) => return exit.report(),
     };
     // Held until the end of main: dropping it writes out the buffered log lines.
-    let _log = match logging::init(invocation.log_settings()) {
+    let _log = match logging::init(invocation.log_settings(), &invocation.secrets()) {
         Ok(guard) => guard,
         Err(error) => {
             eprintln!("error: {error}");

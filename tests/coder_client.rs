@@ -410,6 +410,69 @@ async fn the_websocket_to_coderd_refuses_a_message_far_over_any_yamux_frame() {
     }
 }
 
+/// tungstenite logs the whole websocket upgrade request, `Coder-Session-Token` header
+/// included, at `trace` (through the `log` crate, which the proxy's subscriber takes
+/// in): the token must come out as `<redacted>`, never as itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_token_never_appears_in_the_binarys_logs_even_at_trace_level() {
+    use boundary_log_proxy::codec::Tag;
+    use support::proxy::{free_addr, request, Client, Process};
+
+    const TOKEN: &str = "7d5c1a2e-agent-token-4f9c";
+    let peer = CoderPeer::start(PeerConfig::default()).await;
+    peer.script(Answer::Replay(variant("B")));
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let metrics = free_addr();
+    let (url, socket_arg, metrics_arg) = (
+        peer.url.to_string(),
+        socket.to_str().unwrap().to_owned(),
+        metrics.to_string(),
+    );
+    let mut proxy = Process::spawn(&[
+        "serve",
+        "--coder-url",
+        &url,
+        "--agent-token",
+        TOKEN,
+        "--socket",
+        &socket_arg,
+        "--metrics-addr",
+        &metrics_arg,
+        "--log-level",
+        "trace",
+        "--log-format",
+        "json",
+    ]);
+    proxy.wait_for_socket(&socket, "listening").await;
+    Client::connect(&socket).send_request(
+        Tag::V2,
+        &request("6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f", "curl", 0, 1),
+    );
+    proxy
+        .scrape_until(metrics, "the upgrade", |s| {
+            s.get("coderd_connects_total", Some("result=\"ok\"")) >= 1
+        })
+        .await;
+    let exited = proxy.terminate().await;
+    let leaks: Vec<_> = exited.stderr.iter().filter(|l| l.contains(TOKEN)).collect();
+    assert!(
+        leaks.is_empty(),
+        "the agent token is in the logs: {leaks:#?}"
+    );
+    let upgrade = exited
+        .stderr
+        .iter()
+        .find(|l| l.to_ascii_lowercase().contains("coder-session-token"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the upgrade request is logged at trace: {:#?}",
+                exited.stderr
+            )
+        });
+    assert!(upgrade.contains("<redacted>"), "{upgrade}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_to_a_host_that_is_not_loopback_is_accepted_with_a_warning() {
     use support::proxy::Process;

@@ -380,6 +380,24 @@ impl Invocation {
         }
     }
 
+    /// The credentials whichever command runs was given, which its logs must never
+    /// show: `serve`'s `--auth-token` and agent token, the `sink`'s `--token`.
+    pub fn secrets(&self) -> Vec<&str> {
+        let tokens = match self {
+            Self::Serve(config) | Self::PrintConfig(config) => vec![
+                config.auth_token.as_ref(),
+                config.coder.as_ref().map(|coder| &coder.token),
+            ],
+            Self::Sink(args) => vec![args.token.as_ref()],
+            Self::Loadgen(_) => Vec::new(),
+        };
+        tokens
+            .into_iter()
+            .flatten()
+            .map(AuthToken::expose)
+            .collect()
+    }
+
     /// The logging settings of whichever command runs.
     pub fn log_settings(&self) -> &LogSettings {
         match self {
