@@ -482,3 +482,63 @@ async fn calls_succeed_again_after_coderd_crashes_and_comes_back() {
     call_until_delivered(&reporter, 40).await;
     assert_eq!(coderd.requests().len(), 2);
 }
+
+/// An HTTP/2 server that answers every call with status 0 and a gRPC message of `len`
+/// bytes: a server that does not keep to `ReportBoundaryLogsResponse` being empty.
+async fn answering_with_a_response_of(len: usize) -> String {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(move |_: http::Request<_>| async move {
+                let mut message = vec![0u8; 5 + len];
+                message[1..5].copy_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let frames: [Result<Frame<Bytes>, Infallible>; 2] = [
+                    Ok(Frame::data(message.into())),
+                    Ok(Frame::trailers(trailers)),
+                ];
+                let body = StreamBody::new(futures_util::stream::iter(frames));
+                let response = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(body)
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// coderd has taken a request by the time its response arrives: a response over the
+/// reporter's limit must not read as the request refused for its size, which would
+/// have the forwarder split the request, send its halves again and lower the size it
+/// learned coderd takes. It is a permanent failure, worded as the response's.
+#[tokio::test]
+async fn a_response_over_the_limit_is_not_read_as_the_request_refused_for_its_size() {
+    let url = answering_with_a_response_of(100_000).await;
+    let status = reporter(&url)
+        .report_encoded(encoded(&sample_request()))
+        .await
+        .unwrap_err();
+    assert_eq!(classify(&status), Failure::Permanent, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("coderd's response is 100000 bytes"),
+        "{status:?}"
+    );
+}

@@ -6,6 +6,7 @@ use prost::Message as _;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
+use super::MAX_RESPONSE_BYTES;
 use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse};
 
 /// What one call carries: wire bytes from the forwarder, or a message to encode.
@@ -74,6 +75,16 @@ impl Decoder for ResponseDecoder {
         &mut self,
         src: &mut DecodeBuf<'_>,
     ) -> Result<Option<ReportBoundaryLogsResponse>, Status> {
+        use bytes::Buf as _;
+        // coderd has taken the request by now: whatever this says must not read as a
+        // refusal of the request (see `failure::oversize`).
+        if src.remaining() > MAX_RESPONSE_BYTES {
+            return Err(Status::internal(format!(
+                "coderd's response is {} bytes, over the {MAX_RESPONSE_BYTES} this \
+                 proxy takes for an empty ReportBoundaryLogsResponse",
+                src.remaining()
+            )));
+        }
         ReportBoundaryLogsResponse::decode(src)
             .map(Some)
             .map_err(|e| Status::internal(format!("decoding coderd's response: {e}")))

@@ -31,8 +31,15 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default largest request sent: grpc-go's (and so coderd's) default receive limit.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
-/// Largest response accepted; `ReportBoundaryLogsResponse` is empty.
-const MAX_RESPONSE_BYTES: usize = 64 << 10;
+/// Largest response accepted; `ReportBoundaryLogsResponse` is empty. Checked by the
+/// codec (`codec::ResponseDecoder`), not by tonic's decoding limit: tonic words its
+/// refusal exactly as a server refusing our request for its size ("decoded message
+/// length too large"), which the forwarder answers by splitting a request coderd has
+/// already taken and sending it again.
+pub(super) const MAX_RESPONSE_BYTES: usize = 64 << 10;
+/// tonic's own limit on a response, its default: what a response may make the proxy
+/// buffer before the codec sees it.
+const MAX_BUFFERED_RESPONSE_BYTES: usize = 4 << 20;
 /// Default HTTP/2 keepalive: while a call is open and nothing was read for this
 /// long, ping coderd...
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -202,7 +209,7 @@ impl GrpcReporter {
         }
         let grpc = tonic::client::Grpc::new(endpoint.connect_lazy())
             .max_encoding_message_size(config.max_message_bytes)
-            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+            .max_decoding_message_size(MAX_BUFFERED_RESPONSE_BYTES);
         Ok(Self {
             grpc,
             auth_token,
