@@ -315,13 +315,22 @@ impl CoderReporter {
         let outcome = self.open_session().await;
         self.inner.attempts.fetch_add(1, Ordering::Release);
         match outcome {
-            Ok(session) => {
+            Ok((session, version)) => {
                 *last_failure = None;
-                *self
+                let mut current = self
                     .inner
                     .current
                     .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(session.clone());
+                    .unwrap_or_else(PoisonError::into_inner);
+                *current = Some(session.clone());
+                // Under the lock a replaced session's end takes too (`open_session`), so
+                // that end cannot set the gauge to 0 after this sets it to 1.
+                CoderdConnected {
+                    url: &self.inner.config.url.to_string(),
+                    version: &version,
+                }
+                .emit(&self.inner.metrics);
+                drop(current);
                 Ok(session)
             }
             Err(error) => {
@@ -339,8 +348,8 @@ impl CoderReporter {
         }
     }
 
-    /// Version gate, websocket upgrade, yamux session.
-    async fn open_session(&self) -> Result<Arc<Session>, ConnectError> {
+    /// Version gate, websocket upgrade, yamux session; and coderd's version.
+    async fn open_session(&self) -> Result<(Arc<Session>, String), ConnectError> {
         let config = &self.inner.config;
         let io = self.inner.connector.connect().await?;
         let version = buildinfo::fetch_version(io, &config.url, config.connect_timeout).await?;
@@ -370,22 +379,13 @@ impl CoderReporter {
             let Some(inner) = reporter.upgrade() else {
                 return;
             };
-            let replaced = inner
-                .current
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .is_some_and(|current| !current.is_ended());
+            let current = inner.current.lock().unwrap_or_else(PoisonError::into_inner);
+            let replaced = current.as_ref().is_some_and(|current| !current.is_ended());
             if !replaced {
                 CoderdDisconnected { reason }.emit(&inner.metrics);
             }
         });
-        CoderdConnected {
-            url: &config.url.to_string(),
-            version: &version,
-        }
-        .emit(&self.inner.metrics);
-        Ok(Arc::new(session))
+        Ok((Arc::new(session), version.to_string()))
     }
 
     /// Sends `request` and, once delivered, counts its logs if its session id is not a
