@@ -37,3 +37,6 @@ pub use server::{Server, ServerError};
 /// on tokio-util or tonic to use them.
 pub use tokio_util::sync::CancellationToken;
 pub use tonic::Status;
+/// The crates whose types the messages (`proto`) and [`reporter::EncodedRequest`]
+/// carry, at the versions this crate uses.
+pub use {bytes, prost, prost_types};

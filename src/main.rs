@@ -6,7 +6,8 @@ use boundary_log_proxy::cli::{self, Invocation};
 use boundary_log_proxy::{app, logging};
 
 fn main() -> ExitCode {
-    boundary_log_proxy::malloc::tune();
+    // SAFETY: the first thing main does: no other thread exists yet.
+    unsafe { boundary_log_proxy::malloc::tune() };
     let invocation = match cli::parse_env() {
         Ok(invocation) => invocation,
         Err(exit) => return exit.report(),

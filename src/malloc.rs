@@ -15,10 +15,15 @@ const MMAP_THRESHOLD: i32 = 4 << 20;
 const TRIM_THRESHOLD: i32 = 8 << 20;
 
 /// Applies the settings; call once, early in `main`. No effect on other allocators.
-pub fn tune() {
+///
+/// # Safety
+///
+/// No other thread may exist yet: glibc's allocation parameters that `mallopt`
+/// changes are read by every thread's `malloc` without a lock.
+pub unsafe fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes glibc's allocation parameters; it is called
-    // before any thread other than main exists.
+    // SAFETY: mallopt only changes glibc's allocation parameters, and the caller
+    // promises no other thread exists to read them meanwhile.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);

@@ -201,7 +201,10 @@ impl<T> Shared<T> {
     /// # Safety
     ///
     /// Only the ring's one consumer may call this, always with the position
-    /// returned by its previous call (0 at first), and never concurrently.
+    /// returned by its previous call (0 at first), and never concurrently. `sink`
+    /// must not panic: a slot already handed on to the next lap would lie behind a
+    /// head that never moved past it, and the consumer would find nothing again
+    /// (no item is dropped twice or leaked: `Drop` goes by the stamps).
     #[inline]
     pub(super) unsafe fn take(&self, head: usize, max: usize, mut sink: impl FnMut(T)) -> usize {
         let mut position = head;
