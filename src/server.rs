@@ -3,12 +3,13 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, IoMode};
+use crate::config::{Config, ConfigError, IoMode};
 use crate::events::{InternalEvent, SocketBound, SocketLost, SocketReleased};
 use crate::forwarder::{self, ForwarderConfig, ForwarderState, Limits};
 use crate::intake::{Intake, QueuedFrame};
@@ -18,23 +19,36 @@ use crate::reporter::Reporter;
 use crate::ring::{self, RingHandle};
 use crate::seqgap::SeqTracker;
 
+/// How long after `call_timeout` the forwarder gives up on a call that has not ended
+/// (DEADLINE_EXCEEDED, retried): later than the deadline the built-in reporters keep
+/// themselves, so theirs, with its more precise reason, comes first.
+pub const CALL_DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
 /// Errors of the server's lifecycle.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A setting the server runs with is out of range ([`Config::validate_engine`]).
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
+    /// The metrics could not be registered (a registry that already has them).
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// The socket could not be bound or served.
     #[error(transparent)]
     Reader(#[from] ReaderError),
+    /// [`Server::start`] was called before.
     #[error("the server was already started")]
     AlreadyStarted,
+    /// [`Server::close`] was called (or the last clone dropped).
     #[error("the server is closed")]
     Closed,
+    /// Another [`Server::run_forwarder`] has not returned yet.
     #[error("a forwarder is already running")]
     ForwarderRunning,
+    /// The forwarder could not start, or ended abnormally.
     #[error(transparent)]
     Forwarder(#[from] forwarder::ForwarderError),
+    /// The disk spool could not be opened.
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
 }
@@ -81,6 +95,12 @@ struct Inner {
     /// The forwarder's state while no forwarder runs; `None` while one does.
     forwarder: Mutex<Option<ForwarderState>>,
     forwarder_returned: Condvar,
+    /// Read and written only under `forwarder`'s lock: true while a forwarder whose
+    /// `run_forwarder` future was dropped is still winding down, so that the next
+    /// `run_forwarder` waits for its state rather than finding none.
+    winding_down: AtomicBool,
+    /// Notified (with `forwarder_returned`) when the state is back.
+    state_back: tokio::sync::Notify,
     /// Fired by `close` to stop a running forwarder.
     closing: CancellationToken,
     /// The reporters' calls threads still running, which `close` waits for.
@@ -170,6 +190,56 @@ impl BoundSocket {
 }
 
 /// Where the forwarder's calls run: on its own task, or on the calls thread.
+/// Held by `run_forwarder`'s future: dropped (the future finished or was dropped), it
+/// stops the forwarder, and marks it winding down if its state is not back yet.
+struct Abandon {
+    inner: Arc<Inner>,
+    stop: CancellationToken,
+    returned: Arc<AtomicBool>,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let _slot = self
+            .inner
+            .forwarder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !self.returned.load(Ordering::Relaxed) {
+            self.inner.winding_down.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Held by the forwarder's task: dropped when the task ends, however it ends, it puts
+/// the state back (counting what it holds as `shutdown` drops if the server is
+/// closing) and wakes whoever waits for it. A task that panicked has no state to
+/// put back; the waiters are woken all the same.
+struct HandBack {
+    inner: Arc<Inner>,
+    returned: Arc<AtomicBool>,
+    state: Option<ForwarderState>,
+}
+
+impl Drop for HandBack {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        let mut slot = inner.forwarder.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut state) = self.state.take() {
+            if inner.closing.is_cancelled() {
+                state.drop_remaining_for_shutdown(&inner.metrics);
+            }
+            *slot = Some(state);
+        }
+        self.returned.store(true, Ordering::Relaxed);
+        inner.winding_down.store(false, Ordering::Relaxed);
+        drop(slot);
+        inner.forwarder_returned.notify_all();
+        inner.state_back.notify_waiters();
+    }
+}
+
 enum Calls<R> {
     Direct(R),
     Isolated(forwarder::Isolated<R>),
@@ -177,10 +247,18 @@ enum Calls<R> {
 
 impl Server {
     /// Builds the engine (ring, metrics on `registry`) without touching the socket.
+    /// The settings it runs with are checked first ([`Config::validate_engine`]):
+    /// `ServerError::Config` names the one out of range.
     pub fn new(config: Config, registry: &prometheus::Registry) -> Result<Self, ServerError> {
+        config.validate_engine()?;
         let metrics = Metrics::new(registry)?;
-        let (producer, consumer) =
-            ring::ring(config.ring_capacity).map_err(|e| ServerError::Config(e.to_string()))?;
+        let (producer, consumer) = ring::ring(config.ring_capacity).map_err(|_| {
+            ConfigError::invalid(
+                "--ring-capacity",
+                config.ring_capacity,
+                "a power of two the ring takes",
+            )
+        })?;
         metrics.ring_capacity.set(config.ring_capacity as i64);
         let handle = consumer.handle();
         let mut state = ForwarderState::new(consumer);
@@ -201,6 +279,8 @@ impl Server {
                 lifecycle: Mutex::new(Lifecycle::New),
                 forwarder: Mutex::new(Some(state)),
                 forwarder_returned: Condvar::new(),
+                winding_down: AtomicBool::new(false),
+                state_back: tokio::sync::Notify::new(),
                 closing: CancellationToken::new(),
                 call_threads: Arc::default(),
                 watch: Mutex::new(None),
@@ -326,6 +406,15 @@ impl Server {
     /// Drains the ring through `reporter` until `cancel` fires, `close` is called, or
     /// the ring is closed and empty. Can be called again with a new reporter after it
     /// returns; undelivered requests and the ring's contents are kept.
+    ///
+    /// The forwarder runs as a task of its own (on the caller's tokio runtime), which
+    /// the returned future awaits. Dropping that future (a `select!`, a `timeout`)
+    /// cancels the forwarder as `cancel` would: the task winds down, and what it held
+    /// goes back to the server for the next `run_forwarder` or for `close` to count.
+    /// A call that panics fails as INTERNAL (its logs dropped as `forward_failed`), and
+    /// a call that has not ended by `call_timeout` plus [`CALL_DEADLINE_GRACE`] fails
+    /// as DEADLINE_EXCEEDED and is retried: a reporter need not keep a deadline of its
+    /// own.
     pub async fn run_forwarder<R: Reporter>(
         &self,
         cancel: CancellationToken,
@@ -343,16 +432,26 @@ impl Server {
         } else {
             Calls::Direct(reporter)
         };
-        let state = {
-            let mut slot = self
-                .inner
-                .forwarder
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if self.inner.closing.is_cancelled() {
-                return Err(ServerError::Closed);
+        let state = loop {
+            // Made before the look at the slot: a state handed back after it wakes it.
+            let back = self.inner.state_back.notified();
+            {
+                let mut slot = self
+                    .inner
+                    .forwarder
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if self.inner.closing.is_cancelled() {
+                    return Err(ServerError::Closed);
+                }
+                if let Some(state) = slot.take() {
+                    break state;
+                }
+                if !self.inner.winding_down.load(Ordering::Relaxed) {
+                    return Err(ServerError::ForwarderRunning);
+                }
             }
-            slot.take().ok_or(ServerError::ForwarderRunning)?
+            back.await;
         };
         let config = &self.inner.config;
         let forwarder_config = ForwarderConfig {
@@ -363,43 +462,52 @@ impl Server {
             linger: config.batch_linger,
             retry_max_elapsed: config.retry_max_elapsed,
             stall_after: ForwarderConfig::stall_after(config.call_timeout),
+            call_deadline: config.call_timeout.saturating_add(CALL_DEADLINE_GRACE),
         };
         let stop = CancellationToken::new();
-        let watcher = {
-            let (stop, cancel, closing) =
-                (stop.clone(), cancel.clone(), self.inner.closing.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = cancel.cancelled() => {},
-                    _ = closing.cancelled() => {},
-                    _ = stop.cancelled() => {},
+        let returned = Arc::new(AtomicBool::new(false));
+        // Whatever ends this future, the forwarder stops and hands its state back.
+        let _abandon = Abandon {
+            inner: self.inner.clone(),
+            stop: stop.clone(),
+            returned: returned.clone(),
+        };
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            let mut back = HandBack {
+                inner: inner.clone(),
+                returned,
+                state: None,
+            };
+            let watcher = {
+                let (stop, closing) = (stop.clone(), inner.closing.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {},
+                        _ = closing.cancelled() => {},
+                        _ = stop.cancelled() => {},
+                    }
+                    stop.cancel();
+                })
+            };
+            let metrics = inner.metrics.clone();
+            let result = match &calls {
+                Calls::Direct(reporter) => {
+                    forwarder::run(state, forwarder_config, metrics, reporter, stop.clone()).await
                 }
-                stop.cancel();
-            })
-        };
-        let metrics = self.inner.metrics.clone();
-        let result = match &calls {
-            Calls::Direct(reporter) => {
-                forwarder::run(state, forwarder_config, metrics, reporter, stop.clone()).await
-            }
-            Calls::Isolated(reporter) => {
-                forwarder::run(state, forwarder_config, metrics, reporter, stop.clone()).await
-            }
-        };
-        stop.cancel();
-        let _ = watcher.await;
-        let mut state = result?;
-        let mut slot = self
-            .inner
-            .forwarder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if self.inner.closing.is_cancelled() {
-            state.drop_remaining_for_shutdown(&self.inner.metrics);
+                Calls::Isolated(reporter) => {
+                    forwarder::run(state, forwarder_config, metrics, reporter, stop.clone()).await
+                }
+            };
+            stop.cancel();
+            let _ = watcher.await;
+            back.state = Some(result?);
+            Ok(())
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(error) => Err(forwarder::ForwarderError::TaskEnded(error.to_string()).into()),
         }
-        *slot = Some(state);
-        self.inner.forwarder_returned.notify_all();
-        Ok(())
     }
 
     /// Stops accepting, reads what is already waiting on each connection (until

@@ -704,3 +704,175 @@ async fn calls_that_may_block_run_on_the_calls_thread_and_the_others_on_the_forw
         "no hand-off for a reporter that never blocks"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_forwarders_future_hands_what_it_held_back_and_the_next_forwarder_delivers_it()
+{
+    let down = FakeCoderd::start().await;
+    down.set_behaviour(Behaviour::fail_all(Code::Unavailable));
+    let up = FakeCoderd::start().await;
+    let proxy = TestProxy::start(IoMode::Auto, |_| {});
+    let sent: Vec<_> = (0..10)
+        .map(|i| request(SESSION, "codex", i * 2, 2))
+        .collect();
+    let mut client = proxy.connect();
+    for r in &sent[..5] {
+        client.send_request(Tag::V2, r);
+    }
+    // Ordinary tokio code: a timeout around the forwarder drops its future while the
+    // reporter retries.
+    let forwarder = proxy.server.run_forwarder(
+        tokio_util::sync::CancellationToken::new(),
+        grpc_reporter(&down.addr()),
+    );
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), forwarder).await;
+    assert!(gave_up.is_err(), "the forwarder was still retrying");
+    assert!(!down.requests().is_empty() || down.wait_for_calls(1, PATIENCE).await);
+
+    // Frames written after it was dropped wait in the ring, not in a drain thread
+    // nobody reads; the next forwarder gets the state back (it waits for it).
+    for r in &sent[5..] {
+        client.send_request(Tag::V2, r);
+    }
+    proxy.wait_received(20).await;
+    let forwarder = proxy.forward(grpc_reporter(&up.addr()));
+    assert!(up.wait_for_logs(20, PATIENCE).await);
+    proxy.wait_forwarded(20).await;
+    assert_eq!(
+        all_logs(&decoded(&up)),
+        all_logs(&sent),
+        "none lost, order kept"
+    );
+    forwarder.stop().await;
+    proxy.close().await;
+    let a = proxy.metrics().accounting();
+    assert_eq!(
+        (a.forwarded, a.dropped_forward_failed, a.dropped_shutdown),
+        (20, 0, 0)
+    );
+    assert_accounting(proxy.metrics(), 0);
+}
+
+/// Panics in its first call, then delivers (counting the calls).
+#[derive(Default)]
+struct PanicsOnce {
+    may_block: bool,
+    calls: std::sync::atomic::AtomicU32,
+}
+
+impl boundary_log_proxy::reporter::Reporter for PanicsOnce {
+    async fn report_boundary_logs(
+        &self,
+        _: ReportBoundaryLogsRequest,
+    ) -> Result<boundary_log_proxy::proto::agent::ReportBoundaryLogsResponse, tonic::Status> {
+        let call = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(call > 0, "the reporter's first call panics");
+        Ok(Default::default())
+    }
+
+    fn calls_may_block(&self) -> bool {
+        self.may_block
+    }
+}
+
+async fn a_call_that_panics(may_block: bool) {
+    let proxy = TestProxy::start(IoMode::Auto, |c| c.batch_linger = Duration::ZERO);
+    let reporter = std::sync::Arc::new(PanicsOnce {
+        may_block,
+        ..Default::default()
+    });
+    let forwarder = proxy.forward(reporter.clone());
+    let mut client = proxy.connect();
+    client.send_request(Tag::V2, &request(SESSION, "codex", 0, 3));
+    let metrics = proxy.metrics().clone();
+    eventually("the panicking call's logs dropped", || {
+        metrics.logs_dropped_for(LogDropReason::ForwardFailed) == 3
+    })
+    .await;
+    // The forwarder goes on with the next request.
+    client.send_request(Tag::V2, &request(SESSION, "codex", 3, 4));
+    proxy.wait_forwarded(4).await;
+    forwarder.stop().await;
+    proxy.close().await;
+    let a = proxy.metrics().accounting();
+    assert_eq!(
+        (a.forwarded, a.dropped_forward_failed, a.dropped_shutdown),
+        (4, 3, 0),
+        "may_block {may_block}"
+    );
+    assert_accounting(proxy.metrics(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_panics_fails_as_internal_and_the_forwarder_goes_on_whichever_thread_it_ran_on()
+{
+    a_call_that_panics(false).await;
+    a_call_that_panics(true).await;
+}
+
+/// Never answers, counting its calls.
+#[derive(Default)]
+struct NeverAnswers {
+    calls: std::sync::atomic::AtomicU32,
+}
+
+impl boundary_log_proxy::reporter::Reporter for NeverAnswers {
+    async fn report_boundary_logs(
+        &self,
+        _: ReportBoundaryLogsRequest,
+    ) -> Result<boundary_log_proxy::proto::agent::ReportBoundaryLogsResponse, tonic::Status> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::future::pending().await
+    }
+
+    fn calls_may_block(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_never_ends_fails_after_the_call_timeout_is_retried_and_its_logs_are_counted() {
+    let proxy = TestProxy::start(IoMode::Auto, |c| {
+        c.call_timeout = Duration::from_millis(100);
+        c.retry_max_elapsed = Duration::from_millis(1500);
+    });
+    let reporter = std::sync::Arc::new(NeverAnswers::default());
+    let forwarder = proxy.forward(reporter.clone());
+    proxy
+        .connect()
+        .send_request(Tag::V2, &request(SESSION, "codex", 0, 3));
+    let metrics = proxy.metrics().clone();
+    eventually("the unanswered logs dropped after retries", || {
+        metrics.logs_dropped_for(LogDropReason::ForwardFailed) == 3
+    })
+    .await;
+    let calls = reporter.calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(calls >= 2, "each call given up on is retried: {calls}");
+    assert!(
+        metrics.forward_requests_for(ForwardResult::RetryableError) >= 1,
+        "a call given up on is a retryable error"
+    );
+    forwarder.stop().await;
+    proxy.close().await;
+    assert_accounting(proxy.metrics(), 0);
+}
+
+#[test]
+fn a_server_is_not_built_with_a_setting_out_of_range_and_the_error_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = boundary_log_proxy::config::Config {
+        socket: dir.path().join("s.sock"),
+        shutdown_timeout: Duration::MAX,
+        ..Default::default()
+    };
+    let error = boundary_log_proxy::Server::new(config, &prometheus::Registry::new())
+        .err()
+        .expect("refused");
+    match error {
+        ServerError::Config(error) => assert_eq!(error.setting(), "--shutdown-timeout"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -367,6 +367,15 @@ impl Config {
 
     /// Checks every value the CLI checks, for configs built by hand.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_engine()?;
+        self.validate_destination()
+    }
+
+    /// The checks of the settings the library's `Server` runs with (socket, ring,
+    /// batching, connections, deadlines, spool); `Server::new` makes them. The
+    /// destination and its tokens are the binary's to use, checked by
+    /// [`Config::validate`].
+    pub fn validate_engine(&self) -> Result<(), ConfigError> {
         check_socket_path(&self.socket)?;
         check_socket_mode(self.socket_mode)?;
         check_ring_capacity(self.ring_capacity)?;
@@ -379,6 +388,10 @@ impl Config {
         check_duration("--retry-max-elapsed", self.retry_max_elapsed)?;
         check_duration("--shutdown-timeout", self.shutdown_timeout)?;
         check_positive("--spool-max-bytes", self.spool_max_bytes)?;
+        Ok(())
+    }
+
+    fn validate_destination(&self) -> Result<(), ConfigError> {
         if let Some(token) = &self.auth_token {
             check_token("--auth-token", token.expose())?;
         }

@@ -21,13 +21,16 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
+use tonic::Status;
 
 use super::batch::{OrderKey, Outgoing};
 use super::retry::Backoff;
@@ -637,8 +640,12 @@ async fn attempt<R: Reporter>(
     let mut backoff = Backoff::new(budget);
     loop {
         let started = Instant::now();
-        let call = reporter.report_encoded(request.clone());
+        // A panic inside the call is its failure, not the forwarder's; a call that
+        // does not end by the deadline fails too, whatever the reporter keeps.
+        let call = AssertUnwindSafe(reporter.report_encoded(request.clone())).catch_unwind();
         tokio::pin!(call);
+        let deadline = tokio::time::sleep(ctx.config.call_deadline);
+        tokio::pin!(deadline);
         // With a spool, a call left unanswered marks the destination failing, as
         // an error would (a hung coderd answers nothing until the call timeout). An
         // async block: without a spool the timer is never made.
@@ -649,7 +656,16 @@ async fn attempt<R: Reporter>(
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Attempt::Cancelled,
-                outcome = &mut call => break outcome,
+                outcome = &mut call => break outcome.unwrap_or_else(|panic| {
+                    Err(Status::internal(format!(
+                        "the reporter's call panicked: {}",
+                        panic_message(&*panic)
+                    )))
+                }),
+                () = &mut deadline => break Err(Status::deadline_exceeded(format!(
+                    "the reporter's call did not end within {:?}",
+                    ctx.config.call_deadline
+                ))),
                 () = &mut stall, if !stalled => {
                     stalled = true;
                     mark_failing(failing, began_failing);
@@ -717,6 +733,15 @@ async fn attempt<R: Reporter>(
             _ = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// The text a panic was raised with, when it was a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }
 
 #[cfg(test)]
@@ -802,6 +827,7 @@ mod tests {
             linger: Duration::ZERO,
             retry_max_elapsed: Duration::ZERO,
             stall_after: Duration::from_secs(3600),
+            call_deadline: Duration::from_secs(3600),
         }
     }
 
@@ -1593,6 +1619,7 @@ mod tests {
         };
         let config = ForwarderConfig {
             stall_after: Duration::from_millis(30),
+            call_deadline: Duration::from_secs(3600),
             retry_max_elapsed: Duration::from_secs(30),
             ..no_retries(WIDE)
         };

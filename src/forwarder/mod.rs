@@ -52,6 +52,9 @@ pub struct ForwarderConfig {
     /// failing, as an error answer does, so that a destination that hangs sends the
     /// backlog to the spool once the ring is half full, not to `buffer_full`.
     pub stall_after: Duration,
+    /// Longest one call may take: a call that has not ended by then fails as
+    /// DEADLINE_EXCEEDED (retryable), whatever the reporter does.
+    pub call_deadline: Duration,
 }
 
 impl ForwarderConfig {
@@ -78,6 +81,9 @@ pub enum ForwarderError {
     DrainPanicked,
     #[error("the thread running the reporter's calls could not be started: {0}")]
     CallsThread(#[source] std::io::Error),
+    /// The forwarder's task panicked or was cancelled by its runtime shutting down.
+    #[error("the forwarder's task ended abnormally ({0}); what it held was not counted")]
+    TaskEnded(String),
 }
 
 impl ForwarderState {
@@ -414,6 +420,7 @@ mod tests {
             linger: Duration::from_secs(3600),
             retry_max_elapsed: Duration::from_secs(1),
             stall_after: Duration::from_secs(3600),
+            call_deadline: Duration::from_secs(3600),
         };
         let drain = Drain {
             consumer,
