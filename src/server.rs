@@ -101,6 +101,9 @@ struct Inner {
     winding_down: AtomicBool,
     /// Notified (with `forwarder_returned`) when the state is back.
     state_back: tokio::sync::Notify,
+    /// Under `forwarder`'s lock too: a forwarder task ended without its state (it
+    /// panicked, or its `forwarder::run` failed), so none will come back.
+    forwarder_lost: AtomicBool,
     /// Fired by `close` to stop a running forwarder.
     closing: CancellationToken,
     /// The reporters' calls threads still running, which `close` waits for.
@@ -226,11 +229,14 @@ impl Drop for HandBack {
     fn drop(&mut self) {
         let inner = &self.inner;
         let mut slot = inner.forwarder.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(mut state) = self.state.take() {
-            if inner.closing.is_cancelled() {
-                state.drop_remaining_for_shutdown(&inner.metrics);
+        match self.state.take() {
+            Some(mut state) => {
+                if inner.closing.is_cancelled() {
+                    state.drop_remaining_for_shutdown(&inner.metrics);
+                }
+                *slot = Some(state);
             }
-            *slot = Some(state);
+            None => inner.forwarder_lost.store(true, Ordering::Relaxed),
         }
         self.returned.store(true, Ordering::Relaxed);
         inner.winding_down.store(false, Ordering::Relaxed);
@@ -281,6 +287,7 @@ impl Server {
                 forwarder_returned: Condvar::new(),
                 winding_down: AtomicBool::new(false),
                 state_back: tokio::sync::Notify::new(),
+                forwarder_lost: AtomicBool::new(false),
                 closing: CancellationToken::new(),
                 call_threads: Arc::default(),
                 watch: Mutex::new(None),
@@ -411,23 +418,33 @@ impl Server {
     /// the returned future awaits. Dropping that future (a `select!`, a `timeout`)
     /// cancels the forwarder as `cancel` would: the task winds down, and what it held
     /// goes back to the server for the next `run_forwarder` or for `close` to count.
+    /// Winding down needs the runtime running: on a current-thread runtime that is no
+    /// longer driven, or one shut down meanwhile, what the forwarder held is not
+    /// counted (`close` then waits `shutdown_timeout` for it and logs an error).
     /// A call that panics fails as INTERNAL (its logs dropped as `forward_failed`), and
-    /// a call that has not ended by `call_timeout` plus [`CALL_DEADLINE_GRACE`] fails
-    /// as DEADLINE_EXCEEDED and is retried: a reporter need not keep a deadline of its
-    /// own.
+    /// a call that has not ended by `call_timeout` plus [`CALL_DEADLINE_GRACE`] is
+    /// stopped and fails as DEADLINE_EXCEEDED, to be retried: a reporter need not keep
+    /// a deadline of its own. One blocking its calls thread cannot be stopped; it is
+    /// waited for, and its own outcome counts.
     pub async fn run_forwarder<R: Reporter>(
         &self,
         cancel: CancellationToken,
         reporter: R,
     ) -> Result<(), ServerError> {
+        let call_deadline = self
+            .inner
+            .config
+            .call_timeout
+            .saturating_add(CALL_DEADLINE_GRACE);
         // Calls run on their own thread, so a reporter that blocks cannot hold
         // up cancellation (the shutdown deadline); one whose calls never block is
         // called directly.
         let calls = if reporter.calls_may_block() {
             Calls::Isolated(
-                forwarder::Isolated::new(reporter, &self.inner.call_threads).map_err(|e| {
-                    ServerError::Forwarder(forwarder::ForwarderError::CallsThread(e))
-                })?,
+                forwarder::Isolated::new(reporter, &self.inner.call_threads, call_deadline)
+                    .map_err(|e| {
+                        ServerError::Forwarder(forwarder::ForwarderError::CallsThread(e))
+                    })?,
             )
         } else {
             Calls::Direct(reporter)
@@ -447,6 +464,9 @@ impl Server {
                 if let Some(state) = slot.take() {
                     break state;
                 }
+                if self.inner.forwarder_lost.load(Ordering::Relaxed) {
+                    return Err(forwarder::ForwarderError::Lost.into());
+                }
                 if !self.inner.winding_down.load(Ordering::Relaxed) {
                     return Err(ServerError::ForwarderRunning);
                 }
@@ -462,7 +482,8 @@ impl Server {
             linger: config.batch_linger,
             retry_max_elapsed: config.retry_max_elapsed,
             stall_after: ForwarderConfig::stall_after(config.call_timeout),
-            call_deadline: config.call_timeout.saturating_add(CALL_DEADLINE_GRACE),
+            // An isolated call keeps its deadline itself (`Isolated::new`).
+            call_deadline: matches!(calls, Calls::Direct(_)).then_some(call_deadline),
         };
         let stop = CancellationToken::new();
         let returned = Arc::new(AtomicBool::new(false));
@@ -473,12 +494,18 @@ impl Server {
             returned: returned.clone(),
         };
         let inner = self.inner.clone();
+        // Owned by the task from its creation: however the task ends, even dropped
+        // before it first runs, the state (or what is left of it) goes back.
+        let mut back = HandBack {
+            inner: inner.clone(),
+            returned,
+            state: Some(state),
+        };
         let task = tokio::spawn(async move {
-            let mut back = HandBack {
-                inner: inner.clone(),
-                returned,
-                state: None,
-            };
+            let state = back
+                .state
+                .take()
+                .expect("the state until the forwarder runs");
             let watcher = {
                 let (stop, closing) = (stop.clone(), inner.closing.clone());
                 tokio::spawn(async move {
@@ -502,6 +529,8 @@ impl Server {
             stop.cancel();
             let _ = watcher.await;
             back.state = Some(result?);
+            // Puts it back before the task's result reaches `run_forwarder`.
+            drop(back);
             Ok(())
         });
         match task.await {
@@ -556,14 +585,19 @@ impl Server {
             let (mut slot, wait) = self
                 .inner
                 .forwarder_returned
-                .wait_timeout_while(slot, timeout.max(Duration::from_secs(1)), |s| s.is_none())
+                .wait_timeout_while(slot, timeout.max(Duration::from_secs(1)), |s| {
+                    s.is_none() && !self.inner.forwarder_lost.load(Ordering::Relaxed)
+                })
                 .unwrap_or_else(|p| p.into_inner());
             match slot.as_mut() {
                 Some(state) => state.drop_remaining_for_shutdown(&self.inner.metrics),
                 None if wait.timed_out() => tracing::error!(
-                    "the forwarder did not stop in time; it counts its leftovers when it returns"
+                    "the forwarder did not stop in time (its task needs its tokio runtime \
+                     running to wind down); it counts its leftovers when it returns"
                 ),
-                None => {}
+                None => {
+                    tracing::error!("the forwarder ended abnormally: what it held was not counted")
+                }
             }
         }
         // A reporter call blocking its thread keeps that thread after the forwarder

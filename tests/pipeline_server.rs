@@ -815,6 +815,7 @@ async fn a_call_that_panics_fails_as_internal_and_the_forwarder_goes_on_whicheve
 /// Never answers, counting its calls.
 #[derive(Default)]
 struct NeverAnswers {
+    may_block: bool,
     calls: std::sync::atomic::AtomicU32,
 }
 
@@ -829,17 +830,25 @@ impl boundary_log_proxy::reporter::Reporter for NeverAnswers {
     }
 
     fn calls_may_block(&self) -> bool {
-        false
+        self.may_block
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_that_never_ends_fails_after_the_call_timeout_is_retried_and_its_logs_are_counted() {
+    a_call_that_never_ends(false).await;
+    a_call_that_never_ends(true).await;
+}
+
+async fn a_call_that_never_ends(may_block: bool) {
     let proxy = TestProxy::start(IoMode::Auto, |c| {
         c.call_timeout = Duration::from_millis(100);
         c.retry_max_elapsed = Duration::from_millis(1500);
     });
-    let reporter = std::sync::Arc::new(NeverAnswers::default());
+    let reporter = std::sync::Arc::new(NeverAnswers {
+        may_block,
+        ..Default::default()
+    });
     let forwarder = proxy.forward(reporter.clone());
     proxy
         .connect()
@@ -850,7 +859,10 @@ async fn a_call_that_never_ends_fails_after_the_call_timeout_is_retried_and_its_
     })
     .await;
     let calls = reporter.calls.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(calls >= 2, "each call given up on is retried: {calls}");
+    assert!(
+        calls >= 2,
+        "each call given up on is retried (may_block {may_block}): {calls}"
+    );
     assert!(
         metrics.forward_requests_for(ForwardResult::RetryableError) >= 1,
         "a call given up on is a retryable error"
@@ -875,4 +887,125 @@ fn a_server_is_not_built_with_a_setting_out_of_range_and_the_error_names_it() {
         ServerError::Config(error) => assert_eq!(error.setting(), "--shutdown-timeout"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A stdout whose first write blocks for a while (a reader that pauses), then takes all.
+struct PausingStdout {
+    first: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    pause: Duration,
+}
+
+impl std::io::Write for PausingStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(self.pause);
+        }
+        self.out.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A call blocking its thread past the call deadline cannot be stopped: it is waited
+/// for, not retried beside it (the retry would queue behind it and print the logs a
+/// second time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdout_sink_paused_past_the_call_deadline_prints_each_log_once() {
+    let proxy = TestProxy::start(IoMode::Auto, |c| {
+        c.call_timeout = Duration::from_millis(100); // a deadline of 1.1 s
+        c.batch_linger = Duration::ZERO;
+    });
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reporter = boundary_log_proxy::reporter::stdout::StdoutReporter::with_writer(Box::new(
+        PausingStdout {
+            first: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            out: out.clone(),
+            pause: Duration::from_millis(2000),
+        },
+    ));
+    let forwarder = proxy.forward(reporter);
+    proxy
+        .connect()
+        .send_request(Tag::V2, &request(SESSION, "codex", 0, 3));
+    proxy.wait_forwarded(3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    forwarder.stop().await;
+    proxy.close().await;
+    let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.lines().count(), 3, "each log printed once:\n{text}");
+    let a = proxy.metrics().accounting();
+    assert_eq!((a.forwarded, a.dropped_forward_failed), (3, 0));
+    assert_accounting(proxy.metrics(), 0);
+}
+
+/// Always UNAVAILABLE, never blocking.
+struct Unavailable;
+
+impl boundary_log_proxy::reporter::Reporter for Unavailable {
+    async fn report_boundary_logs(
+        &self,
+        _: ReportBoundaryLogsRequest,
+    ) -> Result<boundary_log_proxy::proto::agent::ReportBoundaryLogsResponse, tonic::Status> {
+        Err(tonic::Status::unavailable("down"))
+    }
+
+    fn calls_may_block(&self) -> bool {
+        false
+    }
+}
+
+/// `run_forwarder` polled once (its task spawned) and dropped before the task first
+/// ran, then the runtime dropped with the task in it: the state still comes back, and
+/// the next forwarder runs instead of waiting for it forever.
+#[test]
+fn a_forwarder_dropped_before_its_task_first_ran_hands_its_state_back() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let rt = runtime();
+    let proxy = rt.block_on(async { TestProxy::start(IoMode::Auto, |_| {}) });
+    rt.block_on(async {
+        proxy
+            .connect()
+            .send_request(Tag::V2, &request(SESSION, "codex", 0, 3));
+        proxy.wait_received(3).await;
+        tokio::select! {
+            biased;
+            _ = proxy.server.run_forwarder(tokio_util::sync::CancellationToken::new(), Unavailable) => {},
+            () = std::future::ready(()) => {},
+        }
+    });
+    drop(rt);
+    let rt = runtime();
+    let again = rt.block_on(async {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.cancel();
+        });
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            proxy.server.run_forwarder(cancel, Unavailable),
+        )
+        .await
+    });
+    assert!(
+        matches!(again, Ok(Ok(()))),
+        "the next forwarder ran and returned when cancelled: {again:?}"
+    );
+    rt.block_on(proxy.close());
+    assert_eq!(
+        proxy.metrics().logs_dropped_for(LogDropReason::Shutdown),
+        3,
+        "what the ring held is counted at close"
+    );
+    assert_accounting(proxy.metrics(), 0);
 }

@@ -644,7 +644,12 @@ async fn attempt<R: Reporter>(
         // does not end by the deadline fails too, whatever the reporter keeps.
         let call = AssertUnwindSafe(reporter.report_encoded(request.clone())).catch_unwind();
         tokio::pin!(call);
-        let deadline = tokio::time::sleep(ctx.config.call_deadline);
+        let deadline = async {
+            match ctx.config.call_deadline {
+                Some(after) => tokio::time::sleep(after).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::pin!(deadline);
         // With a spool, a call left unanswered marks the destination failing, as
         // an error would (a hung coderd answers nothing until the call timeout). An
@@ -664,7 +669,7 @@ async fn attempt<R: Reporter>(
                 }),
                 () = &mut deadline => break Err(Status::deadline_exceeded(format!(
                     "the reporter's call did not end within {:?}",
-                    ctx.config.call_deadline
+                    ctx.config.call_deadline.unwrap_or_default()
                 ))),
                 () = &mut stall, if !stalled => {
                     stalled = true;
@@ -827,7 +832,7 @@ mod tests {
             linger: Duration::ZERO,
             retry_max_elapsed: Duration::ZERO,
             stall_after: Duration::from_secs(3600),
-            call_deadline: Duration::from_secs(3600),
+            call_deadline: None,
         }
     }
 
@@ -1619,7 +1624,7 @@ mod tests {
         };
         let config = ForwarderConfig {
             stall_after: Duration::from_millis(30),
-            call_deadline: Duration::from_secs(3600),
+            call_deadline: None,
             retry_max_elapsed: Duration::from_secs(30),
             ..no_retries(WIDE)
         };

@@ -9,6 +9,13 @@
 //! reached it, else (cancelled first) dropped. A call given up on is aborted; one
 //! stuck in a blocking write cannot be, and its bytes may still reach the
 //! destination before the process exits, counted as `shutdown` nonetheless.
+//!
+//! A call has a deadline of its own ([`Isolated::new`]'s `deadline`): past it the call
+//! is aborted, which stops it at its next await, and it fails as DEADLINE_EXCEEDED,
+//! to be retried. A call blocking its thread cannot stop there: it is waited for, and
+//! its own outcome is the call's. A retry sent meanwhile would only queue behind it on
+//! the calls thread and then deliver the same logs a second time (a stdout that paused
+//! would print them twice).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -79,11 +86,14 @@ pub struct Isolated<R> {
     calls: tokio::runtime::Handle,
     /// Dropped with the reporter: ends the calls thread (if it is not stuck).
     _stop: oneshot::Sender<()>,
+    /// Past this a call is aborted (see the module docs).
+    deadline: Duration,
 }
 
 impl<R: Reporter> Isolated<R> {
-    /// Starts the calls thread for `inner`, counted in `threads` while it runs.
-    pub fn new(inner: R, threads: &Arc<CallThreads>) -> std::io::Result<Self> {
+    /// Starts the calls thread for `inner`, counted in `threads` while it runs; each
+    /// call is aborted past `deadline` (see the module docs).
+    pub fn new(inner: R, threads: &Arc<CallThreads>, deadline: Duration) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -109,6 +119,7 @@ impl<R: Reporter> Isolated<R> {
             inner: Arc::new(inner),
             calls,
             _stop: stop,
+            deadline,
         })
     }
 
@@ -119,9 +130,26 @@ impl<R: Reporter> Isolated<R> {
         F: Future<Output = Result<T, tonic::Status>> + Send + 'static,
     {
         let handle = AbortOnDrop(self.calls.spawn(call));
+        let deadline = self.deadline;
         async move {
             let mut handle = handle;
-            match (&mut handle.0).await {
+            let joined = match tokio::time::timeout(deadline, &mut handle.0).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    // Stops the call at its next await; a call blocking its thread
+                    // finishes what it does, and its own outcome counts.
+                    handle.0.abort();
+                    match (&mut handle.0).await {
+                        Err(error) if error.is_cancelled() => {
+                            return Err(tonic::Status::deadline_exceeded(format!(
+                                "the reporter's call did not end within {deadline:?}"
+                            )))
+                        }
+                        joined => joined,
+                    }
+                }
+            };
+            match joined {
                 Ok(result) => result,
                 Err(error) => Err(tonic::Status::internal(format!(
                     "the reporter's call ended abnormally: {error}"
@@ -195,6 +223,7 @@ mod tests {
                 release: release.clone(),
             },
             &Arc::new(CallThreads::default()),
+            Duration::from_secs(3600),
         )
         .unwrap();
         // On a current-thread runtime, the blocking call would hang this test

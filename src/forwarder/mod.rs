@@ -52,9 +52,10 @@ pub struct ForwarderConfig {
     /// failing, as an error answer does, so that a destination that hangs sends the
     /// backlog to the spool once the ring is half full, not to `buffer_full`.
     pub stall_after: Duration,
-    /// Longest one call may take: a call that has not ended by then fails as
-    /// DEADLINE_EXCEEDED (retryable), whatever the reporter does.
-    pub call_deadline: Duration,
+    /// Longest one call may take: a call that has not ended by then is dropped and
+    /// fails as DEADLINE_EXCEEDED (retryable). `None` when the reporter keeps the
+    /// deadline itself (`Isolated`, whose calls cannot always be dropped).
+    pub call_deadline: Option<Duration>,
 }
 
 impl ForwarderConfig {
@@ -84,6 +85,10 @@ pub enum ForwarderError {
     /// The forwarder's task panicked or was cancelled by its runtime shutting down.
     #[error("the forwarder's task ended abnormally ({0}); what it held was not counted")]
     TaskEnded(String),
+    /// An earlier forwarder ended abnormally and took the ring's consumer with it: no
+    /// forwarder can run again on this server.
+    #[error("an earlier forwarder ended abnormally; no forwarder can run on this server")]
+    Lost,
 }
 
 impl ForwarderState {
@@ -420,7 +425,7 @@ mod tests {
             linger: Duration::from_secs(3600),
             retry_max_elapsed: Duration::from_secs(1),
             stall_after: Duration::from_secs(3600),
-            call_deadline: Duration::from_secs(3600),
+            call_deadline: None,
         };
         let drain = Drain {
             consumer,
