@@ -529,16 +529,18 @@ async fn answering_with_a_response_of(len: usize) -> String {
 /// learned coderd takes. It is a permanent failure, worded as the response's.
 #[tokio::test]
 async fn a_response_over_the_limit_is_not_read_as_the_request_refused_for_its_size() {
-    let url = answering_with_a_response_of(100_000).await;
-    let status = reporter(&url)
-        .report_encoded(encoded(&sample_request()))
-        .await
-        .unwrap_err();
-    assert_eq!(classify(&status), Failure::Permanent, "{status:?}");
-    assert!(
-        status
-            .message()
-            .contains("coderd's response is 100000 bytes"),
-        "{status:?}"
-    );
+    // Over the proxy's 64 KiB, and over tonic's own 4 MiB (which tonic words as a
+    // refusal of a message for its size).
+    for len in [100_000, 5 << 20] {
+        let url = answering_with_a_response_of(len).await;
+        let status = reporter(&url)
+            .report_encoded(encoded(&sample_request()))
+            .await
+            .unwrap_err();
+        assert_eq!(classify(&status), Failure::Permanent, "{len}: {status:?}");
+        assert!(
+            status.message().starts_with("coderd's response is "),
+            "{len}: {status:?}"
+        );
+    }
 }

@@ -37,9 +37,11 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// length too large"), which the forwarder answers by splitting a request coderd has
 /// already taken and sending it again.
 pub(super) const MAX_RESPONSE_BYTES: usize = 64 << 10;
-/// tonic's own limit on a response, its default: what a response may make the proxy
-/// buffer before the codec sees it.
-const MAX_BUFFERED_RESPONSE_BYTES: usize = 4 << 20;
+/// tonic's own limit on a response: what a response may make the proxy buffer before
+/// the codec sees it. One byte over tonic's default (4 MiB), so that its refusal of a
+/// response, which it words as a server's refusal of a request, names a limit no
+/// server uses and is told apart (`response_refusal`).
+const MAX_BUFFERED_RESPONSE_BYTES: usize = (4 << 20) + 1;
 /// Default HTTP/2 keepalive: while a call is open and nothing was read for this
 /// long, ping coderd...
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -261,7 +263,29 @@ impl GrpcReporter {
             .await
             .map(drop)
             .map_err(deadline_from_local_timeout)
+            .map_err(response_refusal)
     }
+}
+
+/// tonic's refusal of a response over [`MAX_BUFFERED_RESPONSE_BYTES`], reworded as the
+/// codec words a response over [`MAX_RESPONSE_BYTES`]: coderd took the request, so it
+/// must not read as the request refused for its size (`failure::oversize`).
+fn response_refusal(status: Status) -> Status {
+    let ours = format!("the limit is: {MAX_BUFFERED_RESPONSE_BYTES} bytes");
+    if status.code() == tonic::Code::OutOfRange
+        && status
+            .message()
+            .contains("decoded message length too large")
+        && status.message().contains(&ours)
+    {
+        return Status::internal(format!(
+            "coderd's response is over {MAX_BUFFERED_RESPONSE_BYTES} bytes, over the \
+             {MAX_RESPONSE_BYTES} this proxy takes for an empty ReportBoundaryLogsResponse \
+             ({})",
+            status.message()
+        ));
+    }
+    status
 }
 
 impl fmt::Debug for GrpcReporter {
