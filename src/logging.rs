@@ -95,12 +95,27 @@ fn redacted_forms(secret: &str) -> Vec<Vec<u8>> {
     if secret.len() < MIN_REDACTED_LEN {
         return Vec::new();
     }
-    let debug = secret.escape_debug().to_string();
-    let json = |s: &str| {
-        let quoted = serde_json::to_string(s).unwrap_or_default();
-        quoted.trim_matches('"').to_owned()
+    let unquote = |s: String| {
+        s.strip_prefix('"')
+            .and_then(|s| s.strip_suffix('"'))
+            .map(str::to_owned)
+            .unwrap_or(s)
     };
-    let mut forms = vec![secret.to_owned(), json(secret), json(&debug), debug];
+    // As a `str`'s and a header value's `Debug` print it (the two escape differently),
+    // and as `escape_debug` does.
+    let mut debug = vec![
+        unquote(format!("{secret:?}")),
+        secret.escape_debug().to_string(),
+    ];
+    if let Ok(header) = http::HeaderValue::from_str(secret) {
+        debug.push(unquote(format!("{header:?}")));
+    }
+    let json = |s: &str| unquote(serde_json::to_string(s).unwrap_or_default());
+    let mut forms = vec![secret.to_owned(), json(secret)];
+    for form in debug {
+        forms.push(json(&form));
+        forms.push(form);
+    }
     forms.sort();
     forms.dedup();
     forms.into_iter().map(String::into_bytes).collect()
@@ -198,6 +213,27 @@ mod tests {
             assert!(
                 !clean.contains("s3cret") && !clean.contains("4f9c"),
                 "{clean}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_with_quotes_apostrophes_and_backslashes_is_replaced_however_it_was_printed() {
+        let token = "s3cret'tok\"en\\4f9c";
+        let forms = redacted_forms(token);
+        let header = http::HeaderValue::from_str(token).unwrap();
+        let printed = [
+            format!("Request: {:?}", format!("Coder-Session-Token: {token}\r\n")),
+            format!("headers: {{\"coder-session-token\": {header:?}}}"),
+        ];
+        for line in printed
+            .iter()
+            .flat_map(|p| [p.clone(), serde_json::to_string(p).unwrap()])
+        {
+            let clean = String::from_utf8(redact(line.as_bytes(), &forms).unwrap()).unwrap();
+            assert!(
+                !clean.contains("s3cret") && !clean.contains("4f9c"),
+                "{line} -> {clean}"
             );
         }
     }

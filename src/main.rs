@@ -20,6 +20,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if invocation
+        .secrets()
+        .iter()
+        .any(|token| token.len() < logging::MIN_REDACTED_LEN)
+    {
+        tracing::warn!(
+            "a token shorter than {} bytes is not cut out of the logs (it would match \
+             ordinary words); it may appear in them at --log-level trace",
+            logging::MIN_REDACTED_LEN
+        );
+    }
     for name in cli::unknown_variables(std::env::vars_os().map(|(name, _)| name)) {
         tracing::warn!(variable = %name, "ignoring an environment variable no setting reads (misspelt? --help names each setting's variable)");
     }
