@@ -330,6 +330,14 @@ impl CoderReporter {
                     version: &version,
                 }
                 .emit(&self.inner.metrics);
+                if session.is_ended() {
+                    // It ended before it was stored here: its end found another (or no)
+                    // session current and may have set the gauge already; set it again.
+                    CoderdDisconnected {
+                        reason: "the session ended as it was opened",
+                    }
+                    .emit(&self.inner.metrics);
+                }
                 drop(current);
                 Ok(session)
             }
