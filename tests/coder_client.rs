@@ -301,13 +301,45 @@ async fn a_request_of_a_mebibyte_keeps_to_the_256_kib_stream_window_and_arrives_
     );
 }
 
+/// The binary's `serve` to `peer` with `token`, its socket in `dir`, `--log-format
+/// json` and `extra` flags, once it listens; and its metrics address.
+async fn serve_to(
+    peer: &CoderPeer,
+    token: &str,
+    dir: &tempfile::TempDir,
+    extra: &[&str],
+) -> (support::proxy::Process, std::net::SocketAddr) {
+    let socket = dir.path().join("proxy.sock");
+    let metrics = support::proxy::free_addr();
+    let (url, socket_arg, metrics_arg) = (
+        peer.url.to_string(),
+        socket.to_str().unwrap().to_owned(),
+        metrics.to_string(),
+    );
+    let mut args = vec![
+        "serve",
+        "--coder-url",
+        &url,
+        "--agent-token",
+        token,
+        "--socket",
+        &socket_arg,
+        "--metrics-addr",
+        &metrics_arg,
+        "--log-format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let mut proxy = support::proxy::Process::spawn(&args);
+    proxy.wait_for_socket(&socket, "listening").await;
+    (proxy, metrics)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_logs_a_wrong_token_once_with_coderds_message_counts_each_attempt_and_drops_after_retries(
 ) {
     use boundary_log_proxy::codec::Tag;
-    use support::proxy::{
-        assert_accounting_totals, free_addr, request, stopped_totals, Client, Process,
-    };
+    use support::proxy::{assert_accounting_totals, request, stopped_totals, Client};
 
     let peer = CoderPeer::start(PeerConfig {
         refuse_upgrade: Some((
@@ -318,29 +350,9 @@ async fn the_binary_logs_a_wrong_token_once_with_coderds_message_counts_each_att
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
+    let (proxy, metrics) =
+        serve_to(&peer, "wrong-token", &dir, &["--retry-max-elapsed", "2s"]).await;
     let socket = dir.path().join("proxy.sock");
-    let metrics = free_addr();
-    let (url, socket_arg, metrics_arg) = (
-        peer.url.to_string(),
-        socket.to_str().unwrap().to_owned(),
-        metrics.to_string(),
-    );
-    let mut proxy = Process::spawn(&[
-        "serve",
-        "--coder-url",
-        &url,
-        "--agent-token",
-        "wrong-token",
-        "--socket",
-        &socket_arg,
-        "--metrics-addr",
-        &metrics_arg,
-        "--retry-max-elapsed",
-        "2s",
-        "--log-format",
-        "json",
-    ]);
-    proxy.wait_for_socket(&socket, "listening").await;
     Client::connect(&socket).send_request(
         Tag::V2,
         &request("6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f", "curl", 0, 5),
@@ -416,35 +428,14 @@ async fn the_websocket_to_coderd_refuses_a_message_far_over_any_yamux_frame() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_token_never_appears_in_the_binarys_logs_even_at_trace_level() {
     use boundary_log_proxy::codec::Tag;
-    use support::proxy::{free_addr, request, Client, Process};
+    use support::proxy::{request, Client};
 
     const TOKEN: &str = "7d5c1a2e-agent-token-4f9c";
     let peer = CoderPeer::start(PeerConfig::default()).await;
     peer.script(Answer::Replay(variant("B")));
     let dir = tempfile::tempdir().unwrap();
+    let (proxy, metrics) = serve_to(&peer, TOKEN, &dir, &["--log-level", "trace"]).await;
     let socket = dir.path().join("proxy.sock");
-    let metrics = free_addr();
-    let (url, socket_arg, metrics_arg) = (
-        peer.url.to_string(),
-        socket.to_str().unwrap().to_owned(),
-        metrics.to_string(),
-    );
-    let mut proxy = Process::spawn(&[
-        "serve",
-        "--coder-url",
-        &url,
-        "--agent-token",
-        TOKEN,
-        "--socket",
-        &socket_arg,
-        "--metrics-addr",
-        &metrics_arg,
-        "--log-level",
-        "trace",
-        "--log-format",
-        "json",
-    ]);
-    proxy.wait_for_socket(&socket, "listening").await;
     Client::connect(&socket).send_request(
         Tag::V2,
         &request("6f1c2b9a-2d4e-4c1b-9b8e-0a1b2c3d4e5f", "curl", 0, 1),

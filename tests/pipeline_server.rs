@@ -283,24 +283,67 @@ async fn transient_failures_are_retried_until_delivered_with_no_drops() {
     assert_eq!(metrics.forward_requests_for(ForwardResult::Ok), 1);
     assert_eq!(metrics.forward_latency_seconds.get_sample_count(), 4);
     forwarder.stop().await;
+    close_expecting(&proxy, (7, 0, 0)).await;
+}
+
+/// Writes `sent[5..]` while no forwarder runs (they wait in the ring), then runs a
+/// forwarder to `up`: every log of `sent` arrives there once and in order, and nothing
+/// is dropped. Closes the proxy.
+async fn a_new_forwarder_delivers_everything(
+    proxy: &TestProxy,
+    client: &mut support::proxy::Client,
+    sent: &[ReportBoundaryLogsRequest],
+    up: &FakeCoderd,
+) {
+    for r in &sent[5..] {
+        client.send_request(Tag::V2, r);
+    }
+    proxy.wait_received(20).await;
+    let forwarder = proxy.forward(grpc_reporter(&up.addr()));
+    assert!(up.wait_for_logs(20, PATIENCE).await);
+    proxy.wait_forwarded(20).await;
+    assert_eq!(
+        all_logs(&decoded(up)),
+        all_logs(sent),
+        "none lost, order kept"
+    );
+    forwarder.stop().await;
+    close_expecting(proxy, (20, 0, 0)).await;
+}
+
+/// Closes the proxy and checks its logs forwarded, dropped as `forward_failed` and as
+/// `shutdown`, and the accounting invariant.
+async fn close_expecting(proxy: &TestProxy, forwarded_failed_shutdown: (u64, u64, u64)) {
     proxy.close().await;
     let a = proxy.metrics().accounting();
     assert_eq!(
         (a.forwarded, a.dropped_forward_failed, a.dropped_shutdown),
-        (7, 0, 0)
+        forwarded_failed_shutdown
     );
     assert_accounting(proxy.metrics(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_forwarder_returns_and_a_new_reporter_delivers_what_was_buffered() {
+/// A coderd that answers every call UNAVAILABLE, one that takes every call, a proxy,
+/// and ten requests of two logs each to send through it.
+async fn down_and_up() -> (
+    FakeCoderd,
+    FakeCoderd,
+    TestProxy,
+    Vec<ReportBoundaryLogsRequest>,
+) {
     let down = FakeCoderd::start().await;
     down.set_behaviour(Behaviour::fail_all(Code::Unavailable));
     let up = FakeCoderd::start().await;
     let proxy = TestProxy::start(IoMode::Auto, |_| {});
-    let sent: Vec<_> = (0..10)
+    let sent = (0..10)
         .map(|i| request(SESSION, "codex", i * 2, 2))
         .collect();
+    (down, up, proxy, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_forwarder_returns_and_a_new_reporter_delivers_what_was_buffered() {
+    let (down, up, proxy, sent) = down_and_up().await;
 
     let forwarder = proxy.forward(grpc_reporter(&down.addr()));
     let mut client = proxy.connect();
@@ -314,28 +357,8 @@ async fn a_cancelled_forwarder_returns_and_a_new_reporter_delivers_what_was_buff
     forwarder.stop().await;
 
     // While no forwarder runs, frames wait in the ring.
-    for r in &sent[5..] {
-        client.send_request(Tag::V2, r);
-    }
-    proxy.wait_received(20).await;
-    let forwarder = proxy.forward(grpc_reporter(&up.addr()));
-    assert!(up.wait_for_logs(20, PATIENCE).await);
-    proxy.wait_forwarded(20).await;
-    assert_eq!(
-        all_logs(&decoded(&up)),
-        all_logs(&sent),
-        "none lost, order kept"
-    );
+    a_new_forwarder_delivers_everything(&proxy, &mut client, &sent, &up).await;
     assert!(down.requests().is_empty());
-
-    forwarder.stop().await;
-    proxy.close().await;
-    let a = proxy.metrics().accounting();
-    assert_eq!(
-        (a.forwarded, a.dropped_forward_failed, a.dropped_shutdown),
-        (20, 0, 0)
-    );
-    assert_accounting(proxy.metrics(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -708,13 +731,7 @@ async fn calls_that_may_block_run_on_the_calls_thread_and_the_others_on_the_forw
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_forwarders_future_hands_what_it_held_back_and_the_next_forwarder_delivers_it()
 {
-    let down = FakeCoderd::start().await;
-    down.set_behaviour(Behaviour::fail_all(Code::Unavailable));
-    let up = FakeCoderd::start().await;
-    let proxy = TestProxy::start(IoMode::Auto, |_| {});
-    let sent: Vec<_> = (0..10)
-        .map(|i| request(SESSION, "codex", i * 2, 2))
-        .collect();
+    let (down, up, proxy, sent) = down_and_up().await;
     let mut client = proxy.connect();
     for r in &sent[..5] {
         client.send_request(Tag::V2, r);
@@ -731,26 +748,7 @@ async fn dropping_the_forwarders_future_hands_what_it_held_back_and_the_next_for
 
     // Frames written after it was dropped wait in the ring, not in a drain thread
     // nobody reads; the next forwarder gets the state back (it waits for it).
-    for r in &sent[5..] {
-        client.send_request(Tag::V2, r);
-    }
-    proxy.wait_received(20).await;
-    let forwarder = proxy.forward(grpc_reporter(&up.addr()));
-    assert!(up.wait_for_logs(20, PATIENCE).await);
-    proxy.wait_forwarded(20).await;
-    assert_eq!(
-        all_logs(&decoded(&up)),
-        all_logs(&sent),
-        "none lost, order kept"
-    );
-    forwarder.stop().await;
-    proxy.close().await;
-    let a = proxy.metrics().accounting();
-    assert_eq!(
-        (a.forwarded, a.dropped_forward_failed, a.dropped_shutdown),
-        (20, 0, 0)
-    );
-    assert_accounting(proxy.metrics(), 0);
+    a_new_forwarder_delivers_everything(&proxy, &mut client, &sent, &up).await;
 }
 
 /// Panics in its first call, then delivers (counting the calls).
