@@ -418,14 +418,15 @@ impl Server {
     /// the returned future awaits. Dropping that future (a `select!`, a `timeout`)
     /// cancels the forwarder as `cancel` would: the task winds down, and what it held
     /// goes back to the server for the next `run_forwarder` or for `close` to count.
-    /// Winding down needs the runtime running: on a current-thread runtime that is no
-    /// longer driven, or one shut down meanwhile, what the forwarder held is not
-    /// counted (`close` then waits `shutdown_timeout` for it and logs an error).
+    /// Winding down needs the runtime running: a forwarder dropped with its runtime
+    /// while it ran is lost (what it held is not counted, `close` logs an error, a
+    /// later `run_forwarder` fails with `ForwarderError::Lost`, and every log received
+    /// from then on is counted as dropped `forward_failed`).
     /// A call that panics fails as INTERNAL (its logs dropped as `forward_failed`), and
     /// a call that has not ended by `call_timeout` plus [`CALL_DEADLINE_GRACE`] is
     /// stopped and fails as DEADLINE_EXCEEDED, to be retried: a reporter need not keep
-    /// a deadline of its own. One blocking its calls thread cannot be stopped; it is
-    /// waited for, and its own outcome counts.
+    /// a deadline of its own. One blocking its calls thread at its deadline is waited
+    /// for to its end, and its own outcome counts.
     pub async fn run_forwarder<R: Reporter>(
         &self,
         cancel: CancellationToken,

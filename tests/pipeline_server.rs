@@ -1007,3 +1007,86 @@ fn a_forwarder_dropped_before_its_task_first_ran_hands_its_state_back() {
     );
     assert_accounting(proxy.metrics(), 0);
 }
+
+/// Counts its calls and answers each UNAVAILABLE, never blocking.
+#[derive(Default)]
+struct CountsUnavailable {
+    calls: std::sync::atomic::AtomicU32,
+}
+
+impl boundary_log_proxy::reporter::Reporter for CountsUnavailable {
+    async fn report_boundary_logs(
+        &self,
+        _: ReportBoundaryLogsRequest,
+    ) -> Result<boundary_log_proxy::proto::agent::ReportBoundaryLogsResponse, tonic::Status> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(tonic::Status::unavailable("down"))
+    }
+
+    fn calls_may_block(&self) -> bool {
+        false
+    }
+}
+
+/// A forwarder whose task is cancelled while it runs (its runtime dropped) takes the
+/// delivery loop with it: the request it was retrying goes uncounted (documented), no
+/// forwarder can run again, and every log received from then on is counted as dropped
+/// `forward_failed` rather than drained into nowhere.
+#[test]
+fn logs_received_after_a_forwarder_was_dropped_while_it_ran_are_counted() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let rt = runtime();
+    let proxy = rt.block_on(async { TestProxy::start(IoMode::Auto, |_| {}) });
+    let reporter = std::sync::Arc::new(CountsUnavailable::default());
+    rt.block_on(async {
+        proxy
+            .connect()
+            .send_request(Tag::V2, &request(SESSION, "codex", 0, 2));
+        let forwarder = proxy
+            .server
+            .run_forwarder(tokio_util::sync::CancellationToken::new(), reporter.clone());
+        // Runs until it is retrying that request; the runtime, dropped next, cancels
+        // its task there.
+        tokio::select! {
+            ended = forwarder => panic!("the forwarder ended: {ended:?}"),
+            () = eventually("the forwarder calling", || {
+                reporter.calls.load(std::sync::atomic::Ordering::SeqCst) >= 1
+            }) => {}
+        }
+    });
+    drop(rt);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut client = proxy.connect();
+        for i in 1..6 {
+            client.send_request(Tag::V2, &request(SESSION, "codex", i * 2, 2));
+        }
+        proxy.wait_received(12).await;
+        let metrics = proxy.metrics().clone();
+        eventually("the later logs counted as dropped", || {
+            metrics.logs_dropped_for(LogDropReason::ForwardFailed) == 10
+        })
+        .await;
+        let again = proxy
+            .server
+            .run_forwarder(tokio_util::sync::CancellationToken::new(), Unavailable)
+            .await;
+        assert!(
+            matches!(
+                again,
+                Err(ServerError::Forwarder(
+                    boundary_log_proxy::forwarder::ForwarderError::Lost
+                ))
+            ),
+            "{again:?}"
+        );
+        proxy.close().await;
+    });
+    // The two logs of the request the lost forwarder held are the only ones unsettled.
+    assert_accounting(proxy.metrics(), 2);
+}

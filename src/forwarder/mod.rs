@@ -27,7 +27,7 @@ use crate::events::{ForwardDropReason, ForwardDropped, InternalEvent, RingOccupa
 use crate::intake::QueuedFrame;
 use crate::metrics::Metrics;
 use crate::reporter::Reporter;
-use crate::ring::{Consumer, WaitOutcome};
+use crate::ring::{Consumer, RingHandle, WaitOutcome};
 
 /// Longest the drain thread sleeps before looking at its stop flag again.
 const IDLE_TICK: Duration = Duration::from_millis(100);
@@ -145,6 +145,56 @@ impl ForwarderState {
     }
 }
 
+/// Stops the drain thread when dropped armed: `run`'s future dropped before it ended.
+struct StopOnDrop {
+    stop: Arc<AtomicBool>,
+    waker: RingHandle<QueuedFrame>,
+    armed: bool,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.stop.store(true, Ordering::Release);
+            self.waker.wake();
+        }
+    }
+}
+
+/// The drain thread's end when `run`'s future was dropped (its task cancelled, its
+/// runtime shut down) and took the delivery loop with it: nothing can deliver any
+/// more, and the server cannot have the ring back. So that no log is lost silently,
+/// what the thread holds and every frame that reaches the ring from now on, until
+/// the ring is closed, is counted as dropped `forward_failed`, with an error logged.
+/// (The requests the delivery loop held went with its future, uncounted.)
+fn drop_abandoned(mut consumer: Consumer<QueuedFrame>, leftover: Vec<Outgoing>, metrics: &Metrics) {
+    tracing::error!(
+        "the forwarder was dropped while it ran (its task cancelled or its runtime shut \
+         down): every log received from now on is counted as dropped forward_failed"
+    );
+    let mut frames: u64 = leftover.iter().map(|o| u64::from(o.request.frames)).sum();
+    let mut logs: u64 = leftover.iter().map(|o| u64::from(o.request.logs)).sum();
+    loop {
+        while let Some(queued) = consumer.pop() {
+            frames += 1;
+            logs += u64::from(queued.frame.log_count());
+        }
+        if frames > 0 {
+            ForwardDropped {
+                frames,
+                logs,
+                reason: ForwardDropReason::ForwardFailed,
+            }
+            .emit(metrics);
+            (frames, logs) = (0, 0);
+        }
+        RingOccupancy { len: 0 }.emit(metrics);
+        if consumer.wait(IDLE_TICK) == WaitOutcome::Closed && consumer.is_empty() {
+            return;
+        }
+    }
+}
+
 /// Delivers until `cancel` fires, or until the ring is closed and everything in it
 /// has been delivered or dropped. Returns the state for the next run: what could
 /// not be delivered stays in it, in order.
@@ -173,10 +223,20 @@ pub async fn run<R: Reporter>(
     std::thread::Builder::new()
         .name("blp-forwarder".into())
         .spawn(move || {
+            let metrics = drain.metrics.clone();
             let result = drain.run(tx);
-            let _ = done_tx.send(result);
+            if let Err((consumer, leftover)) = done_tx.send(result) {
+                drop_abandoned(consumer, leftover, &metrics);
+            }
         })
         .map_err(ForwarderError::Spawn)?;
+    // Dropped with this future before it ends (its task cancelled): stops the drain
+    // thread, which then finds nobody to hand the ring back to (`drop_abandoned`).
+    let mut abandon = StopOnDrop {
+        stop: stop.clone(),
+        waker: waker.clone(),
+        armed: true,
+    };
 
     let spool = state.spooler.as_mut().map(|spooler| flight::SpoolLink {
         spooler,
@@ -195,6 +255,7 @@ pub async fn run<R: Reporter>(
         pending.push_back(request);
     }
     let (consumer, leftover) = done_rx.await.map_err(|_| ForwarderError::DrainPanicked)?;
+    abandon.armed = false;
     pending.extend(leftover);
     Ok(ForwarderState {
         consumer,
