@@ -1090,3 +1090,56 @@ fn logs_received_after_a_forwarder_was_dropped_while_it_ran_are_counted() {
     // The two logs of the request the lost forwarder held are the only ones unsettled.
     assert_accounting(proxy.metrics(), 2);
 }
+
+/// Blocks its thread in its first call (a write that pauses), records the request as
+/// written, then awaits before it returns.
+#[derive(Default)]
+struct BlocksThenAwaits {
+    written: std::sync::atomic::AtomicU32,
+}
+
+impl boundary_log_proxy::reporter::Reporter for BlocksThenAwaits {
+    async fn report_boundary_logs(
+        &self,
+        _: ReportBoundaryLogsRequest,
+    ) -> Result<boundary_log_proxy::proto::agent::ReportBoundaryLogsResponse, tonic::Status> {
+        let first = self
+            .written
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            == 0;
+        if first {
+            std::thread::sleep(Duration::from_millis(2000));
+        }
+        tokio::task::yield_now().await;
+        Ok(Default::default())
+    }
+}
+
+/// Past its deadline a call that is blocking its thread is not given up on at its next
+/// await (it has written by then): it is waited for, and not sent a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_blocks_past_the_deadline_and_then_awaits_is_sent_once() {
+    let proxy = TestProxy::start(IoMode::Auto, |c| {
+        c.call_timeout = Duration::from_millis(100); // a deadline of 1.1 s
+        c.batch_linger = Duration::ZERO;
+    });
+    let reporter = std::sync::Arc::new(BlocksThenAwaits::default());
+    let forwarder = proxy.forward(reporter.clone());
+    proxy
+        .connect()
+        .send_request(Tag::V2, &request(SESSION, "codex", 0, 3));
+    proxy.wait_forwarded(3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    forwarder.stop().await;
+    let metrics = proxy.metrics().clone();
+    close_expecting(&proxy, (3, 0, 0)).await;
+    assert_eq!(
+        reporter.written.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "written once"
+    );
+    assert_eq!(
+        metrics.forward_requests_for(ForwardResult::RetryableError),
+        0
+    );
+}

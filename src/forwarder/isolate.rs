@@ -10,12 +10,13 @@
 //! stuck in a blocking write cannot be, and its bytes may still reach the
 //! destination before the process exits, counted as `shutdown` nonetheless.
 //!
-//! A call has a deadline of its own ([`Isolated::new`]'s `deadline`): past it the call
-//! is aborted, which stops it at its next await, and it fails as DEADLINE_EXCEEDED,
-//! to be retried. A call blocking its thread cannot stop there: it is waited for, and
-//! its own outcome is the call's. A retry sent meanwhile would only queue behind it on
-//! the calls thread and then deliver the same logs a second time (a stdout that paused
-//! would print them twice).
+//! A call has a deadline of its own ([`Isolated::new`]'s `deadline`). Past it, a call
+//! that is awaiting is not polled again and fails as DEADLINE_EXCEEDED, to be retried.
+//! A call that is inside a poll then (blocking its thread: a write that does not
+//! return) is waited for to its end, however many more polls it takes, and its own
+//! outcome is the call's: a retry sent beside it would queue behind it on the calls
+//! thread and then deliver the same logs a second time (a stdout that paused would
+//! print them twice).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -129,24 +130,39 @@ impl<R: Reporter> Isolated<R> {
         T: Send + 'static,
         F: Future<Output = Result<T, tonic::Status>> + Send + 'static,
     {
-        let handle = AbortOnDrop(self.calls.spawn(call));
+        let phase = Arc::new(Mutex::new(Phase::Idle));
         let deadline = self.deadline;
+        let expired = move || {
+            tonic::Status::deadline_exceeded(format!(
+                "the reporter's call did not end within {deadline:?}"
+            ))
+        };
+        let guarded = Guarded {
+            call: Box::pin(call),
+            phase: phase.clone(),
+            expired,
+        };
+        let handle = AbortOnDrop(self.calls.spawn(guarded));
         async move {
             let mut handle = handle;
             let joined = match tokio::time::timeout(deadline, &mut handle.0).await {
                 Ok(joined) => joined,
                 Err(_) => {
-                    // Stops the call at its next await; a call blocking its thread
-                    // finishes what it does, and its own outcome counts.
-                    handle.0.abort();
-                    match (&mut handle.0).await {
-                        Err(error) if error.is_cancelled() => {
-                            return Err(tonic::Status::deadline_exceeded(format!(
-                                "the reporter's call did not end within {deadline:?}"
-                            )))
+                    let gave_up = {
+                        let mut now = phase.lock().unwrap_or_else(|p| p.into_inner());
+                        let awaiting = *now == Phase::Idle;
+                        if awaiting {
+                            *now = Phase::GaveUp;
                         }
-                        joined => joined,
+                        awaiting
+                    };
+                    if gave_up {
+                        // Awaiting: it is not polled again, and fails as expired.
+                        return Err(expired());
                     }
+                    // Inside a poll, blocking its thread: it may be writing. Its own
+                    // outcome counts, however long it takes.
+                    (&mut handle.0).await
                 }
             };
             match joined {
@@ -156,6 +172,51 @@ impl<R: Reporter> Isolated<R> {
                 ))),
             }
         }
+    }
+}
+
+/// Where an isolated call is, as its deadline sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Awaiting (between polls), or not started.
+    Idle,
+    /// Inside a poll: running, perhaps blocking its thread.
+    Polling,
+    /// The deadline passed while it was awaiting: it is not polled again.
+    GaveUp,
+}
+
+/// A call that records whether it is inside a poll, and that is not polled again once
+/// its deadline gave up on it between polls: a call that had blocked its thread past
+/// the deadline is then never abandoned halfway (a retry beside it would deliver its
+/// logs a second time), and one that was only awaiting stops where it was.
+struct Guarded<F, E> {
+    call: std::pin::Pin<Box<F>>,
+    phase: Arc<Mutex<Phase>>,
+    expired: E,
+}
+
+impl<T, F, E> Future for Guarded<F, E>
+where
+    F: Future<Output = Result<T, tonic::Status>>,
+    E: Fn() -> tonic::Status + Unpin,
+{
+    type Output = Result<T, tonic::Status>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        {
+            let mut phase = self.phase.lock().unwrap_or_else(|p| p.into_inner());
+            if *phase == Phase::GaveUp {
+                return std::task::Poll::Ready(Err((self.expired)()));
+            }
+            *phase = Phase::Polling;
+        }
+        let polled = self.call.as_mut().poll(cx);
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = Phase::Idle;
+        polled
     }
 }
 
