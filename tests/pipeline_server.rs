@@ -940,34 +940,12 @@ async fn a_stdout_sink_paused_past_the_call_deadline_prints_each_log_once() {
     assert_accounting(proxy.metrics(), 0);
 }
 
-/// Always UNAVAILABLE, never blocking.
-struct Unavailable;
-
-impl boundary_log_proxy::reporter::Reporter for Unavailable {
-    async fn report_boundary_logs(
-        &self,
-        _: ReportBoundaryLogsRequest,
-    ) -> Result<boundary_log_proxy::proto::agent::ReportBoundaryLogsResponse, tonic::Status> {
-        Err(tonic::Status::unavailable("down"))
-    }
-
-    fn calls_may_block(&self) -> bool {
-        false
-    }
-}
-
 /// `run_forwarder` polled once (its task spawned) and dropped before the task first
 /// ran, then the runtime dropped with the task in it: the state still comes back, and
 /// the next forwarder runs instead of waiting for it forever.
 #[test]
 fn a_forwarder_dropped_before_its_task_first_ran_hands_its_state_back() {
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    let rt = runtime();
+    let rt = current_thread_runtime();
     let proxy = rt.block_on(async { TestProxy::start(IoMode::Auto, |_| {}) });
     rt.block_on(async {
         proxy
@@ -976,12 +954,12 @@ fn a_forwarder_dropped_before_its_task_first_ran_hands_its_state_back() {
         proxy.wait_received(3).await;
         tokio::select! {
             biased;
-            _ = proxy.server.run_forwarder(tokio_util::sync::CancellationToken::new(), Unavailable) => {},
+            _ = proxy.server.run_forwarder(tokio_util::sync::CancellationToken::new(), CountsUnavailable::default()) => {},
             () = std::future::ready(()) => {},
         }
     });
     drop(rt);
-    let rt = runtime();
+    let rt = current_thread_runtime();
     let again = rt.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
         let stop = cancel.clone();
@@ -991,7 +969,9 @@ fn a_forwarder_dropped_before_its_task_first_ran_hands_its_state_back() {
         });
         tokio::time::timeout(
             Duration::from_secs(5),
-            proxy.server.run_forwarder(cancel, Unavailable),
+            proxy
+                .server
+                .run_forwarder(cancel, CountsUnavailable::default()),
         )
         .await
     });
@@ -1006,6 +986,14 @@ fn a_forwarder_dropped_before_its_task_first_ran_hands_its_state_back() {
         "what the ring held is counted at close"
     );
     assert_accounting(proxy.metrics(), 0);
+}
+
+/// A runtime of the test's own thread, which only runs while the test blocks on it.
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Counts its calls and answers each UNAVAILABLE, never blocking.
@@ -1034,13 +1022,7 @@ impl boundary_log_proxy::reporter::Reporter for CountsUnavailable {
 /// `forward_failed` rather than drained into nowhere.
 #[test]
 fn logs_received_after_a_forwarder_was_dropped_while_it_ran_are_counted() {
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    let rt = runtime();
+    let rt = current_thread_runtime();
     let proxy = rt.block_on(async { TestProxy::start(IoMode::Auto, |_| {}) });
     let reporter = std::sync::Arc::new(CountsUnavailable::default());
     rt.block_on(async {
@@ -1060,7 +1042,7 @@ fn logs_received_after_a_forwarder_was_dropped_while_it_ran_are_counted() {
         }
     });
     drop(rt);
-    let rt = runtime();
+    let rt = current_thread_runtime();
     rt.block_on(async {
         let mut client = proxy.connect();
         for i in 1..6 {
@@ -1074,7 +1056,10 @@ fn logs_received_after_a_forwarder_was_dropped_while_it_ran_are_counted() {
         .await;
         let again = proxy
             .server
-            .run_forwarder(tokio_util::sync::CancellationToken::new(), Unavailable)
+            .run_forwarder(
+                tokio_util::sync::CancellationToken::new(),
+                CountsUnavailable::default(),
+            )
             .await;
         assert!(
             matches!(

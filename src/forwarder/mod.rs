@@ -123,26 +123,43 @@ impl ForwarderState {
             RingOccupancy { len: 0 }.emit(metrics);
             return;
         }
-        let mut frames = 0u64;
-        let mut logs = 0u64;
-        for out in self.pending.drain(..) {
-            frames += u64::from(out.request.frames);
-            logs += u64::from(out.request.logs);
-        }
-        while let Some(queued) = self.consumer.pop() {
-            frames += 1;
-            logs += u64::from(queued.frame.log_count());
-        }
-        if frames > 0 {
-            ForwardDropped {
-                frames,
-                logs,
-                reason: ForwardDropReason::Shutdown,
-            }
-            .emit(metrics);
-        }
-        RingOccupancy { len: 0 }.emit(metrics);
+        let pending = self.pending.drain(..);
+        drop_held(
+            pending,
+            &mut self.consumer,
+            metrics,
+            ForwardDropReason::Shutdown,
+        );
     }
+}
+
+/// Counts `requests` and every frame in the ring as dropped for `reason`, emptying
+/// the ring.
+fn drop_held(
+    requests: impl IntoIterator<Item = Outgoing>,
+    consumer: &mut Consumer<QueuedFrame>,
+    metrics: &Metrics,
+    reason: ForwardDropReason,
+) {
+    let mut frames = 0u64;
+    let mut logs = 0u64;
+    for out in requests {
+        frames += u64::from(out.request.frames);
+        logs += u64::from(out.request.logs);
+    }
+    while let Some(queued) = consumer.pop() {
+        frames += 1;
+        logs += u64::from(queued.frame.log_count());
+    }
+    if frames > 0 {
+        ForwardDropped {
+            frames,
+            logs,
+            reason,
+        }
+        .emit(metrics);
+    }
+    RingOccupancy { len: 0 }.emit(metrics);
 }
 
 /// Stops the drain thread when dropped armed: `run`'s future dropped before it ended.
@@ -172,23 +189,14 @@ fn drop_abandoned(mut consumer: Consumer<QueuedFrame>, leftover: Vec<Outgoing>, 
         "the forwarder was dropped while it ran (its task cancelled or its runtime shut \
          down): every log received from now on is counted as dropped forward_failed"
     );
-    let mut frames: u64 = leftover.iter().map(|o| u64::from(o.request.frames)).sum();
-    let mut logs: u64 = leftover.iter().map(|o| u64::from(o.request.logs)).sum();
+    let mut held = leftover;
     loop {
-        while let Some(queued) = consumer.pop() {
-            frames += 1;
-            logs += u64::from(queued.frame.log_count());
-        }
-        if frames > 0 {
-            ForwardDropped {
-                frames,
-                logs,
-                reason: ForwardDropReason::ForwardFailed,
-            }
-            .emit(metrics);
-            (frames, logs) = (0, 0);
-        }
-        RingOccupancy { len: 0 }.emit(metrics);
+        drop_held(
+            held.drain(..),
+            &mut consumer,
+            metrics,
+            ForwardDropReason::ForwardFailed,
+        );
         if consumer.wait(IDLE_TICK) == WaitOutcome::Closed && consumer.is_empty() {
             return;
         }
