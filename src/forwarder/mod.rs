@@ -162,18 +162,39 @@ fn drop_held(
     RingOccupancy { len: 0 }.emit(metrics);
 }
 
-/// Stops the drain thread when dropped armed: `run`'s future dropped before it ended.
+/// What the drain thread hands back when it stops: the ring's consumer and the
+/// requests it built that the delivery loop did not take.
+type Drained = (Consumer<QueuedFrame>, Vec<Outgoing>);
+
+/// Holds the drain thread's hand-back until `run` takes it. Dropped before that
+/// (`run`'s future dropped while it ran), it stops the drain thread and closes the
+/// hand-back: a hand-back already sent is taken here and dropped as abandoned on a
+/// thread of its own; one not yet sent then fails to send, and the drain thread drops
+/// it as abandoned itself (tokio's oneshot: a send after `close` fails, and
+/// `try_recv` after `close` returns a value sent before it).
 struct StopOnDrop {
     stop: Arc<AtomicBool>,
     waker: RingHandle<QueuedFrame>,
-    armed: bool,
+    metrics: Arc<Metrics>,
+    done: Option<oneshot::Receiver<Drained>>,
 }
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        if self.armed {
-            self.stop.store(true, Ordering::Release);
-            self.waker.wake();
+        let Some(mut done) = self.done.take() else {
+            return;
+        };
+        self.stop.store(true, Ordering::Release);
+        self.waker.wake();
+        done.close();
+        if let Ok((consumer, leftover)) = done.try_recv() {
+            let metrics = self.metrics.clone();
+            let spawned = std::thread::Builder::new()
+                .name("blp-abandoned".into())
+                .spawn(move || drop_abandoned(consumer, leftover, &metrics));
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start the thread that counts what an abandoned forwarder held");
+            }
         }
     }
 }
@@ -215,7 +236,7 @@ pub async fn run<R: Reporter>(
 ) -> Result<ForwarderState, ForwarderError> {
     let (tx, rx) = mpsc::channel::<Vec<Outgoing>>(AHEAD);
     let mut rx = flight::Incoming::new(rx);
-    let (done_tx, done_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel::<Drained>();
     let stop = Arc::new(AtomicBool::new(false));
     let waker = state.consumer.handle();
     let pending = std::mem::take(&mut state.pending);
@@ -239,11 +260,12 @@ pub async fn run<R: Reporter>(
         })
         .map_err(ForwarderError::Spawn)?;
     // Dropped with this future before it ends (its task cancelled): stops the drain
-    // thread, which then finds nobody to hand the ring back to (`drop_abandoned`).
-    let mut abandon = StopOnDrop {
+    // thread, and what it holds is counted as abandoned (`drop_abandoned`).
+    let mut hand_back = StopOnDrop {
         stop: stop.clone(),
         waker: waker.clone(),
-        armed: true,
+        metrics: metrics.clone(),
+        done: Some(done_rx),
     };
 
     let spool = state.spooler.as_mut().map(|spooler| flight::SpoolLink {
@@ -262,8 +284,9 @@ pub async fn run<R: Reporter>(
     while let Some(request) = rx.recv().await {
         pending.push_back(request);
     }
-    let (consumer, leftover) = done_rx.await.map_err(|_| ForwarderError::DrainPanicked)?;
-    abandon.armed = false;
+    let done = hand_back.done.as_mut().expect("held until taken here");
+    let (consumer, leftover) = done.await.map_err(|_| ForwarderError::DrainPanicked)?;
+    hand_back.done = None;
     pending.extend(leftover);
     Ok(ForwarderState {
         consumer,
