@@ -10,13 +10,14 @@
 //! stuck in a blocking write cannot be, and its bytes may still reach the
 //! destination before the process exits, counted as `shutdown` nonetheless.
 //!
-//! A call has a deadline of its own ([`Isolated::new`]'s `deadline`). Past it, a call
-//! that is awaiting is not polled again and fails as DEADLINE_EXCEEDED, to be retried.
-//! A call that is inside a poll then (blocking its thread: a write that does not
-//! return) is waited for to its end, however many more polls it takes, and its own
-//! outcome is the call's: a retry sent beside it would queue behind it on the calls
-//! thread and then deliver the same logs a second time (a stdout that paused would
-//! print them twice).
+//! A call has a deadline of its own ([`Isolated::new`]'s `deadline`). A call that has
+//! been awaiting since before it is not polled again and fails as DEADLINE_EXCEEDED,
+//! to be retried. A call that ran at or after the deadline (inside a poll then,
+//! blocking its thread: a write that does not return; or a poll of it ended after it)
+//! is waited for to its end, however many more polls it takes, and its own outcome is
+//! the call's: a retry sent beside it would queue behind it on the calls thread and
+//! then deliver the same logs a second time (a stdout that paused would print them
+//! twice). The call itself records this, so the awaiting side may look late.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -132,6 +133,7 @@ impl<R: Reporter> Isolated<R> {
     {
         let phase = Arc::new(Mutex::new(Phase::Idle));
         let deadline = self.deadline;
+        let deadline_at = tokio::time::Instant::now() + deadline;
         let expired = move || {
             tonic::Status::deadline_exceeded(format!(
                 "the reporter's call did not end within {deadline:?}"
@@ -140,12 +142,13 @@ impl<R: Reporter> Isolated<R> {
         let guarded = Guarded {
             call: Box::pin(call),
             phase: phase.clone(),
+            deadline: deadline_at.into_std(),
             expired,
         };
         let handle = AbortOnDrop(self.calls.spawn(guarded));
         async move {
             let mut handle = handle;
-            let joined = match tokio::time::timeout(deadline, &mut handle.0).await {
+            let joined = match tokio::time::timeout_at(deadline_at, &mut handle.0).await {
                 Ok(joined) => joined,
                 Err(_) => {
                     let gave_up = {
@@ -157,11 +160,13 @@ impl<R: Reporter> Isolated<R> {
                         awaiting
                     };
                     if gave_up {
-                        // Awaiting: it is not polled again, and fails as expired.
+                        // Awaiting since before the deadline: it is not polled again,
+                        // and fails as expired.
                         return Err(expired());
                     }
-                    // Inside a poll, blocking its thread: it may be writing. Its own
-                    // outcome counts, however long it takes.
+                    // Inside a poll, or a poll of it ended at or after the deadline (it
+                    // may have written, or finished): its own outcome counts, however
+                    // long it takes.
                     (&mut handle.0).await
                 }
             };
@@ -175,13 +180,17 @@ impl<R: Reporter> Isolated<R> {
     }
 }
 
-/// Where an isolated call is, as its deadline sees it.
+/// Where an isolated call is, as its deadline sees it. The awaiting side checks it
+/// when it next runs, which may be well after the deadline: what matters is whether
+/// the call ran at or after the deadline, not what it does at the moment of the check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Awaiting (between polls), or not started.
+    /// Awaiting (between polls) since before the deadline, or not started.
     Idle,
     /// Inside a poll: running, perhaps blocking its thread.
     Polling,
+    /// A poll ended at or after the deadline, or the call finished: it is waited for.
+    Committed,
     /// The deadline passed while it was awaiting: it is not polled again.
     GaveUp,
 }
@@ -193,6 +202,7 @@ enum Phase {
 struct Guarded<F, E> {
     call: std::pin::Pin<Box<F>>,
     phase: Arc<Mutex<Phase>>,
+    deadline: std::time::Instant,
     expired: E,
 }
 
@@ -209,13 +219,20 @@ where
     ) -> std::task::Poll<Self::Output> {
         {
             let mut phase = self.phase.lock().unwrap_or_else(|p| p.into_inner());
-            if *phase == Phase::GaveUp {
-                return std::task::Poll::Ready(Err((self.expired)()));
+            match *phase {
+                Phase::GaveUp => return std::task::Poll::Ready(Err((self.expired)())),
+                Phase::Idle => *phase = Phase::Polling,
+                Phase::Polling | Phase::Committed => {}
             }
-            *phase = Phase::Polling;
         }
         let polled = self.call.as_mut().poll(cx);
-        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = Phase::Idle;
+        let mut phase = self.phase.lock().unwrap_or_else(|p| p.into_inner());
+        if polled.is_ready() || std::time::Instant::now() >= self.deadline {
+            *phase = Phase::Committed;
+        } else if *phase == Phase::Polling {
+            *phase = Phase::Idle;
+        }
+        drop(phase);
         polled
     }
 }
@@ -274,6 +291,49 @@ mod tests {
             }
             Ok(ReportBoundaryLogsResponse {})
         }
+    }
+
+    /// Blocks its thread past the deadline (a write), counts the write, then awaits.
+    struct WritesLateThenAwaits {
+        writes: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl Reporter for WritesLateThenAwaits {
+        async fn report_boundary_logs(
+            &self,
+            _request: ReportBoundaryLogsRequest,
+        ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
+            std::thread::sleep(Duration::from_millis(130));
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(ReportBoundaryLogsResponse {})
+        }
+    }
+
+    /// The awaiting side may run late (its runtime busy): a call that wrote after the
+    /// deadline and is awaiting again by then is still waited for, not given up on.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_that_wrote_after_its_deadline_is_waited_for_even_when_checked_late() {
+        let writes = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let reporter = Isolated::new(
+            WritesLateThenAwaits {
+                writes: writes.clone(),
+            },
+            &Arc::new(CallThreads::default()),
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        // Keeps this (the awaiting side's) runtime busy from 90 to 150 ms, past the
+        // call's write at 130 ms.
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(90)).await;
+            std::thread::sleep(Duration::from_millis(60));
+        });
+        let result = reporter
+            .report_boundary_logs(ReportBoundaryLogsRequest::default())
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(writes.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(flavor = "current_thread")]
