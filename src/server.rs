@@ -92,18 +92,11 @@ struct Inner {
     intake: Arc<Intake>,
     ring: RingHandle<QueuedFrame>,
     lifecycle: Mutex<Lifecycle>,
-    /// The forwarder's state while no forwarder runs; `None` while one does.
-    forwarder: Mutex<Option<ForwarderState>>,
+    /// The forwarder's state while no forwarder runs, and what became of the last one.
+    forwarder: Mutex<Slot>,
     forwarder_returned: Condvar,
-    /// Read and written only under `forwarder`'s lock: true while a forwarder whose
-    /// `run_forwarder` future was dropped is still winding down, so that the next
-    /// `run_forwarder` waits for its state rather than finding none.
-    winding_down: AtomicBool,
     /// Notified (with `forwarder_returned`) when the state is back.
     state_back: tokio::sync::Notify,
-    /// Under `forwarder`'s lock too: a forwarder task ended without its state (it
-    /// panicked, or its `forwarder::run` failed), so none will come back.
-    forwarder_lost: AtomicBool,
     /// Fired by `close` to stop a running forwarder.
     closing: CancellationToken,
     /// The reporters' calls threads still running, which `close` waits for.
@@ -193,6 +186,19 @@ impl BoundSocket {
 }
 
 /// Where the forwarder's calls run: on its own task, or on the calls thread.
+/// Where the forwarder's state is.
+#[derive(Default)]
+struct Slot {
+    /// The state while no forwarder runs; `None` while one does.
+    state: Option<ForwarderState>,
+    /// A forwarder whose `run_forwarder` future was dropped is still winding down: the
+    /// next `run_forwarder` waits for its state rather than finding none.
+    winding_down: bool,
+    /// A forwarder task ended without its state (it panicked, was dropped while it ran,
+    /// or its `forwarder::run` failed): none will come back.
+    lost: bool,
+}
+
 /// Held by `run_forwarder`'s future: dropped (the future finished or was dropped), it
 /// stops the forwarder, and marks it winding down if its state is not back yet.
 struct Abandon {
@@ -204,13 +210,13 @@ struct Abandon {
 impl Drop for Abandon {
     fn drop(&mut self) {
         self.stop.cancel();
-        let _slot = self
+        let mut slot = self
             .inner
             .forwarder
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if !self.returned.load(Ordering::Relaxed) {
-            self.inner.winding_down.store(true, Ordering::Relaxed);
+            slot.winding_down = true;
         }
     }
 }
@@ -234,12 +240,12 @@ impl Drop for HandBack {
                 if inner.closing.is_cancelled() {
                     state.drop_remaining_for_shutdown(&inner.metrics);
                 }
-                *slot = Some(state);
+                slot.state = Some(state);
             }
-            None => inner.forwarder_lost.store(true, Ordering::Relaxed),
+            None => slot.lost = true,
         }
         self.returned.store(true, Ordering::Relaxed);
-        inner.winding_down.store(false, Ordering::Relaxed);
+        slot.winding_down = false;
         drop(slot);
         inner.forwarder_returned.notify_all();
         inner.state_back.notify_waiters();
@@ -283,11 +289,12 @@ impl Server {
                 intake,
                 ring: handle,
                 lifecycle: Mutex::new(Lifecycle::New),
-                forwarder: Mutex::new(Some(state)),
+                forwarder: Mutex::new(Slot {
+                    state: Some(state),
+                    ..Slot::default()
+                }),
                 forwarder_returned: Condvar::new(),
-                winding_down: AtomicBool::new(false),
                 state_back: tokio::sync::Notify::new(),
-                forwarder_lost: AtomicBool::new(false),
                 closing: CancellationToken::new(),
                 call_threads: Arc::default(),
                 watch: Mutex::new(None),
@@ -462,13 +469,13 @@ impl Server {
                 if self.inner.closing.is_cancelled() {
                     return Err(ServerError::Closed);
                 }
-                if let Some(state) = slot.take() {
+                if let Some(state) = slot.state.take() {
                     break state;
                 }
-                if self.inner.forwarder_lost.load(Ordering::Relaxed) {
+                if slot.lost {
                     return Err(forwarder::ForwarderError::Lost.into());
                 }
-                if !self.inner.winding_down.load(Ordering::Relaxed) {
+                if !slot.winding_down {
                     return Err(ServerError::ForwarderRunning);
                 }
             }
@@ -587,10 +594,10 @@ impl Server {
                 .inner
                 .forwarder_returned
                 .wait_timeout_while(slot, timeout.max(Duration::from_secs(1)), |s| {
-                    s.is_none() && !self.inner.forwarder_lost.load(Ordering::Relaxed)
+                    s.state.is_none() && !s.lost
                 })
                 .unwrap_or_else(|p| p.into_inner());
-            match slot.as_mut() {
+            match slot.state.as_mut() {
                 Some(state) => state.drop_remaining_for_shutdown(&self.inner.metrics),
                 None if wait.timed_out() => tracing::error!(
                     "the forwarder did not stop in time (its task needs its tokio runtime \
