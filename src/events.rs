@@ -358,16 +358,23 @@ impl InternalEvent for ForwardAttemptFailed<'_> {
             ForwardResult::PermanentError
         };
         count_call(metrics, result, self.latency);
-        let Some(suppressed) = LIMITS[usize::from(self.retryable)].admit() else {
-            return;
-        };
+        if let Some(suppressed) = LIMITS[usize::from(self.retryable)].admit() {
+            self.log(suppressed);
+        }
+    }
+}
+
+impl ForwardAttemptFailed<'_> {
+    /// The log line (`status_message`: the destination's text; the line's own
+    /// `message` is the headline).
+    fn log(&self, suppressed: u64) {
         let code = self.status.code();
-        let message = self.status.message();
+        let status_message = self.status.message();
         let cause = status_cause(self.status);
         if self.retryable {
             tracing::warn!(
                 ?code,
-                message,
+                status_message,
                 cause,
                 suppressed,
                 "forwarding failed; will retry"
@@ -375,7 +382,7 @@ impl InternalEvent for ForwardAttemptFailed<'_> {
         } else {
             tracing::error!(
                 ?code,
-                message,
+                status_message,
                 cause,
                 suppressed,
                 "forwarding failed permanently"
@@ -407,17 +414,24 @@ impl InternalEvent for ForwardRefusedTooLarge<'_> {
         static LIMIT: LogLimiter = LogLimiter::new();
         count_call(metrics, ForwardResult::PermanentError, self.latency);
         if let Some(suppressed) = LIMIT.admit() {
-            tracing::warn!(
-                code = ?self.status.code(),
-                message = self.status.message(),
-                logs = self.logs,
-                bytes = self.bytes,
-                max_logs = self.max_logs,
-                max_bytes = self.max_bytes,
-                suppressed,
-                "the destination refused a request as too large; splitting it, and sending at most max_logs logs and max_bytes bytes a request from now on"
-            );
+            self.log(suppressed);
         }
+    }
+}
+
+impl ForwardRefusedTooLarge<'_> {
+    /// The log line (`status_message`: the destination's text).
+    fn log(&self, suppressed: u64) {
+        tracing::warn!(
+            code = ?self.status.code(),
+            status_message = self.status.message(),
+            logs = self.logs,
+            bytes = self.bytes,
+            max_logs = self.max_logs,
+            max_bytes = self.max_bytes,
+            suppressed,
+            "the destination refused a request as too large; splitting it, and sending at most max_logs logs and max_bytes bytes a request from now on"
+        );
     }
 }
 
@@ -883,6 +897,69 @@ mod tests {
 
     fn metrics() -> Arc<Metrics> {
         Metrics::new(&Registry::new()).unwrap()
+    }
+
+    /// A JSON log line has each key once: a field named `message` would repeat the
+    /// key the formatter gives the event's own text, and a JSON reader keeps only one
+    /// (`--log-format json` printed `"message"` twice in these three lines).
+    #[test]
+    fn forwarding_failures_logged_as_json_keep_their_headline_and_the_destinations_text() {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        let status = tonic::Status::unknown("batch size 2 exceeds maximum of 1");
+        // The lines themselves, past the rate limits other tests share.
+        tracing::subscriber::with_default(subscriber, || {
+            for retryable in [true, false] {
+                ForwardAttemptFailed {
+                    retryable,
+                    latency: Duration::from_millis(1),
+                    status: &status,
+                }
+                .log(0);
+            }
+            ForwardRefusedTooLarge {
+                latency: Duration::from_millis(1),
+                status: &status,
+                logs: 2,
+                bytes: 100,
+                max_logs: 1,
+                max_bytes: 100,
+            }
+            .log(0);
+        });
+        let out = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let headlines = [
+            "forwarding failed; will retry",
+            "forwarding failed permanently",
+            "the destination refused a request as too large",
+        ];
+        let printed: Vec<&str> = out.lines().collect();
+        assert_eq!(printed.len(), headlines.len(), "{out}");
+        for (line, headline) in printed.iter().zip(headlines) {
+            assert_eq!(line.matches("\"message\":").count(), 1, "{line}");
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            let fields = &json["fields"];
+            assert!(
+                fields["message"].as_str().unwrap().starts_with(headline),
+                "{line}"
+            );
+            assert_eq!(fields["status_message"], status.message(), "{line}");
+        }
     }
 
     #[test]

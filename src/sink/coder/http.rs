@@ -130,9 +130,10 @@ fn rpc(
     let (role, api_version) = query_params(request.uri().query().unwrap_or(""));
     let refuse = |status: StatusCode, message: &str, detail: Option<&str>| {
         sink.record_connect(status.as_u16(), role.clone(), api_version.clone());
+        // `body_message`, not `message`: that key is the line's own text in JSON.
         tracing::info!(
             status = status.as_u16(),
-            message,
+            body_message = message,
             "coder sink: refused an rpc connection"
         );
         error(status, message, detail)
