@@ -142,7 +142,7 @@ pub struct ConnectionRejected {
 
 impl InternalEvent for ConnectionRejected {
     fn emit(self, metrics: &Metrics) {
-        static LIMITS: [LogLimiter; 2] = [const { LogLimiter::new() }; 2];
+        static LIMITS: [LogLimiter; 3] = [const { LogLimiter::new() }; 3];
         metrics
             .connections_rejected
             .with_label_values(&[self.reason.as_str()])
@@ -341,8 +341,10 @@ impl InternalEvent for ForwardStalled {
 /// A `ReportBoundaryLogs` call failed (the request may still be retried).
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardAttemptFailed<'a> {
-    /// Whether the forwarder will retry it.
+    /// Whether the failure was transient (`retryable_error`), not a refusal.
     pub retryable: bool,
+    /// Whether the forwarder will retry it: transient, with retry budget left.
+    pub retrying: bool,
     /// How long the call took.
     pub latency: Duration,
     /// What coderd (or the transport) said.
@@ -351,14 +353,15 @@ pub struct ForwardAttemptFailed<'a> {
 
 impl InternalEvent for ForwardAttemptFailed<'_> {
     fn emit(self, metrics: &Metrics) {
-        static LIMITS: [LogLimiter; 2] = [const { LogLimiter::new() }; 2];
+        static LIMITS: [LogLimiter; 3] = [const { LogLimiter::new() }; 3];
         let result = if self.retryable {
             ForwardResult::RetryableError
         } else {
             ForwardResult::PermanentError
         };
         count_call(metrics, result, self.latency);
-        if let Some(suppressed) = LIMITS[usize::from(self.retryable)].admit() {
+        let kind = usize::from(self.retryable) + usize::from(self.retrying);
+        if let Some(suppressed) = LIMITS[kind].admit() {
             self.log(suppressed);
         }
     }
@@ -371,13 +374,21 @@ impl ForwardAttemptFailed<'_> {
         let code = self.status.code();
         let status_message = self.status.message();
         let cause = status_cause(self.status);
-        if self.retryable {
+        if self.retrying {
             tracing::warn!(
                 ?code,
                 status_message,
                 cause,
                 suppressed,
                 "forwarding failed; will retry"
+            );
+        } else if self.retryable {
+            tracing::error!(
+                ?code,
+                status_message,
+                cause,
+                suppressed,
+                "forwarding failed; no retries left (--retry-max-elapsed)"
             );
         } else {
             tracing::error!(
@@ -924,9 +935,10 @@ mod tests {
         let status = tonic::Status::unknown("batch size 2 exceeds maximum of 1");
         // The lines themselves, past the rate limits other tests share.
         tracing::subscriber::with_default(subscriber, || {
-            for retryable in [true, false] {
+            for (retryable, retrying) in [(true, true), (true, false), (false, false)] {
                 ForwardAttemptFailed {
                     retryable,
+                    retrying,
                     latency: Duration::from_millis(1),
                     status: &status,
                 }
@@ -945,6 +957,7 @@ mod tests {
         let out = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         let headlines = [
             "forwarding failed; will retry",
+            "forwarding failed; no retries left",
             "forwarding failed permanently",
             "the destination refused a request as too large",
         ];
@@ -1046,9 +1059,10 @@ mod tests {
     fn failed_attempts_count_by_result_and_time_the_call() {
         let m = metrics();
         let status = tonic::Status::unavailable("coderd down");
-        for retryable in [true, true, false] {
+        for (retryable, retrying) in [(true, true), (true, false), (false, false)] {
             ForwardAttemptFailed {
                 retryable,
+                retrying,
                 latency: Duration::from_millis(1),
                 status: &status,
             }
@@ -1223,7 +1237,7 @@ impl InternalEvent for CoderdConnectFailed<'_> {
                 url = self.url,
                 result,
                 error = self.error,
-                "connecting to coderd failed; will retry"
+                "connecting to coderd failed; the next call connects again"
             );
         } else {
             tracing::error!(

@@ -244,6 +244,23 @@ async fn a_wrong_token_is_logged_with_coderds_message_counted_and_survived() {
     proxy.stop().await;
 }
 
+/// With no retry budget a transient failure is the request's last attempt: its log
+/// line says so, not that it will be retried (it said "will retry" and the logs were
+/// dropped in the same millisecond).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_with_no_retry_budget_left_is_not_logged_as_retried() {
+    let mut coderd = TestCoderd::start(|_| {}).await;
+    coderd.stop().await;
+    let proxy = Proxy::start(&coderd.url(), "t", &["--retry-max-elapsed", "0s"]).await;
+    write_session(&proxy, 1, 0, 1, 5);
+    proxy.forward_failed(5).await;
+    proxy
+        .logs_eventually(&["forwarding failed; no retries left", "--retry-max-elapsed"])
+        .await;
+    assert!(!proxy.logged_with(&["will retry"]));
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coderd_below_v2_31_is_refused_before_the_upgrade_and_counted() {
     let coderd = TestCoderd::start(|c| c.version = "v2.30.0".into()).await;

@@ -317,6 +317,7 @@ fn promtool_check_metrics_passes() {
     let status = tonic::Status::unavailable("down");
     ForwardAttemptFailed {
         retryable: true,
+        retrying: true,
         latency: Duration::from_millis(2),
         status: &status,
     }

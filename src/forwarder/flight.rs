@@ -709,17 +709,18 @@ async fn attempt<R: Reporter>(
         if retryable {
             mark_failing(failing, began_failing);
         }
-        ForwardAttemptFailed {
-            retryable,
-            latency,
-            status: &status,
-        }
-        .emit(metrics);
         let pause = if retryable {
             backoff.next_pause(rng)
         } else {
             None
         };
+        ForwardAttemptFailed {
+            retryable,
+            retrying: pause.is_some(),
+            latency,
+            status: &status,
+        }
+        .emit(metrics);
         let Some(pause) = pause else {
             if retryable && ctx.spooled {
                 return Attempt::Exhausted;
