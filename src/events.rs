@@ -383,7 +383,9 @@ impl ForwardAttemptFailed<'_> {
                 "forwarding failed; will retry"
             );
         } else if self.retryable {
-            tracing::error!(
+            // A warning like the retries before it: the drop (or the spooling) that
+            // follows is logged on its own.
+            tracing::warn!(
                 ?code,
                 status_message,
                 cause,

@@ -638,6 +638,7 @@ async fn attempt<R: Reporter>(
         ..
     } = ctx;
     let mut backoff = Backoff::new(budget);
+    let first_started = tokio::time::Instant::now();
     loop {
         let started = Instant::now();
         // A panic inside the call is its failure, not the forwarder's; a call that
@@ -710,7 +711,7 @@ async fn attempt<R: Reporter>(
             mark_failing(failing, began_failing);
         }
         let pause = if retryable {
-            backoff.next_pause(rng)
+            backoff.next_pause(first_started.elapsed(), rng)
         } else {
             None
         };
@@ -1273,6 +1274,59 @@ mod tests {
         assert!(matches!(attempt, Attempt::Dropped));
         assert!(!failing.load(Ordering::Relaxed));
         assert_eq!(metrics.logs_dropped_for(LogDropReason::ForwardFailed), 5);
+    }
+
+    /// The retry budget is the time since the first attempt began, calls included: a
+    /// destination that takes 300 ms to fail each call is not tried for 500 ms of
+    /// pauses on top of the calls (before, five calls and 1.7 s for a 0.5 s budget).
+    #[tokio::test]
+    async fn the_retry_budget_counts_the_time_spent_in_calls_not_only_the_pauses() {
+        struct SlowFailure(std::sync::atomic::AtomicU32);
+        impl Reporter for SlowFailure {
+            async fn report_boundary_logs(
+                &self,
+                _: ReportBoundaryLogsRequest,
+            ) -> Result<ReportBoundaryLogsResponse, tonic::Status> {
+                self.0.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Err(tonic::Status::unavailable("down"))
+            }
+        }
+        let reporter = SlowFailure(Default::default());
+        let metrics = Metrics::new(&Registry::new()).unwrap();
+        let budget = Duration::from_millis(500);
+        let config = ForwarderConfig {
+            retry_max_elapsed: budget,
+            ..no_retries(WIDE)
+        };
+        let learned = Learned::new(WIDE);
+        let (failing, began_failing) = (AtomicBool::new(false), Notify::new());
+        let ctx = Ctx {
+            config: &config,
+            learned: &learned,
+            metrics: &metrics,
+            reporter: &reporter,
+            failing: &failing,
+            began_failing: &began_failing,
+            spooled: false,
+        };
+        let out = request_of(0, 5);
+        let start = Instant::now();
+        let attempt = attempt(
+            &out.request,
+            ctx,
+            budget,
+            &CancellationToken::new(),
+            &mut fastrand::Rng::with_seed(3),
+        )
+        .await;
+        let took = start.elapsed();
+        assert!(matches!(attempt, Attempt::Dropped));
+        assert_eq!(metrics.logs_dropped_for(LogDropReason::ForwardFailed), 5);
+        let calls = reporter.0.load(Ordering::Relaxed);
+        // 300 ms, a pause of 50-150 ms, 300 ms: past the budget after the second call.
+        assert_eq!(calls, 2, "took {took:?}");
+        assert!(took < budget + Duration::from_millis(700), "took {took:?}");
     }
 
     /// `deliver_all` of `pending` beside a spool of `spool_bytes` (200 take no request
