@@ -229,6 +229,48 @@ async fn a_spool_directory_deleted_during_the_outage_is_made_again_and_a_restart
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_directory_deleted_and_replaced_by_a_file_counts_its_logs_at_stop_not_as_spooled() {
+    // The directory cannot be made again (a file took its name): the records live
+    // only in the open files and end with the process. The stop counts them as
+    // spool_full; it said spool_logs=50000 and a restart found nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut coderd = FakeCoderd::start().await;
+    coderd.stop().await;
+    let first = serve(dir.path(), &coderd.addr(), &[]).await;
+    write_everything(&first, Duration::from_millis(10)).await;
+    first
+        .proxy
+        .scrape_until(first.metrics, "every log spooled", |s: &Scrape| {
+            s.get("spool_logs", None) == LOGS
+        })
+        .await;
+    let spool = dir.path().join("spool");
+    std::fs::remove_dir_all(&spool).unwrap();
+    std::fs::write(&spool, b"not a directory").unwrap();
+    eventually("the failed rebuild logged", || {
+        first
+            .proxy
+            .logged("making the deleted disk spool directory again")
+    })
+    .await;
+    let exited = first.proxy.terminate().await;
+    assert_exit_0(&exited);
+    let totals = stopped_totals(&exited.stderr);
+    assert_eq!(totals.spooled, 0, "{totals:?}");
+    assert_eq!(totals.dropped_spool_full, LOGS, "{totals:?}");
+    assert_accounting_totals(totals, 0);
+    assert!(
+        exited
+            .stderr
+            .iter()
+            .any(|l| l
+                .contains("the disk spool's files were deleted and could not be written again")),
+        "{:#?}",
+        exited.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_9_in_the_middle_of_the_outage_loses_no_log_that_reached_the_spool() {
     let dir = tempfile::tempdir().unwrap();
     let mut coderd = FakeCoderd::start().await;

@@ -12,8 +12,9 @@
 //! request's retries run out on transient errors, or when the destination is
 //! failing while the ring fills (or closes). Then every request in memory is
 //! written to the spool in the order it was taken, every newer one queues behind
-//! them on disk, and the spool's oldest record is replayed one at a time (split to
-//! the limits like any request) until the spool is empty, so each session's order
+//! them on disk, and the spool's oldest records are replayed one replay at a time
+//! (the oldest record and the next ones of its session merged within the limits, then
+//! split to the limits like any request) until the spool is empty, so each session's order
 //! holds across the outage. A request the spool has no room for (or cannot write)
 //! waits in memory, and nothing newer is taken until a replay frees room: the ring
 //! holds the rest, as it would without a spool (back-pressure; `buffer_full` only

@@ -120,6 +120,7 @@ impl ForwarderState {
             coalesce(&frames, spooler.limits, &mut requests);
             spooler.append_all(&requests, metrics);
             spooler.sync(metrics);
+            spooler.count_unreachable(metrics);
             RingOccupancy { len: 0 }.emit(metrics);
             return;
         }

@@ -15,17 +15,27 @@ use crate::spool::{AppendError, Counts, Fsync, Spool};
 use super::batch::{self, Limits, OrderKey, Outgoing};
 use super::split;
 
-/// A request read back from the spool, and the record to acknowledge once the
-/// destination took it.
+/// A request read back from the spool: one record, or consecutive records of one
+/// session id and process name merged into one request within the limits, and the
+/// records to acknowledge once the destination took it.
 #[derive(Debug, Clone)]
 pub struct Replay {
-    pub seq: u64,
+    /// The records merged, oldest first (the first is the spool's oldest).
+    pub records: Vec<Part>,
     pub request: EncodedRequest,
     /// Where the request's frames end, as in [`Outgoing::frame_ends`].
     pub frame_ends: Vec<u32>,
     /// The frames and logs at the record's start settled by an earlier replay
     /// stopped part-way: not sent again.
     pub done: Counts,
+}
+
+/// One spooled record inside a [`Replay`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub seq: u64,
+    pub frames: u32,
+    pub logs: u32,
 }
 
 /// What [`Spooler::peek`] found.
@@ -262,67 +272,138 @@ impl Spooler {
                 self.occupancy(metrics);
                 continue;
             };
-            return Peeked::Record(Replay {
-                seq: record.seq,
+            let mut replay = Replay {
+                records: vec![Part {
+                    seq: record.seq,
+                    frames: record.frames,
+                    logs: record.logs,
+                }],
                 request,
                 frame_ends,
                 done: record.done,
+            };
+            self.merge_following(&mut replay);
+            return Peeked::Record(replay);
+        }
+    }
+
+    /// Merges into `replay` the records after it of the same session id and process
+    /// name, while the request stays within the limits: a backlog spooled in small
+    /// requests (live traffic cut every `--batch-linger`) is replayed as it would have
+    /// been sent, not one small record a round trip, which a busy workspace outruns.
+    /// Protobuf merges repeated fields, so the records' log fields follow one another
+    /// and the session id and process name close the request once.
+    fn merge_following(&mut self, replay: &mut Replay) {
+        let Some(first_end) = replay.request.records_end.map(|end| end as usize) else {
+            return;
+        };
+        let trailer = replay.request.bytes.slice(first_end..);
+        let mut merged: Option<bytes::BytesMut> = None;
+        let mut logs = replay.request.logs as usize;
+        let mut len = replay.request.bytes.len();
+        while logs < self.limits.max_logs {
+            let Some(next) = self.spool.peek_next() else {
+                break;
+            };
+            let (seq, frames) = (next.seq, next.frames);
+            let decoded = decode_payload(next.frames, next.logs, next.payload);
+            let Some((ends, request)) = decoded.filter(|(_, request)| {
+                let end = request.records_end.unwrap_or(0) as usize;
+                request.bytes[end..] == trailer[..]
+                    && logs + request.logs as usize <= self.limits.max_logs
+                    && len + end <= self.limits.max_bytes
+            }) else {
+                // Read but not merged: the replay stops before it.
+                self.spool.unpeek_last();
+                break;
+            };
+            let end = request.records_end.unwrap_or(0) as usize;
+            merged
+                .get_or_insert_with(|| bytes::BytesMut::from(&replay.request.bytes[..first_end]))
+                .extend_from_slice(&request.bytes[..end]);
+            replay
+                .frame_ends
+                .extend(ends.iter().map(|e| e + logs as u32));
+            replay.records.push(Part {
+                seq,
+                frames,
+                logs: request.logs,
             });
+            replay.request.frames += frames;
+            logs += request.logs as usize;
+            len += end;
+        }
+        if let Some(mut bytes) = merged {
+            let records_end = bytes.len() as u32;
+            bytes.extend_from_slice(&trailer);
+            replay.request = EncodedRequest {
+                bytes: bytes.freeze(),
+                logs: logs as u32,
+                frames: replay.request.frames,
+                records_end: Some(records_end),
+            };
         }
     }
 
     /// Every part of `replay` was settled: `delivered` of its logs were delivered,
-    /// the rest refused for good (already counted as `forward_failed`). It leaves
-    /// the spool.
+    /// the rest refused for good (already counted as `forward_failed`). Its records
+    /// leave the spool.
     pub fn ack(&mut self, replay: &Replay, delivered: u64, metrics: &Metrics) {
-        let acked = self.spool.ack(replay.seq);
-        if let Err(error) = &acked {
-            // It left the spool all the same: count it below.
-            self.failed(SpoolOp::Update, error, metrics);
+        for part in &replay.records {
+            self.ack_record(part.seq, metrics);
         }
-        match acked {
-            Ok(true) | Err(_) => {
-                if delivered > 0 {
-                    SpoolReplayed { logs: delivered }.emit(metrics);
-                }
-            }
-            Ok(false) => tracing::error!(
-                seq = replay.seq,
-                "acknowledged a record that is not the spool's oldest"
-            ),
+        if delivered > 0 {
+            SpoolReplayed { logs: delivered }.emit(metrics);
         }
         self.occupancy(metrics);
     }
 
+    /// The oldest record, `seq`, leaves the spool.
+    fn ack_record(&mut self, seq: u64, metrics: &Metrics) {
+        match self.spool.ack(seq) {
+            Ok(true) => {}
+            // It left the spool all the same.
+            Err(error) => self.failed(SpoolOp::Update, &error, metrics),
+            Ok(false) => {
+                tracing::error!(seq, "acknowledged a record that is not the spool's oldest")
+            }
+        }
+    }
+
     /// A replay of `replay` was stopped after settling the first `settled` logs of
     /// what it sent ([`Replay::outgoing`]), `delivered` of them delivered (the rest
-    /// refused for good, already counted as `forward_failed`): they leave the spool's
-    /// counts, and the record's next replay resumes after them.
+    /// refused for good, already counted as `forward_failed`): the records wholly
+    /// settled leave the spool, the settled part of the next leaves its counts, and
+    /// the next replay resumes after them.
     pub fn ack_part(&mut self, replay: &Replay, settled: u64, delivered: u64, metrics: &Metrics) {
         if settled == 0 {
             return;
         }
-        let logs = replay.done.logs + settled;
+        let mut logs = replay.done.logs + settled;
         let whole = replay.whole();
         // Its frames as the parts sent counted them: each with the part holding its
         // last log.
         let Some((head, _)) = split::at(&whole, logs as usize) else {
-            // Settled to the end: the delivery loop acknowledges the whole record.
+            // Settled to the end: the delivery loop acknowledges the whole replay.
             return;
         };
-        let done = Counts {
-            frames: u64::from(head.request.frames),
-            logs,
-        };
-        if self.spool.ack_part(replay.seq, done) {
-            if delivered > 0 {
-                SpoolReplayed { logs: delivered }.emit(metrics);
+        let mut frames = u64::from(head.request.frames);
+        for part in &replay.records {
+            if logs < u64::from(part.logs) {
+                if logs > 0 && !self.spool.ack_part(part.seq, Counts { frames, logs }) {
+                    tracing::error!(
+                        seq = part.seq,
+                        "acknowledged part of a record that is not the spool's oldest"
+                    );
+                }
+                break;
             }
-        } else {
-            tracing::error!(
-                seq = replay.seq,
-                "acknowledged part of a record that is not the spool's oldest"
-            );
+            self.ack_record(part.seq, metrics);
+            logs -= u64::from(part.logs);
+            frames -= u64::from(part.frames);
+        }
+        if delivered > 0 {
+            SpoolReplayed { logs: delivered }.emit(metrics);
         }
         self.occupancy(metrics);
     }
@@ -349,6 +430,29 @@ impl Spooler {
         if let Err(error) = self.spool.flush() {
             self.failed(SpoolOp::Sync, &error, metrics);
         }
+    }
+
+    /// At stop, after [`Self::sync`]: records that live only in deleted files (the
+    /// directory was deleted and could not be made again) are lost with the process:
+    /// counted as `spool_full` (the spool could not keep them), not left in
+    /// `spool_logs` as if a restart would find them.
+    pub fn count_unreachable(&mut self, metrics: &Metrics) {
+        let Some(lost) = self.spool.abandon_if_unreachable() else {
+            return;
+        };
+        tracing::error!(
+            dir = %self.spool.dir().display(),
+            frames = lost.frames,
+            logs = lost.logs,
+            "the disk spool's files were deleted and could not be written again: the logs they held end with this process (counted as spool_full)"
+        );
+        ForwardDropped {
+            frames: lost.frames,
+            logs: lost.logs,
+            reason: ForwardDropReason::SpoolFull,
+        }
+        .emit(metrics);
+        self.occupancy(metrics);
     }
 
     /// Makes the spool's directory again if it was deleted or replaced, with the
@@ -473,6 +577,118 @@ mod tests {
         assert_eq!(metrics.spool.logs_replayed.get(), 120);
         assert_eq!(
             (metrics.spool.logs.get(), metrics.spool.bytes.get()),
+            (0, 0)
+        );
+    }
+
+    /// One request of one frame of `logs` logs of `session`, numbered from `first`.
+    fn small(session: &str, first: i32, logs: usize) -> Outgoing {
+        let frame = QueuedFrame {
+            frame: LogFrame::from_request(&workload::request(session, "p", first, logs)).unwrap(),
+            conn: 1,
+            key_run: 0,
+        };
+        let mut out = Vec::new();
+        coalesce(&[frame], LIMITS, &mut out);
+        out.pop().unwrap()
+    }
+
+    fn decoded(replay: &Replay) -> (String, Vec<i32>) {
+        let request = replay.outgoing().request.decode().unwrap();
+        let seqs = request.logs.iter().map(|l| l.sequence_number).collect();
+        (request.session_id, seqs)
+    }
+
+    /// Live traffic spooled during an outage comes in requests of a few logs (cut
+    /// every `--batch-linger`); replayed one record a round trip, a workspace writing
+    /// faster than that never saw its backlog shrink (found by an operator review).
+    #[test]
+    fn small_records_of_one_session_are_replayed_merged_within_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spooler, metrics) = spooler_in(dir.path());
+        for i in 0..12 {
+            assert!(spooler.append(&small("s", i * 5, 5), &metrics));
+        }
+        let Peeked::Record(replay) = spooler.peek(&metrics) else {
+            panic!("records are held");
+        };
+        assert_eq!(replay.records.len(), 10, "50 logs: the limit");
+        assert_eq!(decoded(&replay), ("s".to_owned(), (0..50).collect()));
+        assert_eq!(
+            replay.frame_ends,
+            (1..=10).map(|i| i * 5).collect::<Vec<u32>>()
+        );
+        let out = replay.outgoing();
+        assert_eq!((out.request.logs, out.request.frames), (50, 10));
+        assert_eq!(
+            out.request.records_end,
+            Some(batch::records_end(&out.request.bytes))
+        );
+        spooler.ack(&replay, 50, &metrics);
+        assert_eq!(metrics.spool.logs.get(), 10);
+        let Peeked::Record(rest) = spooler.peek(&metrics) else {
+            panic!("two records are left");
+        };
+        assert_eq!(decoded(&rest), ("s".to_owned(), (50..60).collect()));
+        spooler.ack(&rest, 10, &metrics);
+        assert!(matches!(spooler.peek(&metrics), Peeked::Empty));
+        assert_eq!(metrics.spool.logs_replayed.get(), 60);
+        assert_eq!(metrics.spool.frames.get(), 0);
+    }
+
+    #[test]
+    fn records_of_another_session_are_not_merged_and_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spooler, metrics) = spooler_in(dir.path());
+        for out in [
+            small("s", 0, 5),
+            small("s", 5, 5),
+            small("t", 0, 5),
+            small("s", 10, 5),
+        ] {
+            assert!(spooler.append(&out, &metrics));
+        }
+        let mut replays = Vec::new();
+        while let Peeked::Record(replay) = spooler.peek(&metrics) {
+            replays.push(decoded(&replay));
+            spooler.ack(&replay, 5, &metrics);
+        }
+        assert_eq!(
+            replays,
+            [
+                ("s".to_owned(), (0..10).collect()),
+                ("t".to_owned(), (0..5).collect()),
+                ("s".to_owned(), (10..15).collect()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_merged_replay_stopped_part_way_acknowledges_the_records_it_settled_and_resumes_inside_the_next(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spooler, metrics) = spooler_in(dir.path());
+        for i in 0..4 {
+            assert!(spooler.append(&small("s", i * 5, 5), &metrics));
+        }
+        let Peeked::Record(replay) = spooler.peek(&metrics) else {
+            panic!("records are held");
+        };
+        assert_eq!(replay.records.len(), 4);
+        // 12 logs settled: two records whole, two logs of the third.
+        spooler.ack_part(&replay, 12, 12, &metrics);
+        assert_eq!(metrics.spool.logs.get(), 8);
+        assert_eq!(metrics.spool.frames.get(), 2);
+        let Peeked::Record(rest) = spooler.peek(&metrics) else {
+            panic!("two records are left");
+        };
+        assert_eq!(rest.records.len(), 2);
+        assert_eq!(decoded(&rest), ("s".to_owned(), (12..20).collect()));
+        spooler.ack(&rest, 8, &metrics);
+        assert!(matches!(spooler.peek(&metrics), Peeked::Empty));
+        assert_eq!(metrics.spool.logs_replayed.get(), 20);
+        assert_eq!(
+            (metrics.spool.logs.get(), metrics.spool.frames.get()),
             (0, 0)
         );
     }

@@ -247,10 +247,11 @@ pub struct Spool {
     /// Of the oldest record, the frames and logs at its start a replay stopped
     /// part-way settled ([`Self::ack_part`]). Included in `held`, not in [`Self::held`].
     head_done: Counts,
-    /// The oldest record's payload as the last [`Self::peek`] read and checked it, for
-    /// its replay: a rebuild writes this copy, which the replay is delivering, even if
-    /// the record's bytes on disk went bad since.
-    peeked: Option<(u64, Bytes)>,
+    /// The payloads of the oldest records as the last [`Self::peek`] and the
+    /// [`Self::peek_next`] calls after it read and checked them, for their replay
+    /// (oldest first): a rebuild writes these copies, which the replay is
+    /// delivering, even if the records' bytes on disk went bad since.
+    peeked: Vec<(u64, Bytes)>,
     /// Records found damaged while reading, not yet taken by the caller.
     corrupt: Counts,
     /// Stretches of the numbering between live records whose records were lost and
@@ -293,7 +294,7 @@ impl Spool {
             disk_bytes: 0,
             held: Counts::default(),
             head_done: Counts::default(),
-            peeked: None,
+            peeked: Vec::new(),
             corrupt: Counts::default(),
             gaps: Vec::new(),
             state_dirty: false,
@@ -520,8 +521,8 @@ impl Spool {
             // left out, a gap saved with the state so that no start counts it again.
             let replayed = self
                 .peeked
-                .as_ref()
-                .filter(|(seq, _)| *seq == h.at.seq)
+                .iter()
+                .find(|(seq, _)| *seq == h.at.seq)
                 .map(|(_, payload)| payload.clone());
             let read = match replayed {
                 Some(payload) => Some(payload),
@@ -574,6 +575,33 @@ impl Spool {
         self.corrupt.add(damaged.frames, damaged.logs);
         self.files_lost = false;
         Ok(Some(old_entries.len()))
+    }
+
+    /// At stop, after the last [`Self::rebuild_if_lost`] failed: records held in
+    /// segment files deleted from the directory live only in this process's open
+    /// files and end with it. Gives every record held up (they count as acknowledged,
+    /// and the state says so where it can still be saved, so that a restart does not
+    /// count them again) and returns what was held, `None` when every record is
+    /// still in a file on disk.
+    pub fn abandon_if_unreachable(&mut self) -> Option<Counts> {
+        let (first, last) = (self.entries.front()?.segment, self.entries.back()?.segment);
+        let unreachable = self
+            .segments
+            .iter()
+            .any(|seg| (first..=last).contains(&seg.id) && seg.is_unlinked());
+        if !unreachable {
+            return None;
+        }
+        let held = self.held();
+        self.entries.clear();
+        (self.held, self.head_done) = (Counts::default(), Counts::default());
+        self.peeked.clear();
+        self.state_dirty = true;
+        // Best effort: the directory or its lock is gone, or the save fails as the
+        // rebuild did. A restart then finds no state, or the last one saved, and may
+        // count these records again as `spool_corrupt` (over-reported, never hidden).
+        let _ = self.save_state();
+        Some(held)
     }
 
     /// Frames and logs held (appended, not yet acknowledged), less what a replay
@@ -679,7 +707,7 @@ impl Spool {
             let header = entry.header;
             if let Some(bytes) = entry.read_intact(&self.segments)? {
                 let payload = Bytes::from(bytes).slice(HEADER_LEN..);
-                self.peeked = Some((header.at.seq, payload.clone()));
+                self.peeked = vec![(header.at.seq, payload.clone())];
                 return Ok(Some(Spooled {
                     seq: header.at.seq,
                     frames: header.frames,
@@ -693,6 +721,39 @@ impl Spool {
             self.pop_front()?;
         }
         Ok(None)
+    }
+
+    /// After [`Self::peek`], the record after the last one it or this returned, read
+    /// back and checked, for a replay that sends several records at once (none
+    /// acknowledged meanwhile). `None` at the end, or when that record could not be
+    /// read or is damaged: the replay stops before it, and the `peek` that finds it
+    /// oldest deals with it. Its frames and logs are all held (a replay stopped
+    /// part-way settled only the oldest record's).
+    pub fn peek_next(&mut self) -> Option<Spooled> {
+        let front = self.entries.front()?.header.at.seq;
+        if self.peeked.first().map(|(seq, _)| *seq) != Some(front) {
+            return None;
+        }
+        let entry = *self.entries.get(self.peeked.len())?;
+        let bytes = entry.read_intact(&self.segments).ok()??;
+        let payload = Bytes::from(bytes).slice(HEADER_LEN..);
+        let header = entry.header;
+        self.peeked.push((header.at.seq, payload.clone()));
+        Some(Spooled {
+            seq: header.at.seq,
+            frames: header.frames,
+            logs: header.logs,
+            done: Counts::default(),
+            payload,
+        })
+    }
+
+    /// Forgets the record the last [`Self::peek_next`] returned: the replay does not
+    /// carry it.
+    pub fn unpeek_last(&mut self) {
+        if self.peeked.len() > 1 {
+            self.peeked.pop();
+        }
     }
 
     /// Frames and logs of records found damaged by [`Self::peek`] since the last call.
@@ -737,9 +798,9 @@ impl Spool {
 
     fn pop_front(&mut self) -> io::Result<()> {
         self.head_done = Counts::default();
-        self.peeked = None;
         if let Some(entry) = self.entries.pop_front() {
             let h = entry.header;
+            self.peeked.retain(|(seq, _)| *seq != h.at.seq);
             self.held.frames -= u64::from(h.frames);
             self.held.logs -= u64::from(h.logs);
             self.state_dirty = true;
