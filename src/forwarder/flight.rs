@@ -13,8 +13,8 @@
 //! failing while the ring fills (or closes). Then every request in memory is
 //! written to the spool in the order it was taken, every newer one queues behind
 //! them on disk, and the spool's oldest records are replayed one replay at a time
-//! (the oldest record and the next ones of its session merged within the limits, then
-//! split to the limits like any request) until the spool is empty, so each session's order
+//! (one request for each session among them, its records merged in order within the
+//! limits, the requests one after another) until the spool is empty, so each session's order
 //! holds across the outage. A request the spool has no room for (or cannot write)
 //! waits in memory, and nothing newer is taken until a replay frees room: the ring
 //! holds the rest, as it would without a spool (back-pressure; `buffer_full` only
@@ -125,12 +125,11 @@ type ReplayDelivery<'a> = (
 );
 
 /// How a replay ended.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ReplayEnd {
-    /// Every part was settled (delivered, or dropped for good).
-    whole: bool,
-    /// Logs settled from the start of what it sent, delivered or dropped.
-    settled: u64,
+    /// Logs settled (delivered or dropped) from the start of each request it sent,
+    /// in order ([`Replay::outgoing`]); a request not sent is not listed.
+    settled: Vec<u64>,
     /// Of them, logs delivered.
     delivered: u64,
 }
@@ -462,14 +461,10 @@ fn poll_some<'f, 'a: 'f>(
     })
 }
 
-/// Acknowledges what a replay settled: the whole record, or the part before where
-/// it was stopped.
+/// Acknowledges what a replay settled: its records, or those before where it was
+/// stopped.
 fn replayed(spooler: &mut Spooler, record: &Replay, end: ReplayEnd, metrics: &Metrics) {
-    if end.whole {
-        spooler.ack(record, end.delivered, metrics);
-    } else {
-        spooler.ack_part(record, end.settled, end.delivered, metrics);
-    }
+    spooler.settle(record, &end.settled, end.delivered, metrics);
 }
 
 async fn deliver_owned<R: Reporter>(
@@ -484,29 +479,35 @@ async fn deliver_owned<R: Reporter>(
     (order, left, outcome)
 }
 
-/// Sends a spooled record (split to the limits like any request) until every part
-/// is delivered or refused for good; transient errors are retried for as long as
-/// it takes, the record being safe on disk meanwhile. Stopped by `stop`, it returns
-/// at once with what it settled before (the rest of the record stays spooled).
+/// Sends a replay's requests one after another (each split to the limits like any
+/// request) until every part is delivered or refused for good; transient errors are
+/// retried for as long as it takes, the records being safe on disk meanwhile.
+/// Stopped by `stop`, it returns at once with what it settled before (the rest of
+/// the records stays spooled).
 async fn replay<R: Reporter>(
     record: Replay,
     ctx: Ctx<'_, R>,
     stop: CancellationToken,
 ) -> (Replay, ReplayEnd) {
     let mut rng = fastrand::Rng::new();
-    let out = record.outgoing();
-    let logs = u64::from(out.request.logs);
     let ctx = Ctx {
         spooled: false,
         ..ctx
     };
-    let (left, outcome, delivered) = deliver(out, ctx, Duration::MAX, &stop, &mut rng).await;
-    let unsettled: u64 = left.iter().map(|o| u64::from(o.request.logs)).sum();
-    let end = ReplayEnd {
-        whole: outcome == Outcome::Settled,
-        settled: logs - unsettled,
-        delivered,
+    let mut end = ReplayEnd {
+        settled: Vec::new(),
+        delivered: 0,
     };
+    for out in record.outgoing() {
+        let logs = u64::from(out.request.logs);
+        let (left, outcome, delivered) = deliver(out, ctx, Duration::MAX, &stop, &mut rng).await;
+        let unsettled: u64 = left.iter().map(|o| u64::from(o.request.logs)).sum();
+        end.settled.push(logs - unsettled);
+        end.delivered += delivered;
+        if outcome != Outcome::Settled {
+            break;
+        }
+    }
     (record, end)
 }
 
@@ -1152,7 +1153,7 @@ mod tests {
             let Peeked::Record(next) = spooler.peek(metrics) else {
                 panic!("the record is still held");
             };
-            let request = next.outgoing().request;
+            let request = next.outgoing()[0].request.clone();
             let logs = request.decode().unwrap().logs;
             (logs[0].sequence_number, logs.len(), request.frames)
         };

@@ -15,19 +15,17 @@ use crate::spool::{AppendError, Counts, Fsync, Spool};
 use super::batch::{self, Limits, OrderKey, Outgoing};
 use super::split;
 
-/// A request read back from the spool: one record, or consecutive records of one
-/// session id and process name merged into one request within the limits, and the
-/// records to acknowledge once the destination took it.
+/// The spool's oldest records read back for one replay, and one request for each
+/// session id and process name among them (the records of one session merged in
+/// order, within the limits), sent in the order of their first records. The records
+/// are acknowledged oldest first as the requests carrying them are settled.
 #[derive(Debug, Clone)]
 pub struct Replay {
-    /// The records merged, oldest first (the first is the spool's oldest).
+    /// The records, oldest first (the first is the spool's oldest).
     pub records: Vec<Part>,
-    pub request: EncodedRequest,
-    /// Where the request's frames end, as in [`Outgoing::frame_ends`].
-    pub frame_ends: Vec<u32>,
-    /// The frames and logs at the record's start settled by an earlier replay
-    /// stopped part-way: not sent again.
-    pub done: Counts,
+    /// One request a session id and process name: its records' logs that no
+    /// earlier replay settled.
+    pub requests: Vec<Outgoing>,
 }
 
 /// One spooled record inside a [`Replay`].
@@ -36,12 +34,26 @@ pub struct Part {
     pub seq: u64,
     pub frames: u32,
     pub logs: u32,
+    /// The frames and logs at its start an earlier replay stopped part-way settled:
+    /// not sent again.
+    pub skipped: Counts,
+    /// Which of the replay's requests carries the rest of it, and the number of the
+    /// first of those logs there.
+    pub request: usize,
+    pub start: u32,
+}
+
+impl Part {
+    /// Logs of it the replay sends.
+    fn sent(&self) -> u64 {
+        u64::from(self.logs) - self.skipped.logs
+    }
 }
 
 /// What [`Spooler::peek`] found.
 #[derive(Debug)]
 pub enum Peeked {
-    /// The oldest record, to replay.
+    /// The oldest records, to replay.
     Record(Replay),
     /// Nothing held: delivery goes direct again.
     Empty,
@@ -52,29 +64,40 @@ pub enum Peeked {
 }
 
 impl Replay {
-    /// The request as the delivery loop sends it (it may be split like any other):
-    /// the record after what an earlier replay settled of it.
-    pub fn outgoing(&self) -> Outgoing {
-        let whole = self.whole();
-        match split::at(&whole, self.done.logs as usize) {
-            Some((_, rest)) => rest,
-            None => whole,
-        }
-    }
-
-    /// The whole record's request.
-    fn whole(&self) -> Outgoing {
-        Outgoing {
-            request: self.request.clone(),
-            // Replays go one at a time: nothing to order against.
-            order: OrderKey {
-                conns: Vec::new(),
-                session: 0,
-            },
-            frame_ends: self.frame_ends.clone(),
-        }
+    /// The requests as the delivery loop sends them, in order (each may be split like
+    /// any other).
+    pub fn outgoing(&self) -> Vec<Outgoing> {
+        self.requests.clone()
     }
 }
+
+/// A spooled request as the replay sends it: replays go one at a time, and the
+/// requests of one replay one after another, so there is nothing to order against.
+fn replayed_request(request: EncodedRequest, frame_ends: Vec<u32>) -> Outgoing {
+    Outgoing {
+        request,
+        order: OrderKey {
+            conns: Vec::new(),
+            session: 0,
+        },
+        frame_ends,
+    }
+}
+
+/// A spooled record's request without the logs an earlier replay settled.
+fn unsettled(request: EncodedRequest, frame_ends: Vec<u32>, done: Counts) -> Outgoing {
+    let whole = replayed_request(request, frame_ends);
+    match split::at(&whole, done.logs as usize) {
+        Some((_, rest)) => rest,
+        None => whole,
+    }
+}
+
+/// Requests (sessions) one replay sends at most, one after another.
+const REPLAY_REQUESTS: usize = 64;
+/// Bytes of requests one replay builds at most (or one request's limit, if larger):
+/// what it holds in memory, twice with the records it read.
+const REPLAY_BYTES: usize = 4 << 20;
 
 /// A record's payload: the request's `frame_ends` (one little-endian u32 per frame,
 /// `frames` of them), then the encoded request.
@@ -277,80 +300,163 @@ impl Spooler {
                     seq: record.seq,
                     frames: record.frames,
                     logs: record.logs,
+                    skipped: record.done,
+                    request: 0,
+                    start: 0,
                 }],
-                request,
-                frame_ends,
-                done: record.done,
+                requests: vec![unsettled(request, frame_ends, record.done)],
             };
-            self.merge_following(&mut replay);
+            self.gather(&mut replay);
             return Peeked::Record(replay);
         }
     }
 
-    /// Merges into `replay` the records after it of the same session id and process
-    /// name, while the request stays within the limits: a backlog spooled in small
-    /// requests (live traffic cut every `--batch-linger`) is replayed as it would have
-    /// been sent, not one small record a round trip, which a busy workspace outruns.
-    /// Protobuf merges repeated fields, so the records' log fields follow one another
-    /// and the session id and process name close the request once.
-    fn merge_following(&mut self, replay: &mut Replay) {
-        let Some(first_end) = replay.request.records_end.map(|end| end as usize) else {
+    /// Adds to `replay` the records after its oldest, each merged into the request of
+    /// its session id and process name (a new one for a session not met yet), while
+    /// every request stays within the limits and there are at most
+    /// [`REPLAY_REQUESTS`]; the first record that does not fit ends the replay (records
+    /// leave the spool oldest first). A backlog spooled in small requests (live
+    /// traffic cut every `--batch-linger`, several sessions interleaved) is then
+    /// replayed as it would have been sent, not one small record a round trip, which a
+    /// busy workspace outruns. Protobuf merges repeated fields, so the records' log
+    /// fields follow one another and the session id and process name close each
+    /// request once.
+    fn gather(&mut self, replay: &mut Replay) {
+        /// A request being merged: the records' log fields so far, and the trailer.
+        struct Merging {
+            records: bytes::BytesMut,
+            trailer: bytes::Bytes,
+            logs: usize,
+            frames: u32,
+            frame_ends: Vec<u32>,
+            merged: bool,
+        }
+        fn split_trailer(request: &EncodedRequest) -> Option<(&[u8], bytes::Bytes)> {
+            let end = request.records_end? as usize;
+            Some((&request.bytes[..end], request.bytes.slice(end..)))
+        }
+        let Some((records, trailer)) = split_trailer(&replay.requests[0].request) else {
             return;
         };
-        let trailer = replay.request.bytes.slice(first_end..);
-        let mut merged: Option<bytes::BytesMut> = None;
-        let mut logs = replay.request.logs as usize;
-        let mut len = replay.request.bytes.len();
-        while logs < self.limits.max_logs {
-            let Some(next) = self.spool.peek_next() else {
-                break;
-            };
-            let (seq, frames) = (next.seq, next.frames);
-            let decoded = decode_payload(next.frames, next.logs, next.payload);
-            let Some((ends, request)) = decoded.filter(|(_, request)| {
-                let end = request.records_end.unwrap_or(0) as usize;
-                request.bytes[end..] == trailer[..]
-                    && logs + request.logs as usize <= self.limits.max_logs
-                    && len + end <= self.limits.max_bytes
-            }) else {
-                // Read but not merged: the replay stops before it.
-                self.spool.unpeek_last();
-                break;
-            };
-            let end = request.records_end.unwrap_or(0) as usize;
-            merged
-                .get_or_insert_with(|| bytes::BytesMut::from(&replay.request.bytes[..first_end]))
-                .extend_from_slice(&request.bytes[..end]);
-            replay
-                .frame_ends
-                .extend(ends.iter().map(|e| e + logs as u32));
-            replay.records.push(Part {
-                seq,
-                frames,
-                logs: request.logs,
+        let first = &replay.requests[0];
+        let mut merging = vec![Merging {
+            records: bytes::BytesMut::from(records),
+            trailer,
+            logs: first.request.logs as usize,
+            frames: first.request.frames,
+            frame_ends: first.frame_ends.clone(),
+            merged: false,
+        }];
+        let limits = self.limits;
+        let fits = |m: &Merging, logs: usize, len: usize| {
+            m.logs + logs <= limits.max_logs
+                && m.records.len() + len + m.trailer.len() <= limits.max_bytes
+        };
+        let most = REPLAY_BYTES.max(limits.max_bytes);
+        let mut total = replay.requests[0].request.bytes.len();
+        while let Some(next) = self.spool.peek_next() {
+            let (seq, frames, logs, done) = (next.seq, next.frames, next.logs, next.done);
+            let taken = decode_payload(frames, logs, next.payload).and_then(|(ends, request)| {
+                let Outgoing {
+                    request,
+                    frame_ends: ends,
+                    ..
+                } = unsettled(request, ends, done);
+                let (records, trailer) = split_trailer(&request)?;
+                let at = match merging.iter().position(|m| m.trailer == trailer) {
+                    _ if total + records.len() + trailer.len() > most => return None,
+                    Some(at) if fits(&merging[at], request.logs as usize, records.len()) => at,
+                    Some(_) => return None,
+                    None if merging.len() < REPLAY_REQUESTS => {
+                        merging.push(Merging {
+                            records: bytes::BytesMut::new(),
+                            trailer,
+                            logs: 0,
+                            frames: 0,
+                            frame_ends: Vec::new(),
+                            merged: true,
+                        });
+                        merging.len() - 1
+                    }
+                    None => return None,
+                };
+                let m = &mut merging[at];
+                total += records.len() + if m.logs == 0 { m.trailer.len() } else { 0 };
+                let start = m.logs as u32;
+                m.records.extend_from_slice(records);
+                m.frame_ends.extend(ends.iter().map(|e| e + start));
+                m.merged |= m.logs > 0;
+                m.logs += request.logs as usize;
+                m.frames += request.frames;
+                Some(Part {
+                    seq,
+                    frames,
+                    logs,
+                    skipped: done,
+                    request: at,
+                    start,
+                })
             });
-            replay.request.frames += frames;
-            logs += request.logs as usize;
-            len += end;
+            match taken {
+                Some(part) => replay.records.push(part),
+                None => {
+                    // Read but not taken: the replay stops before it.
+                    self.spool.unpeek_last();
+                    break;
+                }
+            }
         }
-        if let Some(mut bytes) = merged {
-            let records_end = bytes.len() as u32;
-            bytes.extend_from_slice(&trailer);
-            replay.request = EncodedRequest {
-                bytes: bytes.freeze(),
-                logs: logs as u32,
-                frames: replay.request.frames,
-                records_end: Some(records_end),
-            };
-        }
+        let single = replay.requests.pop().expect("the oldest record's request");
+        replay.requests = merging
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if i == 0 && !m.merged {
+                    return single.clone();
+                }
+                let records_end = m.records.len() as u32;
+                let mut bytes = m.records;
+                bytes.extend_from_slice(&m.trailer);
+                let request = EncodedRequest {
+                    bytes: bytes.freeze(),
+                    logs: m.logs as u32,
+                    frames: m.frames,
+                    records_end: Some(records_end),
+                };
+                replayed_request(request, m.frame_ends)
+            })
+            .collect();
     }
 
-    /// Every part of `replay` was settled: `delivered` of its logs were delivered,
-    /// the rest refused for good (already counted as `forward_failed`). Its records
-    /// leave the spool.
-    pub fn ack(&mut self, replay: &Replay, delivered: u64, metrics: &Metrics) {
+    /// A replay ended: `settled[q]` logs of its `q`th request ([`Replay::outgoing`])
+    /// were settled from its start, delivered or refused for good (already counted
+    /// as `forward_failed`), `delivered` of all of them delivered (a request not
+    /// sent: none). Each record settled whole is acknowledged, each settled in part
+    /// keeps how far: the spool lets records go oldest first, and the next replay
+    /// sends only what is left of each.
+    pub fn settle(&mut self, replay: &Replay, settled: &[u64], delivered: u64, metrics: &Metrics) {
         for part in &replay.records {
-            self.ack_record(part.seq, metrics);
+            let upto = settled.get(part.request).copied().unwrap_or(0);
+            let start = u64::from(part.start);
+            let sent = upto.saturating_sub(start).min(part.sent());
+            if sent == part.sent() {
+                self.ack_record(part.seq, metrics);
+            } else if sent > 0 {
+                // Its frames as the parts sent counted them: each with the part
+                // holding its last log.
+                let frames = replay.requests[part.request]
+                    .frame_ends
+                    .iter()
+                    .filter(|&&e| u64::from(e) > start && u64::from(e) <= upto)
+                    .count() as u64;
+                let done = Counts {
+                    frames: part.skipped.frames + frames,
+                    logs: part.skipped.logs + sent,
+                };
+                if !self.spool.ack_part(part.seq, done) {
+                    tracing::error!(seq = part.seq, "acknowledged part of a record not held");
+                }
+            }
         }
         if delivered > 0 {
             SpoolReplayed { logs: delivered }.emit(metrics);
@@ -358,7 +464,8 @@ impl Spooler {
         self.occupancy(metrics);
     }
 
-    /// The oldest record, `seq`, leaves the spool.
+    /// Record `seq` was settled whole: it leaves the spool's counts, and the spool
+    /// once every record before it did.
     fn ack_record(&mut self, seq: u64, metrics: &Metrics) {
         match self.spool.ack(seq) {
             Ok(true) => {}
@@ -368,44 +475,6 @@ impl Spooler {
                 tracing::error!(seq, "acknowledged a record that is not the spool's oldest")
             }
         }
-    }
-
-    /// A replay of `replay` was stopped after settling the first `settled` logs of
-    /// what it sent ([`Replay::outgoing`]), `delivered` of them delivered (the rest
-    /// refused for good, already counted as `forward_failed`): the records wholly
-    /// settled leave the spool, the settled part of the next leaves its counts, and
-    /// the next replay resumes after them.
-    pub fn ack_part(&mut self, replay: &Replay, settled: u64, delivered: u64, metrics: &Metrics) {
-        if settled == 0 {
-            return;
-        }
-        let mut logs = replay.done.logs + settled;
-        let whole = replay.whole();
-        // Its frames as the parts sent counted them: each with the part holding its
-        // last log.
-        let Some((head, _)) = split::at(&whole, logs as usize) else {
-            // Settled to the end: the delivery loop acknowledges the whole replay.
-            return;
-        };
-        let mut frames = u64::from(head.request.frames);
-        for part in &replay.records {
-            if logs < u64::from(part.logs) {
-                if logs > 0 && !self.spool.ack_part(part.seq, Counts { frames, logs }) {
-                    tracing::error!(
-                        seq = part.seq,
-                        "acknowledged part of a record that is not the spool's oldest"
-                    );
-                }
-                break;
-            }
-            self.ack_record(part.seq, metrics);
-            logs -= u64::from(part.logs);
-            frames -= u64::from(part.frames);
-        }
-        if delivered > 0 {
-            SpoolReplayed { logs: delivered }.emit(metrics);
-        }
-        self.occupancy(metrics);
     }
 
     /// True while records are held or something waits to be synced: the delivery
@@ -543,8 +612,7 @@ mod tests {
         }
         std::fs::create_dir(dir.path().join("state.tmp")).unwrap();
         while let Peeked::Record(replay) = spooler.peek(&metrics) {
-            let logs = u64::from(replay.outgoing().request.logs);
-            spooler.ack(&replay, logs, &metrics);
+            settle_all(&mut spooler, &replay, &metrics);
         }
         assert_eq!(metrics.spool.logs_replayed.get(), 120);
         assert_eq!(
@@ -569,9 +637,14 @@ mod tests {
             let Peeked::Record(replay) = spooler.peek(&metrics) else {
                 panic!("a record is held");
             };
-            assert_eq!(replay.outgoing().request, out.request);
-            assert_eq!(replay.frame_ends, out.frame_ends);
-            spooler.ack(&replay, u64::from(out.request.logs), &metrics);
+            assert_eq!(
+                replay.records.len(),
+                1,
+                "a request of the limit's size alone"
+            );
+            assert_eq!(replay.outgoing()[0].request, out.request);
+            assert_eq!(replay.outgoing()[0].frame_ends, out.frame_ends);
+            settle_all(&mut spooler, &replay, &metrics);
         }
         assert!(matches!(spooler.peek(&metrics), Peeked::Empty));
         assert_eq!(metrics.spool.logs_replayed.get(), 120);
@@ -593,10 +666,38 @@ mod tests {
         out.pop().unwrap()
     }
 
-    fn decoded(replay: &Replay) -> (String, Vec<i32>) {
-        let request = replay.outgoing().request.decode().unwrap();
-        let seqs = request.logs.iter().map(|l| l.sequence_number).collect();
-        (request.session_id, seqs)
+    /// Each request of the replay as sent: its session id and sequence numbers.
+    fn decoded(replay: &Replay) -> Vec<(String, Vec<i32>)> {
+        replay
+            .outgoing()
+            .iter()
+            .map(|out| {
+                let request = out.request.decode().unwrap();
+                let seqs = request.logs.iter().map(|l| l.sequence_number).collect();
+                (request.session_id, seqs)
+            })
+            .collect()
+    }
+
+    fn session(name: &str, seqs: std::ops::Range<i32>) -> (String, Vec<i32>) {
+        (name.to_owned(), seqs.collect())
+    }
+
+    /// Every request of `replay` delivered.
+    fn settle_all(spooler: &mut Spooler, replay: &Replay, metrics: &Metrics) {
+        let settled: Vec<u64> = replay
+            .outgoing()
+            .iter()
+            .map(|o| u64::from(o.request.logs))
+            .collect();
+        spooler.settle(replay, &settled, settled.iter().sum(), metrics);
+    }
+
+    fn next_replay(spooler: &mut Spooler, metrics: &Metrics) -> Replay {
+        match spooler.peek(metrics) {
+            Peeked::Record(replay) => replay,
+            other => panic!("records are held: {other:?}"),
+        }
     }
 
     /// Live traffic spooled during an outage comes in requests of a few logs (cut
@@ -609,86 +710,113 @@ mod tests {
         for i in 0..12 {
             assert!(spooler.append(&small("s", i * 5, 5), &metrics));
         }
-        let Peeked::Record(replay) = spooler.peek(&metrics) else {
-            panic!("records are held");
-        };
+        let replay = next_replay(&mut spooler, &metrics);
         assert_eq!(replay.records.len(), 10, "50 logs: the limit");
-        assert_eq!(decoded(&replay), ("s".to_owned(), (0..50).collect()));
+        assert_eq!(decoded(&replay), [session("s", 0..50)]);
+        let out = &replay.outgoing()[0];
         assert_eq!(
-            replay.frame_ends,
+            out.frame_ends,
             (1..=10).map(|i| i * 5).collect::<Vec<u32>>()
         );
-        let out = replay.outgoing();
         assert_eq!((out.request.logs, out.request.frames), (50, 10));
         assert_eq!(
             out.request.records_end,
             Some(batch::records_end(&out.request.bytes))
         );
-        spooler.ack(&replay, 50, &metrics);
+        settle_all(&mut spooler, &replay, &metrics);
         assert_eq!(metrics.spool.logs.get(), 10);
-        let Peeked::Record(rest) = spooler.peek(&metrics) else {
-            panic!("two records are left");
-        };
-        assert_eq!(decoded(&rest), ("s".to_owned(), (50..60).collect()));
-        spooler.ack(&rest, 10, &metrics);
+        let rest = next_replay(&mut spooler, &metrics);
+        assert_eq!(decoded(&rest), [session("s", 50..60)]);
+        settle_all(&mut spooler, &rest, &metrics);
         assert!(matches!(spooler.peek(&metrics), Peeked::Empty));
         assert_eq!(metrics.spool.logs_replayed.get(), 60);
         assert_eq!(metrics.spool.frames.get(), 0);
     }
 
+    /// Two sessions' requests spooled in turn (two connections) are replayed as one
+    /// request each, each session's logs in order.
     #[test]
-    fn records_of_another_session_are_not_merged_and_keep_their_order() {
+    fn interleaved_sessions_are_replayed_as_one_request_each_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let (mut spooler, metrics) = spooler_in(dir.path());
-        for out in [
-            small("s", 0, 5),
-            small("s", 5, 5),
-            small("t", 0, 5),
-            small("s", 10, 5),
-        ] {
-            assert!(spooler.append(&out, &metrics));
+        for i in 0..6 {
+            assert!(spooler.append(&small("s", i * 5, 5), &metrics));
+            assert!(spooler.append(&small("t", i * 5, 5), &metrics));
         }
-        let mut replays = Vec::new();
-        while let Peeked::Record(replay) = spooler.peek(&metrics) {
-            replays.push(decoded(&replay));
-            spooler.ack(&replay, 5, &metrics);
-        }
+        let replay = next_replay(&mut spooler, &metrics);
+        assert_eq!(replay.records.len(), 12);
+        assert_eq!(decoded(&replay), [session("s", 0..30), session("t", 0..30)]);
+        settle_all(&mut spooler, &replay, &metrics);
+        assert!(matches!(spooler.peek(&metrics), Peeked::Empty));
+        assert_eq!(metrics.spool.logs_replayed.get(), 60);
         assert_eq!(
-            replays,
-            [
-                ("s".to_owned(), (0..10).collect()),
-                ("t".to_owned(), (0..5).collect()),
-                ("s".to_owned(), (10..15).collect()),
-            ]
+            (metrics.spool.logs.get(), metrics.spool.frames.get()),
+            (0, 0)
         );
     }
 
+    /// A replay ends before a record whose session's request is full, or that would
+    /// need more requests than a replay sends.
     #[test]
-    fn a_merged_replay_stopped_part_way_acknowledges_the_records_it_settled_and_resumes_inside_the_next(
-    ) {
+    fn a_replay_ends_at_the_first_record_it_cannot_take() {
         let dir = tempfile::tempdir().unwrap();
         let (mut spooler, metrics) = spooler_in(dir.path());
-        for i in 0..4 {
+        // s fills its request (50 logs) with its 10th record; the 11th waits, and t
+        // behind it too.
+        for i in 0..11 {
             assert!(spooler.append(&small("s", i * 5, 5), &metrics));
         }
-        let Peeked::Record(replay) = spooler.peek(&metrics) else {
-            panic!("records are held");
-        };
-        assert_eq!(replay.records.len(), 4);
-        // 12 logs settled: two records whole, two logs of the third.
-        spooler.ack_part(&replay, 12, 12, &metrics);
-        assert_eq!(metrics.spool.logs.get(), 8);
+        assert!(spooler.append(&small("t", 0, 5), &metrics));
+        let replay = next_replay(&mut spooler, &metrics);
+        assert_eq!(decoded(&replay), [session("s", 0..50)]);
+        settle_all(&mut spooler, &replay, &metrics);
+        let replay = next_replay(&mut spooler, &metrics);
+        assert_eq!(decoded(&replay), [session("s", 50..55), session("t", 0..5)]);
+        settle_all(&mut spooler, &replay, &metrics);
+        // More sessions than a replay's requests.
+        let names: Vec<String> = (0..=REPLAY_REQUESTS).map(|i| format!("n{i}")).collect();
+        for name in &names {
+            assert!(spooler.append(&small(name, 0, 5), &metrics));
+        }
+        let replay = next_replay(&mut spooler, &metrics);
+        assert_eq!(replay.requests.len(), REPLAY_REQUESTS);
+        settle_all(&mut spooler, &replay, &metrics);
+        let replay = next_replay(&mut spooler, &metrics);
+        assert_eq!(decoded(&replay), [session(&names[REPLAY_REQUESTS], 0..5)]);
+    }
+
+    /// A replay stopped part-way: what it settled of each record is kept, the
+    /// records settled whole are not sent again, and the spool's counts hold exactly
+    /// what is left, even where a later record was settled before an earlier one.
+    #[test]
+    fn a_replay_stopped_part_way_sends_only_what_it_left_of_each_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spooler, metrics) = spooler_in(dir.path());
+        for i in 0..3 {
+            assert!(spooler.append(&small("s", i * 5, 5), &metrics));
+            assert!(spooler.append(&small("t", i * 5, 5), &metrics));
+        }
+        let replay = next_replay(&mut spooler, &metrics);
+        assert_eq!(decoded(&replay), [session("s", 0..15), session("t", 0..15)]);
+        // s's request settled through its 7th log (s0 whole, 2 logs of s1); t's not
+        // sent.
+        spooler.settle(&replay, &[7], 7, &metrics);
+        assert_eq!(metrics.spool.logs_replayed.get(), 7);
+        assert_eq!(metrics.spool.logs.get(), 23);
+        let replay = next_replay(&mut spooler, &metrics);
+        assert_eq!(decoded(&replay), [session("t", 0..15), session("s", 7..15)]);
+        // 8 of t (t0, 3 of t1) and all 8 left of s (s1's 3, s2): s2 is settled
+        // before t1, which is older.
+        spooler.settle(&replay, &[8, 8], 16, &metrics);
+        assert_eq!(metrics.spool.logs.get(), 7, "2 of t1 and t2");
         assert_eq!(metrics.spool.frames.get(), 2);
-        let Peeked::Record(rest) = spooler.peek(&metrics) else {
-            panic!("two records are left");
-        };
-        assert_eq!(rest.records.len(), 2);
-        assert_eq!(decoded(&rest), ("s".to_owned(), (12..20).collect()));
-        spooler.ack(&rest, 8, &metrics);
+        let replay = next_replay(&mut spooler, &metrics);
+        assert_eq!(decoded(&replay), [session("t", 8..15)]);
+        settle_all(&mut spooler, &replay, &metrics);
         assert!(matches!(spooler.peek(&metrics), Peeked::Empty));
-        assert_eq!(metrics.spool.logs_replayed.get(), 20);
+        assert_eq!(metrics.spool.logs_replayed.get(), 30);
         assert_eq!(
-            (metrics.spool.logs.get(), metrics.spool.frames.get()),
+            (metrics.spool.logs.get(), metrics.spool.bytes.get()),
             (0, 0)
         );
     }

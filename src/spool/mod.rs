@@ -14,7 +14,7 @@ mod record;
 mod segment;
 mod state;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
@@ -247,6 +247,15 @@ pub struct Spool {
     /// Of the oldest record, the frames and logs at its start a replay stopped
     /// part-way settled ([`Self::ack_part`]). Included in `held`, not in [`Self::held`].
     head_done: Counts,
+    /// Of records behind the oldest, the frames and logs a replay settled out of
+    /// order (a replay sends one request a session, so a later record's may be
+    /// settled first): all of a record's when it was acknowledged whole, which
+    /// then leaves the spool once every record before it did. Kept in memory only:
+    /// the state saves how far the spool was acknowledged in order, so after a
+    /// restart these are sent again (at least once). Included in `held`, not in
+    /// [`Self::held`] (`behind_total` is their sum).
+    behind: BTreeMap<u64, Counts>,
+    behind_total: Counts,
     /// The payloads of the oldest records as the last [`Self::peek`] and the
     /// [`Self::peek_next`] calls after it read and checked them, for their replay
     /// (oldest first): a rebuild writes these copies, which the replay is
@@ -294,6 +303,8 @@ impl Spool {
             disk_bytes: 0,
             held: Counts::default(),
             head_done: Counts::default(),
+            behind: BTreeMap::new(),
+            behind_total: Counts::default(),
             peeked: Vec::new(),
             corrupt: Counts::default(),
             gaps: Vec::new(),
@@ -539,6 +550,7 @@ impl Spool {
                     Ok(())
                 }
                 None => {
+                    let done = self.forget_behind(h.at.seq).unwrap_or(done);
                     let lost = Counts::rest_of(&h, done);
                     damaged.add(lost.frames, lost.logs);
                     self.gaps.push(Gap {
@@ -595,6 +607,7 @@ impl Spool {
         let held = self.held();
         self.entries.clear();
         (self.held, self.head_done) = (Counts::default(), Counts::default());
+        (self.behind, self.behind_total) = (BTreeMap::new(), Counts::default());
         self.peeked.clear();
         self.state_dirty = true;
         // Best effort: the directory or its lock is gone, or the save fails as the
@@ -608,8 +621,8 @@ impl Spool {
     /// stopped part-way settled of the oldest record.
     pub fn held(&self) -> Counts {
         Counts {
-            frames: self.held.frames - self.head_done.frames,
-            logs: self.held.logs - self.head_done.logs,
+            frames: self.held.frames - self.head_done.frames - self.behind_total.frames,
+            logs: self.held.logs - self.head_done.logs - self.behind_total.logs,
         }
     }
 
@@ -723,18 +736,28 @@ impl Spool {
         Ok(None)
     }
 
-    /// After [`Self::peek`], the record after the last one it or this returned, read
-    /// back and checked, for a replay that sends several records at once (none
-    /// acknowledged meanwhile). `None` at the end, or when that record could not be
-    /// read or is damaged: the replay stops before it, and the `peek` that finds it
-    /// oldest deals with it. Its frames and logs are all held (a replay stopped
-    /// part-way settled only the oldest record's).
+    /// After [`Self::peek`], the record after the last one it or this returned (past
+    /// those acknowledged out of order), read back and checked, for a replay that
+    /// sends several records at once (none acknowledged meanwhile), with what an
+    /// earlier replay settled of it. `None` at the end, or when that record could
+    /// not be read or is damaged: the replay stops before it, and the `peek` that
+    /// finds it oldest deals with it.
     pub fn peek_next(&mut self) -> Option<Spooled> {
         let front = self.entries.front()?.header.at.seq;
+        let last = self.peeked.last().map(|(seq, _)| *seq)?;
         if self.peeked.first().map(|(seq, _)| *seq) != Some(front) {
             return None;
         }
-        let entry = *self.entries.get(self.peeked.len())?;
+        // The record after the last one read, past those settled whole out of order.
+        let entry = *self
+            .entries
+            .iter()
+            .skip_while(|e| e.header.at.seq <= last)
+            .find(|e| {
+                self.behind
+                    .get(&e.header.at.seq)
+                    .is_none_or(|d| d.logs < u64::from(e.header.logs))
+            })?;
         let bytes = entry.read_intact(&self.segments).ok()??;
         let payload = Bytes::from(bytes).slice(HEADER_LEN..);
         let header = entry.header;
@@ -743,7 +766,7 @@ impl Spool {
             seq: header.at.seq,
             frames: header.frames,
             logs: header.logs,
-            done: Counts::default(),
+            done: self.behind.get(&header.at.seq).copied().unwrap_or_default(),
             payload,
         })
     }
@@ -761,52 +784,99 @@ impl Spool {
         std::mem::take(&mut self.corrupt)
     }
 
-    /// The destination acknowledged (or refused for good) the oldest record, `seq`:
-    /// it leaves the spool. Returns false if `seq` is not the oldest record; an
-    /// [`AckError`] when it left but the files could not be updated.
+    /// The destination acknowledged (or refused for good) record `seq`: the oldest
+    /// leaves the spool. Returns false if `seq` is not held; an [`AckError`] when
+    /// it left but the files could not be updated.
+    ///
+    /// A record behind the oldest (`seq` any record held) is acknowledged out of
+    /// order: it leaves the spool's counts at once, and the spool once every record
+    /// before it did.
     pub fn ack(&mut self, seq: u64) -> Result<bool, AckError> {
-        match self.entries.front() {
-            Some(entry) if entry.header.at.seq == seq => {
+        match self.entries.iter().position(|e| e.header.at.seq == seq) {
+            Some(0) => {
                 self.pop_front().map_err(AckError)?;
                 Ok(true)
             }
-            _ => Ok(false),
+            Some(i) => {
+                let h = self.entries[i].header;
+                self.set_behind(seq, Counts::rest_of(&h, Counts::default()));
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 
-    /// A replay of the oldest record, `seq`, was stopped after settling (delivering,
-    /// or dropping for good) its first `done` frames and logs: the next replay, in
-    /// this process or after a restart (the state saved at the next tick or stop
-    /// records it), resumes after them. Returns false if `seq` is not the oldest
-    /// record or `done` does not fit inside it (nothing changes).
+    /// A replay of record `seq` was stopped after settling (delivering, or dropping
+    /// for good) its first `done` frames and logs: the next replay resumes after
+    /// them, for the oldest record in this process or after a restart (the state
+    /// saved at the next tick or stop records it). Returns false if `seq` is not
+    /// held or `done` does not fit inside it (nothing changes).
+    ///
+    /// For a record behind the oldest (`seq` any record held), kept in memory only
+    /// (see `behind`): after a restart it is sent whole again.
     pub fn ack_part(&mut self, seq: u64, done: Counts) -> bool {
-        let Some(entry) = self.entries.front() else {
+        let Some(i) = self.entries.iter().position(|e| e.header.at.seq == seq) else {
             return false;
         };
-        let h = entry.header;
-        let fits = h.at.seq == seq
-            && done.logs < u64::from(h.logs)
+        let h = self.entries[i].header;
+        let before = if i == 0 {
+            self.head_done
+        } else {
+            self.behind.get(&seq).copied().unwrap_or_default()
+        };
+        let fits = done.logs < u64::from(h.logs)
             && done.frames <= u64::from(h.frames)
-            && done.logs >= self.head_done.logs
-            && done.frames >= self.head_done.frames;
-        if fits {
+            && done.logs >= before.logs
+            && done.frames >= before.frames;
+        if fits && i == 0 {
             self.head_done = done;
             self.state_dirty = true;
+        } else if fits {
+            self.set_behind(seq, done);
         }
         fits
     }
 
+    /// Sets what was settled of record `seq`, behind the oldest.
+    fn set_behind(&mut self, seq: u64, done: Counts) {
+        let before = self.behind.insert(seq, done).unwrap_or_default();
+        self.behind_total.frames += done.frames - before.frames;
+        self.behind_total.logs += done.logs - before.logs;
+    }
+
+    /// Removes record `seq`'s out-of-order settlement, returning it.
+    fn forget_behind(&mut self, seq: u64) -> Option<Counts> {
+        let done = self.behind.remove(&seq)?;
+        self.behind_total.frames -= done.frames;
+        self.behind_total.logs -= done.logs;
+        Some(done)
+    }
+
+    /// Removes the oldest record, then every record after it acknowledged out of
+    /// order; what was settled of the next one becomes its `head_done`.
     fn pop_front(&mut self) -> io::Result<()> {
-        self.head_done = Counts::default();
-        if let Some(entry) = self.entries.pop_front() {
+        loop {
+            self.head_done = Counts::default();
+            let Some(entry) = self.entries.pop_front() else {
+                break;
+            };
             let h = entry.header;
             self.peeked.retain(|(seq, _)| *seq != h.at.seq);
             self.held.frames -= u64::from(h.frames);
             self.held.logs -= u64::from(h.logs);
             self.state_dirty = true;
-            self.retire_segments()?;
+            let Some(next) = self.entries.front().map(|e| e.header) else {
+                break;
+            };
+            let Some(done) = self.forget_behind(next.at.seq) else {
+                break;
+            };
+            if done.logs < u64::from(next.logs) {
+                self.head_done = done;
+                break;
+            }
         }
-        Ok(())
+        self.retire_segments()
     }
 
     /// The first record not yet acknowledged.
