@@ -712,6 +712,33 @@ impl InternalEvent for SpoolIoFailed<'_> {
     }
 }
 
+/// A request found the disk spool full (`--spool-max-bytes`): it waits in memory,
+/// and newer frames in the ring, until a replay frees room; the ring then fills, and
+/// overflows as `buffer_full`.
+#[derive(Debug)]
+pub struct SpoolFull<'a> {
+    pub dir: &'a std::path::Path,
+    /// Bytes the spool's files take.
+    pub bytes: u64,
+    /// `--spool-max-bytes`.
+    pub max_bytes: u64,
+}
+
+impl InternalEvent for SpoolFull<'_> {
+    fn emit(self, _metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        if let Some(suppressed) = LIMIT.admit() {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                bytes = self.bytes,
+                max_bytes = self.max_bytes,
+                suppressed,
+                "the disk spool is full (--spool-max-bytes): newer logs wait in the ring until a replay frees room"
+            );
+        }
+    }
+}
+
 /// The spool directory, its lock file or segment files holding records had been
 /// deleted (or the directory replaced) while the proxy ran; the directory was made
 /// again if needed and the records held written into it.

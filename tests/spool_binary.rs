@@ -483,6 +483,13 @@ async fn a_full_spool_holds_back_what_the_ring_still_has_room_for_instead_of_dro
     let mut coderd = FakeCoderd::start().await;
     coderd.stop().await;
     let (first, _) = full_spool_outage(dir.path(), &coderd).await;
+    // The operator is told, once, why the ring now fills (nothing said so before).
+    eventually("the full spool logged", || {
+        first
+            .proxy
+            .logged("the disk spool is full (--spool-max-bytes): newer logs wait in the ring until a replay frees room")
+    })
+    .await;
     coderd.restart().await;
     let full = "reason=\"spool_full\"";
     let scrape = first

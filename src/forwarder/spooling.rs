@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crate::events::{
-    ForwardDropReason, ForwardDropped, InternalEvent, SpoolDirRebuilt, SpoolIoFailed,
+    ForwardDropReason, ForwardDropped, InternalEvent, SpoolDirRebuilt, SpoolFull, SpoolIoFailed,
     SpoolOccupancy, SpoolOp, SpoolReplayed, Spooled,
 };
 use crate::metrics::Metrics;
@@ -233,7 +233,15 @@ impl Spooler {
             .append_unsynced(request.frames, request.logs, &self.buf)
         {
             Ok(()) => true,
-            Err(AppendError::Full) => false,
+            Err(AppendError::Full) => {
+                SpoolFull {
+                    dir: self.spool.dir(),
+                    bytes: self.spool.disk_bytes(),
+                    max_bytes: self.spool.max_bytes(),
+                }
+                .emit(metrics);
+                false
+            }
             Err(AppendError::Io(error)) => {
                 self.failed(SpoolOp::Write, &error, metrics);
                 false
