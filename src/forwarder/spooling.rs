@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use prost::encoding::WireType;
+
 use crate::events::{
     ForwardDropReason, ForwardDropped, InternalEvent, SpoolDirRebuilt, SpoolFull, SpoolIoFailed,
     SpoolOccupancy, SpoolOp, SpoolReplayed, Spooled,
@@ -103,19 +105,78 @@ const REPLAY_BYTES: usize = 4 << 20;
 /// `frames` of them), then the encoded request.
 fn encode_payload(out: &Outgoing, buf: &mut Vec<u8>) {
     buf.clear();
-    buf.reserve(out.frame_ends.len() * 4 + out.request.bytes.len());
+    buf.reserve(
+        out.frame_ends.len() * 4 + out.request.bytes.len() + 16 + 4 * out.order.conns.len(),
+    );
     for end in &out.frame_ends {
         buf.extend_from_slice(&end.to_le_bytes());
     }
     buf.extend_from_slice(&out.request.bytes);
+    if !out.order.conns.is_empty() {
+        let len = 8 + 4 * out.order.conns.len();
+        let mut field = Vec::with_capacity(len + 4);
+        prost::encoding::encode_key(CONNS_FIELD, WireType::LengthDelimited, &mut field);
+        prost::encoding::encode_varint(len as u64, &mut field);
+        field.extend_from_slice(&process_epoch().to_le_bytes());
+        for conn in &out.order.conns {
+            field.extend_from_slice(&conn.to_le_bytes());
+        }
+        buf.extend_from_slice(&field);
+    }
+}
+
+/// The field a spooled request ends with, stripped before it is sent: the
+/// connections whose frames it carries, as this process's random epoch (8 bytes)
+/// and each reader connection id (4 bytes each), little-endian. A replay keeps each
+/// connection's order by them. Records without it (written before it existed) are
+/// taken to share a connection with every other record. A field number no
+/// `ReportBoundaryLogsRequest` uses; an older proxy replaying the record sends it
+/// along, and coderd ignores it as an unknown field.
+const CONNS_FIELD: u32 = 2047;
+
+/// A random number drawn once a process: connection ids are the reader's, and two
+/// processes' ids must not look like the same connection.
+fn process_epoch() -> u64 {
+    static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(|| fastrand::u64(..))
+}
+
+/// Connections a spooled record's frames came from; `None` when not known.
+type Conns = Option<Vec<(u64, u32)>>;
+
+/// Takes [`CONNS_FIELD`] off the end of a spooled request: the request as sent, and
+/// its connections.
+fn strip_conns(bytes: bytes::Bytes) -> (bytes::Bytes, Conns) {
+    let mut at = batch::records_end(&bytes) as usize;
+    while at < bytes.len() {
+        let mut rest = &bytes[at..];
+        let Ok((field, WireType::LengthDelimited)) = prost::encoding::decode_key(&mut rest) else {
+            break;
+        };
+        let Ok(len) = prost::encoding::decode_varint(&mut rest) else {
+            break;
+        };
+        let Some(body) = usize::try_from(len).ok().and_then(|len| rest.get(..len)) else {
+            break;
+        };
+        let end = bytes.len() - rest.len() + body.len();
+        if field == CONNS_FIELD && end == bytes.len() {
+            let conns = (body.len() >= 8 && (body.len() - 8) % 4 == 0).then(|| {
+                let epoch = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+                body[8..]
+                    .chunks_exact(4)
+                    .map(|c| (epoch, u32::from_le_bytes(c.try_into().expect("4 bytes"))))
+                    .collect()
+            });
+            return (bytes.slice(..at), conns);
+        }
+        at = end;
+    }
+    (bytes, None)
 }
 
 /// Splits a record's payload back; `None` if it is too short for its frame count.
-fn decode_payload(
-    frames: u32,
-    logs: u32,
-    payload: bytes::Bytes,
-) -> Option<(Vec<u32>, EncodedRequest)> {
+fn decode_payload(frames: u32, logs: u32, payload: bytes::Bytes) -> Option<Decoded> {
     let prefix = frames as usize * 4;
     if payload.len() < prefix {
         return None;
@@ -124,14 +185,18 @@ fn decode_payload(
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
         .collect();
+    let (bytes, conns) = strip_conns(payload.slice(prefix..));
     let request = EncodedRequest {
-        records_end: Some(batch::records_end(&payload[prefix..])),
-        bytes: payload.slice(prefix..),
+        records_end: Some(batch::records_end(&bytes)),
+        bytes,
         logs,
         frames,
     };
-    Some((frame_ends, request))
+    Some((frame_ends, request, conns))
 }
+
+/// A record's payload decoded: its frame ends, its request, its connections.
+type Decoded = (Vec<u32>, EncodedRequest, Conns);
 
 /// Counts `out` as dropped for `spool_full`: the spool refused it with nowhere else
 /// for it to go.
@@ -284,7 +349,7 @@ impl Spooler {
                     return Peeked::Later;
                 }
             };
-            let Some((frame_ends, request)) =
+            let Some((frame_ends, request, conns)) =
                 decode_payload(record.frames, record.logs, record.payload)
             else {
                 // Intact by its CRC but not what this proxy writes: skipped, counted,
@@ -314,22 +379,25 @@ impl Spooler {
                 }],
                 requests: vec![unsettled(request, frame_ends, record.done)],
             };
-            self.gather(&mut replay);
+            self.gather(&mut replay, conns);
             return Peeked::Record(replay);
         }
     }
 
-    /// Adds to `replay` the records after its oldest, each merged into the request of
-    /// its session id and process name (a new one for a session not met yet), while
-    /// every request stays within the limits and there are at most
-    /// [`REPLAY_REQUESTS`]; the first record that does not fit ends the replay (records
-    /// leave the spool oldest first). A backlog spooled in small requests (live
-    /// traffic cut every `--batch-linger`, several sessions interleaved) is then
-    /// replayed as it would have been sent, not one small record a round trip, which a
-    /// busy workspace outruns. Protobuf merges repeated fields, so the records' log
-    /// fields follow one another and the session id and process name close each
-    /// request once.
-    fn gather(&mut self, replay: &mut Replay) {
+    /// Adds to `replay` the records after its oldest (whose connections are
+    /// `first_conns`), each merged into the latest request of its session id and
+    /// process name, unless that would send it ahead of a record of one of its
+    /// connections in a request made since (then, and for a session not met yet, a
+    /// new request, sent after the others). Every request stays within the limits,
+    /// and there are at most [`REPLAY_REQUESTS`]; the first record that does not fit
+    /// ends the replay (records leave the spool oldest first). So each session's and
+    /// each connection's logs keep their order, and a backlog spooled in small
+    /// requests (live traffic cut every `--batch-linger`, several sessions
+    /// interleaved) is replayed as it would have been sent, not one small record a
+    /// round trip, which a busy workspace outruns. Protobuf merges repeated fields, so
+    /// the records' log fields follow one another and the session id and process name
+    /// close each request once.
+    fn gather(&mut self, replay: &mut Replay, first_conns: Conns) {
         /// A request being merged: the records' log fields so far, and the trailer.
         struct Merging {
             records: bytes::BytesMut,
@@ -337,11 +405,20 @@ impl Spooler {
             logs: usize,
             frames: u32,
             frame_ends: Vec<u32>,
+            /// Connections of its records; `None` when one's are not known.
+            conns: Conns,
             merged: bool,
         }
         fn split_trailer(request: &EncodedRequest) -> Option<(&[u8], bytes::Bytes)> {
             let end = request.records_end? as usize;
             Some((&request.bytes[..end], request.bytes.slice(end..)))
+        }
+        /// Whether records of `a` and `b` may change places (no connection in common).
+        fn apart(a: &Conns, b: &Conns) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => !a.iter().any(|c| b.contains(c)),
+                _ => false,
+            }
         }
         let Some((records, trailer)) = split_trailer(&replay.requests[0].request) else {
             return;
@@ -353,6 +430,7 @@ impl Spooler {
             logs: first.request.logs as usize,
             frames: first.request.frames,
             frame_ends: first.frame_ends.clone(),
+            conns: first_conns,
             merged: false,
         }];
         let limits = self.limits;
@@ -364,29 +442,44 @@ impl Spooler {
         let mut total = replay.requests[0].request.bytes.len();
         while let Some(next) = self.spool.peek_next() {
             let (seq, frames, logs, done) = (next.seq, next.frames, next.logs, next.done);
-            let taken = decode_payload(frames, logs, next.payload).and_then(|(ends, request)| {
+            let decoded = decode_payload(frames, logs, next.payload);
+            let taken = decoded.and_then(|(ends, request, conns)| {
                 let Outgoing {
                     request,
                     frame_ends: ends,
                     ..
                 } = unsettled(request, ends, done);
                 let (records, trailer) = split_trailer(&request)?;
-                let at = match merging.iter().position(|m| m.trailer == trailer) {
-                    _ if total + records.len() + trailer.len() > most => return None,
-                    Some(at) if fits(&merging[at], request.logs as usize, records.len()) => at,
-                    Some(_) => return None,
-                    None if merging.len() < REPLAY_REQUESTS => {
+                if total + records.len() + trailer.len() > most {
+                    return None;
+                }
+                let latest = merging.iter().rposition(|m| m.trailer == trailer);
+                let joins = latest.filter(|&at| {
+                    merging[at + 1..]
+                        .iter()
+                        .all(|later| apart(&later.conns, &conns))
+                });
+                let at = match (joins, latest) {
+                    (Some(at), _) | (None, Some(at))
+                        if !fits(&merging[at], request.logs as usize, records.len()) =>
+                    {
+                        // Its session's request is full: the replay ends here.
+                        return None;
+                    }
+                    (Some(at), _) => at,
+                    _ if merging.len() < REPLAY_REQUESTS => {
                         merging.push(Merging {
                             records: bytes::BytesMut::new(),
                             trailer,
                             logs: 0,
                             frames: 0,
                             frame_ends: Vec::new(),
+                            conns: Some(Vec::new()),
                             merged: true,
                         });
                         merging.len() - 1
                     }
-                    None => return None,
+                    _ => return None,
                 };
                 let m = &mut merging[at];
                 total += records.len() + if m.logs == 0 { m.trailer.len() } else { 0 };
@@ -396,6 +489,17 @@ impl Spooler {
                 m.merged |= m.logs > 0;
                 m.logs += request.logs as usize;
                 m.frames += request.frames;
+                m.conns = match (m.conns.take(), conns) {
+                    (Some(mut all), Some(more)) => {
+                        all.extend(
+                            more.into_iter()
+                                .filter(|c| !all.contains(c))
+                                .collect::<Vec<_>>(),
+                        );
+                        Some(all)
+                    }
+                    _ => None,
+                };
                 Some(Part {
                     seq,
                     frames,
@@ -662,11 +766,20 @@ mod tests {
         );
     }
 
-    /// One request of one frame of `logs` logs of `session`, numbered from `first`.
+    /// One request of one frame of `logs` logs of `session`, numbered from `first`,
+    /// from a connection of its own (boundary writes one session a connection).
     fn small(session: &str, first: i32, logs: usize) -> Outgoing {
+        let conn = session
+            .bytes()
+            .fold(7u32, |h, b| h.wrapping_mul(31) ^ u32::from(b));
+        small_on(conn, session, first, logs)
+    }
+
+    /// The same from connection `conn`.
+    fn small_on(conn: u32, session: &str, first: i32, logs: usize) -> Outgoing {
         let frame = QueuedFrame {
             frame: LogFrame::from_request(&workload::request(session, "p", first, logs)).unwrap(),
-            conn: 1,
+            conn,
             key_run: 0,
         };
         let mut out = Vec::new();
@@ -763,6 +876,59 @@ mod tests {
         );
     }
 
+    /// One connection that sends session s, then t, then s again: a replay must not
+    /// send the second s record ahead of t (found by a review of 38614fb, which
+    /// merged every record of a session into one request).
+    #[test]
+    fn a_replay_keeps_one_connections_order_across_its_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spooler, metrics) = spooler_in(dir.path());
+        for out in [
+            small_on(1, "s", 0, 5),
+            small_on(1, "t", 100, 5),
+            small_on(1, "s", 5, 5),
+            small_on(2, "u", 0, 5),
+            small_on(1, "t", 105, 5),
+            small_on(2, "u", 5, 5),
+        ] {
+            assert!(spooler.append(&out, &metrics));
+        }
+        let replay = next_replay(&mut spooler, &metrics);
+        // u (another connection) merges past them; connection 1 keeps its order.
+        assert_eq!(
+            decoded(&replay),
+            [
+                session("s", 0..5),
+                session("t", 100..105),
+                session("s", 5..10),
+                session("u", 0..10),
+            ]
+            .into_iter()
+            .chain([session("t", 105..110)])
+            .collect::<Vec<_>>()
+        );
+        settle_all(&mut spooler, &replay, &metrics);
+        assert!(matches!(spooler.peek(&metrics), Peeked::Empty));
+    }
+
+    /// A record written without its connections (by an earlier version) is taken to
+    /// share one with every record: nothing is merged past it.
+    #[test]
+    fn a_record_without_its_connections_is_not_overtaken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spooler, metrics) = spooler_in(dir.path());
+        let mut old = small("t", 0, 5);
+        old.order.conns.clear();
+        for out in [small("s", 0, 5), old, small("s", 5, 5)] {
+            assert!(spooler.append(&out, &metrics));
+        }
+        let replay = next_replay(&mut spooler, &metrics);
+        assert_eq!(
+            decoded(&replay),
+            [session("s", 0..5), session("t", 0..5), session("s", 5..10)]
+        );
+    }
+
     /// A replay ends before a record whose session's request is full, or that would
     /// need more requests than a replay sends.
     #[test]
@@ -834,9 +1000,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new(&Registry::new()).unwrap();
         let sent = requests();
-        let first = (crate::spool::HEADER_LEN
-            + sent[0].frame_ends.len() * 4
-            + sent[0].request.bytes.len()) as u64;
+        let mut payload = Vec::new();
+        encode_payload(&sent[0], &mut payload);
+        let first = (crate::spool::HEADER_LEN + payload.len()) as u64;
         let (spool, _) = Spool::open(SpoolConfig::new(dir.path(), first, Fsync::Interval)).unwrap();
         let limits = Limits {
             max_logs: 50,
