@@ -519,6 +519,7 @@ impl Spool {
         let mut damaged = Counts::default();
         let head_done = std::mem::take(&mut self.head_done);
         let gaps = self.gaps.clone();
+        let behind = (self.behind.clone(), self.behind_total);
         let copied = old_entries.iter().enumerate().try_for_each(|(i, entry)| {
             let h = entry.header;
             let done = if i == 0 { head_done } else { Counts::default() };
@@ -581,7 +582,13 @@ impl Spool {
             ) = old;
             self.head_done = head_done;
             self.gaps = gaps;
+            (self.behind, self.behind_total) = behind;
             return Err(io(error));
+        }
+        // The oldest record left out (damaged): the next one's settled part, if a
+        // replay settled it out of order, is now the oldest's.
+        if self.settle_front() {
+            self.pop_front().map_err(io)?;
         }
         debug_assert_eq!(self.next, old.3);
         self.corrupt.add(damaged.frames, damaged.logs);
@@ -589,18 +596,22 @@ impl Spool {
         Ok(Some(old_entries.len()))
     }
 
-    /// At stop, after the last [`Self::rebuild_if_lost`] failed: records held in
-    /// segment files deleted from the directory live only in this process's open
-    /// files and end with it. Gives every record held up (they count as acknowledged,
+    /// At stop, after the last [`Self::rebuild_if_lost`] failed: when every record
+    /// held is in a segment file deleted from the directory, they live only in this
+    /// process's open files and end with it. Gives every record held up (they count as acknowledged,
     /// and the state says so where it can still be saved, so that a restart does not
     /// count them again) and returns what was held, `None` when every record is
     /// still in a file on disk.
     pub fn abandon_if_unreachable(&mut self) -> Option<Counts> {
         let (first, last) = (self.entries.front()?.segment, self.entries.back()?.segment);
+        // Only when none is left on disk (a failed rebuild removes what it finds):
+        // records still in a file are replayed by the next start, which counts the
+        // others as `spool_corrupt`.
         let unreachable = self
             .segments
             .iter()
-            .any(|seg| (first..=last).contains(&seg.id) && seg.is_unlinked());
+            .filter(|seg| (first..=last).contains(&seg.id))
+            .all(Segment::is_unlinked);
         if !unreachable {
             return None;
         }
@@ -861,22 +872,35 @@ impl Spool {
                 break;
             };
             let h = entry.header;
+            // Settled out of order and made the oldest by a rebuild that left out a
+            // damaged record before it: not counted twice.
+            self.forget_behind(h.at.seq);
             self.peeked.retain(|(seq, _)| *seq != h.at.seq);
             self.held.frames -= u64::from(h.frames);
             self.held.logs -= u64::from(h.logs);
             self.state_dirty = true;
-            let Some(next) = self.entries.front().map(|e| e.header) else {
-                break;
-            };
-            let Some(done) = self.forget_behind(next.at.seq) else {
-                break;
-            };
-            if done.logs < u64::from(next.logs) {
-                self.head_done = done;
+            if !self.settle_front() {
                 break;
             }
         }
         self.retire_segments()
+    }
+
+    /// Moves what a replay settled out of order of the oldest record into
+    /// `head_done`; true when it was settled whole (the caller then removes it).
+    fn settle_front(&mut self) -> bool {
+        let Some(front) = self.entries.front().map(|e| e.header) else {
+            return false;
+        };
+        let Some(done) = self.forget_behind(front.at.seq) else {
+            return false;
+        };
+        if done.logs < u64::from(front.logs) {
+            self.head_done = done;
+            self.state_dirty = true;
+            return false;
+        }
+        true
     }
 
     /// The first record not yet acknowledged.

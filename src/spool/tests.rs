@@ -842,3 +842,110 @@ fn without_a_state_file_intact_records_before_a_torn_tail_in_the_first_segment_a
     );
     assert_eq!(drain(&mut spool), (8..15).map(payload).collect::<Vec<_>>());
 }
+
+// Found by a review of 38614fb (records settled out of order, rebuilds and the stop).
+#[test]
+fn a_rebuild_that_leaves_out_a_damaged_oldest_record_keeps_the_next_ones_settlement() {
+    // Record 2 was settled whole out of order (a session's request of an earlier
+    // replay), record 0 then settled: record 1 is the oldest, not read since. Its
+    // bytes go bad and the directory is deleted: the rebuild leaves record 1 out
+    // (counted spool_corrupt); record 2 becomes the oldest with its settlement still
+    // in `behind`, where neither `peek` nor `ack` of the oldest looks.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let mut spool = holding(&path, 3, Fsync::Always);
+    let first = spool.peek().unwrap().unwrap();
+    assert!(spool.ack(first.seq + 2).unwrap());
+    assert!(spool.ack(first.seq).unwrap());
+    assert_eq!(spool.held(), Counts { frames: 1, logs: 2 });
+    damage_record(&path, 1);
+    std::fs::remove_dir_all(&path).unwrap();
+    assert_eq!(spool.rebuild_if_lost().unwrap(), Some(2));
+    assert_eq!(spool.take_corrupt(), Counts { frames: 1, logs: 2 });
+    assert_eq!(spool.held(), Counts::default());
+    // Record 2 was delivered: nothing is left to replay.
+    let next = spool.peek().unwrap();
+    assert!(
+        next.is_none(),
+        "record 2, settled already, is replayed again: {:?}",
+        next.map(|r| (r.seq, r.done))
+    );
+}
+
+#[test]
+fn after_that_rebuild_acknowledging_the_oldest_leaves_the_counts_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let mut spool = holding(&path, 3, Fsync::Always);
+    let first = spool.peek().unwrap().unwrap();
+    assert!(spool.ack(first.seq + 2).unwrap());
+    assert!(spool.ack(first.seq).unwrap());
+    damage_record(&path, 1);
+    std::fs::remove_dir_all(&path).unwrap();
+    assert_eq!(spool.rebuild_if_lost().unwrap(), Some(2));
+    let _ = spool.take_corrupt();
+    fill(&mut spool, 3..4);
+    // The forwarder replays what peek returns and acknowledges it.
+    let mut replayed = Vec::new();
+    while let Some(record) = spool.peek().unwrap() {
+        replayed.push(record.seq - first.seq);
+        assert!(spool.ack(record.seq).unwrap());
+    }
+    assert_eq!(replayed, [3], "only record 3 was left to deliver");
+    assert_eq!(spool.held(), Counts::default());
+}
+
+#[test]
+fn a_rebuild_that_fails_keeps_what_was_settled_out_of_order() {
+    // Record 2 settled whole out of order; its bytes then go bad and the directory
+    // is deleted; the rebuild fails at its end (the state cannot be saved) and is
+    // rolled back: what was settled of record 2 must still be known.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let mut spool = holding(&path, 3, Fsync::Always);
+    let first = spool.peek().unwrap().unwrap();
+    assert!(spool.ack(first.seq + 2).unwrap());
+    let before = spool.held();
+    assert_eq!(
+        before,
+        Counts {
+            frames: 2,
+            logs: 1 + 2
+        }
+    );
+    damage_record(&path, 2);
+    std::fs::remove_dir_all(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let blocker = path.join("state.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    assert!(spool.rebuild_if_lost().is_err());
+    assert_eq!(spool.held(), before, "spool_logs after a failed rebuild");
+    std::fs::remove_dir(&blocker).unwrap();
+    assert_eq!(spool.rebuild_if_lost().unwrap(), Some(3));
+    assert_eq!(
+        spool.take_corrupt(),
+        Counts::default(),
+        "record 2 was delivered: counting it spool_corrupt counts it twice"
+    );
+}
+
+#[test]
+fn abandon_does_not_give_up_records_still_in_files_on_disk() {
+    // Only the newest segment file is deleted; the older ones are still in the
+    // directory (a rebuild that failed before its clean-up). The stop gives up
+    // nothing: the next start replays what the files hold (found by a review: it
+    // gave up every record held, and the next start deleted the intact files).
+    let dir = tempfile::tempdir().unwrap();
+    let mut spool = holding(dir.path(), 30, Fsync::Always);
+    spool.flush().unwrap();
+    let files = segment_files(dir.path());
+    assert!(files.len() > 2);
+    std::fs::remove_file(files.last().unwrap()).unwrap();
+    assert_eq!(spool.abandon_if_unreachable(), None);
+    drop(spool);
+    let (_spool, recovery) = reopen(dir.path(), Fsync::Always);
+    assert!(
+        recovery.intact.frames > 0,
+        "records in the files still on disk are replayed at the next start"
+    );
+}
