@@ -1247,34 +1247,46 @@ mod tests {
         assert_eq!(metrics.spool.logs_replayed.get(), 50);
     }
 
-    #[tokio::test]
-    async fn a_refusal_for_good_is_an_answer_and_clears_the_failing_mark() {
-        let reporter = Picky::new(|_, _| Some(tonic::Status::permission_denied("no")));
+    /// One `attempt` of a request of 5 logs with `config` (its retry budget), the
+    /// destination marked failing before if `failing`: how it ended, the metrics,
+    /// and whether the destination is marked failing after.
+    async fn attempt_once<R: Reporter>(
+        reporter: &R,
+        config: ForwarderConfig,
+        failing: bool,
+        spooled: bool,
+    ) -> (Attempt, Arc<Metrics>, bool) {
         let metrics = Metrics::new(&Registry::new()).unwrap();
-        let config = no_retries(WIDE);
         let learned = Learned::new(WIDE);
-        let failing = AtomicBool::new(true);
-        let began_failing = Notify::new();
+        let (failing, began_failing) = (AtomicBool::new(failing), Notify::new());
         let ctx = Ctx {
             config: &config,
             learned: &learned,
             metrics: &metrics,
-            reporter: &reporter,
+            reporter,
             failing: &failing,
             began_failing: &began_failing,
-            spooled: true,
+            spooled,
         };
         let out = request_of(0, 5);
         let attempt = attempt(
             &out.request,
             ctx,
-            Duration::ZERO,
+            config.retry_max_elapsed,
             &CancellationToken::new(),
-            &mut fastrand::Rng::new(),
+            &mut fastrand::Rng::with_seed(3),
         )
         .await;
+        (attempt, metrics, failing.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn a_refusal_for_good_is_an_answer_and_clears_the_failing_mark() {
+        let reporter = Picky::new(|_, _| Some(tonic::Status::permission_denied("no")));
+        let (attempt, metrics, failing) =
+            attempt_once(&reporter, no_retries(WIDE), true, true).await;
         assert!(matches!(attempt, Attempt::Dropped));
-        assert!(!failing.load(Ordering::Relaxed));
+        assert!(!failing);
         assert_eq!(metrics.logs_dropped_for(LogDropReason::ForwardFailed), 5);
     }
 
@@ -1295,33 +1307,13 @@ mod tests {
             }
         }
         let reporter = SlowFailure(Default::default());
-        let metrics = Metrics::new(&Registry::new()).unwrap();
         let budget = Duration::from_millis(500);
         let config = ForwarderConfig {
             retry_max_elapsed: budget,
             ..no_retries(WIDE)
         };
-        let learned = Learned::new(WIDE);
-        let (failing, began_failing) = (AtomicBool::new(false), Notify::new());
-        let ctx = Ctx {
-            config: &config,
-            learned: &learned,
-            metrics: &metrics,
-            reporter: &reporter,
-            failing: &failing,
-            began_failing: &began_failing,
-            spooled: false,
-        };
-        let out = request_of(0, 5);
         let start = Instant::now();
-        let attempt = attempt(
-            &out.request,
-            ctx,
-            budget,
-            &CancellationToken::new(),
-            &mut fastrand::Rng::with_seed(3),
-        )
-        .await;
+        let (attempt, metrics, _) = attempt_once(&reporter, config, false, false).await;
         let took = start.elapsed();
         assert!(matches!(attempt, Attempt::Dropped));
         assert_eq!(metrics.logs_dropped_for(LogDropReason::ForwardFailed), 5);
