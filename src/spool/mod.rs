@@ -585,23 +585,26 @@ impl Spool {
             (self.behind, self.behind_total) = behind;
             return Err(io(error));
         }
+        debug_assert_eq!(self.next, old.3);
+        // Counted before anything below can fail: the damaged records' gap is saved.
+        self.corrupt.add(damaged.frames, damaged.logs);
+        self.files_lost = false;
         // The oldest record left out (damaged): the next one's settled part, if a
-        // replay settled it out of order, is now the oldest's.
+        // replay settled it out of order, is now the oldest's. The rebuild is done
+        // either way; a failure here is only a segment not yet retired.
         if self.settle_front() {
             self.pop_front().map_err(io)?;
         }
-        debug_assert_eq!(self.next, old.3);
-        self.corrupt.add(damaged.frames, damaged.logs);
-        self.files_lost = false;
         Ok(Some(old_entries.len()))
     }
 
     /// At stop, after the last [`Self::rebuild_if_lost`] failed: when every record
     /// held is in a segment file deleted from the directory, they live only in this
-    /// process's open files and end with it. Gives every record held up (they count as acknowledged,
-    /// and the state says so where it can still be saved, so that a restart does not
-    /// count them again) and returns what was held, `None` when every record is
-    /// still in a file on disk.
+    /// process's open files and end with it. Gives every record held up (they count
+    /// as acknowledged, and the state says so where it can still be saved, so that a
+    /// restart does not count them again) and returns what was held; `None` while a
+    /// record is still in a file on disk (the next start replays those and counts the
+    /// others as `spool_corrupt`).
     pub fn abandon_if_unreachable(&mut self) -> Option<Counts> {
         let (first, last) = (self.entries.front()?.segment, self.entries.back()?.segment);
         // Only when none is left on disk (a failed rebuild removes what it finds):
