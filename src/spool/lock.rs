@@ -1,5 +1,7 @@
-//! The spool directory's lock: one process owns a directory, through an exclusive
-//! `flock` on `DIR/lock` held for the life of the [`DirLock`].
+//! The spool directory's lock: one process owns a directory, through exclusive
+//! `flock`s on the directory itself and on `DIR/lock`, held for the life of the
+//! [`DirLock`]. The directory's own lock holds when the lock file is deleted (a tmp
+//! cleaner, an operator); the lock file shows the owner to `fuser` and `lsof`.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -14,7 +16,8 @@ pub const FILE_NAME: &str = "lock";
 /// ends, however it ends.
 #[derive(Debug)]
 pub struct DirLock {
-    _file: File,
+    _dir: File,
+    file: File,
 }
 
 /// Why the lock was not taken.
@@ -33,6 +36,29 @@ pub enum LockError {
 impl DirLock {
     /// Takes the lock on `dir` without waiting.
     pub fn acquire(dir: &Path) -> Result<DirLock, LockError> {
+        let shown = dir.display().to_string();
+        let io = |source| LockError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let handle = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(dir)
+            .map_err(io)?;
+        flock(&handle, &shown)?;
+        let file = Self::lock_file(dir)?;
+        Ok(DirLock { _dir: handle, file })
+    }
+
+    /// Makes and locks the lock file again (it was deleted) in the directory this
+    /// lock already holds.
+    pub fn renew(&mut self, dir: &Path) -> Result<(), LockError> {
+        self.file = Self::lock_file(dir)?;
+        Ok(())
+    }
+
+    fn lock_file(dir: &Path) -> Result<File, LockError> {
         let path = dir.join(FILE_NAME);
         let shown = path.display().to_string();
         let file = OpenOptions::new()
@@ -45,29 +71,38 @@ impl DirLock {
                 path: shown.clone(),
                 source,
             })?;
-        // SAFETY: `flock` only reads the descriptor, which `file` keeps open for
-        // the duration of the call.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let error = io::Error::last_os_error();
-            return Err(if error.kind() == io::ErrorKind::WouldBlock {
-                LockError::Held { path: shown }
-            } else {
-                LockError::Io {
-                    path: shown,
-                    source: error,
-                }
-            });
-        }
-        Ok(DirLock { _file: file })
+        flock(&file, &shown)?;
+        Ok(file)
     }
 
     /// True when the lock file was deleted while held: another process could then
     /// create and lock a new one.
     pub fn is_unlinked(&self) -> bool {
         use std::os::unix::fs::MetadataExt as _;
-        self._file.metadata().is_ok_and(|m| m.nlink() == 0)
+        self.file.metadata().is_ok_and(|m| m.nlink() == 0)
     }
+}
+
+/// An exclusive `flock` on `file` without waiting; `Held` when another open file
+/// holds it.
+fn flock(file: &File, shown: &str) -> Result<(), LockError> {
+    // SAFETY: `flock` only reads the descriptor, which `file` keeps open for the
+    // duration of the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    Err(if error.kind() == io::ErrorKind::WouldBlock {
+        LockError::Held {
+            path: shown.to_owned(),
+        }
+    } else {
+        LockError::Io {
+            path: shown.to_owned(),
+            source: error,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -82,5 +117,22 @@ mod tests {
         assert!(matches!(second, LockError::Held { .. }), "{second}");
         drop(first);
         DirLock::acquire(dir.path()).unwrap();
+    }
+
+    /// The lock file deleted (a tmp cleaner, an operator) does not let a second
+    /// owner in: the directory's own lock still holds (a second proxy took the spool
+    /// within the 50 ms before the first took a new lock file, and both replayed
+    /// it; found by an operator review).
+    #[test]
+    fn a_lock_file_deleted_while_held_does_not_let_a_second_lock_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = DirLock::acquire(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
+        assert!(first.is_unlinked());
+        let second = DirLock::acquire(dir.path()).unwrap_err();
+        assert!(matches!(second, LockError::Held { .. }), "{second}");
+        first.renew(dir.path()).unwrap();
+        assert!(!first.is_unlinked());
+        assert!(dir.path().join(FILE_NAME).exists());
     }
 }

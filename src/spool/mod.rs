@@ -473,7 +473,23 @@ impl Spool {
             source,
         };
         let moved = !dir_id(&dir).is_ok_and(|id| id == self.dir_id);
-        if moved || self.lock_lost || self._lock.is_unlinked() {
+        if !moved && !self.lock_lost && self._lock.is_unlinked() {
+            // The same directory, still locked by this process: only the lock file
+            // is made again.
+            if let Err(source) = self._lock.renew(&dir) {
+                // Another process locked the new lock file (one that does not lock
+                // the directory itself, an older proxy): as for a lost lock below.
+                self.lock_lost |= matches!(source, LockError::Held { .. });
+                return Err(match source {
+                    LockError::Held { .. } => SpoolError::Locked {
+                        dir: shown.clone(),
+                        source,
+                    },
+                    LockError::Io { source, .. } => io(source),
+                });
+            }
+        }
+        if moved || self.lock_lost {
             match make_and_lock(&dir) {
                 Ok(lock) => {
                     // Its id before it replaces the lock: a failure here leaves the

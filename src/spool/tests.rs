@@ -520,14 +520,24 @@ fn a_rebuild_counts_a_damaged_record_instead_of_giving_it_a_fresh_checksum() {
 
 #[test]
 fn a_spool_that_lost_its_lock_to_another_process_writes_nothing_more_there() {
-    // Its lock file deleted, another proxy takes the directory before this one's
-    // next look: appends are refused (counted by the caller) and nothing is
-    // written, saved or deleted there.
+    // Its lock file deleted, a process that locks only the lock file (an older
+    // proxy: this one also locks the directory, which a second one cannot take,
+    // `a_second_spool_cannot_take_a_directory_whose_lock_file_was_deleted`) takes
+    // it before this one's next look: appends are refused (counted by the caller)
+    // and nothing is written, saved or deleted there.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool");
     let mut a = holding(&path, 3, Fsync::Always);
     std::fs::remove_file(path.join("lock")).unwrap();
-    let (b, _) = Spool::open(config(&path, 1 << 20, Fsync::Always)).unwrap();
+    let b = std::fs::File::create(path.join("lock")).unwrap();
+    // SAFETY: `flock` only reads the descriptor `b` keeps open.
+    let locked = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&b),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(locked, 0);
     assert!(matches!(
         a.rebuild_if_lost(),
         Err(SpoolError::Locked { .. })
@@ -548,6 +558,25 @@ fn a_spool_that_lost_its_lock_to_another_process_writes_nothing_more_there() {
         (sizes(&path), std::fs::read(path.join("state")).unwrap())
     );
     drop(b);
+}
+
+#[test]
+fn a_second_spool_cannot_take_a_directory_whose_lock_file_was_deleted() {
+    // The lock file deleted (a tmp cleaner): a second proxy started within the
+    // 50 ms before the first made a new one took the directory, and both replayed
+    // it (found by an operator review). The directory's own lock still holds.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let mut a = holding(&path, 3, Fsync::Always);
+    std::fs::remove_file(path.join("lock")).unwrap();
+    assert!(matches!(
+        Spool::open(config(&path, 1 << 20, Fsync::Always)),
+        Err(SpoolError::Locked { .. })
+    ));
+    // The first makes its lock file again, and keeps its records.
+    assert!(a.rebuild_if_lost().unwrap().is_none());
+    assert!(path.join("lock").exists());
+    assert_eq!(drain(&mut a), [payload(0), payload(1), payload(2)]);
 }
 
 #[test]
