@@ -16,7 +16,8 @@ pub const FILE_NAME: &str = "lock";
 /// ends, however it ends.
 #[derive(Debug)]
 pub struct DirLock {
-    _dir: File,
+    /// The directory, locked; `None` where its filesystem cannot lock it.
+    _dir: Option<File>,
     file: File,
 }
 
@@ -46,9 +47,19 @@ impl DirLock {
             .custom_flags(libc::O_DIRECTORY)
             .open(dir)
             .map_err(io)?;
-        flock(&handle, &shown)?;
+        // Best effort: where a directory cannot be locked (NFS emulates `flock`
+        // with write locks, which a directory opened to read cannot take), the
+        // lock file alone is the lock, as before the directory's own.
+        let dir_lock = match flock(&handle, &shown) {
+            Ok(()) => Some(handle),
+            Err(held @ LockError::Held { .. }) => return Err(held),
+            Err(LockError::Io { .. }) => None,
+        };
         let file = Self::lock_file(dir)?;
-        Ok(DirLock { _dir: handle, file })
+        Ok(DirLock {
+            _dir: dir_lock,
+            file,
+        })
     }
 
     /// Makes and locks the lock file again (it was deleted) in the directory this
