@@ -939,6 +939,18 @@ mod tests {
         Metrics::new(&Registry::new()).unwrap()
     }
 
+    /// A failed attempt to be retried, one out of retries, and one refused for good.
+    fn every_kind_of_failed_attempt(status: &tonic::Status) -> [ForwardAttemptFailed<'_>; 3] {
+        [(true, true), (true, false), (false, false)].map(|(retryable, retrying)| {
+            ForwardAttemptFailed {
+                retryable,
+                retrying,
+                latency: Duration::from_millis(1),
+                status,
+            }
+        })
+    }
+
     /// A JSON log line has each key once: a field named `message` would repeat the
     /// key the formatter gives the event's own text, and a JSON reader keeps only one
     /// (`--log-format json` printed `"message"` twice in these three lines).
@@ -964,14 +976,8 @@ mod tests {
         let status = tonic::Status::unknown("batch size 2 exceeds maximum of 1");
         // The lines themselves, past the rate limits other tests share.
         tracing::subscriber::with_default(subscriber, || {
-            for (retryable, retrying) in [(true, true), (true, false), (false, false)] {
-                ForwardAttemptFailed {
-                    retryable,
-                    retrying,
-                    latency: Duration::from_millis(1),
-                    status: &status,
-                }
-                .log(0);
+            for attempt in every_kind_of_failed_attempt(&status) {
+                attempt.log(0);
             }
             ForwardRefusedTooLarge {
                 latency: Duration::from_millis(1),
@@ -1088,14 +1094,8 @@ mod tests {
     fn failed_attempts_count_by_result_and_time_the_call() {
         let m = metrics();
         let status = tonic::Status::unavailable("coderd down");
-        for (retryable, retrying) in [(true, true), (true, false), (false, false)] {
-            ForwardAttemptFailed {
-                retryable,
-                retrying,
-                latency: Duration::from_millis(1),
-                status: &status,
-            }
-            .emit(&m);
+        for attempt in every_kind_of_failed_attempt(&status) {
+            attempt.emit(&m);
         }
         assert_eq!(m.forward_requests_for(ForwardResult::RetryableError), 2);
         assert_eq!(m.forward_requests_for(ForwardResult::PermanentError), 1);

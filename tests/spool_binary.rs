@@ -191,16 +191,12 @@ async fn coderd_down_50000_logs_then_sigterm_and_a_restart_deliver_every_log_in_
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spool_directory_deleted_during_the_outage_is_made_again_and_a_restart_delivers_everything(
-) {
-    // A tmp cleaner (or an operator) deletes the spool directory while it holds the
-    // outage's logs: they live on in the open files only, so the proxy writes them
-    // into the directory made again, and the next proxy replays them.
-    let dir = tempfile::tempdir().unwrap();
+/// A proxy on `dir` that spooled every log written while coderd was down, and
+/// that coderd (still down).
+async fn every_log_spooled(dir: &Path) -> (Serve, FakeCoderd) {
     let mut coderd = FakeCoderd::start().await;
     coderd.stop().await;
-    let first = serve(dir.path(), &coderd.addr(), &[]).await;
+    let first = serve(dir, &coderd.addr(), &[]).await;
     write_everything(&first, Duration::from_millis(10)).await;
     first
         .proxy
@@ -208,6 +204,17 @@ async fn a_spool_directory_deleted_during_the_outage_is_made_again_and_a_restart
             s.get("spool_logs", None) == LOGS
         })
         .await;
+    (first, coderd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_directory_deleted_during_the_outage_is_made_again_and_a_restart_delivers_everything(
+) {
+    // A tmp cleaner (or an operator) deletes the spool directory while it holds the
+    // outage's logs: they live on in the open files only, so the proxy writes them
+    // into the directory made again, and the next proxy replays them.
+    let dir = tempfile::tempdir().unwrap();
+    let (first, mut coderd) = every_log_spooled(dir.path()).await;
     std::fs::remove_dir_all(dir.path().join("spool")).unwrap();
     let message = "the disk spool's directory or files were deleted or replaced; wrote the records it held into it again";
     eventually("the spool directory made again", || {
@@ -234,16 +241,7 @@ async fn a_spool_directory_deleted_and_replaced_by_a_file_counts_its_logs_at_sto
     // only in the open files and end with the process. The stop counts them as
     // spool_full; it said spool_logs=50000 and a restart found nothing.
     let dir = tempfile::tempdir().unwrap();
-    let mut coderd = FakeCoderd::start().await;
-    coderd.stop().await;
-    let first = serve(dir.path(), &coderd.addr(), &[]).await;
-    write_everything(&first, Duration::from_millis(10)).await;
-    first
-        .proxy
-        .scrape_until(first.metrics, "every log spooled", |s: &Scrape| {
-            s.get("spool_logs", None) == LOGS
-        })
-        .await;
+    let (first, _coderd) = every_log_spooled(dir.path()).await;
     let spool = dir.path().join("spool");
     std::fs::remove_dir_all(&spool).unwrap();
     std::fs::write(&spool, b"not a directory").unwrap();

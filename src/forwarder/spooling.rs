@@ -214,7 +214,8 @@ pub(super) fn dropped_full(out: &Outgoing, metrics: &Metrics) {
 pub struct Spooler {
     spool: Spool,
     buf: Vec<u8>,
-    /// How frames still in the ring at shutdown are merged before they are written.
+    /// The request limits: how frames still in the ring at shutdown are merged before
+    /// they are written, and how far a replay merges records.
     pub(super) limits: Limits,
 }
 
@@ -407,7 +408,6 @@ impl Spooler {
             frame_ends: Vec<u32>,
             /// Connections of its records; `None` when one's are not known.
             conns: Conns,
-            merged: bool,
         }
         fn split_trailer(request: &EncodedRequest) -> Option<(&[u8], bytes::Bytes)> {
             let end = request.records_end? as usize;
@@ -431,7 +431,6 @@ impl Spooler {
             frames: first.request.frames,
             frame_ends: first.frame_ends.clone(),
             conns: first_conns,
-            merged: false,
         }];
         let limits = self.limits;
         let fits = |m: &Merging, logs: usize, len: usize| {
@@ -475,7 +474,6 @@ impl Spooler {
                             frames: 0,
                             frame_ends: Vec::new(),
                             conns: Some(Vec::new()),
-                            merged: true,
                         });
                         merging.len() - 1
                     }
@@ -486,7 +484,6 @@ impl Spooler {
                 let start = m.logs as u32;
                 m.records.extend_from_slice(records);
                 m.frame_ends.extend(ends.iter().map(|e| e + start));
-                m.merged |= m.logs > 0;
                 m.logs += request.logs as usize;
                 m.frames += request.frames;
                 m.conns = match (m.conns.take(), conns) {
@@ -518,14 +515,9 @@ impl Spooler {
                 }
             }
         }
-        let single = replay.requests.pop().expect("the oldest record's request");
         replay.requests = merging
             .into_iter()
-            .enumerate()
-            .map(|(i, m)| {
-                if i == 0 && !m.merged {
-                    return single.clone();
-                }
+            .map(|m| {
                 let records_end = m.records.len() as u32;
                 let mut bytes = m.records;
                 bytes.extend_from_slice(&m.trailer);
