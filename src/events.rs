@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::codec::CodecError;
+use crate::codec::{CodecError, Superseded};
 use crate::metrics::CoderdConnectResult;
 use crate::metrics::{
     BatchDropReason, ConnectionRejectReason, ForwardResult, FrameRejectReason, LogDropReason,
@@ -124,6 +124,38 @@ impl InternalEvent for FrameRejected<'_> {
                 error = self.error.map(tracing::field::display),
                 suppressed,
                 "rejected a frame from boundary"
+            );
+        }
+    }
+}
+
+/// A TagV2 envelope set its oneof more than once: protobuf keeps the last variant
+/// (which is handled as usual) and drops the earlier ones. What they carried is not
+/// used, so the frame is also counted as `frames_rejected_total{reason="superseded"}`,
+/// and the line says how many logs (or status messages) were not used.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvelopeVariantSuperseded {
+    /// The connection it came on.
+    pub conn: u64,
+    /// What the later variant replaced.
+    pub superseded: Superseded,
+}
+
+impl InternalEvent for EnvelopeVariantSuperseded {
+    fn emit(self, metrics: &Metrics) {
+        static LIMIT: LogLimiter = LogLimiter::new();
+        metrics
+            .frames_rejected
+            .with_label_values(&[FrameRejectReason::Superseded.as_str()])
+            .inc();
+        if let Some(suppressed) = LIMIT.admit() {
+            tracing::warn!(
+                reason = %FrameRejectReason::Superseded,
+                conn = self.conn,
+                unused_logs = self.superseded.logs,
+                unused_statuses = self.superseded.statuses,
+                suppressed,
+                "a frame from boundary set two envelope variants; the last one is used, the logs or status before it are not"
             );
         }
     }

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::codec::{decode_message, FrameDecoder, LogFrame, Message, RawFrame};
+use crate::codec::{decode_message_noting_superseded, FrameDecoder, LogFrame, Message, RawFrame};
 use crate::events::{
     BoundaryStatusReported, BufferFull, ConnectionClosed, ConnectionOpened, ConnectionRejected,
-    ForwardDropReason, ForwardDropped, FrameRejected, InternalEvent, LogsReceived, RingOccupancy,
-    SequenceGap, SequenceOutOfOrder, WaitedForRoom,
+    EnvelopeVariantSuperseded, ForwardDropReason, ForwardDropped, FrameRejected, InternalEvent,
+    LogsReceived, RingOccupancy, SequenceGap, SequenceOutOfOrder, WaitedForRoom,
 };
 use crate::metrics::{ConnectionRejectReason, FrameRejectReason, Metrics};
 use crate::reader::{CloseCause, ConnInfo, ConnectionHandler, Peer, RejectReason};
@@ -124,7 +124,17 @@ impl Intake {
 
     /// Handles one complete frame: frame-local errors are counted and skipped.
     fn frame<'a>(&'a self, read: &mut Read<'a>, raw: RawFrame) {
-        match decode_message(raw) {
+        let decoded = decode_message_noting_superseded(raw).map(|(message, superseded)| {
+            if !superseded.is_empty() {
+                EnvelopeVariantSuperseded {
+                    conn: read.conn,
+                    superseded,
+                }
+                .emit(&self.metrics);
+            }
+            message
+        });
+        match decoded {
             Ok(Message::Logs(frame)) => self.logs(read, frame),
             Ok(Message::Status(status)) => {
                 let count = |n: i64| {

@@ -3,8 +3,8 @@
 //! prost decodes them, held in canonical bytes.
 
 use boundary_log_proxy::codec::{
-    decode_message, encode_frame, CodecError, FrameDecoder, LogFrame, Message, RawFrame,
-    SeqSummary, Tag, MAX_PAYLOAD_LEN,
+    decode_message, decode_message_noting_superseded, encode_frame, CodecError, FrameDecoder,
+    LogFrame, Message, RawFrame, SeqSummary, Superseded, Tag, MAX_PAYLOAD_LEN,
 };
 use boundary_log_proxy::proto::agent::ReportBoundaryLogsRequest;
 use boundary_log_proxy::proto::envelope::{boundary_message::Msg, BoundaryMessage, BoundaryStatus};
@@ -332,13 +332,49 @@ fn repeated_envelope_variants_merge_and_the_last_variant_wins() {
     );
     assert_eq!(expected.logs[0].sequence_number, 10);
 
-    let status_last = [part(0, "a"), status.clone(), status].concat();
+    let status_last = [part(0, "a"), status.clone(), status.clone()].concat();
     assert_eq!(
         decode_message(frame(Tag::V2, &status_last)),
         Ok(Message::Status(BoundaryStatus {
             dropped_channel_full: 4,
             dropped_batch_full: 1
         }))
+    );
+
+    // What a later variant replaced is reported, so the intake can count it.
+    let superseded = |payload: &[u8]| {
+        decode_message_noting_superseded(frame(Tag::V2, payload))
+            .unwrap()
+            .1
+    };
+    assert_eq!(
+        superseded(&merged),
+        Superseded::default(),
+        "merged, not replaced"
+    );
+    assert_eq!(
+        superseded(&reset),
+        Superseded {
+            logs: 2,
+            statuses: 1
+        },
+        "two logs, then the status, replaced"
+    );
+    assert_eq!(
+        superseded(&status_last),
+        Superseded {
+            logs: 2,
+            statuses: 0
+        },
+        "a status merging into a status replaces nothing"
+    );
+    let two_logs_then_status = [part(0, "a"), part(2, "a"), status].concat();
+    assert_eq!(
+        superseded(&two_logs_then_status),
+        Superseded {
+            logs: 4,
+            statuses: 0
+        }
     );
 }
 

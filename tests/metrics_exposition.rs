@@ -65,6 +65,7 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
             "truncated",
             "empty",
             "bad_status",
+            "superseded",
         ],
     ),
     (

@@ -363,6 +363,44 @@ async fn absurd_boundary_status_counts_are_refused_and_counters_never_go_back(io
     finish(&proxy, forwarder).await;
 }
 
+/// An envelope that sets its oneof twice: the last variant is used, as protobuf
+/// decodes it, and what the first carried is counted as `superseded`, never dropped
+/// without a count. Logs then a status: a status (5 + 3 dropped by boundary); a
+/// status then logs: the logs, forwarded.
+async fn an_envelope_with_two_variants_uses_the_last_and_counts_the_first(io: IoMode) {
+    let (coderd, proxy, forwarder) = pipeline(io).await;
+    let variant = |message: Msg| BoundaryMessage { msg: Some(message) }.encode_to_vec();
+    let status = |channel_full, batch_full| {
+        variant(Msg::Status(BoundaryStatus {
+            dropped_channel_full: channel_full,
+            dropped_batch_full: batch_full,
+        }))
+    };
+    let frame = |payload: Vec<u8>| {
+        let mut frame = Vec::new();
+        boundary_log_proxy::codec::encode_frame(Tag::V2, &payload, &mut frame).unwrap();
+        frame
+    };
+    let unused = request(SESSION, "codex", 0, 2);
+    let used = request(SESSION, "codex", 2, 3);
+    let mut client = proxy.connect();
+    client
+        .send(&frame([variant(Msg::Logs(unused)), status(5, 3)].concat()))
+        .send(&frame(
+            [status(100, 100), variant(Msg::Logs(used.clone()))].concat(),
+        ));
+    assert!(coderd.wait_for_logs(3, PATIENCE).await);
+    proxy.wait_forwarded(3).await;
+    wait_rejected(&proxy, FrameRejectReason::Superseded, 2).await;
+
+    let m = proxy.metrics();
+    assert_eq!(decoded(&coderd), vec![used]);
+    assert_eq!(m.logs_received.get(), 3, "only the logs that were used");
+    assert_eq!(m.logs_dropped_for(LogDropReason::BoundaryChannelFull), 5);
+    assert_eq!(m.logs_dropped_for(LogDropReason::BoundaryBatchFull), 3);
+    finish(&proxy, forwarder).await;
+}
+
 /// The whole of one frame as the decoder would hand it over.
 fn raw_frame(bytes: &[u8]) -> boundary_log_proxy::codec::RawFrame {
     let mut decoder = boundary_log_proxy::codec::FrameDecoder::new();
@@ -383,4 +421,5 @@ on_io_modes!(
     frames_split_across_writes_are_reassembled,
     frames_with_no_logs_make_no_call_and_are_counted_empty,
     absurd_boundary_status_counts_are_refused_and_counters_never_go_back,
+    an_envelope_with_two_variants_uses_the_last_and_counts_the_first,
 );

@@ -135,6 +135,34 @@ impl LogFrame {
 /// leave the connection usable. A payload over the frame limit (only possible for a
 /// hand-built `RawFrame`) is `TooLarge`.
 pub fn decode_message(frame: RawFrame) -> Result<Message, CodecError> {
+    decode_message_noting_superseded(frame).map(|(message, _)| message)
+}
+
+/// What the later variant of a TagV2 envelope replaced. `BoundaryMessage.msg` is a
+/// oneof: when an envelope sets it more than once, protobuf (prost, and Google's
+/// runtimes) keeps the last variant on the wire and drops the earlier ones, so what
+/// they carried is not used. boundary never writes such an envelope. Empty for every
+/// other frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Superseded {
+    /// Logs in `logs` variants that a later `status` replaced.
+    pub logs: u32,
+    /// `status` variants that later `logs` replaced.
+    pub statuses: u32,
+}
+
+impl Superseded {
+    /// True when nothing was replaced.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// [`decode_message`], also telling what a later envelope variant replaced, so that
+/// it can be counted rather than lost in silence.
+pub fn decode_message_noting_superseded(
+    frame: RawFrame,
+) -> Result<(Message, Superseded), CodecError> {
     let payload = frame.payload;
     if payload.len() > MAX_PAYLOAD_LEN {
         return Err(CodecError::TooLarge(payload.len()));
@@ -144,7 +172,10 @@ pub fn decode_message(frame: RawFrame) -> Result<Message, CodecError> {
             let mut scan = RequestScan::default();
             scan.walk(&payload, 0, RECURSION_LIMIT)?;
             let whole = 0..payload.len();
-            Ok(Message::Logs(log_frame(payload, &scan, &whole, &[])))
+            Ok((
+                Message::Logs(log_frame(payload, &scan, &whole, &[])),
+                Superseded::default(),
+            ))
         }
         Tag::V2 => decode_envelope(payload),
     }
@@ -173,8 +204,9 @@ enum Variant {
     Status(BoundaryStatus),
 }
 
-fn decode_envelope(payload: Bytes) -> Result<Message, CodecError> {
+fn decode_envelope(payload: Bytes) -> Result<(Message, Superseded), CodecError> {
     let mut variant = Variant::None;
+    let mut superseded = Superseded::default();
     let mut buf = &payload[..];
     while !buf.is_empty() {
         let (tag, wire) = read_key(&mut buf)?;
@@ -186,8 +218,14 @@ fn decode_envelope(payload: Bytes) -> Result<Message, CodecError> {
                 let end = payload.len() - buf.len();
                 let range = end - body.len()..end;
                 if tag == 1 {
+                    if matches!(variant, Variant::Status(_)) {
+                        superseded.statuses += 1;
+                    }
                     merge_logs(&mut variant, body, range, budget)?;
                 } else {
+                    if let Variant::Logs { scan, .. } = &variant {
+                        superseded.logs += scan.log_count;
+                    }
                     if !matches!(variant, Variant::Status(_)) {
                         variant = Variant::Status(BoundaryStatus::default());
                     }
@@ -199,13 +237,14 @@ fn decode_envelope(payload: Bytes) -> Result<Message, CodecError> {
             _ => skip_field(wire, tag, &mut buf, RECURSION_LIMIT)?,
         }
     }
-    match variant {
-        Variant::None => Err(CodecError::UnknownVariant),
-        Variant::Status(status) => Ok(Message::Status(status)),
+    let message = match variant {
+        Variant::None => return Err(CodecError::UnknownVariant),
+        Variant::Status(status) => Message::Status(status),
         Variant::Logs { scan, first, more } => {
-            Ok(Message::Logs(log_frame(payload, &scan, &first, &more)))
+            Message::Logs(log_frame(payload, &scan, &first, &more))
         }
-    }
+    };
+    Ok((message, superseded))
 }
 
 fn merge_logs(

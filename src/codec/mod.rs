@@ -15,4 +15,7 @@ pub use frame::{
     decode_header, encode_frame, encode_header, FrameDecoder, Header, RawFrame, Tag, HEADER_LEN,
     MAX_PAYLOAD_LEN,
 };
-pub use message::{count_request_logs, decode_message, LogFrame, Message, SeqSummary};
+pub use message::{
+    count_request_logs, decode_message, decode_message_noting_superseded, LogFrame, Message,
+    SeqSummary, Superseded,
+};

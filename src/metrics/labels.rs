@@ -96,6 +96,9 @@ label_enum! {
         Empty => "empty",
         /// A `BoundaryStatus` with a count that is negative or over 2^53.
         BadStatus => "bad_status",
+        /// A TagV2 envelope that set a second variant after a first: the last is
+        /// used, as protobuf decodes it; what the earlier carried is not.
+        Superseded => "superseded",
     }
 }
 
