@@ -155,6 +155,57 @@ fn a_bad_coder_agent_url_names_the_variable() {
     );
 }
 
+/// A coder variable set to bytes that are not UTF-8 is a flag error naming it, not a
+/// variable read as unset: an unreadable CODER_AGENT_URL used to leave the proxy
+/// printing logs instead of forwarding them to coderd, exit 0 and no word.
+#[test]
+fn a_coder_variable_that_is_not_utf8_is_a_flag_error_naming_it() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"http://127.0.0.1:1/\xff");
+    let good = [
+        ("CODER_AGENT_URL", "http://127.0.0.1:4000"),
+        ("CODER_AGENT_TOKEN", "t0ken-abcdefgh"),
+    ];
+    for variable in [
+        "CODER_AGENT_URL",
+        "CODER_AGENT_TOKEN",
+        "CODER_AGENT_TOKEN_FILE",
+        "CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH",
+    ] {
+        let mut command = Command::new(BIN);
+        for (key, _) in std::env::vars_os() {
+            let key_text = key.to_string_lossy();
+            if key_text.starts_with("BOUNDARY_LOG_PROXY_") || key_text.starts_with("CODER_AGENT_") {
+                command.env_remove(key);
+            }
+        }
+        for (key, value) in good.iter().filter(|(key, _)| *key != variable) {
+            if !(variable == "CODER_AGENT_TOKEN_FILE" && *key == "CODER_AGENT_TOKEN") {
+                command.env(key, value);
+            }
+        }
+        let output = command
+            .env(variable, not_utf8)
+            .args(["serve", "--print-config"])
+            .output()
+            .expect("running the binary");
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{variable}: {err}");
+        assert!(err.contains(variable), "{variable}: {err}");
+        assert!(err.contains("UTF-8"), "{variable}: {err}");
+        assert!(
+            output.stdout.is_empty(),
+            "{variable}: no configuration printed"
+        );
+        if variable == "CODER_AGENT_TOKEN" {
+            assert!(
+                !err.contains("127.0.0.1:1/"),
+                "a token is never shown: {err}"
+            );
+        }
+    }
+}
+
 #[test]
 fn token_files_are_read_trimmed_and_an_empty_one_names_its_flag_or_variable() {
     let dir = tempfile::tempdir().unwrap();

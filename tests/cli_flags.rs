@@ -171,6 +171,56 @@ fn invalid_value_from_the_environment_names_the_variable() {
     );
 }
 
+/// A value that is not UTF-8 (Linux allows any bytes in arguments and variables):
+/// clap refuses it without naming anything; the line names the flag, and the variable
+/// when the value came from one.
+#[test]
+fn a_value_that_is_not_utf8_names_its_flag_or_variable() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt as _;
+    let bad = OsStr::from_bytes(b"/tmp/\xff.sock");
+    let mut flag_bad = std::ffi::OsString::from("--socket=");
+    flag_bad.push(bad);
+    let runs: [(Vec<&OsStr>, Option<(&str, &OsStr)>, &str); 4] = [
+        (
+            vec![OsStr::new("serve"), OsStr::new("--socket"), bad],
+            None,
+            "--socket",
+        ),
+        (
+            vec![OsStr::new("serve"), flag_bad.as_os_str()],
+            None,
+            "--socket",
+        ),
+        (
+            vec![OsStr::new("loadgen"), OsStr::new("--socket"), bad],
+            None,
+            "--socket",
+        ),
+        (
+            vec![OsStr::new("serve"), OsStr::new("--print-config")],
+            Some(("BOUNDARY_LOG_PROXY_RING_CAPACITY", bad)),
+            "--ring-capacity (from BOUNDARY_LOG_PROXY_RING_CAPACITY)",
+        ),
+    ];
+    for (args, env, names) in runs {
+        let mut command = command();
+        command.args(&args);
+        if let Some((key, value)) = env {
+            command.env(key, value);
+        }
+        let output = command.output().expect("running the binary");
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: not one line:\n{err}");
+        assert!(
+            err.contains(names),
+            "{args:?}: {err:?} does not name {names}"
+        );
+        assert!(err.contains("UTF-8"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn help_and_version_exit_0_on_stdout() {
     for args in [
@@ -337,6 +387,8 @@ const BAD_VALUES: &[Bad] = &[
     bad("serve", "--socket-mode", "0800", "octal"),
     bad("serve", "--socket-mode", "-600", "octal"),
     bad("serve", "--socket-mode", "01000", "at most 0777"),
+    bad("serve", "--socket-mode", "0", "with a write bit"),
+    bad("serve", "--socket-mode", "0444", "with a write bit"),
     bad("serve", "--coderd", "coder.example", "http://HOST:PORT"),
     bad(
         "serve",

@@ -3,6 +3,7 @@
 //! (`CODER_AGENT_URL`, `CODER_AGENT_TOKEN[_FILE]`, `CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH`),
 //! which clap cannot express (one variable per flag). See docs/command-line.md.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args};
@@ -76,7 +77,7 @@ pub(super) fn apply(
     config: &mut Config,
     mut args: CoderArgs,
     given: Given,
-    env: impl Fn(&str) -> Option<String>,
+    env: impl Fn(&str) -> Option<OsString>,
 ) -> Result<(), ConfigError> {
     if !given.socket {
         if let Some(path) = socket_from_coder(&env)? {
@@ -85,13 +86,15 @@ pub(super) fn apply(
     }
     let (url, url_setting) = match args.coder_url.take() {
         Some(url) => (url, "--coder-url"),
-        None if !given.coderd && !given.sink => match env(CODER_AGENT_URL) {
-            Some(url) => (
-                url.parse().map_err(|e| rename(e, CODER_URL_FROM_CODER))?,
-                CODER_URL_FROM_CODER,
-            ),
-            None => return refuse_unused_coder_settings(&args),
-        },
+        None if !given.coderd && !given.sink => {
+            match text(env(CODER_AGENT_URL), CODER_URL_FROM_CODER)? {
+                Some(url) => (
+                    url.parse().map_err(|e| rename(e, CODER_URL_FROM_CODER))?,
+                    CODER_URL_FROM_CODER,
+                ),
+                None => return refuse_unused_coder_settings(&args),
+            }
+        }
         None => return refuse_unused_coder_settings(&args),
     };
     if args.coder_ca_file.is_some() && !url.tls() {
@@ -104,7 +107,10 @@ pub(super) fn apply(
     let token = match (args.agent_token, args.agent_token_file) {
         (Some(token), _) => AuthToken::new(token),
         (None, Some(token)) => token,
-        (None, None) => match (env(CODER_AGENT_TOKEN), env(CODER_AGENT_TOKEN_FILE)) {
+        (None, None) => match (
+            secret_text(env(CODER_AGENT_TOKEN), TOKEN_FROM_CODER)?,
+            text(env(CODER_AGENT_TOKEN_FILE), TOKEN_FILE_FROM_CODER)?,
+        ) {
             (Some(token), _) => {
                 config::check_token(TOKEN_FROM_CODER, &token)?;
                 AuthToken::new(token)
@@ -152,10 +158,48 @@ fn refuse_unused_coder_settings(args: &CoderArgs) -> Result<(), ConfigError> {
 /// The socket path boundary itself reads (`CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH`),
 /// if set; a bad one is a flag error naming `--socket` and the variable.
 pub(super) fn socket_from_coder(
-    env: impl Fn(&str) -> Option<String>,
+    env: impl Fn(&str) -> Option<OsString>,
 ) -> Result<Option<std::path::PathBuf>, ConfigError> {
-    env(CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH)
-        .map(|path| config::parse_socket_path(&path).map_err(|e| rename(e, SOCKET_FROM_CODER)))
+    text(
+        env(CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH),
+        SOCKET_FROM_CODER,
+    )?
+    .map(|path| config::parse_socket_path(&path).map_err(|e| rename(e, SOCKET_FROM_CODER)))
+    .transpose()
+}
+
+/// What the proxy says a variable's value must be when it is not text.
+const NOT_TEXT: &str = "UTF-8 text";
+
+/// One of coder's variables as text. Set to bytes that are not UTF-8 it must not
+/// read as unset: the proxy would then quietly not use it (print logs instead of
+/// forwarding them to coderd, or make its socket where boundary does not look).
+/// A flag error naming it (exit 2) instead.
+fn text(value: Option<OsString>, setting: &'static str) -> Result<Option<String>, ConfigError> {
+    value
+        .map(|value| {
+            value.into_string().map_err(|value| ConfigError::Invalid {
+                setting,
+                value: value.to_string_lossy().into_owned(),
+                takes: NOT_TEXT,
+            })
+        })
+        .transpose()
+}
+
+/// [`text`] for a secret: the error does not show the value.
+fn secret_text(
+    value: Option<OsString>,
+    setting: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    value
+        .map(|value| {
+            value.into_string().map_err(|_| ConfigError::Secret {
+                setting,
+                takes: NOT_TEXT,
+                problem: "the variable holds other bytes".to_owned(),
+            })
+        })
         .transpose()
 }
 

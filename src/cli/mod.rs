@@ -211,7 +211,7 @@ impl From<ServeArgs> for Config {
 fn loadgen_args(
     cmd: LoadgenCmd,
     matches: Option<&clap::ArgMatches>,
-    env: impl Fn(&str) -> Option<String>,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
 ) -> Result<LoadgenArgs, config::ConfigError> {
     let socket_given = matches.is_some_and(|m| {
         matches!(
@@ -251,7 +251,7 @@ fn serve_config(
     let coder_args = std::mem::replace(&mut args.coder, coder::CoderArgs::none());
     let mut config = Config::from(args);
     coder::apply(&mut config, coder_args, given, |name| {
-        std::env::var(name).ok()
+        std::env::var_os(name)
     })?;
     // The gRPC destination's token would be silently unused without that destination.
     if config.auth_token.is_some() && config.coderd.is_none() {
@@ -465,7 +465,7 @@ where
                 Command::Sink(sink) => Invocation::Sink(sink.into()),
                 Command::Loadgen(loadgen) => Invocation::Loadgen(
                     loadgen_args(loadgen, matches.subcommand_matches("loadgen"), |name| {
-                        std::env::var(name).ok()
+                        std::env::var_os(name)
                     })
                     .map_err(usage)?,
                 ),

@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory as _, Parser as _};
 
-use super::{env_var_for, Cli, BIN};
+use super::{env_var_for, Cli, BIN, ENV_PREFIX};
 use crate::config::ConfigError;
 
 fn context_str(error: &clap::Error, kind: ContextKind) -> Option<String> {
@@ -51,6 +51,33 @@ fn source_note(flag: &str, value: Option<&str>, args: &[OsString]) -> String {
     } else {
         String::new()
     }
+}
+
+/// The setting whose value is not UTF-8 (clap does not say which): the first such
+/// word on the command line (`--flag=value`, or the value after `--flag`), else the
+/// first `BOUNDARY_LOG_PROXY_*` variable holding such a value, named with its flag.
+fn not_utf8_setting(args: &[OsString]) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let words: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    if let Some(at) = (1..words.len()).find(|&i| std::str::from_utf8(words[i]).is_err()) {
+        let word = words[at];
+        let flag = if word.starts_with(b"--") {
+            word.split(|&b| b == b'=').next().unwrap_or(word)
+        } else if at > 1 && words[at - 1].starts_with(b"--") {
+            words[at - 1]
+        } else {
+            return Some(format!("argument {at}"));
+        };
+        return Some(String::from_utf8_lossy(flag).into_owned());
+    }
+    std::env::vars_os().find_map(|(name, value)| {
+        let name = name.into_string().ok()?;
+        let flag = name.strip_prefix(ENV_PREFIX)?;
+        value.to_str().is_none().then(|| {
+            let flag = format!("--{}", flag.to_lowercase().replace('_', "-"));
+            format!("{flag} (from {name})")
+        })
+    })
 }
 
 /// What a flag takes, found by running its own parser on an empty value.
@@ -228,6 +255,10 @@ pub(super) fn one_line(error: &clap::Error, args: &[OsString]) -> String {
             let help = help_hint(args);
             format!("error: unknown argument '{arg}'{hint}: {help}")
         }
+        ErrorKind::InvalidUtf8 => match not_utf8_setting(args) {
+            Some(setting) => format!("error: invalid value for {setting}: UTF-8 text"),
+            None => "error: an argument or variable is not UTF-8 text".to_owned(),
+        },
         ErrorKind::InvalidSubcommand => {
             let name = context_str(error, ContextKind::InvalidSubcommand).unwrap_or_default();
             format!("error: unknown subcommand '{name}': one of serve, sink, loadgen")

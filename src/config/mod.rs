@@ -535,8 +535,33 @@ pub struct LoadgenArgs {
 /// before to bind its socket.
 pub const DEFAULT_WAIT_FOR_SOCKET: Duration = Duration::from_secs(10);
 
+/// A duration as the flags take it, in days and smaller units (`365d`, `1m 30s`,
+/// `250ms`): humantime's own form counts months of 30.44 days, which the flags refuse
+/// (365d would print as `11months 30days 3h 50m 24s`).
 pub(super) fn format_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    let mut secs = d.as_secs();
+    let nanos = u64::from(d.subsec_nanos());
+    let mut parts = Vec::new();
+    for (unit, name) in [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")] {
+        if secs >= unit {
+            parts.push(format!("{}{name}", secs / unit));
+            secs %= unit;
+        }
+    }
+    for (n, name) in [
+        (nanos / 1_000_000, "ms"),
+        (nanos / 1_000 % 1_000, "us"),
+        (nanos % 1_000, "ns"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n}{name}"));
+        }
+    }
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.join(" ")
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub mod takes {
     /// `--socket`.
     pub const SOCKET: &str = "a path of 1 to 107 bytes (the Unix socket address limit)";
     /// `--socket-mode`.
-    pub const SOCKET_MODE: &str = "octal permission bits such as 0600, 600 or 0o600 (at most 0777)";
+    pub const SOCKET_MODE: &str = "octal permission bits such as 0600, 600 or 0o600 (at most 0777, with a write bit: connecting needs write permission)";
     /// `--coderd`.
     pub const CODERD: &str = "an http://HOST:PORT URL (h2c) or unix:/path";
     /// `--metrics-addr`.
@@ -45,6 +45,9 @@ pub mod takes {
         "a byte count from 1 to 4194303 (below gRPC's 4 MiB message limit)";
     /// Durations that may be zero.
     pub const DURATION: &str = "a duration with a unit, such as 0s, 250ms, 5s or 2m, at most 365d";
+    /// Durations given in months or years.
+    pub const CALENDAR_DURATION: &str =
+        "a duration with a unit of days or smaller, such as 0s, 250ms, 5s, 2m or 7d, at most 365d; months (M) and years (y) are not taken: 1M would be a month, not a minute";
     /// Durations that may be zero, given a negative value.
     pub const NEGATIVE_DURATION: &str =
         "a duration of zero or more with a unit, such as 0s, 250ms, 5s or 2m, at most 365d; a negative duration is not allowed";
@@ -307,7 +310,9 @@ pub fn parse_socket_path(s: &str) -> Result<PathBuf, ConfigError> {
 
 /// `--socket-mode`: at most `0o777`.
 pub fn check_socket_mode(mode: u32) -> Result<u32, ConfigError> {
-    if mode <= 0o777 {
+    // Connecting to a Unix socket needs write permission on it: a mode with no write
+    // bit lets no one but root connect, while the proxy would look healthy.
+    if mode <= 0o777 && mode & 0o222 != 0 {
         Ok(mode)
     } else {
         Err(ConfigError::invalid(
@@ -450,10 +455,21 @@ pub fn parse_duration(setting: &'static str, s: &str) -> Result<Duration, Config
     if is_negative(s) {
         return Err(ConfigError::invalid(setting, s, takes::NEGATIVE_DURATION));
     }
+    if has_calendar_unit(s) {
+        return Err(ConfigError::invalid(setting, s, takes::CALENDAR_DURATION));
+    }
     humantime::parse_duration(s.trim())
         .ok()
         .filter(|d| *d <= MAX_DURATION)
         .ok_or_else(|| ConfigError::invalid(setting, s, takes::DURATION))
+}
+
+/// True when a duration names months or years (`M`, `month[s]`, `y`, `year[s]`,
+/// humantime's calendar units): `1M` is a month to humantime, a minute to most
+/// readers, and no setting here needs either.
+fn has_calendar_unit(s: &str) -> bool {
+    s.split(|c: char| !c.is_ascii_alphabetic())
+        .any(|unit| ["M", "month", "months", "y", "year", "years"].contains(&unit))
 }
 
 /// A duration with a unit, above zero.
@@ -464,6 +480,9 @@ pub fn parse_positive_duration(setting: &'static str, s: &str) -> Result<Duratio
             s,
             takes::NEGATIVE_POSITIVE_DURATION,
         ));
+    }
+    if has_calendar_unit(s) {
+        return Err(ConfigError::invalid(setting, s, takes::CALENDAR_DURATION));
     }
     humantime::parse_duration(s.trim())
         .ok()
@@ -619,6 +638,35 @@ mod tests {
             parse_positive_duration("--x", "10s"),
             Ok(Duration::from_secs(10))
         );
+        // A bare 0 is the one number without a unit: it is 0 in every unit.
+        assert_eq!(parse_duration("--x", "0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn months_and_years_are_refused_so_1m_in_capitals_is_not_a_month() {
+        for calendar in ["1M", "2months", "1 month", "1y", "1year 2d", "30s 1M"] {
+            let error = parse_duration("--x", calendar).unwrap_err();
+            assert_eq!(error.takes(), takes::CALENDAR_DURATION, "{calendar}");
+            let error = parse_positive_duration("--x", calendar).unwrap_err();
+            assert_eq!(error.takes(), takes::CALENDAR_DURATION, "{calendar}");
+        }
+        assert_eq!(parse_duration("--x", "1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("--x", "2min"), Ok(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn a_printed_duration_is_in_days_or_smaller_and_reads_back_the_same() {
+        for (d, printed) in [
+            (MAX_DURATION, "365d"),
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_secs(90), "1m 30s"),
+            (Duration::from_nanos(86_400_000_000_001), "1d 1ns"),
+            (Duration::from_micros(1_500_002), "1s 500ms 2us"),
+        ] {
+            assert_eq!(format_duration(d), printed);
+            assert_eq!(parse_duration("--x", printed), Ok(d), "{printed}");
+        }
     }
 
     #[test]
