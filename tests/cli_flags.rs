@@ -181,7 +181,9 @@ fn a_value_that_is_not_utf8_names_its_flag_or_variable() {
     let bad = OsStr::from_bytes(b"/tmp/\xff.sock");
     let mut flag_bad = std::ffi::OsString::from("--socket=");
     flag_bad.push(bad);
-    let runs: [(Vec<&OsStr>, Option<(&str, &OsStr)>, &str); 4] = [
+    /// Arguments, a variable set, and what the error line must name.
+    type Run<'a> = (Vec<&'a OsStr>, Option<(&'a str, &'a OsStr)>, &'a str);
+    let runs: [Run; 4] = [
         (
             vec![OsStr::new("serve"), OsStr::new("--socket"), bad],
             None,
