@@ -17,7 +17,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::Admission;
-use super::reads::{admit_and_read, drain_queued, drain_waiting, read_waiting, Read, SCRATCH_LEN};
+use super::reads::{
+    admit_and_read, drain_queued, drain_waiting, read_waiting, Read, Reserve, SCRATCH_LEN,
+};
 use super::sys;
 use super::{
     spawn_worker, CloseCause, ConnectionHandler, Listeners, ReaderError, StartArgs, Started, Stop,
@@ -137,6 +139,7 @@ impl<H: ConnectionHandler> Shared<H> {
 async fn serve<H: ConnectionHandler>(listener: AsyncFd<UnixListener>, shared: Arc<Shared<H>>) {
     let mut listener = listener;
     let mut generation = 0;
+    let mut reserve = Reserve::new();
     loop {
         tokio::select! {
             biased;
@@ -176,7 +179,7 @@ async fn serve<H: ConnectionHandler>(listener: AsyncFd<UnixListener>, shared: Ar
                     // EINVAL once the listener is shut down: stopping, not failing.
                     Err(_) if shared.stop.requested() => break,
                     Err(err) => {
-                        tracing::warn!(error = %err, "accept failed");
+                        super::accept_failed(&err);
                         tokio::select! {
                             () = shared.token.cancelled() => break,
                             () = tokio::time::sleep(ACCEPT_RETRY) => {}
@@ -193,6 +196,7 @@ async fn serve<H: ConnectionHandler>(listener: AsyncFd<UnixListener>, shared: Ar
             &*shared.handler,
             scratch,
             shared.stop.deadline(),
+            &mut reserve,
         )
     });
     let deadline = tokio::time::Instant::from_std(shared.stop.deadline());

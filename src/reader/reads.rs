@@ -146,27 +146,65 @@ pub(crate) fn drain_waiting<H: ConnectionHandler>(
     }
 }
 
+/// A descriptor held in reserve (`/dev/null`), so that the shutdown drain can still
+/// accept a queued connection when the process is out of descriptors (EMFILE, or
+/// ENFILE system-wide): the reserve is given up for that accept and taken again once
+/// the connection is drained and closed. Without it, what the connections still
+/// queued had sent was lost at the stop, with nothing counted.
+#[derive(Debug)]
+pub(crate) struct Reserve(Option<OwnedFd>);
+
+impl Reserve {
+    /// Takes the reserve (none when even that fails: the drain then does without).
+    pub(crate) fn new() -> Self {
+        Self(std::fs::File::open("/dev/null").ok().map(OwnedFd::from))
+    }
+
+    /// Gives the reserve up; false when there was none to give.
+    fn release(&mut self) -> bool {
+        self.0.take().is_some()
+    }
+
+    /// Takes the reserve again if it was given up.
+    fn restore(&mut self) {
+        if self.0.is_none() {
+            *self = Self::new();
+        }
+    }
+}
+
 /// Accepts what is still queued on the (non-blocking) listener after it stopped
 /// listening, and drains and closes each such connection as [`drain_waiting`] does.
+/// Out of descriptors, it accepts with the one held in `reserve`.
 pub(crate) fn drain_queued<H: ConnectionHandler>(
     listener: BorrowedFd<'_>,
     policy: &Admission,
     handler: &H,
     scratch: &mut [u8],
     deadline: Instant,
+    reserve: &mut Reserve,
 ) {
     while Instant::now() < deadline {
         let conn = match sys::accept(listener, 0) {
             Ok(conn) => conn,
             Err(err) => match err.raw_os_error() {
                 Some(libc::EINTR | libc::ECONNABORTED) => continue,
-                // EAGAIN: queue empty; EINVAL: empty and shut down; others: give up.
-                _ => return,
+                Some(libc::EMFILE | libc::ENFILE) if reserve.release() => continue,
+                // EAGAIN: queue empty; EINVAL: empty and shut down.
+                Some(libc::EAGAIN | libc::EINVAL) => return,
+                _ => {
+                    tracing::error!(
+                        error = %err,
+                        "cannot accept the connections still queued at shutdown; what they sent is not read"
+                    );
+                    return;
+                }
             },
         };
         if let Some((conn, mut state)) = policy.admit(handler, conn) {
             let cause = drain_waiting(conn.as_fd(), handler, &mut state, scratch, deadline);
             close_unarmed(policy, handler, conn, state, cause);
         }
+        reserve.restore();
     }
 }

@@ -14,7 +14,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::BufRing;
 use super::policy::Admission;
-use super::reads::{admit_and_read, drain_queued, drain_waiting, SCRATCH_LEN};
+use super::reads::{admit_and_read, drain_queued, drain_waiting, Reserve, SCRATCH_LEN};
 use super::sys;
 use super::{
     spawn_worker, CloseCause, ConnectionHandler, Listeners, ReaderError, StartArgs, Started, Stop,
@@ -199,6 +199,8 @@ struct RingWorker<H: ConnectionHandler> {
     rearm: Vec<u32>,
     cqes: Vec<cqueue::Entry>,
     scratch: Vec<u8>,
+    /// A descriptor for the shutdown drain to accept with when out of them.
+    reserve: Reserve,
     retry_ts: types::Timespec,
 }
 
@@ -239,6 +241,7 @@ impl<H: ConnectionHandler> RingWorker<H> {
             rearm: Vec::new(),
             cqes: Vec::with_capacity(CQ_ENTRIES as usize),
             scratch: vec![0; SCRATCH_LEN],
+            reserve: Reserve::new(),
             retry_ts: types::Timespec::from(ACCEPT_RETRY),
         })
     }
@@ -265,6 +268,7 @@ impl<H: ConnectionHandler> RingWorker<H> {
                         &*self.handler,
                         &mut self.scratch,
                         self.stop.deadline(),
+                        &mut self.reserve,
                     );
                 }
                 if self.queue_taken && self.live == 0 {
@@ -366,7 +370,7 @@ impl<H: ConnectionHandler> RingWorker<H> {
         } else if !self.stop.requested() {
             // (When stopping, ECANCELED, or EINVAL from the listener shut down, is expected.)
             let err = io::Error::from_raw_os_error(-result);
-            tracing::warn!(error = %err, "accept failed");
+            super::accept_failed(&err);
         }
         if !self.accept_armed && !self.draining && !self.stop.requested() {
             if result < 0 {
