@@ -44,11 +44,49 @@ pub enum AppError {
 /// as docs/command-line.md (`--shutdown-timeout`) says and returns `Ok` (exit 0).
 pub fn serve(config: Config) -> Result<(), AppError> {
     config.validate()?;
+    raise_descriptor_limit();
     let runtime = runtime(if config.spool_dir.is_some() { 2 } else { 1 })?;
     let result = runtime.block_on(serve_async(config));
     // Whatever is still blocked (a write nobody reads) does not hold up the exit.
     runtime.shutdown_timeout(EXIT_GRACE);
     result
+}
+
+/// Raises the soft limit of open descriptors to the hard one, as Go's runtime does for
+/// every program: each connection, spool segment and `/metrics` scrape takes one, and
+/// the usual soft limit (1024 under systemd and most shells) runs out at about 1000
+/// connections, below `--max-connections`' own default, while the hard limit
+/// (524288 under systemd) is what the administrator allows. Out of descriptors,
+/// connections wait unaccepted and `/metrics` cannot answer. A failure changes
+/// nothing and is logged.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a live rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let soft = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads a live, initialised rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        tracing::debug!(
+            from = soft,
+            to = limit.rlim_max,
+            "raised the open-descriptor limit"
+        );
+    } else {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            soft,
+            "could not raise the open-descriptor limit to the hard limit"
+        );
+    }
 }
 
 /// Longest the exit waits for runtime threads after the shutdown is done.

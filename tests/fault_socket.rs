@@ -510,3 +510,53 @@ async fn a_stop_out_of_descriptors_still_reads_every_queued_connection() {
         .count();
     assert_eq!(delivered, 12, "stderr: {:?}", exited.stderr);
 }
+
+/// The soft limit of open descriptors is raised to the hard one at start (a shell's
+/// or systemd's usual 1024 ran out at about 1000 connections, below the default
+/// `--max-connections`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_raises_its_soft_descriptor_limit_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("audit.sock");
+    let mut command = std::process::Command::new("sh");
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("BOUNDARY_LOG_PROXY_") || key_text.starts_with("CODER_AGENT_") {
+            command.env_remove(key);
+        }
+    }
+    let child = command
+        .args([
+            "-c",
+            "ulimit -S -n 64 && exec \"$0\" serve --socket \"$1\" --sink null",
+            support::proxy::BINARY,
+            socket.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sh");
+    /// Kills the proxy however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(child);
+    assert!(
+        eventually(PATIENCE, || connects(&socket)).await,
+        "the proxy never listened"
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("a Max open files line")
+        .split_whitespace()
+        .collect();
+    // "Max open files <soft> <hard> files"
+    assert_ne!(open_files[3], "64", "{limits}");
+    assert_eq!(open_files[3], open_files[4], "{limits}");
+}
