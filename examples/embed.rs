@@ -2,8 +2,9 @@
 //! a server on a socket in a temporary directory, forwarding to a reporter of its own
 //! (printing a line per request), stopped after a second by its token.
 //!
-//! `cargo run --example embed`, then write frames to the socket it prints (e.g.
-//! `cargo run -- loadgen --socket PATH`).
+//! `cargo run --example embed` prints the socket and stops after a second, as
+//! `cargo test` runs it; to write frames to it (`cargo run -- loadgen --socket PATH`),
+//! lengthen its `sleep` first.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -29,11 +29,12 @@ pub mod takes {
     /// `--socket-mode`.
     pub const SOCKET_MODE: &str = "octal permission bits such as 0600, 600 or 0o600 (at most 0777, with a write bit: connecting needs write permission)";
     /// `--coderd`.
-    pub const CODERD: &str = "an http://HOST:PORT URL (h2c) or unix:/path";
+    pub const CODERD: &str = "an http://HOST:PORT URL (h2c) or unix:/path (an absolute path)";
     /// `--metrics-addr`.
     pub const METRICS_ADDR: &str = "an address HOST:PORT such as 127.0.0.1:9100 or localhost:9100";
     /// `sink --listen`.
-    pub const LISTEN: &str = "an address HOST:PORT such as 127.0.0.1:9090, or unix:/path";
+    pub const LISTEN: &str =
+        "an address HOST:PORT such as 127.0.0.1:9090, or unix:/path (an absolute path)";
     /// `--ring-capacity`.
     pub const RING_CAPACITY: &str = "a power of two >= 2 (at most 16777216)";
     /// `--batch-max-logs`, `--max-connections`, `loadgen --connections`, `--logs-per-frame`.
@@ -172,9 +173,11 @@ pub fn is_valid_host(host: &str) -> bool {
 }
 
 /// `unix:/path`, `unix:relative` or `unix:///path` (the gRPC name forms) without the scheme.
+/// The path of `unix:/path` or `unix:///path`: absolute only, since a relative one
+/// would depend on the directory the proxy was started in (`/` under systemd).
 fn unix_path(rest: &str) -> Option<PathBuf> {
     let path = rest.strip_prefix("//").unwrap_or(rest);
-    (!path.is_empty()).then(|| PathBuf::from(path))
+    path.starts_with('/').then(|| PathBuf::from(path))
 }
 
 /// `IP:PORT` or `localhost:PORT`; no other name is resolved, so parsing never waits on DNS.
@@ -577,9 +580,16 @@ mod tests {
         for s in ["0600", "600", "0o600"] {
             assert_eq!(parse_socket_mode(s), Ok(0o600), "{s}");
         }
-        assert_eq!(parse_socket_mode("0"), Ok(0));
         assert_eq!(parse_socket_mode("0777"), Ok(0o777));
-        for s in ["", "0o", "0800", "rw", "1777", "-600", "0x180", " 600"] {
+        assert_eq!(
+            parse_socket_mode("0020"),
+            Ok(0o020),
+            "a group that may connect"
+        );
+        // No write bit: no one but root could connect.
+        for s in [
+            "", "0o", "0800", "rw", "1777", "-600", "0x180", " 600", "0", "0444",
+        ] {
             assert!(parse_socket_mode(s).is_err(), "{s:?} accepted");
         }
     }
@@ -686,6 +696,8 @@ mod tests {
             "127.0.0.1:3000",
             "http://",
             "unix:",
+            "unix:relative.sock",
+            "unix://run/coder.sock",
             "http://h:1/api",
             "ftp://h:1",
             "http://127.0.0.1:99999",

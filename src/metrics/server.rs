@@ -122,7 +122,11 @@ pub async fn serve_metrics(
                     connections.spawn(serve_connection(stream, registry, health, stop));
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "metrics server: accept failed");
+                    // Out of descriptors, every retry fails: one line a window.
+                    static LIMIT: crate::events::LogLimiter = crate::events::LogLimiter::new();
+                    if let Some(suppressed) = LIMIT.admit() {
+                        tracing::warn!(%error, suppressed, "metrics server: accept failed");
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },

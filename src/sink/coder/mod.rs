@@ -335,7 +335,11 @@ impl CoderSink {
                     }
                     Err(error) => {
                         // Out of file descriptors and the like: wait rather than spin.
-                        tracing::warn!(%error, "coder sink: accept failed");
+                        static LIMIT: crate::events::LogLimiter =
+                            crate::events::LogLimiter::new();
+                        if let Some(suppressed) = LIMIT.admit() {
+                            tracing::warn!(%error, suppressed, "coder sink: accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
