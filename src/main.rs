@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use boundary_log_proxy::cli::{self, Invocation};
+use boundary_log_proxy::config::LogFormat;
 use boundary_log_proxy::{app, logging};
 
 fn main() -> ExitCode {
@@ -34,22 +35,24 @@ fn main() -> ExitCode {
     for name in cli::unknown_variables(std::env::vars_os().map(|(name, _)| name)) {
         tracing::warn!(variable = %name, "ignoring an environment variable no setting reads (misspelt? --help names each setting's variable)");
     }
+    let json = invocation.log_settings().format == LogFormat::Json;
     let result = match invocation {
         Invocation::PrintConfig(config) => app::print_line(format_args!("{:#}", config.to_json())),
         Invocation::Serve(config) => app::serve(config),
         Invocation::Sink(args) => app::sink(args),
         Invocation::Loadgen(args) => app::loadgen(args),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let (error, code) = match result {
+        Ok(()) => return ExitCode::SUCCESS,
         // A bad value is a flag error wherever it is found (the CLI checks first).
-        Err(app::AppError::Config(error)) => {
-            eprintln!("error: {error}");
-            ExitCode::from(2)
-        }
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
+        Err(error @ app::AppError::Config(_)) => (error, ExitCode::from(2)),
+        Err(error) => (error, ExitCode::FAILURE),
+    };
+    // With --log-format json every line on stderr is a JSON object, this one too.
+    if json {
+        tracing::error!(error = %error, "exiting on an error");
+    } else {
+        eprintln!("error: {error}");
     }
+    code
 }

@@ -945,3 +945,35 @@ fn a_misspelt_variable_is_warned_of_by_name_and_a_right_one_is_not() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(!stderr(&output).contains("WARN"), "{}", stderr(&output));
 }
+
+/// With `--log-format json` every line on stderr is a JSON object, the error a
+/// failed start exits 1 with too (it was a plain `error: ...` line among them).
+#[test]
+fn a_failed_start_with_json_logs_writes_only_json_lines() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("audit.sock");
+    let output = proxy(
+        &[
+            "serve",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "--metrics-addr",
+            &addr,
+        ],
+        &[],
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    let lines: Vec<Value> = err
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let last = lines.last().expect("an error line");
+    assert_eq!(last["level"], "ERROR");
+    let error = last["fields"]["error"].as_str().unwrap();
+    assert!(error.contains(&addr), "{error}");
+}

@@ -706,7 +706,7 @@ mod tests {
             ),
             (
                 &["sink"],
-                "error: missing required --listen <ADDR>: an address HOST:PORT such as 127.0.0.1:9090, or unix:/path",
+                "error: missing required --listen <ADDR>: an address HOST:PORT such as 127.0.0.1:9090, or unix:/path (an absolute path)",
             ),
             (
                 &["frobnicate"],
