@@ -390,6 +390,7 @@ const BAD_VALUES: &[Bad] = &[
     bad("serve", "--socket-mode", "-600", "octal"),
     bad("serve", "--socket-mode", "01000", "at most 0777"),
     bad("serve", "--socket-mode", "0", "with a write bit"),
+    bad("serve", "--socket", "/tmp/audit.sock/", "not ending in '/'"),
     bad("serve", "--socket-mode", "0444", "with a write bit"),
     bad("serve", "--coderd", "coder.example", "http://HOST:PORT"),
     bad(

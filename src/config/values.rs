@@ -25,7 +25,8 @@ pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 /// What a value must look like, in the words every error message uses.
 pub mod takes {
     /// `--socket`.
-    pub const SOCKET: &str = "a path of 1 to 107 bytes (the Unix socket address limit)";
+    pub const SOCKET: &str =
+        "a file's path of 1 to 107 bytes (the Unix socket address limit), not ending in '/'";
     /// `--socket-mode`.
     pub const SOCKET_MODE: &str = "octal permission bits such as 0600, 600 or 0o600 (at most 0777, with a write bit: connecting needs write permission)";
     /// `--coderd`.
@@ -293,7 +294,10 @@ pub fn parse_writable_dir(setting: &'static str, s: &str) -> Result<PathBuf, Con
 /// `--socket`: not empty and short enough for a Unix socket address.
 pub fn check_socket_path(path: &std::path::Path) -> Result<&std::path::Path, ConfigError> {
     let len = path.as_os_str().len();
-    if (1..=MAX_SOCKET_PATH_BYTES).contains(&len) {
+    // A trailing '/' names a directory: the socket (a file) could not be made there,
+    // and the error would blame the wrong directory.
+    let names_a_file = !path.as_os_str().as_encoded_bytes().ends_with(b"/");
+    if (1..=MAX_SOCKET_PATH_BYTES).contains(&len) && names_a_file {
         Ok(path)
     } else {
         Err(ConfigError::invalid(
