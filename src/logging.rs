@@ -88,6 +88,29 @@ pub fn init(settings: &LogSettings, secrets: &[&str]) -> Result<LogGuard, Loggin
     Ok(LogGuard(guard))
 }
 
+/// The line a run that fails ends with, on stderr: `error: ...`, or with
+/// `--log-format json` a JSON object shaped as the other lines are (`level` ERROR,
+/// the message `exiting on an error`, the text in `fields.error`). Written directly,
+/// after the log writer is flushed, so that no `--log-level` can silence it; every
+/// secret is cut out of it as out of every log line.
+pub fn exit_line(format: LogFormat, error: &str, secrets: &[&str]) -> String {
+    let line = match format {
+        LogFormat::Text => format!("error: {error}"),
+        LogFormat::Json => serde_json::json!({
+            "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            "level": "ERROR",
+            "fields": { "message": "exiting on an error", "error": error },
+            "target": "boundary_log_proxy",
+        })
+        .to_string(),
+    };
+    let forms: Vec<Vec<u8>> = secrets.iter().flat_map(|s| redacted_forms(s)).collect();
+    match redact(line.as_bytes(), &forms) {
+        Some(redacted) => String::from_utf8_lossy(&redacted).into_owned(),
+        None => line,
+    }
+}
+
 /// The forms `secret` takes in a log line: as is, escaped by `Debug` (a header
 /// printed inside a request's `{:?}`), and each of those escaped again by JSON
 /// (`--log-format json`). Empty when it is too short to search for.

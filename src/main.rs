@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use boundary_log_proxy::cli::{self, Invocation};
-use boundary_log_proxy::config::LogFormat;
 use boundary_log_proxy::{app, logging};
 
 fn main() -> ExitCode {
@@ -13,8 +12,9 @@ fn main() -> ExitCode {
         Ok(invocation) => invocation,
         Err(exit) => return exit.report(),
     };
-    // Held until the end of main: dropping it writes out the buffered log lines.
-    let _log = match logging::init(invocation.log_settings(), &invocation.secrets()) {
+    // Held until main ends or writes its exit line: dropping it writes out the
+    // buffered log lines.
+    let log = match logging::init(invocation.log_settings(), &invocation.secrets()) {
         Ok(guard) => guard,
         Err(error) => {
             eprintln!("error: {error}");
@@ -35,7 +35,8 @@ fn main() -> ExitCode {
     for name in cli::unknown_variables(std::env::vars_os().map(|(name, _)| name)) {
         tracing::warn!(variable = %name, "ignoring an environment variable no setting reads (misspelt? --help names each setting's variable)");
     }
-    let json = invocation.log_settings().format == LogFormat::Json;
+    let format = invocation.log_settings().format;
+    let secrets: Vec<String> = invocation.secrets().iter().map(|s| s.to_string()).collect();
     let result = match invocation {
         Invocation::PrintConfig(config) => app::print_line(format_args!("{:#}", config.to_json())),
         Invocation::Serve(config) => app::serve(config),
@@ -48,11 +49,13 @@ fn main() -> ExitCode {
         Err(error @ app::AppError::Config(_)) => (error, ExitCode::from(2)),
         Err(error) => (error, ExitCode::FAILURE),
     };
-    // With --log-format json every line on stderr is a JSON object, this one too.
-    if json {
-        tracing::error!(error = %error, "exiting on an error");
-    } else {
-        eprintln!("error: {error}");
-    }
+    // After every buffered log line, and past any --log-level: a failed run always
+    // says why, as a JSON line under --log-format json.
+    drop(log);
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    eprintln!(
+        "{}",
+        logging::exit_line(format, &error.to_string(), &secrets)
+    );
     code
 }

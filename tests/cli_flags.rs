@@ -181,36 +181,43 @@ fn a_value_that_is_not_utf8_names_its_flag_or_variable() {
     let bad = OsStr::from_bytes(b"/tmp/\xff.sock");
     let mut flag_bad = std::ffi::OsString::from("--socket=");
     flag_bad.push(bad);
-    /// Arguments, a variable set, and what the error line must name.
-    type Run<'a> = (Vec<&'a OsStr>, Option<(&'a str, &'a OsStr)>, &'a str);
-    let runs: [Run; 4] = [
+    /// Arguments, variables set, and what the error line must name.
+    type Run<'a> = (Vec<&'a OsStr>, Vec<(&'a str, &'a OsStr)>, &'a str);
+    let runs: [Run; 5] = [
         (
             vec![OsStr::new("serve"), OsStr::new("--socket"), bad],
-            None,
+            vec![],
             "--socket",
         ),
         (
             vec![OsStr::new("serve"), flag_bad.as_os_str()],
-            None,
+            vec![],
             "--socket",
         ),
         (
             vec![OsStr::new("loadgen"), OsStr::new("--socket"), bad],
-            None,
+            vec![],
             "--socket",
         ),
         (
             vec![OsStr::new("serve"), OsStr::new("--print-config")],
-            Some(("BOUNDARY_LOG_PROXY_RING_CAPACITY", bad)),
+            vec![("BOUNDARY_LOG_PROXY_RING_CAPACITY", bad)],
             "--ring-capacity (from BOUNDARY_LOG_PROXY_RING_CAPACITY)",
+        ),
+        // The variable of a flag loadgen does not have (sink's --listen) is not it.
+        (
+            vec![OsStr::new("loadgen")],
+            vec![
+                ("BOUNDARY_LOG_PROXY_LISTEN", bad),
+                ("BOUNDARY_LOG_PROXY_SOCKET", bad),
+            ],
+            "--socket (from BOUNDARY_LOG_PROXY_SOCKET)",
         ),
     ];
     for (args, env, names) in runs {
         let mut command = command();
         command.args(&args);
-        if let Some((key, value)) = env {
-            command.env(key, value);
-        }
+        command.envs(env);
         let output = command.output().expect("running the binary");
         let err = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
@@ -391,6 +398,7 @@ const BAD_VALUES: &[Bad] = &[
     bad("serve", "--socket-mode", "01000", "at most 0777"),
     bad("serve", "--socket-mode", "0", "with a write bit"),
     bad("serve", "--socket", "/tmp/audit.sock/", "not ending in '/'"),
+    bad("serve", "--socket", "/tmp/.", "not ending in '/'"),
     bad("serve", "--socket-mode", "0444", "with a write bit"),
     bad("serve", "--coderd", "coder.example", "http://HOST:PORT"),
     bad(
@@ -948,33 +956,51 @@ fn a_misspelt_variable_is_warned_of_by_name_and_a_right_one_is_not() {
 }
 
 /// With `--log-format json` every line on stderr is a JSON object, the error a
-/// failed start exits 1 with too (it was a plain `error: ...` line among them).
+/// failed start exits 1 with too (it was a plain `error: ...` line among them); and
+/// no `--log-level` silences that error, in either format.
 #[test]
-fn a_failed_start_with_json_logs_writes_only_json_lines() {
+fn a_failed_start_says_why_in_its_log_format_whatever_the_log_level() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("audit.sock");
-    let output = proxy(
-        &[
-            "serve",
-            "--socket",
-            socket.to_str().unwrap(),
-            "--log-format",
-            "json",
-            "--metrics-addr",
-            &addr,
-        ],
-        &[],
-    );
-    let err = stderr(&output);
-    assert_eq!(output.status.code(), Some(1), "{err}");
-    let lines: Vec<Value> = err
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
-        .collect();
-    let last = lines.last().expect("an error line");
-    assert_eq!(last["level"], "ERROR");
-    let error = last["fields"]["error"].as_str().unwrap();
-    assert!(error.contains(&addr), "{error}");
+    for (format, level) in [
+        ("json", "info"),
+        ("json", "off"),
+        ("json", "warn,boundary_log_proxy=off"),
+        ("text", "off"),
+    ] {
+        let output = proxy(
+            &[
+                "serve",
+                "--socket",
+                socket.to_str().unwrap(),
+                "--log-format",
+                format,
+                "--log-level",
+                level,
+                "--metrics-addr",
+                &addr,
+            ],
+            &[],
+        );
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{format} {level}: {err}");
+        let last = err.lines().last().expect("an error line");
+        if format == "json" {
+            for line in err.lines() {
+                serde_json::from_str::<Value>(line)
+                    .unwrap_or_else(|_| panic!("{level}: not JSON: {line}"));
+            }
+            let last: Value = serde_json::from_str(last).unwrap();
+            assert_eq!(last["level"], "ERROR");
+            let error = last["fields"]["error"].as_str().unwrap();
+            assert!(error.contains(&addr), "{error}");
+        } else {
+            assert!(
+                last.starts_with("error: ") && last.contains(&addr),
+                "{last}"
+            );
+        }
+    }
 }

@@ -55,7 +55,8 @@ fn source_note(flag: &str, value: Option<&str>, args: &[OsString]) -> String {
 
 /// The setting whose value is not UTF-8 (clap does not say which): the first such
 /// word on the command line (`--flag=value`, or the value after `--flag`), else the
-/// first `BOUNDARY_LOG_PROXY_*` variable holding such a value, named with its flag.
+/// first `BOUNDARY_LOG_PROXY_*` variable of a flag of this subcommand holding such a
+/// value, named with its flag.
 fn not_utf8_setting(args: &[OsString]) -> Option<String> {
     use std::os::unix::ffi::OsStrExt as _;
     let words: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
@@ -70,13 +71,16 @@ fn not_utf8_setting(args: &[OsString]) -> Option<String> {
         };
         return Some(String::from_utf8_lossy(flag).into_owned());
     }
+    let cli = Cli::command();
+    let sub = cli.find_subcommand(subcommand(args))?;
     std::env::vars_os().find_map(|(name, value)| {
         let name = name.into_string().ok()?;
-        let flag = name.strip_prefix(ENV_PREFIX)?;
-        value.to_str().is_none().then(|| {
-            let flag = format!("--{}", flag.to_lowercase().replace('_', "-"));
-            format!("{flag} (from {name})")
-        })
+        let long = name
+            .strip_prefix(ENV_PREFIX)?
+            .to_lowercase()
+            .replace('_', "-");
+        let read_here = sub.get_arguments().any(|a| a.get_long() == Some(&long));
+        (read_here && value.to_str().is_none()).then(|| format!("--{long} (from {name})"))
     })
 }
 

@@ -26,7 +26,7 @@ pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 pub mod takes {
     /// `--socket`.
     pub const SOCKET: &str =
-        "a file's path of 1 to 107 bytes (the Unix socket address limit), not ending in '/'";
+        "a file's path of 1 to 107 bytes (the Unix socket address limit), not ending in '/', '.' or '..'";
     /// `--socket-mode`.
     pub const SOCKET_MODE: &str = "octal permission bits such as 0600, 600 or 0o600 (at most 0777, with a write bit: connecting needs write permission)";
     /// `--coderd`.
@@ -178,7 +178,7 @@ pub fn is_valid_host(host: &str) -> bool {
 /// would depend on the directory the proxy was started in (`/` under systemd).
 fn unix_path(rest: &str) -> Option<PathBuf> {
     let path = rest.strip_prefix("//").unwrap_or(rest);
-    path.starts_with('/').then(|| PathBuf::from(path))
+    (path.starts_with('/') && names_a_file(std::path::Path::new(path))).then(|| PathBuf::from(path))
 }
 
 /// `IP:PORT` or `localhost:PORT`; no other name is resolved, so parsing never waits on DNS.
@@ -294,9 +294,9 @@ pub fn parse_writable_dir(setting: &'static str, s: &str) -> Result<PathBuf, Con
 /// `--socket`: not empty and short enough for a Unix socket address.
 pub fn check_socket_path(path: &std::path::Path) -> Result<&std::path::Path, ConfigError> {
     let len = path.as_os_str().len();
-    // A trailing '/' names a directory: the socket (a file) could not be made there,
-    // and the error would blame the wrong directory.
-    let names_a_file = !path.as_os_str().as_encoded_bytes().ends_with(b"/");
+    // A trailing '/', '.' or '..' names a directory: the socket (a file) could not be
+    // made there, and the error would blame the wrong directory.
+    let names_a_file = names_a_file(path);
     if (1..=MAX_SOCKET_PATH_BYTES).contains(&len) && names_a_file {
         Ok(path)
     } else {
@@ -306,6 +306,14 @@ pub fn check_socket_path(path: &std::path::Path) -> Result<&std::path::Path, Con
             takes::SOCKET,
         ))
     }
+}
+
+/// True when the path's last part is a file name: not empty (a trailing '/'), `.`
+/// or `..`.
+fn names_a_file(path: &std::path::Path) -> bool {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let last = bytes.rsplit(|&b| b == b'/').next().unwrap_or(bytes);
+    !matches!(last, b"" | b"." | b"..")
 }
 
 /// `--socket`.
@@ -701,6 +709,8 @@ mod tests {
             "http://",
             "unix:",
             "unix:relative.sock",
+            "unix:/run/coder/",
+            "unix:/run/..",
             "unix://run/coder.sock",
             "http://h:1/api",
             "ftp://h:1",
