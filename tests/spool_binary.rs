@@ -16,7 +16,32 @@ use support::coderd::{Behaviour, FakeCoderd, Received};
 use support::faults::{frames, write_frames};
 use support::proxy::{
     assert_accounting_totals, eventually, free_addr, stopped_totals, Exited, Process, Scrape,
+    PATIENCE,
 };
+
+/// Deletes the directory `path` a running proxy writes in, then runs `then` (which
+/// may put something else at the path). The proxy may start a file in it while it
+/// is being removed (ENOTEMPTY), or make it again before `then` runs: tried until
+/// both succeed in turn.
+fn replace_directory(path: &Path, then: impl Fn(&Path) -> std::io::Result<()>) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let removed = match std::fs::remove_dir_all(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        };
+        let done = removed.and_then(|()| then(path));
+        if done.is_ok() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "could not replace {}: {done:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 const SESSIONS: usize = 5;
 const FRAMES_PER_SESSION: usize = 1000;
@@ -215,7 +240,7 @@ async fn a_spool_directory_deleted_during_the_outage_is_made_again_and_a_restart
     // into the directory made again, and the next proxy replays them.
     let dir = tempfile::tempdir().unwrap();
     let (first, mut coderd) = every_log_spooled(dir.path()).await;
-    std::fs::remove_dir_all(dir.path().join("spool")).unwrap();
+    replace_directory(&dir.path().join("spool"), |_| Ok(()));
     let message = "the disk spool's directory or files were deleted or replaced; wrote the records it held into it again";
     eventually("the spool directory made again", || {
         first.proxy.logged(message)
@@ -243,8 +268,7 @@ async fn a_spool_directory_deleted_and_replaced_by_a_file_counts_its_logs_at_sto
     let dir = tempfile::tempdir().unwrap();
     let (first, _coderd) = every_log_spooled(dir.path()).await;
     let spool = dir.path().join("spool");
-    std::fs::remove_dir_all(&spool).unwrap();
-    std::fs::write(&spool, b"not a directory").unwrap();
+    replace_directory(&spool, |path| std::fs::write(path, b"not a directory"));
     eventually("the failed rebuild logged", || {
         first
             .proxy
