@@ -161,6 +161,34 @@ impl InternalEvent for EnvelopeVariantSuperseded {
     }
 }
 
+/// The listener an accept failed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// boundary's Unix socket (the reader tries again every 100 ms).
+    Socket,
+    /// `/metrics` and `/healthz`.
+    Metrics,
+    /// The embedded `sink --protocol coder`.
+    CoderSink,
+}
+
+/// An accept failed (EMFILE when the process is out of descriptors, ENOBUFS, ...).
+/// Each listener tries again after a pause and fails the same way while it lasts, so
+/// the warning is rate-limited like the others: one line a listener every
+/// [`LOG_WINDOW`], with how many were held back (`suppressed`). A connection waits in
+/// the listen backlog meanwhile.
+pub fn accept_failed(listener: Listener, error: &std::io::Error) {
+    static LIMITS: [LogLimiter; 3] = [const { LogLimiter::new() }; 3];
+    let (index, message) = match listener {
+        Listener::Socket => (0, "accept failed; trying again every 100 ms"),
+        Listener::Metrics => (1, "metrics server: accept failed"),
+        Listener::CoderSink => (2, "coder sink: accept failed"),
+    };
+    if let Some(suppressed) = LIMITS[index].admit() {
+        tracing::warn!(%error, suppressed, "{message}");
+    }
+}
+
 /// A connection was closed as soon as it was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionRejected {

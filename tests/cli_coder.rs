@@ -10,7 +10,7 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_boundary-log-proxy");
 
 /// The binary with neither `BOUNDARY_LOG_PROXY_*` nor `CODER_AGENT_*` inherited.
-fn proxy(args: &[&str], env: &[(&str, &str)]) -> Output {
+fn command() -> Command {
     let mut command = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
         let key_text = key.to_string_lossy();
@@ -18,6 +18,12 @@ fn proxy(args: &[&str], env: &[(&str, &str)]) -> Output {
             command.env_remove(key);
         }
     }
+    command
+}
+
+/// [`command`] run to completion with `args` and `env`.
+fn proxy(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = command();
     command.args(args).envs(env.iter().copied());
     command.output().expect("running the binary")
 }
@@ -172,13 +178,7 @@ fn a_coder_variable_that_is_not_utf8_is_a_flag_error_naming_it() {
         "CODER_AGENT_TOKEN_FILE",
         "CODER_AGENT_BOUNDARY_LOG_PROXY_SOCKET_PATH",
     ] {
-        let mut command = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            let key_text = key.to_string_lossy();
-            if key_text.starts_with("BOUNDARY_LOG_PROXY_") || key_text.starts_with("CODER_AGENT_") {
-                command.env_remove(key);
-            }
-        }
+        let mut command = command();
         for (key, value) in good.iter().filter(|(key, _)| *key != variable) {
             if !(variable == "CODER_AGENT_TOKEN_FILE" && *key == "CODER_AGENT_TOKEN") {
                 command.env(key, value);

@@ -520,8 +520,7 @@ async fn serve_raises_its_soft_descriptor_limit_to_the_hard_one() {
     let socket = dir.path().join("audit.sock");
     let mut command = std::process::Command::new("sh");
     for (key, _) in std::env::vars_os() {
-        let key_text = key.to_string_lossy();
-        if key_text.starts_with("BOUNDARY_LOG_PROXY_") || key_text.starts_with("CODER_AGENT_") {
+        if support::proxy::is_proxy_variable(&key.to_string_lossy()) {
             command.env_remove(key);
         }
     }

@@ -192,15 +192,11 @@ fn secret_text(
     value: Option<OsString>,
     setting: &'static str,
 ) -> Result<Option<String>, ConfigError> {
-    value
-        .map(|value| {
-            value.into_string().map_err(|_| ConfigError::Secret {
-                setting,
-                takes: NOT_TEXT,
-                problem: "the variable holds other bytes".to_owned(),
-            })
-        })
-        .transpose()
+    text(value, setting).map_err(|_| ConfigError::Secret {
+        setting,
+        takes: NOT_TEXT,
+        problem: "the variable holds other bytes".to_owned(),
+    })
 }
 
 /// How an error names a value taken from one of coder's variables: the flag it stands

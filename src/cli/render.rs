@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory as _, Parser as _};
 
-use super::{env_var_for, Cli, BIN, ENV_PREFIX};
+use super::{env_var_for, Cli, BIN};
 use crate::config::ConfigError;
 
 fn context_str(error: &clap::Error, kind: ContextKind) -> Option<String> {
@@ -55,8 +55,7 @@ fn source_note(flag: &str, value: Option<&str>, args: &[OsString]) -> String {
 
 /// The setting whose value is not UTF-8 (clap does not say which): the first such
 /// word on the command line (`--flag=value`, or the value after `--flag`), else the
-/// first `BOUNDARY_LOG_PROXY_*` variable of a flag of this subcommand holding such a
-/// value, named with its flag.
+/// first flag of this subcommand whose variable holds such a value.
 fn not_utf8_setting(args: &[OsString]) -> Option<String> {
     use std::os::unix::ffi::OsStrExt as _;
     let words: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
@@ -73,15 +72,18 @@ fn not_utf8_setting(args: &[OsString]) -> Option<String> {
     }
     let cli = Cli::command();
     let sub = cli.find_subcommand(subcommand(args))?;
-    std::env::vars_os().find_map(|(name, value)| {
-        let name = name.into_string().ok()?;
-        let long = name
-            .strip_prefix(ENV_PREFIX)?
-            .to_lowercase()
-            .replace('_', "-");
-        let read_here = sub.get_arguments().any(|a| a.get_long() == Some(&long));
-        (read_here && value.to_str().is_none()).then(|| format!("--{long} (from {name})"))
-    })
+    let named = sub.get_arguments().find_map(|arg| {
+        let var = arg.get_env()?;
+        let value = std::env::var_os(var)?;
+        value.to_str().is_none().then(|| {
+            format!(
+                "--{} (from {})",
+                arg.get_long().unwrap_or_default(),
+                var.to_string_lossy()
+            )
+        })
+    });
+    named
 }
 
 /// What a flag takes, found by running its own parser on an empty value.

@@ -122,11 +122,7 @@ pub async fn serve_metrics(
                     connections.spawn(serve_connection(stream, registry, health, stop));
                 }
                 Err(error) => {
-                    // Out of descriptors, every retry fails: one line a window.
-                    static LIMIT: crate::events::LogLimiter = crate::events::LogLimiter::new();
-                    if let Some(suppressed) = LIMIT.admit() {
-                        tracing::warn!(%error, suppressed, "metrics server: accept failed");
-                    }
+                    crate::events::accept_failed(crate::events::Listener::Metrics, &error);
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },

@@ -179,7 +179,7 @@ async fn serve<H: ConnectionHandler>(listener: AsyncFd<UnixListener>, shared: Ar
                     // EINVAL once the listener is shut down: stopping, not failing.
                     Err(_) if shared.stop.requested() => break,
                     Err(err) => {
-                        super::accept_failed(&err);
+                        crate::events::accept_failed(crate::events::Listener::Socket, &err);
                         tokio::select! {
                             () = shared.token.cancelled() => break,
                             () = tokio::time::sleep(ACCEPT_RETRY) => {}

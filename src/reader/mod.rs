@@ -486,17 +486,6 @@ impl std::fmt::Debug for Reader {
 /// Refuses new connects at once: a listening Unix socket shut down for reading
 /// answers `connect` with ECONNREFUSED, while the connections already queued can
 /// still be accepted (each worker takes them before it ends).
-/// An accept that failed (EMFILE when the process is out of descriptors, ENOBUFS,
-/// ...); the reader tries again every 100 ms while it lasts, so the warning is
-/// rate-limited like the proxy's other warnings: one line every 10 s, with how many
-/// were held back (`suppressed`). The connection waits in the listen backlog meanwhile.
-pub(crate) fn accept_failed(error: &io::Error) {
-    static LIMIT: crate::events::LogLimiter = crate::events::LogLimiter::new();
-    if let Some(suppressed) = LIMIT.admit() {
-        tracing::warn!(%error, suppressed, "accept failed; trying again every 100 ms");
-    }
-}
-
 fn stop_listening(listener: &UnixListener) {
     if let Err(err) = sys::shutdown(listener.as_fd(), libc::SHUT_RD) {
         tracing::warn!(error = %err, "shutdown(SHUT_RD) of the listening socket failed");

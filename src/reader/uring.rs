@@ -370,7 +370,7 @@ impl<H: ConnectionHandler> RingWorker<H> {
         } else if !self.stop.requested() {
             // (When stopping, ECANCELED, or EINVAL from the listener shut down, is expected.)
             let err = io::Error::from_raw_os_error(-result);
-            super::accept_failed(&err);
+            crate::events::accept_failed(crate::events::Listener::Socket, &err);
         }
         if !self.accept_armed && !self.draining && !self.stop.requested() {
             if result < 0 {

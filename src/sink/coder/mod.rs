@@ -335,11 +335,7 @@ impl CoderSink {
                     }
                     Err(error) => {
                         // Out of file descriptors and the like: wait rather than spin.
-                        static LIMIT: crate::events::LogLimiter =
-                            crate::events::LogLimiter::new();
-                        if let Some(suppressed) = LIMIT.admit() {
-                            tracing::warn!(%error, suppressed, "coder sink: accept failed");
-                        }
+                        crate::events::accept_failed(crate::events::Listener::CoderSink, &error);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
