@@ -72,13 +72,24 @@ pub async fn upgrade(io: BoxIo, url: &CoderUrl, token: &str) -> Result<WsBytes, 
 /// hostile peer could make the proxy buffer whole before yamux sees a byte of it.
 pub const MAX_MESSAGE: usize = 1 << 20;
 
+/// Most bytes of websocket frames the proxy queues unsent: twice [`MAX_MESSAGE`], room
+/// for its largest message (one yamux frame) behind tungstenite's 128 KiB write
+/// buffer. tungstenite's default is no limit, and it answers every ping with a pong
+/// (RFC 6455, 5.5.2) even while the peer reads nothing: a peer that pinged without
+/// reading grew the proxy's memory by gigabytes in seconds. At the limit the pong
+/// waiting to be sent is replaced by the newest one, and a message the proxy sends
+/// fails the session (the call is retried on a new one).
+pub const MAX_UNSENT: usize = 2 * MAX_MESSAGE;
+
 /// The proxy's side of the websocket: coderd's short answers and pings, read 4 KiB at a
 /// time, in messages of at most [`MAX_MESSAGE`] bytes (a longer one ends the session
-/// with an error, and the call is retried on a new one).
+/// with an error, and the call is retried on a new one), with at most [`MAX_UNSENT`]
+/// bytes queued to send.
 pub fn client_config() -> WebSocketConfig {
     read_config(4 << 10)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
+        .max_write_buffer_size(MAX_UNSENT)
 }
 
 /// tungstenite's configuration with reads of at most `read_buffer` bytes. tungstenite
