@@ -94,7 +94,7 @@ async fn the_client_writes_what_the_recorded_client_wrote_for_variants_a_b_c_and
     let t = transcript::load();
     let mut peer = CoderPeer::start(PeerConfig {
         version: "v2.31.0",
-        refuse_upgrade: None,
+        ..PeerConfig::default()
     })
     .await;
     let (reporter, metrics) = reporter(&peer);
@@ -184,7 +184,7 @@ async fn yamux_and_websocket_pings_are_answered_while_idle() {
     let t = transcript::load();
     let mut peer = CoderPeer::start(PeerConfig {
         version: "v2.31.0",
-        refuse_upgrade: None,
+        ..PeerConfig::default()
     })
     .await;
     let (reporter, _) = reporter(&peer);

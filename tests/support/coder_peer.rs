@@ -131,6 +131,8 @@ pub struct PeerConfig {
     pub version: &'static str,
     /// Answer the upgrade with this status and JSON body instead of 101.
     pub refuse_upgrade: Option<(u16, &'static str)>,
+    /// How long `/api/v2/buildinfo` takes to answer (a slow coderd or path).
+    pub buildinfo_delay: Duration,
 }
 
 impl Default for PeerConfig {
@@ -138,6 +140,7 @@ impl Default for PeerConfig {
         Self {
             version: "v2.31.0",
             refuse_upgrade: None,
+            buildinfo_delay: Duration::ZERO,
         }
     }
 }
@@ -235,6 +238,7 @@ async fn accept_loop(
         };
         events.send(PeerEvent::Head(head.clone())).ok();
         if head.starts_with("GET /api/v2/buildinfo ") {
+            tokio::time::sleep(config.buildinfo_delay).await;
             let body = format!(
                 r#"{{"external_url":"http://x","version":"{}"}}"#,
                 config.version

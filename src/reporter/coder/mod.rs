@@ -35,7 +35,7 @@ use crate::proto::agent::{ReportBoundaryLogsRequest, ReportBoundaryLogsResponse}
 
 /// Default longest wait for each connection step (TCP+TLS, buildinfo, upgrade).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default longest wait for one call, connecting included.
+/// Default longest wait for one call, connecting included (see `send_prepared`).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why connecting to coderd failed. Every one is transient for the forwarder: the call
@@ -58,6 +58,15 @@ pub enum ConnectError {
         what: &'static str,
         /// The timeout.
         after: Duration,
+    },
+    /// The call that was connecting reached its deadline (`--call-timeout`) during a
+    /// step.
+    #[error("{what}: cut short by the call timeout ({timeout:?})")]
+    CallTimeout {
+        /// The step.
+        what: &'static str,
+        /// The call timeout.
+        timeout: Duration,
     },
     /// coderd answered with an HTTP error (401 for a wrong token).
     #[error("{what}: coderd answered HTTP {status}: {message}")]
@@ -239,11 +248,21 @@ impl CoderReporter {
 
     /// [`CoderReporter::send`] with the call's first writes already built by
     /// [`call::request_writes`].
+    ///
+    /// The call timeout counts from here, connecting included. A connection step it cuts
+    /// short fails as that step (`ConnectError::CallTimeout`), counted in
+    /// `coderd_connects_total` and logged like any failed connect. When the answer does
+    /// not come in time the stream is abandoned; the session is replaced only if it was
+    /// up before this call began: one opened for this call keeps the session for the
+    /// next call, which has the whole timeout for its answer (otherwise a coderd whose
+    /// connect and answer together take longer than the timeout would be reconnected
+    /// for ever, and nothing delivered).
     async fn send_prepared(&self, first: &[Cow<'_, [u8]>]) -> Result<(), Status> {
-        let used: Mutex<Option<Arc<Session>>> = Mutex::new(None);
+        let timeout = self.inner.config.call_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let was_up = self.live();
+        let session = self.session_by(Some(deadline)).await?;
         let work = async {
-            let session = self.session().await?;
-            *used.lock().unwrap_or_else(PoisonError::into_inner) = Some(session.clone());
             let mut stream = session.open().await.map_err(|e| {
                 self.discard(&session, &e.to_string());
                 Status::unavailable(format!("coderd: opening a stream: {e}"))
@@ -257,14 +276,11 @@ impl CoderReporter {
                 }
             }
         };
-        match tokio::time::timeout(self.inner.config.call_timeout, work).await {
+        match tokio::time::timeout_at(deadline, work).await {
             Ok(result) => result,
             Err(_) => {
-                let reason = format!(
-                    "no answer within the call timeout ({:?})",
-                    self.inner.config.call_timeout
-                );
-                if let Some(session) = used.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                let reason = format!("no answer within the call timeout ({timeout:?})");
+                if was_up.is_some_and(|up| Arc::ptr_eq(&up, &session)) {
                     self.discard(&session, &reason);
                 }
                 Err(Status::unavailable(format!("coderd: {reason}")))
@@ -299,6 +315,15 @@ impl CoderReporter {
     /// The live session, connecting if there is none. Concurrent callers share one attempt
     /// and its outcome.
     async fn session(&self) -> Result<Arc<Session>, Status> {
+        self.session_by(None).await
+    }
+
+    /// [`CoderReporter::session`], an attempt to connect cut short at `deadline` (the
+    /// calling call's) failing as the step it was in.
+    async fn session_by(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Arc<Session>, Status> {
         if let Some(session) = self.live() {
             return Ok(session);
         }
@@ -312,7 +337,18 @@ impl CoderReporter {
                 return Err(status.clone());
             }
         }
-        let outcome = self.open_session().await;
+        let step = Mutex::new("connecting");
+        let outcome = match deadline {
+            None => self.open_session(&step).await,
+            Some(deadline) => tokio::time::timeout_at(deadline, self.open_session(&step))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ConnectError::CallTimeout {
+                        what: *step.lock().unwrap_or_else(PoisonError::into_inner),
+                        timeout: self.inner.config.call_timeout,
+                    })
+                }),
+        };
         self.inner.attempts.fetch_add(1, Ordering::Release);
         match outcome {
             Ok((session, version)) => {
@@ -356,10 +392,16 @@ impl CoderReporter {
         }
     }
 
-    /// Version gate, websocket upgrade, yamux session; and coderd's version.
-    async fn open_session(&self) -> Result<(Arc<Session>, String), ConnectError> {
+    /// Version gate, websocket upgrade, yamux session; and coderd's version. Names each
+    /// step in `step` as it begins, for a caller that cuts the attempt short.
+    async fn open_session(
+        &self,
+        step: &Mutex<&'static str>,
+    ) -> Result<(Arc<Session>, String), ConnectError> {
         let config = &self.inner.config;
+        let at = |name| *step.lock().unwrap_or_else(PoisonError::into_inner) = name;
         let io = self.inner.connector.connect().await?;
+        at(buildinfo::STEP);
         let version = buildinfo::fetch_version(io, &config.url, config.connect_timeout).await?;
         match buildinfo::gate(&version, config.allow_agent_role) {
             Gate::Pass => {}
@@ -370,7 +412,9 @@ impl CoderReporter {
             ),
             Gate::Refused(version) => return Err(ConnectError::RefusedVersion { version }),
         }
+        at("connecting");
         let io = self.inner.connector.connect().await?;
+        at("websocket upgrade");
         let ws = tokio::time::timeout(
             config.connect_timeout,
             websocket::upgrade(io, &config.url, &config.token),
