@@ -127,9 +127,14 @@ async fn a_call_left_unanswered_times_out_transiently_and_its_connection_is_repl
     let mut peer = CoderPeer::start(PeerConfig::default()).await;
     let (reporter, metrics) = reporter_with(&peer, |c| c.call_timeout = Duration::from_millis(500));
     let b = variant("B");
+    peer.script(Answer::Replay(b.clone()));
     peer.script(Answer::Silent);
     peer.script(Answer::Replay(b.clone()));
 
+    reporter
+        .send(&b.request_bytes())
+        .await
+        .expect("answered: the session was up before the silent call");
     let status = reporter.send(&b.request_bytes()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("call timeout"), "{status:?}");
@@ -139,16 +144,71 @@ async fn a_call_left_unanswered_times_out_transiently_and_its_connection_is_repl
         .expect("answered on a new connection");
     assert_eq!(metrics.coderd_connects_for(CoderdConnectResult::Ok), 2);
     // Two connections; the abandoned stream was ended (FIN or RST), not left open.
-    let (mut heads, mut abandoned) = (0, None);
+    let (mut heads, mut streams, mut abandoned) = (0, 0, None);
     while heads < 4 || abandoned.is_none() {
         match peer.next().await {
             PeerEvent::Head(_) => heads += 1,
-            PeerEvent::Stream(record) if abandoned.is_none() => abandoned = Some(record),
+            PeerEvent::Stream(record) => {
+                streams += 1;
+                if streams == 2 {
+                    abandoned = Some(record);
+                }
+            }
             _ => {}
         }
     }
     let last = abandoned.unwrap().frames.last().unwrap().header;
     assert!(last.flags & (FIN | RST) != 0, "{last:?}");
+}
+
+#[tokio::test]
+async fn a_session_opened_for_a_call_that_timed_out_is_kept_for_the_next_call() {
+    // Connecting (a slow buildinfo) and the answer together take longer than the call
+    // timeout, the answer alone does not: replacing the new session at the timeout would
+    // reconnect for ever and deliver nothing.
+    let mut peer = CoderPeer::start(PeerConfig {
+        buildinfo_delay: Duration::from_millis(400),
+        ..PeerConfig::default()
+    })
+    .await;
+    let (reporter, metrics) = reporter_with(&peer, |c| c.call_timeout = Duration::from_millis(600));
+    let b = variant("B");
+    peer.script(Answer::Silent);
+    peer.script(Answer::Replay(b.clone()));
+
+    let status = reporter.send(&b.request_bytes()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("call timeout"), "{status:?}");
+    reporter
+        .send(&b.request_bytes())
+        .await
+        .expect("answered on the session the first call opened");
+    assert_eq!(metrics.coderd_connects_for(CoderdConnectResult::Ok), 1);
+    assert_eq!(metrics.coderd_connected.get(), 1);
+    expect_connection(&mut peer).await;
+}
+
+#[tokio::test]
+async fn a_connect_cut_short_by_the_call_timeout_is_counted_and_names_its_step() {
+    let mut peer = CoderPeer::start(PeerConfig {
+        buildinfo_delay: Duration::from_secs(3),
+        ..PeerConfig::default()
+    })
+    .await;
+    let (reporter, metrics) = reporter_with(&peer, |c| c.call_timeout = Duration::from_millis(300));
+    let status = reporter.send(b"").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("GET /api/v2/buildinfo")
+            && status.message().contains("call timeout"),
+        "{status:?}"
+    );
+    assert_eq!(
+        metrics.coderd_connects_for(CoderdConnectResult::NetworkError),
+        1,
+        "the attempt is counted"
+    );
+    assert!(peer.next_head().await.starts_with("GET /api/v2/buildinfo "));
 }
 
 #[tokio::test]
@@ -510,7 +570,17 @@ async fn canned_server(reply: &'static [u8]) -> String {
 
 #[tokio::test]
 async fn a_url_that_is_not_coderds_fails_with_what_to_check() {
-    let cases: [(&[u8], &str); 3] = [
+    let cases: [(&[u8], &str); 5] = [
+        // A plain-http URL a load balancer redirects (redirects are not followed).
+        (
+            b"HTTP/1.1 302 Found\r\nLocation: https://coder.example.com/api/v2/buildinfo\r\nContent-Length: 0\r\n\r\n",
+            "redirected to https://coder.example.com/api/v2/buildinfo",
+        ),
+        // A proxy in front of coderd without coderd behind it: no body to show.
+        (
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+            "HTTP 502: Bad Gateway",
+        ),
         // Another web server.
         (
             b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: 22\r\n\r\n<!DOCTYPE HTML><html/>",
@@ -531,4 +601,79 @@ async fn a_url_that_is_not_coderds_fails_with_what_to_check() {
         assert!(status.message().contains(hint), "{hint}: {status:?}");
         assert!(!status.message().contains("DOCTYPE"), "{status:?}");
     }
+}
+
+#[tokio::test]
+async fn pongs_to_a_coderd_that_pings_and_never_reads_stay_bounded() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
+
+    // RFC 6455 has every ping answered with a pong. A peer that pings and does not read
+    // must not make the proxy queue one pong per ping without limit (tungstenite's
+    // default write buffer limit is usize::MAX): once its write buffer is full, a
+    // newer pong replaces the one waiting.
+    const PINGS: usize = 60_000;
+    const PING: usize = 125;
+    let (ours, theirs) = tokio::io::duplex(64 << 10);
+    let config = boundary_log_proxy::reporter::coder::websocket::client_config();
+    let mut client = WebSocketStream::from_raw_socket(ours, Role::Client, Some(config)).await;
+    let (theirs_read, mut theirs_write) = tokio::io::split(theirs);
+    tokio::spawn(async move {
+        // Server frames are unmasked: FIN + opcode, then the length (RFC 6455, 5.2).
+        let mut ping = vec![0x89, PING as u8];
+        ping.extend_from_slice(&[b'p'; PING]);
+        for _ in 0..PINGS {
+            theirs_write.write_all(&ping).await.unwrap();
+        }
+        theirs_write.write_all(b"\x82\x03end").await.unwrap();
+        // Keep the write half open while the test reads the pongs.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    // The client reads every ping (answering each) and then the message after them,
+    // while coderd reads nothing.
+    let read_all = async {
+        loop {
+            match client.next().await {
+                Some(Ok(Message::Ping(_))) => {}
+                other => return other,
+            }
+        }
+    };
+    let end = tokio::time::timeout(Duration::from_secs(60), read_all)
+        .await
+        .expect("the pings and the message after them are read within 60 s");
+    assert!(
+        matches!(end, Some(Ok(Message::Binary(ref b))) if &b[..] == b"end"),
+        "{end:?}"
+    );
+    // Now coderd reads what the client had queued for it.
+    let mut reader = theirs_read;
+    let pump = tokio::spawn(async move {
+        let mut bytes = 0usize;
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), reader.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            bytes += n;
+        }
+        bytes
+    });
+    tokio::time::timeout(Duration::from_secs(30), client.flush())
+        .await
+        .expect("the client flushes within 30 s")
+        .unwrap();
+    let pong_bytes = pump.await.unwrap();
+    // A masked pong of 125 bytes is 131 bytes on the wire.
+    let pongs = pong_bytes / (PING + 6);
+    assert!(
+        pongs < PINGS / 2,
+        "{pongs} pongs were queued for {PINGS} pings that coderd did not read"
+    );
+    assert!(pongs > 0, "pings are answered");
 }

@@ -70,6 +70,9 @@ pub fn gate(version: &str, allow_agent_role: bool) -> Gate {
     }
 }
 
+/// The connection step this module is, as errors name it.
+pub const STEP: &str = "GET /api/v2/buildinfo";
+
 /// Fetches coderd's version over `io` (one HTTP/1.1 request) within `timeout`.
 pub async fn fetch_version(
     io: BoxIo,
@@ -79,7 +82,7 @@ pub async fn fetch_version(
     tokio::time::timeout(timeout, fetch(io, url))
         .await
         .map_err(|_| ConnectError::Timeout {
-            what: "GET /api/v2/buildinfo",
+            what: STEP,
             after: timeout,
         })?
 }
@@ -118,6 +121,12 @@ async fn fetch(io: BoxIo, url: &CoderUrl) -> Result<String, ConnectError> {
         .map_err(|e| ConnectError::BuildInfo(e.to_string()))?;
     let response = sender.send_request(request).await.map_err(network)?;
     let status = response.status();
+    let location = response.headers().get(http::header::LOCATION).map(|l| {
+        String::from_utf8_lossy(l.as_bytes())
+            .chars()
+            .take(200)
+            .collect::<String>()
+    });
     let body = Limited::new(response.into_body(), MAX_BODY)
         .collect()
         .await
@@ -129,13 +138,24 @@ async fn fetch(io: BoxIo, url: &CoderUrl) -> Result<String, ConnectError> {
         return Err(ConnectError::Http {
             what: "GET /api/v2/buildinfo",
             status: status.as_u16(),
-            message: if status == http::StatusCode::NOT_FOUND && !json {
-                // A web server that is not coderd (or coderd under another path).
-                "not found, and not coderd's JSON: is the URL coderd's own \
-                 (--coder-url, CODER_AGENT_URL)?"
-                    .to_owned()
-            } else {
-                coderd_message(&body)
+            message: match location {
+                Some(location) if status.is_redirection() => format!(
+                    "redirected to {location}; redirects are not followed: set --coder-url \
+                     (or CODER_AGENT_URL) to the address coderd is served at"
+                ),
+                _ if status == http::StatusCode::NOT_FOUND && !json => {
+                    // A web server that is not coderd (or coderd under another path).
+                    "not found, and not coderd's JSON: is the URL coderd's own \
+                     (--coder-url, CODER_AGENT_URL)?"
+                        .to_owned()
+                }
+                _ => match coderd_message(&body) {
+                    // An empty body (a proxy's 502, say): the status's own words.
+                    message if message.trim().is_empty() => {
+                        status.canonical_reason().unwrap_or_default().to_owned()
+                    }
+                    message => message,
+                },
             },
         });
     }
