@@ -7,10 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::codec::{
-    check_payload, decode_message_noting_superseded, CheckedPayload, CodecError, FrameDecoder,
-    LogFrame, Message, RawFrame,
-};
+use crate::codec::{decode_message_noting_superseded, FrameDecoder, LogFrame, Message, RawFrame};
 use crate::events::{
     BoundaryStatusReported, BufferFull, ConnectionClosed, ConnectionOpened, ConnectionRejected,
     EnvelopeVariantSuperseded, ForwardDropReason, ForwardDropped, FrameRejected, InternalEvent,
@@ -125,22 +122,9 @@ impl Intake {
         .emit(&self.metrics);
     }
 
-    /// Handles one complete frame (`raw`), already validated where it was received
-    /// when `checked` holds the result: frame-local errors are counted and skipped.
-    fn frame<'a>(
-        &'a self,
-        read: &mut Read<'a>,
-        checked: Option<Result<CheckedPayload, CodecError>>,
-        raw: RawFrame,
-    ) {
-        let decoded = match checked {
-            Some(checked) => checked.map(|checked| {
-                let superseded = checked.superseded();
-                (checked.into_message(raw.payload), superseded)
-            }),
-            None => decode_message_noting_superseded(raw),
-        };
-        let decoded = decoded.map(|(message, superseded)| {
+    /// Handles one complete frame: frame-local errors are counted and skipped.
+    fn frame<'a>(&'a self, read: &mut Read<'a>, raw: RawFrame) {
+        let decoded = decode_message_noting_superseded(raw).map(|(message, superseded)| {
             if !superseded.is_empty() {
                 EnvelopeVariantSuperseded {
                     conn: read.conn,
@@ -328,19 +312,10 @@ impl ConnectionHandler for Intake {
             sequences: None,
         };
         let flow = loop {
-            // A frame whole in this read is validated where the reader received it,
-            // before the decoder copies it into its arena: validating the copy right
-            // after writing it waited on the copy's stores into memory the forwarder's
-            // core last held (PERF.md, section 0, "Fourteenth round"). A frame split
-            // across reads is validated in the arena once whole.
-            let checked = conn
-                .decoder
-                .peek_whole(bytes)
-                .map(|(header, payload)| check_payload(header.tag, payload));
             match conn.decoder.decode(&mut bytes) {
                 Ok(Some(raw)) => {
                     frames += 1;
-                    self.frame(&mut read, checked, raw);
+                    self.frame(&mut read, raw);
                 }
                 Ok(None) => break ControlFlow::Continue(()),
                 Err(error) => {

@@ -154,19 +154,6 @@ impl FrameDecoder {
         }))
     }
 
-    /// The next frame when it lies whole at the front of `input` and the decoder is
-    /// at a frame boundary: its header and its payload, still in `input`, so that it
-    /// can be validated before [`FrameDecoder::decode`] copies it. `None` otherwise,
-    /// and for a header `decode` would refuse (it reports the error).
-    pub fn peek_whole<'a>(&self, input: &'a [u8]) -> Option<(Header, &'a [u8])> {
-        if self.pending.is_some() || self.head_len != 0 || self.failed.is_some() {
-            return None;
-        }
-        let (head, rest) = input.split_first_chunk::<HEADER_LEN>()?;
-        let header = decode_header(*head).ok()?;
-        Some((header, rest.get(..header.len)?))
-    }
-
     /// At end of stream: `Err(Truncated)` when a partial frame is buffered.
     pub fn finish(&self) -> Result<(), CodecError> {
         match self.buffered() {
@@ -385,45 +372,6 @@ mod tests {
             [1; 300][..]
         );
         assert_eq!(decoder.arena_capacity(), 0);
-    }
-
-    #[test]
-    fn peek_whole_shows_only_a_frame_lying_whole_at_a_boundary() {
-        let mut stream = Vec::new();
-        encode_frame(Tag::V2, b"abc", &mut stream).unwrap();
-        encode_frame(Tag::V1, b"defgh", &mut stream).unwrap();
-        let mut decoder = FrameDecoder::new();
-        let (header, payload) = decoder.peek_whole(&stream).unwrap();
-        assert_eq!((header.tag, payload), (Tag::V2, &b"abc"[..]));
-        assert_eq!(decoder.peek_whole(&stream[..6]), None, "payload cut short");
-        assert_eq!(decoder.peek_whole(&stream[..3]), None, "header cut short");
-
-        // Peeking consumes nothing: decode still cuts the same frame.
-        let mut input = &stream[..];
-        assert_eq!(
-            &decoder.decode(&mut input).unwrap().unwrap().payload[..],
-            b"abc"
-        );
-        let (header, payload) = decoder.peek_whole(input).unwrap();
-        assert_eq!((header.tag, payload), (Tag::V1, &b"defgh"[..]));
-
-        // Mid-frame (the payload's start came in an earlier read): nothing to peek.
-        let mut first = &input[..5];
-        assert_eq!(decoder.decode(&mut first), Ok(None));
-        assert_eq!(decoder.peek_whole(&input[5..]), None);
-        // A header split across reads: nothing either.
-        let mut decoder = FrameDecoder::new();
-        let mut head = &stream[..2];
-        assert_eq!(decoder.decode(&mut head), Ok(None));
-        assert_eq!(decoder.peek_whole(&stream[2..]), None);
-        // A header decode refuses is left to decode to report.
-        let decoder = FrameDecoder::new();
-        assert_eq!(decoder.peek_whole(&[9, 0, 0, 1, 0]), None);
-        let mut too_large = Vec::new();
-        too_large.extend_from_slice(&encode_header(Tag::V1, MAX_PAYLOAD_LEN).unwrap());
-        too_large[1] = 0x01;
-        too_large.resize(HEADER_LEN + MAX_PAYLOAD_LEN + 1, 0);
-        assert_eq!(decoder.peek_whole(&too_large), None);
     }
 
     #[test]

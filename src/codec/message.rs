@@ -163,60 +163,21 @@ impl Superseded {
 pub fn decode_message_noting_superseded(
     frame: RawFrame,
 ) -> Result<(Message, Superseded), CodecError> {
-    let checked = check_payload(frame.tag, &frame.payload)?;
-    let superseded = checked.superseded;
-    Ok((checked.into_message(frame.payload), superseded))
-}
-
-/// A payload [`check_payload`] found valid: what its walk learned, to be turned into
-/// the [`Message`] once the payload's bytes are held ([`CheckedPayload::into_message`]).
-#[derive(Debug)]
-pub struct CheckedPayload {
-    variant: Variant,
-    superseded: Superseded,
-}
-
-impl CheckedPayload {
-    /// What a later envelope variant replaced (empty for every other frame).
-    pub fn superseded(&self) -> Superseded {
-        self.superseded
-    }
-
-    /// The message, with `payload` (the bytes that were checked, now owned) as the
-    /// frame's bytes.
-    pub fn into_message(self, payload: Bytes) -> Message {
-        debug_assert!(payload.len() <= MAX_PAYLOAD_LEN);
-        match self.variant {
-            Variant::Status(status) => Message::Status(status),
-            Variant::Logs { scan, first, more } => {
-                Message::Logs(log_frame(payload, &scan, &first, &more))
-            }
-            Variant::None => unreachable!("a checked payload has a variant"),
-        }
-    }
-}
-
-/// Validates a frame's payload where it lies (in a receive buffer, say), before its
-/// bytes are copied anywhere; [`decode_message`] is this, then
-/// [`CheckedPayload::into_message`] on the same bytes.
-pub fn check_payload(tag: Tag, payload: &[u8]) -> Result<CheckedPayload, CodecError> {
+    let payload = frame.payload;
     if payload.len() > MAX_PAYLOAD_LEN {
         return Err(CodecError::TooLarge(payload.len()));
     }
-    match tag {
+    match frame.tag {
         Tag::V1 => {
             let mut scan = RequestScan::default();
-            scan.walk(payload, 0, RECURSION_LIMIT)?;
-            Ok(CheckedPayload {
-                variant: Variant::Logs {
-                    scan,
-                    first: 0..payload.len(),
-                    more: Vec::new(),
-                },
-                superseded: Superseded::default(),
-            })
+            scan.walk(&payload, 0, RECURSION_LIMIT)?;
+            let whole = 0..payload.len();
+            Ok((
+                Message::Logs(log_frame(payload, &scan, &whole, &[])),
+                Superseded::default(),
+            ))
         }
-        Tag::V2 => check_envelope(payload),
+        Tag::V2 => decode_envelope(payload),
     }
 }
 
@@ -232,7 +193,6 @@ pub fn count_request_logs(bytes: &[u8]) -> Result<u32, CodecError> {
 
 /// The envelope's variant as prost would leave it: the last one wins, and a
 /// repeated variant merges into the one before.
-#[derive(Debug)]
 enum Variant {
     None,
     /// Request segments (ranges of the payload) merged in order.
@@ -244,10 +204,10 @@ enum Variant {
     Status(BoundaryStatus),
 }
 
-fn check_envelope(payload: &[u8]) -> Result<CheckedPayload, CodecError> {
+fn decode_envelope(payload: Bytes) -> Result<(Message, Superseded), CodecError> {
     let mut variant = Variant::None;
     let mut superseded = Superseded::default();
-    let mut buf = payload;
+    let mut buf = &payload[..];
     while !buf.is_empty() {
         let (tag, wire) = read_key(&mut buf)?;
         match tag {
@@ -277,13 +237,14 @@ fn check_envelope(payload: &[u8]) -> Result<CheckedPayload, CodecError> {
             _ => skip_field(wire, tag, &mut buf, RECURSION_LIMIT)?,
         }
     }
-    if matches!(variant, Variant::None) {
-        return Err(CodecError::UnknownVariant);
-    }
-    Ok(CheckedPayload {
-        variant,
-        superseded,
-    })
+    let message = match variant {
+        Variant::None => return Err(CodecError::UnknownVariant),
+        Variant::Status(status) => Message::Status(status),
+        Variant::Logs { scan, first, more } => {
+            Message::Logs(log_frame(payload, &scan, &first, &more))
+        }
+    };
+    Ok((message, superseded))
 }
 
 fn merge_logs(

@@ -16,6 +16,6 @@ pub use frame::{
     MAX_PAYLOAD_LEN,
 };
 pub use message::{
-    check_payload, count_request_logs, decode_message, decode_message_noting_superseded,
-    CheckedPayload, LogFrame, Message, SeqSummary, Superseded,
+    count_request_logs, decode_message, decode_message_noting_superseded, LogFrame, Message,
+    SeqSummary, Superseded,
 };
