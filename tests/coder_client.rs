@@ -39,6 +39,20 @@ fn reporter(peer: &CoderPeer) -> (CoderReporter, Arc<Metrics>) {
     reporter_with(peer, |_| {})
 }
 
+/// A peer whose buildinfo answers after `delay`, and a reporter with `call_timeout`.
+async fn slow_buildinfo(
+    delay: Duration,
+    call_timeout: Duration,
+) -> (CoderPeer, CoderReporter, Arc<Metrics>) {
+    let peer = CoderPeer::start(PeerConfig {
+        buildinfo_delay: delay,
+        ..PeerConfig::default()
+    })
+    .await;
+    let (reporter, metrics) = reporter_with(&peer, |c| c.call_timeout = call_timeout);
+    (peer, reporter, metrics)
+}
+
 /// Waits for buildinfo and the upgrade of one connection.
 async fn expect_connection(peer: &mut CoderPeer) {
     assert!(peer.next_head().await.starts_with("GET /api/v2/buildinfo "));
@@ -166,12 +180,8 @@ async fn a_session_opened_for_a_call_that_timed_out_is_kept_for_the_next_call() 
     // Connecting (a slow buildinfo) and the answer together take longer than the call
     // timeout, the answer alone does not: replacing the new session at the timeout would
     // reconnect for ever and deliver nothing.
-    let mut peer = CoderPeer::start(PeerConfig {
-        buildinfo_delay: Duration::from_millis(400),
-        ..PeerConfig::default()
-    })
-    .await;
-    let (reporter, metrics) = reporter_with(&peer, |c| c.call_timeout = Duration::from_millis(600));
+    let (mut peer, reporter, metrics) =
+        slow_buildinfo(Duration::from_millis(400), Duration::from_millis(600)).await;
     let b = variant("B");
     peer.script(Answer::Silent);
     peer.script(Answer::Replay(b.clone()));
@@ -190,12 +200,8 @@ async fn a_session_opened_for_a_call_that_timed_out_is_kept_for_the_next_call() 
 
 #[tokio::test]
 async fn a_connect_cut_short_by_the_call_timeout_is_counted_and_names_its_step() {
-    let mut peer = CoderPeer::start(PeerConfig {
-        buildinfo_delay: Duration::from_secs(3),
-        ..PeerConfig::default()
-    })
-    .await;
-    let (reporter, metrics) = reporter_with(&peer, |c| c.call_timeout = Duration::from_millis(300));
+    let (mut peer, reporter, metrics) =
+        slow_buildinfo(Duration::from_secs(3), Duration::from_millis(300)).await;
     let status = reporter.send(b"").await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
