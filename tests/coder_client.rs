@@ -199,22 +199,82 @@ async fn a_session_opened_for_a_call_that_timed_out_is_kept_for_the_next_call() 
 }
 
 #[tokio::test]
-async fn a_connect_cut_short_by_the_call_timeout_is_counted_and_names_its_step() {
+async fn a_coderd_slower_to_connect_than_the_call_timeout_is_connected_by_the_attempt_going_on() {
+    // Connecting alone takes longer than a call may: the call fails naming the step it
+    // was in, but the attempt goes on, and the session it opens serves the next call.
     let (mut peer, reporter, metrics) =
-        slow_buildinfo(Duration::from_secs(3), Duration::from_millis(300)).await;
-    let status = reporter.send(b"").await.unwrap_err();
+        slow_buildinfo(Duration::from_millis(700), Duration::from_millis(300)).await;
+    let b = variant("B");
+    peer.script(Answer::Replay(b.clone()));
+    let status = reporter.send(&b.request_bytes()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         status.message().contains("GET /api/v2/buildinfo")
             && status.message().contains("call timeout"),
         "{status:?}"
     );
+    expect_connection(&mut peer).await;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            metrics.coderd_connects_for(CoderdConnectResult::Ok) == 1
+        })
+        .await,
+        "the attempt connected after its caller stopped waiting"
+    );
+    reporter
+        .send(&b.request_bytes())
+        .await
+        .expect("answered on the session the attempt opened");
+    assert_eq!(metrics.coderd_connects_for(CoderdConnectResult::Ok), 1);
+}
+
+#[tokio::test]
+async fn a_connect_attempt_its_caller_stopped_waiting_for_is_still_counted_when_it_fails() {
+    let peer = CoderPeer::start(PeerConfig {
+        buildinfo_delay: Duration::from_secs(2),
+        ..PeerConfig::default()
+    })
+    .await;
+    let (reporter, metrics) = reporter_with(&peer, |c| {
+        c.call_timeout = Duration::from_millis(200);
+        c.connect_timeout = Duration::from_millis(600);
+    });
+    let status = reporter.send(b"").await.unwrap_err();
+    assert!(status.message().contains("still connecting"), "{status:?}");
     assert_eq!(
         metrics.coderd_connects_for(CoderdConnectResult::NetworkError),
-        1,
-        "the attempt is counted"
+        0
     );
-    assert!(peer.next_head().await.starts_with("GET /api/v2/buildinfo "));
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            metrics.coderd_connects_for(CoderdConnectResult::NetworkError) == 1
+        })
+        .await,
+        "the buildinfo timeout of the attempt is counted"
+    );
+}
+
+#[tokio::test]
+async fn an_upgrade_refused_without_a_body_shows_the_status_words() {
+    // A load balancer that passes plain GETs and refuses the upgrade, with no body.
+    let mut peer = CoderPeer::start(PeerConfig {
+        refuse_upgrade: Some((502, "")),
+        ..PeerConfig::default()
+    })
+    .await;
+    let (reporter, metrics) = reporter(&peer);
+    let status = reporter.send(b"").await.unwrap_err();
+    assert!(
+        status
+            .message()
+            .ends_with("websocket upgrade: coderd answered HTTP 502: Bad Gateway"),
+        "{status:?}"
+    );
+    expect_connection(&mut peer).await;
+    assert_eq!(
+        metrics.coderd_connects_for(CoderdConnectResult::HttpError),
+        1
+    );
 }
 
 #[tokio::test]

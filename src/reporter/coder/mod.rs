@@ -59,15 +59,6 @@ pub enum ConnectError {
         /// The timeout.
         after: Duration,
     },
-    /// The call that was connecting reached its deadline (`--call-timeout`) during a
-    /// step.
-    #[error("{what}: cut short by the call timeout ({timeout:?})")]
-    CallTimeout {
-        /// The step.
-        what: &'static str,
-        /// The call timeout.
-        timeout: Duration,
-    },
     /// coderd answered with an HTTP error (401 for a wrong token).
     #[error("{what}: coderd answered HTTP {status}: {message}")]
     Http {
@@ -189,8 +180,11 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// The session calls use, while it lives.
     current: Mutex<Option<Arc<Session>>>,
-    /// Held while connecting, so one caller connects and the others wait for it.
-    connecting: tokio::sync::Mutex<Option<Status>>,
+    /// Held while connecting, so one attempt runs at a time and callers wait for it; holds
+    /// the last attempt's failure.
+    connecting: Arc<tokio::sync::Mutex<Option<Status>>>,
+    /// The step the attempt under way is in (for the callers that stop waiting for it).
+    step: Mutex<&'static str>,
     /// Connection attempts finished, so a waiter sees whether one ended while it waited.
     attempts: AtomicU64,
 }
@@ -219,7 +213,8 @@ impl CoderReporter {
                 connector,
                 metrics,
                 current: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(None),
+                connecting: Arc::new(tokio::sync::Mutex::new(None)),
+                step: Mutex::new("connecting"),
                 attempts: AtomicU64::new(0),
             }),
         })
@@ -249,14 +244,14 @@ impl CoderReporter {
     /// [`CoderReporter::send`] with the call's first writes already built by
     /// [`call::request_writes`].
     ///
-    /// The call timeout counts from here, connecting included. A connection step it cuts
-    /// short fails as that step (`ConnectError::CallTimeout`), counted in
-    /// `coderd_connects_total` and logged like any failed connect. When the answer does
-    /// not come in time the stream is abandoned; the session is replaced only if it was
-    /// up before this call began: one opened for this call keeps the session for the
-    /// next call, which has the whole timeout for its answer (otherwise a coderd whose
-    /// connect and answer together take longer than the timeout would be reconnected
-    /// for ever, and nothing delivered).
+    /// The call timeout counts from here, connecting included. A call whose deadline comes
+    /// while connecting fails, naming the step, but the attempt goes on to its end (each
+    /// step within the connect timeout), counted then, and the session it opens is there
+    /// for the next call. When the answer does not come in time the stream is abandoned;
+    /// the session is replaced only if it was up before this call began: one opened for
+    /// this call is kept, and the next call has the whole timeout for its answer.
+    /// Otherwise a coderd whose connecting, or connecting and answering together, take
+    /// longer than the timeout would be reconnected for ever, and nothing delivered.
     async fn send_prepared(&self, first: &[Cow<'_, [u8]>]) -> Result<(), Status> {
         let timeout = self.inner.config.call_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -318,8 +313,9 @@ impl CoderReporter {
         self.session_by(None).await
     }
 
-    /// [`CoderReporter::session`], an attempt to connect cut short at `deadline` (the
-    /// calling call's) failing as the step it was in.
+    /// [`CoderReporter::session`], waiting until `deadline` at most. The attempt to
+    /// connect runs in a task of its own and is not cut short when its caller stops
+    /// waiting.
     async fn session_by(
         &self,
         deadline: Option<tokio::time::Instant>,
@@ -327,28 +323,45 @@ impl CoderReporter {
         if let Some(session) = self.live() {
             return Ok(session);
         }
-        let seen = self.inner.attempts.load(Ordering::Acquire);
-        let mut last_failure = self.inner.connecting.lock().await;
-        if let Some(session) = self.live() {
-            return Ok(session);
-        }
-        if self.inner.attempts.load(Ordering::Acquire) != seen {
-            if let Some(status) = last_failure.as_ref() {
-                return Err(status.clone());
+        let wait = async {
+            let seen = self.inner.attempts.load(Ordering::Acquire);
+            let mut last_failure = self.inner.connecting.clone().lock_owned().await;
+            if let Some(session) = self.live() {
+                return Ok(session);
             }
-        }
-        let step = Mutex::new("connecting");
-        let outcome = match deadline {
-            None => self.open_session(&step).await,
-            Some(deadline) => tokio::time::timeout_at(deadline, self.open_session(&step))
+            if self.inner.attempts.load(Ordering::Acquire) != seen {
+                if let Some(status) = last_failure.as_ref() {
+                    return Err(status.clone());
+                }
+            }
+            let this = self.clone();
+            tokio::spawn(async move { this.attempt(&mut last_failure).await })
                 .await
-                .unwrap_or_else(|_| {
-                    Err(ConnectError::CallTimeout {
-                        what: *step.lock().unwrap_or_else(PoisonError::into_inner),
-                        timeout: self.inner.config.call_timeout,
-                    })
-                }),
+                .unwrap_or_else(|e| Err(Status::unavailable(format!("coderd: connecting: {e}"))))
         };
+        let Some(deadline) = deadline else {
+            return wait.await;
+        };
+        tokio::time::timeout_at(deadline, wait)
+            .await
+            .unwrap_or_else(|_| {
+                let step = *self
+                    .inner
+                    .step
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                Err(Status::unavailable(format!(
+                    "coderd: {step}: still connecting at the call timeout ({:?}); the attempt \
+                     goes on",
+                    self.inner.config.call_timeout
+                )))
+            })
+    }
+
+    /// One attempt to connect, counted and logged, its failure kept in `last_failure`
+    /// (the lock callers wait on).
+    async fn attempt(&self, last_failure: &mut Option<Status>) -> Result<Arc<Session>, Status> {
+        let outcome = self.open_session().await;
         self.inner.attempts.fetch_add(1, Ordering::Release);
         match outcome {
             Ok((session, version)) => {
@@ -393,13 +406,17 @@ impl CoderReporter {
     }
 
     /// Version gate, websocket upgrade, yamux session; and coderd's version. Names each
-    /// step in `step` as it begins, for a caller that cuts the attempt short.
-    async fn open_session(
-        &self,
-        step: &Mutex<&'static str>,
-    ) -> Result<(Arc<Session>, String), ConnectError> {
+    /// step in `Inner::step` as it begins.
+    async fn open_session(&self) -> Result<(Arc<Session>, String), ConnectError> {
         let config = &self.inner.config;
-        let at = |name| *step.lock().unwrap_or_else(PoisonError::into_inner) = name;
+        let at = |name| {
+            *self
+                .inner
+                .step
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = name
+        };
+        at("connecting");
         let io = self.inner.connector.connect().await?;
         at(buildinfo::STEP);
         let version = buildinfo::fetch_version(io, &config.url, config.connect_timeout).await?;
