@@ -10,7 +10,7 @@ use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::rt::TokioIo;
 
 use super::net::BoxIo;
-use super::websocket::coderd_message;
+use super::websocket::http_error_message;
 use super::ConnectError;
 use crate::config::coder::CoderUrl;
 
@@ -121,12 +121,7 @@ async fn fetch(io: BoxIo, url: &CoderUrl) -> Result<String, ConnectError> {
         .map_err(|e| ConnectError::BuildInfo(e.to_string()))?;
     let response = sender.send_request(request).await.map_err(network)?;
     let status = response.status();
-    let location = response.headers().get(http::header::LOCATION).map(|l| {
-        String::from_utf8_lossy(l.as_bytes())
-            .chars()
-            .take(200)
-            .collect::<String>()
-    });
+    let location = response.headers().get(http::header::LOCATION).cloned();
     let body = Limited::new(response.into_body(), MAX_BODY)
         .collect()
         .await
@@ -138,24 +133,13 @@ async fn fetch(io: BoxIo, url: &CoderUrl) -> Result<String, ConnectError> {
         return Err(ConnectError::Http {
             what: "GET /api/v2/buildinfo",
             status: status.as_u16(),
-            message: match location {
-                Some(location) if status.is_redirection() => format!(
-                    "redirected to {location}; redirects are not followed: set --coder-url \
-                     (or CODER_AGENT_URL) to the address coderd is served at"
-                ),
-                _ if status == http::StatusCode::NOT_FOUND && !json => {
-                    // A web server that is not coderd (or coderd under another path).
-                    "not found, and not coderd's JSON: is the URL coderd's own \
-                     (--coder-url, CODER_AGENT_URL)?"
-                        .to_owned()
-                }
-                _ => match coderd_message(&body) {
-                    // An empty body (a proxy's 502, say): the status's own words.
-                    message if message.trim().is_empty() => {
-                        status.canonical_reason().unwrap_or_default().to_owned()
-                    }
-                    message => message,
-                },
+            message: if status == http::StatusCode::NOT_FOUND && !json {
+                // A web server that is not coderd (or coderd under another path).
+                "not found, and not coderd's JSON: is the URL coderd's own \
+                 (--coder-url, CODER_AGENT_URL)?"
+                    .to_owned()
+            } else {
+                http_error_message(status, location.as_ref(), &body)
             },
         });
     }

@@ -50,12 +50,12 @@ pub async fn upgrade(io: BoxIo, url: &CoderUrl, token: &str) -> Result<WsBytes, 
     match tokio_tungstenite::client_async_with_config(request, io, Some(client_config())).await {
         Ok((ws, _response)) => Ok(WsBytes::new(ws)),
         Err(tungstenite::Error::Http(response)) => {
-            let status = response.status().as_u16();
+            let location = response.headers().get(http::header::LOCATION);
             let body = response.body().as_deref().unwrap_or_default();
             Err(ConnectError::Http {
                 what: "websocket upgrade",
-                status,
-                message: coderd_message(body),
+                status: response.status().as_u16(),
+                message: http_error_message(response.status(), location, body),
             })
         }
         Err(tungstenite::Error::Io(source)) => Err(ConnectError::Network {
@@ -98,6 +98,32 @@ pub fn client_config() -> WebSocketConfig {
 /// pings zeroes far less with a small one.
 pub fn read_config(read_buffer: usize) -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(read_buffer)
+}
+
+/// What an HTTP error answer says: where a redirect points (redirects are not
+/// followed), else coderd's message from the body ([`coderd_message`]), else, for an
+/// empty body (a load balancer's 502, say), the status's own words.
+pub fn http_error_message(
+    status: http::StatusCode,
+    location: Option<&http::HeaderValue>,
+    body: &[u8],
+) -> String {
+    if let (true, Some(location)) = (status.is_redirection(), location) {
+        let location: String = String::from_utf8_lossy(location.as_bytes())
+            .chars()
+            .take(200)
+            .collect();
+        return format!(
+            "redirected to {location}; redirects are not followed: set --coder-url \
+             (or CODER_AGENT_URL) to the address coderd is served at"
+        );
+    }
+    match coderd_message(body) {
+        message if message.trim().is_empty() => {
+            status.canonical_reason().unwrap_or("no message").to_owned()
+        }
+        message => message,
+    }
 }
 
 /// coderd's error `message` from a JSON body (`{"message": ..., "detail": ...}`), else the

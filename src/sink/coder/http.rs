@@ -25,7 +25,7 @@ use super::{session, CoderSink, BUILDINFO_PATH, RPC_PATH, TOKEN_HEADER};
 // The largest websocket message (and frame) taken is the proxy's own limit, 4x its
 // largest (256 KiB + 12): with up to 4 messages queued for the yamux session
 // (`session`), a connection buffers a few MiB inbound at most.
-use crate::reporter::coder::websocket::MAX_MESSAGE;
+use crate::reporter::coder::websocket::{MAX_MESSAGE, MAX_UNSENT};
 
 /// Most bytes tungstenite reads at a time (and zero-fills before each read): the client's
 /// requests come in messages of up to a yamux frame (256 KiB), read in 64 KiB steps.
@@ -84,7 +84,8 @@ where
                 Some(
                     crate::reporter::coder::websocket::read_config(READ_BUFFER)
                         .max_message_size(Some(MAX_MESSAGE))
-                        .max_frame_size(Some(MAX_MESSAGE)),
+                        .max_frame_size(Some(MAX_MESSAGE))
+                        .max_write_buffer_size(MAX_UNSENT),
                 ),
             )
             .await;
