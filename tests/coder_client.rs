@@ -181,7 +181,7 @@ async fn a_session_opened_for_a_call_that_timed_out_is_kept_for_the_next_call() 
     // timeout, the answer alone does not: replacing the new session at the timeout would
     // reconnect for ever and deliver nothing.
     let (mut peer, reporter, metrics) =
-        slow_buildinfo(Duration::from_millis(400), Duration::from_millis(600)).await;
+        slow_buildinfo(Duration::from_millis(300), Duration::from_millis(1000)).await;
     let b = variant("B");
     peer.script(Answer::Silent);
     peer.script(Answer::Replay(b.clone()));
@@ -226,6 +226,25 @@ async fn a_coderd_slower_to_connect_than_the_call_timeout_is_connected_by_the_at
         .await
         .expect("answered on the session the attempt opened");
     assert_eq!(metrics.coderd_connects_for(CoderdConnectResult::Ok), 1);
+}
+
+#[tokio::test]
+async fn a_connect_attempt_stops_when_the_reporter_is_dropped() {
+    let (mut peer, reporter, metrics) =
+        slow_buildinfo(Duration::from_millis(500), Duration::from_millis(200)).await;
+    let status = reporter.send(b"").await.unwrap_err();
+    assert!(status.message().contains("still connecting"), "{status:?}");
+    drop(reporter);
+    assert!(peer.next_head().await.starts_with("GET /api/v2/buildinfo "));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    while let Ok(event) = peer.events.try_recv() {
+        assert!(
+            !matches!(&event, PeerEvent::Head(head) if head.contains("/rpc?")),
+            "a reporter nobody holds went on to upgrade: {event:?}"
+        );
+    }
+    assert_eq!(metrics.coderd_connects_for(CoderdConnectResult::Ok), 0);
+    assert_eq!(metrics.coderd_connected.get(), 0);
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prost::Message as _;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use self::buildinfo::Gate;
@@ -171,6 +172,20 @@ impl std::fmt::Debug for CoderConfig {
 #[derive(Clone, Debug)]
 pub struct CoderReporter {
     inner: Arc<Inner>,
+    /// Shared by the reporter's clones (`None` in the task of a connect attempt): when
+    /// the last goes, an attempt under way stops, so that no session is opened, and
+    /// no "connected" logged, for a reporter nobody holds any more.
+    _owners: Option<Arc<Owners>>,
+}
+
+/// Cancels `Inner::gone` when the reporter's last clone is dropped.
+#[derive(Debug)]
+struct Owners(CancellationToken);
+
+impl Drop for Owners {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 #[derive(Debug)]
@@ -187,6 +202,8 @@ struct Inner {
     step: Mutex<&'static str>,
     /// Connection attempts finished, so a waiter sees whether one ended while it waited.
     attempts: AtomicU64,
+    /// Cancelled when the reporter's last clone is dropped ([`Owners`]).
+    gone: CancellationToken,
 }
 
 impl CoderReporter {
@@ -207,7 +224,9 @@ impl CoderReporter {
                  and the audit logs travel unencrypted"
             );
         }
+        let gone = CancellationToken::new();
         Ok(Self {
+            _owners: Some(Arc::new(Owners(gone.clone()))),
             inner: Arc::new(Inner {
                 config,
                 connector,
@@ -216,6 +235,7 @@ impl CoderReporter {
                 connecting: Arc::new(tokio::sync::Mutex::new(None)),
                 step: Mutex::new("connecting"),
                 attempts: AtomicU64::new(0),
+                gone,
             }),
         })
     }
@@ -334,10 +354,20 @@ impl CoderReporter {
                     return Err(status.clone());
                 }
             }
-            let this = self.clone();
-            tokio::spawn(async move { this.attempt(&mut last_failure).await })
-                .await
-                .unwrap_or_else(|e| Err(Status::unavailable(format!("coderd: connecting: {e}"))))
+            let this = Self {
+                inner: self.inner.clone(),
+                _owners: None,
+            };
+            tokio::spawn(async move {
+                tokio::select! {
+                    outcome = this.attempt(&mut last_failure) => outcome,
+                    () = this.inner.gone.cancelled() => {
+                        Err(Status::unavailable("coderd: the reporter was dropped"))
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(Status::unavailable(format!("coderd: connecting: {e}"))))
         };
         let Some(deadline) = deadline else {
             return wait.await;
