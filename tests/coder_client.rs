@@ -53,6 +53,22 @@ async fn slow_buildinfo(
     (peer, reporter, metrics)
 }
 
+/// Sends `b`'s request, which must be answered, and checks that the reporter has made
+/// one successful connection in all (`why` says which).
+async fn answered_on_the_one_connection(
+    reporter: &CoderReporter,
+    metrics: &Metrics,
+    b: &Variant,
+    why: &str,
+) {
+    reporter.send(&b.request_bytes()).await.expect(why);
+    assert_eq!(
+        metrics.coderd_connects_for(CoderdConnectResult::Ok),
+        1,
+        "{why}"
+    );
+}
+
 /// Waits for buildinfo and the upgrade of one connection.
 async fn expect_connection(peer: &mut CoderPeer) {
     assert!(peer.next_head().await.starts_with("GET /api/v2/buildinfo "));
@@ -189,11 +205,13 @@ async fn a_session_opened_for_a_call_that_timed_out_is_kept_for_the_next_call() 
     let status = reporter.send(&b.request_bytes()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("call timeout"), "{status:?}");
-    reporter
-        .send(&b.request_bytes())
-        .await
-        .expect("answered on the session the first call opened");
-    assert_eq!(metrics.coderd_connects_for(CoderdConnectResult::Ok), 1);
+    answered_on_the_one_connection(
+        &reporter,
+        &metrics,
+        &b,
+        "answered on the session the first call opened",
+    )
+    .await;
     assert_eq!(metrics.coderd_connected.get(), 1);
     expect_connection(&mut peer).await;
 }
@@ -221,11 +239,13 @@ async fn a_coderd_slower_to_connect_than_the_call_timeout_is_connected_by_the_at
         .await,
         "the attempt connected after its caller stopped waiting"
     );
-    reporter
-        .send(&b.request_bytes())
-        .await
-        .expect("answered on the session the attempt opened");
-    assert_eq!(metrics.coderd_connects_for(CoderdConnectResult::Ok), 1);
+    answered_on_the_one_connection(
+        &reporter,
+        &metrics,
+        &b,
+        "answered on the session the attempt opened",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -347,11 +367,8 @@ async fn a_coderd_older_than_v2_31_is_refused_before_the_upgrade_unless_allowed(
     let (allowed, metrics) = reporter_with(&peer, |c| c.allow_agent_role = true);
     let b = variant("B");
     peer.script(Answer::Replay(b.clone()));
-    allowed
-        .send(&b.request_bytes())
-        .await
-        .expect("--coder-allow-agent-role connects");
-    assert_eq!(metrics.coderd_connects_for(CoderdConnectResult::Ok), 1);
+    answered_on_the_one_connection(&allowed, &metrics, &b, "--coder-allow-agent-role connects")
+        .await;
 }
 
 #[tokio::test]
